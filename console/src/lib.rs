@@ -1,0 +1,1 @@
+//! The Shouwang control-room console.

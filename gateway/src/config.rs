@@ -1,0 +1,782 @@
+//! The gateway's TOML config: the site, the broker, the devices with their points, and the
+//! rules.
+//!
+//! Loading goes: TOML text -> a table -> each section deserialized on its own (so a typo in
+//! one device does not hide a typo in another) -> every semantic check -> a [`Config`] that
+//! the rest of the gateway can trust. Every problem found is reported at once in a
+//! [`ConfigReport`], each with the field that holds it (`devices[2] (smoke-B1-12-03).address`).
+//!
+//! The doc comments on the fields below are the user documentation of the config file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Deserialize;
+use shouwang_rules::{Condition, Priority, RuleSpec, SignalClass};
+use shouwang_wire::{Place, alarm_id, forbidden_id_char};
+
+use crate::influx::InfluxConfig;
+
+/// The rule id the gateway uses for each device's communication-lost fault.
+pub const COMM_LOST_RULE: &str = "comm_lost";
+
+/// A whole, validated gateway config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub gateway: GatewaySection,
+    pub mqtt: MqttSection,
+    /// Where readings go as InfluxDB line protocol. Absent: readings go only to MQTT.
+    pub influx: Option<InfluxConfig>,
+    pub devices: Vec<DeviceConfig>,
+    pub rules: Vec<RuleConfig>,
+}
+
+/// `[gateway]`: who this gateway is.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// This gateway's id, unique in the community. ASCII letters, digits, `-`, `_`, `.`.
+    pub id: String,
+    /// The community (site) this gateway belongs to. Same characters as `id`.
+    pub community: String,
+}
+
+/// `[mqtt]`: the broker alarms and readings go to.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    /// Broker host name or address. Default `127.0.0.1`.
+    #[serde(default = "default_mqtt_host")]
+    pub host: String,
+    /// Broker TCP port. Default 1883.
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// MQTT keep-alive in seconds; the broker declares the gateway dead (and publishes its
+    /// offline last will) after 1.5 times this without traffic. Default 5.
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// MQTT client id. Default `shouwang-gateway-<gateway id>`.
+    pub client_id: Option<String>,
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        MqttSection {
+            host: default_mqtt_host(),
+            port: default_mqtt_port(),
+            keep_alive_s: default_keep_alive_s(),
+            client_id: None,
+        }
+    }
+}
+
+fn default_mqtt_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_keep_alive_s() -> u64 {
+    5
+}
+
+/// How the gateway reaches a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Modbus TCP.
+    Tcp,
+}
+
+/// `[[devices]]`: one field device.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Unique device id, e.g. `smoke-B1-12-03`. ASCII letters, digits, `-`, `_`, `.`.
+    pub id: String,
+    /// What the device is: `smoke`, `leak`, `pressure`, `door`, `level`, ... Rules can
+    /// select devices by kind.
+    pub kind: String,
+    /// Building, floor and unit: where the device is. Strings (`"B1"`, `"12"`, `"03"`).
+    pub building: String,
+    pub floor: String,
+    pub unit: String,
+    /// `tcp` (Modbus TCP). RTU comes later.
+    pub transport: Transport,
+    /// `host:port` of the Modbus TCP device or gateway.
+    pub address: String,
+    /// Modbus unit (slave) id, 0-247. Default 1.
+    #[serde(default = "default_unit_id")]
+    pub unit_id: u8,
+    /// How often to read all points, in ms. Default 1000.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// How long one request may take before it counts as failed, in ms. Default 1000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// After this many failed polls in a row, raise the device's communication-lost fault.
+    /// Default 3.
+    #[serde(default = "default_comm_loss_after")]
+    pub comm_loss_after: u32,
+    /// The values read from the device.
+    pub points: Vec<PointConfig>,
+}
+
+impl DeviceConfig {
+    pub fn place(&self, community: &str) -> Place {
+        Place {
+            community: community.to_string(),
+            building: self.building.clone(),
+            floor: self.floor.clone(),
+            unit: self.unit.clone(),
+        }
+    }
+}
+
+fn default_unit_id() -> u8 {
+    1
+}
+fn default_poll_interval_ms() -> u64 {
+    1000
+}
+fn default_timeout_ms() -> u64 {
+    1000
+}
+fn default_comm_loss_after() -> u32 {
+    3
+}
+
+/// Which Modbus register table a point lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RegisterTable {
+    /// Holding registers, function code 3.
+    #[default]
+    Holding,
+    /// Input registers, function code 4.
+    Input,
+}
+
+/// How a point's registers encode its raw value. 32-bit types take two registers, high word
+/// first (big-endian word order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataType {
+    U16,
+    I16,
+    U32,
+    I32,
+    F32,
+}
+
+impl DataType {
+    /// How many 16-bit registers one value takes.
+    pub fn registers(self) -> u16 {
+        match self {
+            DataType::U16 | DataType::I16 => 1,
+            DataType::U32 | DataType::I32 | DataType::F32 => 2,
+        }
+    }
+}
+
+/// `[[devices.points]]`: one value of a device.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointConfig {
+    /// Point name, unique in its device, e.g. `obscuration`.
+    pub name: String,
+    /// The first register's address (0-based, as on the wire).
+    pub register: u16,
+    /// `holding` (default) or `input`.
+    #[serde(default)]
+    pub table: RegisterTable,
+    /// `u16`, `i16`, `u32`, `i32` or `f32`.
+    #[serde(rename = "type")]
+    pub data_type: DataType,
+    /// value = raw * scale + offset. Default 1.
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    /// Default 0.
+    #[serde(default)]
+    pub offset: f64,
+    /// The unit of the scaled value, e.g. `MPa`, `%/m`.
+    pub engineering_unit: Option<String>,
+}
+
+fn default_scale() -> f64 {
+    1.0
+}
+
+/// `[[rules]]`: a threshold on a point, for one device or every device of a kind.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Rule id, unique in this config. Part of every alarm id (`<gateway>:<device>:<rule>`).
+    pub id: String,
+    /// The one device this rule watches. Give this or `device_kind`, not both.
+    pub device: Option<String>,
+    /// Watch every device of this kind.
+    pub device_kind: Option<String>,
+    /// The point the rule watches.
+    pub point: String,
+    /// `alarm`, `supervisory` or `fault`.
+    pub class: SignalClass,
+    /// `high`, `medium` or `low`.
+    pub priority: Priority,
+    /// Active at or above this value. Give `above` or `below`, not both.
+    pub above: Option<f64>,
+    /// Active at or below this value.
+    pub below: Option<f64>,
+    /// How far back past the limit the value must go to clear. Default 0.
+    #[serde(default)]
+    pub deadband: f64,
+    /// How long the condition must hold before the alarm is raised, in ms. Default 0.
+    #[serde(default)]
+    pub on_delay_ms: u64,
+    /// What the board shows, e.g. "Smoke detected".
+    pub message: String,
+}
+
+/// One thing wrong with a config, and the field that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigReport {
+    /// Where the config came from (its path), for the report.
+    pub source: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{}: {n} problem{}:",
+            self.source,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  {}: {}", p.field, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigReport {}
+
+/// Collects problems while checking.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn id(&mut self, field: &str, what: &str, id: &str) {
+        if id.is_empty() {
+            self.add(field, format!("{what} must not be empty"));
+        } else if let Some(c) = forbidden_id_char(id) {
+            self.add(
+                field,
+                format!("{what} {id:?} has {c:?}; use ASCII letters, digits, '-', '_', '.'"),
+            );
+        }
+    }
+
+    fn non_empty(&mut self, field: &str, value: &str) {
+        if value.trim().is_empty() {
+            self.add(field, "must not be empty");
+        }
+    }
+}
+
+/// Deserialize one section on its own; on failure record the error under `field`.
+fn section<T: for<'de> Deserialize<'de>>(
+    value: toml::Value,
+    field: &str,
+    problems: &mut Problems,
+) -> Option<T> {
+    match T::deserialize(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            problems.add(field, e.message().trim().to_string());
+            None
+        }
+    }
+}
+
+/// A `[[devices]]` or `[[rules]]` entry's label for messages: `devices[2] (smoke-B1-12-03)`.
+fn label(list: &str, i: usize, value: &toml::Value) -> String {
+    match value.get("id").and_then(|v| v.as_str()) {
+        Some(id) => format!("{list}[{i}] ({id})"),
+        None => format!("{list}[{i}]"),
+    }
+}
+
+impl Config {
+    /// Read and check a config file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigReport> {
+        let source = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::from_toml_str(&text, &source),
+            Err(e) => Err(ConfigReport {
+                source,
+                problems: vec![Problem {
+                    field: "(file)".into(),
+                    message: format!("cannot read: {e}"),
+                }],
+            }),
+        }
+    }
+
+    /// Parse and check config text. `source` names it in the report.
+    pub fn from_toml_str(text: &str, source: &str) -> Result<Config, ConfigReport> {
+        let report = |problems: Problems| ConfigReport {
+            source: source.to_string(),
+            problems: problems.0,
+        };
+        let mut problems = Problems::default();
+        let mut table: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                problems.add("(syntax)", e.to_string().trim().to_string());
+                return Err(report(problems));
+            }
+        };
+
+        let gateway = match table.remove("gateway") {
+            Some(v) => section::<GatewaySection>(v, "gateway", &mut problems),
+            None => {
+                problems.add("gateway", "missing: add a [gateway] table with id and community");
+                None
+            }
+        };
+        let mqtt = match table.remove("mqtt") {
+            Some(v) => section::<MqttSection>(v, "mqtt", &mut problems),
+            None => Some(MqttSection::default()),
+        };
+        let influx = match table.remove("influx") {
+            Some(v) => section::<InfluxConfig>(v, "influx", &mut problems).map(Some),
+            None => Some(None),
+        };
+        let devices = list::<DeviceConfig>(table.remove("devices"), "devices", &mut problems);
+        let rules = list::<RuleConfig>(table.remove("rules"), "rules", &mut problems);
+        for key in table.keys() {
+            problems.add(
+                key.as_str(),
+                "unknown section; expected gateway, mqtt, influx, devices or rules",
+            );
+        }
+
+        let (Some(gateway), Some(mqtt), Some(influx)) = (gateway, mqtt, influx) else {
+            // Still check what parsed, so the report is complete.
+            check_devices(&devices, &mut problems);
+            return Err(report(problems));
+        };
+        let config = Config {
+            gateway,
+            mqtt,
+            influx,
+            devices: devices.into_iter().flatten().collect(),
+            rules: rules.into_iter().flatten().collect(),
+        };
+        config.check(&mut problems);
+        if problems.0.is_empty() {
+            Ok(config)
+        } else {
+            Err(report(problems))
+        }
+    }
+
+    fn check(&self, p: &mut Problems) {
+        p.id("gateway.id", "gateway id", &self.gateway.id);
+        p.id("gateway.community", "community", &self.gateway.community);
+
+        p.non_empty("mqtt.host", &self.mqtt.host);
+        if self.mqtt.port == 0 {
+            p.add("mqtt.port", "must not be 0");
+        }
+        if self.mqtt.keep_alive_s == 0 || self.mqtt.keep_alive_s > 65_535 {
+            p.add("mqtt.keep_alive_s", "must be between 1 and 65535 seconds");
+        }
+
+        if let Some(influx) = &self.influx {
+            for (field, message) in influx.problems() {
+                p.add(format!("influx.{field}"), message);
+            }
+        }
+
+        let devices: Vec<Option<DeviceConfig>> = self.devices.iter().cloned().map(Some).collect();
+        check_devices(&devices, p);
+        if self.devices.is_empty() {
+            p.add("devices", "no devices: add at least one [[devices]] table");
+        }
+        self.check_rules(p);
+    }
+
+    fn check_rules(&self, p: &mut Problems) {
+        let mut seen = BTreeSet::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let at = format!("rules[{i}] ({})", rule.id);
+            p.id(&format!("{at}.id"), "rule id", &rule.id);
+            if rule.id == COMM_LOST_RULE {
+                p.add(
+                    format!("{at}.id"),
+                    format!("{COMM_LOST_RULE:?} is reserved for the gateway's own fault"),
+                );
+            }
+            if !seen.insert(rule.id.as_str()) {
+                p.add(format!("{at}.id"), format!("duplicate rule id {:?}", rule.id));
+            }
+            p.non_empty(&format!("{at}.message"), &rule.message);
+            match (&rule.device, &rule.device_kind) {
+                (Some(_), Some(_)) | (None, None) => p.add(
+                    at.clone(),
+                    "give exactly one of `device` (one device) or `device_kind` (every device of a kind)",
+                ),
+                _ => {
+                    let matched: Vec<&DeviceConfig> = self.devices_of(rule).collect();
+                    if matched.is_empty() {
+                        match (&rule.device, &rule.device_kind) {
+                            (Some(d), _) => p.add(
+                                format!("{at}.device"),
+                                format!("no device {d:?} in [[devices]]"),
+                            ),
+                            (_, Some(k)) => p.add(
+                                format!("{at}.device_kind"),
+                                format!("no device of kind {k:?} in [[devices]]"),
+                            ),
+                            _ => {}
+                        }
+                    }
+                    for device in matched {
+                        if !device.points.iter().any(|pt| pt.name == rule.point) {
+                            p.add(
+                                format!("{at}.point"),
+                                format!("device {:?} has no point {:?}", device.id, rule.point),
+                            );
+                        }
+                    }
+                }
+            }
+            match (rule.above, rule.below) {
+                (Some(_), Some(_)) | (None, None) => {
+                    p.add(at.clone(), "give exactly one of `above` or `below`")
+                }
+                (Some(v), None) | (None, Some(v)) if !v.is_finite() => {
+                    p.add(at.clone(), "the limit must be a finite number")
+                }
+                _ => {}
+            }
+            if !rule.deadband.is_finite() || rule.deadband < 0.0 {
+                p.add(format!("{at}.deadband"), "must be a finite number >= 0");
+            }
+        }
+    }
+
+    /// The devices a rule applies to.
+    pub fn devices_of<'a>(&'a self, rule: &'a RuleConfig) -> impl Iterator<Item = &'a DeviceConfig> + 'a {
+        self.devices.iter().filter(move |d| match (&rule.device, &rule.device_kind) {
+            (Some(id), None) => &d.id == id,
+            (None, Some(kind)) => &d.kind == kind,
+            _ => false,
+        })
+    }
+
+    /// Bind every rule to its devices for the rule engine, plus one communication-lost fault
+    /// per device. Each spec comes with what the gateway needs to describe its alarm.
+    pub fn alarm_specs(&self) -> Vec<(RuleSpec, AlarmMeta)> {
+        let mut out = Vec::new();
+        for device in &self.devices {
+            out.push((
+                RuleSpec {
+                    alarm_id: alarm_id(&self.gateway.id, &device.id, COMM_LOST_RULE),
+                    device: device.id.clone(),
+                    point: String::new(),
+                    class: SignalClass::Fault,
+                    priority: Priority::Medium,
+                    condition: Condition::External,
+                    on_delay_ms: 0,
+                },
+                AlarmMeta {
+                    device: device.id.clone(),
+                    device_kind: device.kind.clone(),
+                    point: None,
+                    rule: COMM_LOST_RULE.into(),
+                    place: device.place(&self.gateway.community),
+                    message: "Communication lost".into(),
+                    engineering_unit: None,
+                },
+            ));
+        }
+        for rule in &self.rules {
+            let condition = match (rule.above, rule.below) {
+                (Some(limit), _) => Condition::Above {
+                    limit,
+                    deadband: rule.deadband,
+                },
+                (None, Some(limit)) => Condition::Below {
+                    limit,
+                    deadband: rule.deadband,
+                },
+                (None, None) => continue, // refused by check()
+            };
+            for device in self.devices_of(rule) {
+                let unit = device
+                    .points
+                    .iter()
+                    .find(|p| p.name == rule.point)
+                    .and_then(|p| p.engineering_unit.clone());
+                out.push((
+                    RuleSpec {
+                        alarm_id: alarm_id(&self.gateway.id, &device.id, &rule.id),
+                        device: device.id.clone(),
+                        point: rule.point.clone(),
+                        class: rule.class,
+                        priority: rule.priority,
+                        condition,
+                        on_delay_ms: rule.on_delay_ms,
+                    },
+                    AlarmMeta {
+                        device: device.id.clone(),
+                        device_kind: device.kind.clone(),
+                        point: Some(rule.point.clone()),
+                        rule: rule.id.clone(),
+                        place: device.place(&self.gateway.community),
+                        message: rule.message.clone(),
+                        engineering_unit: unit,
+                    },
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// What the gateway says about an alarm besides its state: where, what, which rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmMeta {
+    pub device: String,
+    pub device_kind: String,
+    pub point: Option<String>,
+    pub rule: String,
+    pub place: Place,
+    pub message: String,
+    pub engineering_unit: Option<String>,
+}
+
+/// Deserialize an array of tables entry by entry. Entries that fail are `None` (their
+/// problem is recorded), so later checks still run on the others.
+fn list<T: for<'de> Deserialize<'de>>(
+    value: Option<toml::Value>,
+    name: &str,
+    problems: &mut Problems,
+) -> Vec<Option<T>> {
+    match value {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let at = label(name, i, &item);
+                section::<T>(item, &at, problems)
+            })
+            .collect(),
+        Some(_) => {
+            problems.add(name, format!("must be an array of tables: [[{name}]]"));
+            Vec::new()
+        }
+    }
+}
+
+fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
+    let mut ids = BTreeMap::new();
+    for (i, device) in devices.iter().enumerate() {
+        let Some(d) = device else { continue };
+        let at = format!("devices[{i}] ({})", d.id);
+        p.id(&format!("{at}.id"), "device id", &d.id);
+        if let Some(first) = ids.insert(d.id.as_str(), i) {
+            p.add(
+                format!("{at}.id"),
+                format!("duplicate device id {:?} (also devices[{first}])", d.id),
+            );
+        }
+        p.id(&format!("{at}.kind"), "device kind", &d.kind);
+        p.non_empty(&format!("{at}.building"), &d.building);
+        p.non_empty(&format!("{at}.floor"), &d.floor);
+        p.non_empty(&format!("{at}.unit"), &d.unit);
+        if let Err(why) = check_address(&d.address) {
+            p.add(format!("{at}.address"), why);
+        }
+        if d.unit_id > 247 {
+            p.add(format!("{at}.unit_id"), "Modbus unit ids go from 0 to 247");
+        }
+        if d.poll_interval_ms < 10 {
+            p.add(format!("{at}.poll_interval_ms"), "must be at least 10 ms");
+        }
+        if d.timeout_ms == 0 {
+            p.add(format!("{at}.timeout_ms"), "must be at least 1 ms");
+        }
+        if d.comm_loss_after == 0 {
+            p.add(format!("{at}.comm_loss_after"), "must be at least 1");
+        }
+        if d.points.is_empty() {
+            p.add(format!("{at}.points"), "no points: add [[devices.points]]");
+        }
+        let mut names = BTreeSet::new();
+        for (j, pt) in d.points.iter().enumerate() {
+            let pat = format!("{at}.points[{j}] ({})", pt.name);
+            p.id(&format!("{pat}.name"), "point name", &pt.name);
+            if !names.insert(pt.name.as_str()) {
+                p.add(format!("{pat}.name"), format!("duplicate point {:?}", pt.name));
+            }
+            let last = u32::from(pt.register) + u32::from(pt.data_type.registers()) - 1;
+            if last > u32::from(u16::MAX) {
+                p.add(
+                    format!("{pat}.register"),
+                    format!("a {:?} at {} runs past register 65535", pt.data_type, pt.register),
+                );
+            }
+            if !pt.scale.is_finite() || pt.scale == 0.0 {
+                p.add(format!("{pat}.scale"), "must be a finite, non-zero number");
+            }
+            if !pt.offset.is_finite() {
+                p.add(format!("{pat}.offset"), "must be a finite number");
+            }
+        }
+    }
+}
+
+/// `host:port` with a numeric port; the host may be a name.
+fn check_address(address: &str) -> Result<(), String> {
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("{address:?} is not host:port"));
+    };
+    if host.is_empty() {
+        return Err(format!("{address:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{address:?} has no valid port (1-65535)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[gateway]
+id = "gw-b1"
+community = "riverside"
+
+[[devices]]
+id = "smoke-B1-12-03"
+kind = "smoke"
+building = "B1"
+floor = "12"
+unit = "03"
+transport = "tcp"
+address = "127.0.0.1:15021"
+
+[[devices.points]]
+name = "obscuration"
+register = 0
+type = "u16"
+scale = 0.01
+engineering_unit = "%/m"
+
+[[rules]]
+id = "smoke-high"
+device_kind = "smoke"
+point = "obscuration"
+class = "alarm"
+priority = "high"
+above = 2.5
+deadband = 0.5
+message = "Smoke detected"
+"#;
+
+    #[test]
+    fn a_good_config_loads_with_defaults_filled_in() {
+        let c = Config::from_toml_str(GOOD, "good.toml").unwrap();
+        assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(c.devices[0].poll_interval_ms, 1000);
+        assert_eq!(c.devices[0].unit_id, 1);
+        assert_eq!(c.devices[0].points[0].table, RegisterTable::Holding);
+        let specs = c.alarm_specs();
+        let ids: Vec<_> = specs.iter().map(|(s, _)| s.alarm_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["gw-b1:smoke-B1-12-03:comm_lost", "gw-b1:smoke-B1-12-03:smoke-high"]
+        );
+        assert_eq!(specs[1].1.engineering_unit.as_deref(), Some("%/m"));
+    }
+
+    #[test]
+    fn several_mistakes_are_reported_together_each_with_its_field() {
+        let bad = GOOD
+            .replace("address = \"127.0.0.1:15021\"", "address = \"nowhere\"")
+            .replace("point = \"obscuration\"", "point = \"smoke\"")
+            .replace("id = \"gw-b1\"", "id = \"gw/b1\"")
+            + r#"
+[[devices]]
+id = "leak-1"
+kind = "leak"
+bulding = "B1"
+"#;
+        let report = Config::from_toml_str(&bad, "bad.toml").unwrap_err();
+        let text = report.to_string();
+        assert!(text.starts_with("bad.toml: "), "{text}");
+        let fields: Vec<&str> = report.problems.iter().map(|p| p.field.as_str()).collect();
+        assert!(fields.contains(&"gateway.id"), "{text}");
+        assert!(fields.contains(&"devices[0] (smoke-B1-12-03).address"), "{text}");
+        assert!(fields.contains(&"rules[0] (smoke-high).point"), "{text}");
+        assert!(fields.contains(&"devices[1] (leak-1)"), "{text}");
+        assert!(text.contains("bulding"), "{text}");
+    }
+
+    #[test]
+    fn broken_toml_names_the_line() {
+        let report = Config::from_toml_str("[gateway\nid=1", "x.toml").unwrap_err();
+        assert_eq!(report.problems[0].field, "(syntax)");
+        assert!(report.problems[0].message.contains("line 1"), "{report}");
+    }
+
+    #[test]
+    fn an_unknown_section_and_a_missing_gateway_are_both_reported() {
+        let report = Config::from_toml_str("[gatway]\nid = \"x\"\n", "x.toml").unwrap_err();
+        let fields: Vec<&str> = report.problems.iter().map(|p| p.field.as_str()).collect();
+        assert!(fields.contains(&"gateway"), "{report}");
+        assert!(fields.contains(&"gatway"), "{report}");
+    }
+
+    #[test]
+    fn a_rule_needs_exactly_one_limit_and_one_selector() {
+        let bad = GOOD.replace("above = 2.5", "above = 2.5\nbelow = 1.0\ndevice = \"x\"");
+        let report = Config::from_toml_str(&bad, "x.toml").unwrap_err();
+        let text = report.to_string();
+        assert!(text.contains("exactly one of `above` or `below`"), "{text}");
+        assert!(text.contains("exactly one of `device`"), "{text}");
+    }
+
+    #[test]
+    fn a_32_bit_point_may_not_run_past_the_last_register() {
+        let bad = GOOD.replace("register = 0\ntype = \"u16\"", "register = 65535\ntype = \"f32\"");
+        let report = Config::from_toml_str(&bad, "x.toml").unwrap_err();
+        assert!(report.to_string().contains("runs past register 65535"), "{report}");
+    }
+}

@@ -1,0 +1,97 @@
+//! `shouwang-gateway check CONFIG` and `shouwang-gateway run CONFIG`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shouwang_gateway::config::Config;
+
+#[derive(Parser)]
+#[command(name = "shouwang-gateway", version, about = "Shouwang edge gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check a config file and print every problem in it.
+    Check { config: PathBuf },
+    /// Run the gateway. Refuses a config with problems, printing them all.
+    Run { config: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let path = match &cli.command {
+        Cmd::Check { config } | Cmd::Run { config } => config,
+    };
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(report) => {
+            eprint!("{report}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Cmd::Check { .. } => {
+            println!(
+                "{}: ok ({} devices, {} rules, {} alarms)",
+                path.display(),
+                config.devices.len(),
+                config.rules.len(),
+                config.alarm_specs().len()
+            );
+            ExitCode::SUCCESS
+        }
+        Cmd::Run { .. } => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(shouwang_gateway::run_until(config, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("shouwang-gateway: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

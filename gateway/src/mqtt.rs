@@ -1,0 +1,235 @@
+//! The gateway's link to the MQTT broker.
+//!
+//! [`drive`] is the one loop that polls rumqttc's event loop: it reconnects forever (1 s
+//! apart), subscribes to the gateway's command topic and announces the gateway `online`
+//! (retained) on every connection, and hands decoded commands and connection news to the
+//! runtime loop. The broker publishes the retained `offline` last will when the gateway
+//! disappears without a clean disconnect.
+//!
+//! [`Outbox`] is the only sender. It has two lanes: alarm events and command replies
+//! (never dropped: a full lane makes the caller wait) and readings (dropped when full, and
+//! counted). The alarm lane always goes first.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use shouwang_wire::{
+    AlarmEvent, Channel, Command, CommandReply, GatewayState, GatewayStatus, Message,
+    ReadingBatch, SCHEMA_VERSION, topic,
+};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::now_ms;
+
+/// How many requests rumqttc buffers between us and its event loop.
+const CLIENT_CAPACITY: usize = 256;
+/// Alarm events and replies waiting to be handed to rumqttc. When full, the runtime loop
+/// waits: an alarm is never dropped here.
+const ALARM_LANE: usize = 4096;
+/// Reading batches waiting to be handed to rumqttc. When full, new batches are dropped.
+const READING_LANE: usize = 256;
+
+/// What the broker link tells the runtime loop.
+#[derive(Debug)]
+pub enum LinkNews {
+    /// Connected (again). The runtime loop re-publishes each alarm's latest event, so the
+    /// console converges on the true state even if the broker lost its queue.
+    Connected,
+    /// A command from the console.
+    Command(Command),
+}
+
+/// Topic names of this gateway.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub status: String,
+    pub readings: String,
+    pub events: String,
+    pub commands: String,
+    pub replies: String,
+}
+
+impl Topics {
+    pub fn new(config: &Config) -> Topics {
+        let t = |c| topic(&config.gateway.community, &config.gateway.id, c);
+        Topics {
+            status: t(Channel::Status),
+            readings: t(Channel::Readings),
+            events: t(Channel::Events),
+            commands: t(Channel::Commands),
+            replies: t(Channel::Replies),
+        }
+    }
+}
+
+fn status(config: &Config, state: GatewayState, ts_ms: i64) -> Vec<u8> {
+    GatewayStatus {
+        schema: SCHEMA_VERSION,
+        gateway: config.gateway.id.clone(),
+        community: config.gateway.community.clone(),
+        state,
+        ts_ms,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+    .encode()
+}
+
+/// The rumqttc client and event loop for a config, with the `offline` last will set.
+pub fn client(config: &Config) -> (AsyncClient, EventLoop) {
+    let topics = Topics::new(config);
+    let id = config
+        .mqtt
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("shouwang-gateway-{}", config.gateway.id));
+    let mut options = MqttOptions::new(id, config.mqtt.host.clone(), config.mqtt.port);
+    options.set_keep_alive(Duration::from_secs(config.mqtt.keep_alive_s));
+    // Keep the session across reconnects, so QoS 1 messages in flight are resent.
+    options.set_clean_session(false);
+    options.set_last_will(LastWill::new(
+        topics.status,
+        status(config, GatewayState::Offline, now_ms()),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    AsyncClient::new(options, CLIENT_CAPACITY)
+}
+
+/// Whether the broker link is up, for logs and tests.
+#[derive(Debug, Default)]
+pub struct LinkState {
+    pub connected: AtomicBool,
+    pub bad_commands: AtomicU64,
+    pub readings_dropped: AtomicU64,
+}
+
+/// Poll the event loop forever.
+pub async fn drive(
+    mut events: EventLoop,
+    client: AsyncClient,
+    config: Arc<Config>,
+    news: mpsc::Sender<LinkNews>,
+    state: Arc<LinkState>,
+) {
+    let topics = Topics::new(&config);
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                tracing::info!(
+                    host = %config.mqtt.host,
+                    port = config.mqtt.port,
+                    session_present = ack.session_present,
+                    "connected to the broker"
+                );
+                state.connected.store(true, Ordering::Relaxed);
+                // try_*: this loop must never wait on the channel it drains.
+                if let Err(e) = client.try_subscribe(topics.commands.clone(), QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, "cannot subscribe to commands");
+                }
+                let online = status(&config, GatewayState::Online, now_ms());
+                if let Err(e) = client.try_publish(topics.status.clone(), QoS::AtLeastOnce, true, online) {
+                    tracing::error!(error = %e, "cannot publish online status");
+                }
+                if news.send(LinkNews::Connected).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if p.topic != topics.commands {
+                    continue;
+                }
+                match Command::decode(&p.payload) {
+                    Ok(cmd) => {
+                        if news.send(LinkNews::Command(cmd)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        state.bad_commands.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(topic = %p.topic, error = %e, "ignored a bad command");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if state.connected.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "lost the broker; reconnecting every second");
+                } else {
+                    tracing::debug!(error = %e, "broker still unreachable");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Something to publish on the alarm lane.
+#[derive(Debug)]
+pub enum Urgent {
+    Event(AlarmEvent),
+    Reply(CommandReply),
+}
+
+/// The sending side of the two lanes.
+#[derive(Clone)]
+pub struct Outbox {
+    urgent: mpsc::Sender<Urgent>,
+    readings: mpsc::Sender<ReadingBatch>,
+    state: Arc<LinkState>,
+}
+
+impl Outbox {
+    pub fn spawn(client: AsyncClient, topics: Topics, state: Arc<LinkState>) -> Outbox {
+        let (urgent_tx, mut urgent_rx) = mpsc::channel::<Urgent>(ALARM_LANE);
+        let (readings_tx, mut readings_rx) = mpsc::channel::<ReadingBatch>(READING_LANE);
+        tokio::spawn(async move {
+            loop {
+                let (topic, qos, payload) = tokio::select! {
+                    biased;
+                    Some(u) = urgent_rx.recv() => match u {
+                        Urgent::Event(e) => (topics.events.clone(), QoS::AtLeastOnce, e.encode()),
+                        Urgent::Reply(r) => (topics.replies.clone(), QoS::AtLeastOnce, r.encode()),
+                    },
+                    Some(r) = readings_rx.recv() => (topics.readings.clone(), QoS::AtMostOnce, r.encode()),
+                    else => return,
+                };
+                if client.publish(topic, qos, false, payload).await.is_err() {
+                    // The event loop is gone: the gateway is shutting down.
+                    return;
+                }
+            }
+        });
+        Outbox {
+            urgent: urgent_tx,
+            readings: readings_tx,
+            state,
+        }
+    }
+
+    /// Queue an alarm event or reply. Waits while the lane is full; never drops.
+    pub async fn send(&self, item: Urgent) {
+        if self.urgent.send(item).await.is_err() {
+            tracing::error!("outbox closed; the gateway is shutting down");
+        }
+    }
+
+    /// Queue readings; dropped (and counted) when the lane is full.
+    pub fn send_readings(&self, batch: ReadingBatch) {
+        if self.readings.try_send(batch).is_err() {
+            self.state.readings_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Say goodbye: `offline` retained, then a clean disconnect.
+pub async fn announce_offline(client: &AsyncClient, config: &Config) {
+    let topics = Topics::new(config);
+    let offline = status(config, GatewayState::Offline, now_ms());
+    let _ = client
+        .publish(topics.status, QoS::AtLeastOnce, true, offline)
+        .await;
+    let _ = client.disconnect().await;
+}

@@ -1,0 +1,367 @@
+//! The gateway's watch: poll outcomes, commands and the time in, alarm events and reading
+//! batches out.
+//!
+//! Pure, like the rule engine it wraps: no I/O, no clock, no randomness. The runtime loop
+//! ([`crate::run`]) feeds it and sends what it returns. It adds to the engine what the
+//! engine does not know: where each device is, which rule and point an alarm came from,
+//! communication-loss counting, and the stable `event_id` every event carries
+//! (`<boot id>-<sequence>`, unique because the boot id is new at every start).
+
+use std::collections::HashMap;
+
+use shouwang_rules::{AckError, Engine, RuleError, Transition};
+use shouwang_wire::{
+    Action, AlarmEvent, Command, CommandReply, Place, PointValue, ReadingBatch, SCHEMA_VERSION,
+};
+
+use crate::config::{AlarmMeta, COMM_LOST_RULE, Config};
+use crate::modbus::PollOutcome;
+
+/// What one poll produced.
+#[derive(Debug, Default, PartialEq)]
+pub struct PollReport {
+    /// Alarm transitions, in the order they happened.
+    pub events: Vec<AlarmEvent>,
+    /// The device's values, when the poll succeeded.
+    pub readings: Option<ReadingBatch>,
+}
+
+struct DeviceState {
+    id: String,
+    kind: String,
+    place: Place,
+    comm_loss_after: u32,
+    /// Failed polls in a row.
+    failures: u32,
+    comm_lost_alarm: String,
+    /// Engineering unit per point name.
+    units: HashMap<String, Option<String>>,
+}
+
+pub struct Watch {
+    gateway: String,
+    engine: Engine,
+    meta: HashMap<String, AlarmMeta>,
+    devices: Vec<DeviceState>,
+    boot_id: String,
+    next_seq: u64,
+    /// Each alarm's latest event, re-sent on every (re)connection: receivers drop the
+    /// duplicates by `event_id`, and a broker that lost its queue still ends up with the
+    /// true state. Bounded by the number of alarms.
+    latest: HashMap<String, AlarmEvent>,
+}
+
+impl Watch {
+    /// `boot_id` must be new at every gateway start (a UUID): event ids are built from it.
+    pub fn new(config: &Config, boot_id: String) -> Result<Watch, Vec<RuleError>> {
+        let specs = config.alarm_specs();
+        let meta = specs
+            .iter()
+            .map(|(spec, meta)| (spec.alarm_id.clone(), meta.clone()))
+            .collect();
+        let engine = Engine::new(specs.into_iter().map(|(spec, _)| spec).collect())?;
+        let devices = config
+            .devices
+            .iter()
+            .map(|d| DeviceState {
+                id: d.id.clone(),
+                kind: d.kind.clone(),
+                place: d.place(&config.gateway.community),
+                comm_loss_after: d.comm_loss_after,
+                failures: 0,
+                comm_lost_alarm: shouwang_wire::alarm_id(&config.gateway.id, &d.id, COMM_LOST_RULE),
+                units: d
+                    .points
+                    .iter()
+                    .map(|p| (p.name.clone(), p.engineering_unit.clone()))
+                    .collect(),
+            })
+            .collect();
+        Ok(Watch {
+            gateway: config.gateway.id.clone(),
+            engine,
+            meta,
+            devices,
+            boot_id,
+            next_seq: 0,
+            latest: HashMap::new(),
+        })
+    }
+
+    pub fn on_poll(&mut self, outcome: &PollOutcome) -> PollReport {
+        let mut report = PollReport::default();
+        let Some(device) = self.devices.get_mut(outcome.device) else {
+            return report;
+        };
+        let mut transitions = Vec::new();
+        match &outcome.result {
+            Err(_) => {
+                device.failures = device.failures.saturating_add(1);
+                if device.failures >= device.comm_loss_after {
+                    let id = device.comm_lost_alarm.clone();
+                    transitions.extend(self.external(&id, true, outcome.ts_ms));
+                }
+            }
+            Ok(polled) => {
+                device.failures = 0;
+                let batch = ReadingBatch {
+                    schema: SCHEMA_VERSION,
+                    gateway: self.gateway.clone(),
+                    device: device.id.clone(),
+                    device_kind: device.kind.clone(),
+                    place: device.place.clone(),
+                    ts_ms: outcome.ts_ms,
+                    points: polled
+                        .values
+                        .iter()
+                        .map(|(point, value)| PointValue {
+                            point: point.clone(),
+                            value: *value,
+                            engineering_unit: device.units.get(point).cloned().flatten(),
+                        })
+                        .collect(),
+                };
+                let device_id = device.id.clone();
+                let comm_lost = device.comm_lost_alarm.clone();
+                transitions.extend(self.external(&comm_lost, false, outcome.ts_ms));
+                for (point, value) in &polled.values {
+                    transitions.extend(self.engine.on_reading(
+                        &device_id,
+                        point,
+                        *value,
+                        outcome.ts_ms,
+                    ));
+                }
+                report.readings = Some(batch);
+            }
+        }
+        report.events = transitions
+            .into_iter()
+            .filter_map(|t| self.event(t, None))
+            .collect();
+        report
+    }
+
+    /// Time passes: on-delays may run out.
+    pub fn on_tick(&mut self, now_ms: i64) -> Vec<AlarmEvent> {
+        let transitions = self.engine.tick(now_ms);
+        transitions
+            .into_iter()
+            .filter_map(|t| self.event(t, None))
+            .collect()
+    }
+
+    /// A command from the console. Always yields a reply; an accepted acknowledgement also
+    /// yields the alarm's new state as an event.
+    pub fn on_command(&mut self, command: &Command, now_ms: i64) -> (Option<AlarmEvent>, CommandReply) {
+        let mut reply = CommandReply {
+            schema: SCHEMA_VERSION,
+            command_id: command.command_id.clone(),
+            gateway: self.gateway.clone(),
+            ok: false,
+            error: None,
+            ts_ms: now_ms,
+        };
+        match &command.action {
+            Action::Acknowledge { alarm_id } => match self.engine.acknowledge(alarm_id, now_ms) {
+                Ok(t) => {
+                    reply.ok = true;
+                    (self.event(t, Some(command.operator.clone())), reply)
+                }
+                Err(e) => {
+                    reply.error = Some(match e {
+                        AckError::UnknownAlarm(id) => {
+                            format!("gateway {} has no alarm {id:?}", self.gateway)
+                        }
+                        other => other.to_string(),
+                    });
+                    (None, reply)
+                }
+            },
+        }
+    }
+
+    /// Each alarm's latest event, oldest first.
+    pub fn latest_events(&self) -> Vec<AlarmEvent> {
+        let mut events: Vec<AlarmEvent> = self.latest.values().cloned().collect();
+        events.sort_by(|a, b| (a.ts_ms, &a.event_id).cmp(&(b.ts_ms, &b.event_id)));
+        events
+    }
+
+    fn external(&mut self, alarm_id: &str, active: bool, ts_ms: i64) -> Vec<Transition> {
+        // The comm-lost alarms are created with the engine from the same config, so the id
+        // always exists and is External; an error here is a broken invariant, logged by
+        // returning nothing rather than crashing the gateway.
+        self.engine
+            .set_external(alarm_id, active, None, ts_ms)
+            .unwrap_or_else(|e| {
+                tracing::error!(alarm_id, error = %e, "comm-lost alarm missing from the engine");
+                Vec::new()
+            })
+    }
+
+    fn event(&mut self, t: Transition, operator: Option<String>) -> Option<AlarmEvent> {
+        let meta = self.meta.get(&t.alarm_id)?;
+        let view = self.engine.alarm(&t.alarm_id)?;
+        self.next_seq += 1;
+        let event = AlarmEvent {
+            schema: SCHEMA_VERSION,
+            event_id: format!("{}-{}", self.boot_id, self.next_seq),
+            alarm_id: t.alarm_id.clone(),
+            gateway: self.gateway.clone(),
+            device: meta.device.clone(),
+            device_kind: meta.device_kind.clone(),
+            point: meta.point.clone(),
+            rule: meta.rule.clone(),
+            class: view.spec.class,
+            priority: view.spec.priority,
+            transition: t.kind,
+            state: t.state,
+            active: t.active,
+            value: t.value.or(view.last_value),
+            engineering_unit: meta.engineering_unit.clone(),
+            place: meta.place.clone(),
+            message: meta.message.clone(),
+            ts_ms: t.ts_ms,
+            operator,
+        };
+        self.latest.insert(event.alarm_id.clone(), event.clone());
+        Some(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modbus::{LinkError, PolledValues};
+    use shouwang_wire::{AlarmState, SignalClass, TransitionKind};
+
+    const CONFIG: &str = r#"
+[gateway]
+id = "gw"
+community = "c"
+
+[[devices]]
+id = "smoke-1"
+kind = "smoke"
+building = "B1"
+floor = "12"
+unit = "03"
+transport = "tcp"
+address = "127.0.0.1:1"
+comm_loss_after = 2
+
+[[devices.points]]
+name = "obscuration"
+register = 0
+type = "u16"
+engineering_unit = "%/m"
+
+[[rules]]
+id = "smoke-high"
+device_kind = "smoke"
+point = "obscuration"
+class = "alarm"
+priority = "high"
+above = 2.5
+deadband = 0.5
+message = "Smoke detected"
+"#;
+
+    fn watch() -> Watch {
+        let config = Config::from_toml_str(CONFIG, "t").unwrap();
+        Watch::new(&config, "boot".into()).unwrap()
+    }
+
+    fn good(value: f64, ts_ms: i64) -> PollOutcome {
+        PollOutcome {
+            device: 0,
+            ts_ms,
+            result: Ok(PolledValues {
+                values: vec![("obscuration".into(), value)],
+                faults: vec![],
+            }),
+        }
+    }
+
+    fn failed(ts_ms: i64) -> PollOutcome {
+        PollOutcome {
+            device: 0,
+            ts_ms,
+            result: Err(LinkError::Timeout(500)),
+        }
+    }
+
+    #[test]
+    fn smoke_over_the_limit_becomes_an_alarm_event_with_its_place() {
+        let mut w = watch();
+        let quiet = w.on_poll(&good(0.2, 1_000));
+        assert!(quiet.events.is_empty());
+        assert_eq!(quiet.readings.unwrap().points[0].engineering_unit.as_deref(), Some("%/m"));
+        let report = w.on_poll(&good(3.0, 2_000));
+        let [event] = report.events.as_slice() else { panic!("{report:?}") };
+        assert_eq!(event.alarm_id, "gw:smoke-1:smoke-high");
+        assert_eq!(event.place.short(), "B1-12-03");
+        assert_eq!(event.place.community, "c");
+        assert_eq!(event.class, SignalClass::Alarm);
+        assert_eq!(event.state, AlarmState::Unacknowledged);
+        assert_eq!(event.transition, TransitionKind::Raised);
+        assert_eq!(event.value, Some(3.0));
+        assert_eq!(event.ts_ms, 2_000);
+        assert_eq!(event.event_id, "boot-1");
+    }
+
+    #[test]
+    fn communication_is_lost_after_the_configured_failures_and_comes_back() {
+        let mut w = watch();
+        assert!(w.on_poll(&failed(1_000)).events.is_empty());
+        let lost = w.on_poll(&failed(2_000)).events;
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].rule, "comm_lost");
+        assert_eq!(lost[0].class, SignalClass::Fault);
+        assert!(lost[0].active);
+        assert!(w.on_poll(&failed(3_000)).events.is_empty(), "raised once, not per poll");
+        let back = w.on_poll(&good(0.1, 4_000)).events;
+        assert_eq!(back[0].state, AlarmState::ReturnedUnacknowledged);
+    }
+
+    #[test]
+    fn an_acknowledgement_changes_the_state_and_names_the_operator() {
+        let mut w = watch();
+        w.on_poll(&good(3.0, 1_000));
+        let cmd = Command {
+            schema: SCHEMA_VERSION,
+            command_id: "c1".into(),
+            operator: "wang".into(),
+            ts_ms: 1_500,
+            action: Action::Acknowledge {
+                alarm_id: "gw:smoke-1:smoke-high".into(),
+            },
+        };
+        let (event, reply) = w.on_command(&cmd, 1_600);
+        assert!(reply.ok);
+        let event = event.unwrap();
+        assert_eq!(event.state, AlarmState::Acknowledged);
+        assert_eq!(event.operator.as_deref(), Some("wang"));
+        let (again, reply) = w.on_command(&cmd, 1_700);
+        assert!(again.is_none());
+        assert!(!reply.ok);
+        assert!(reply.error.unwrap().contains("acknowledge"), "nothing to acknowledge");
+    }
+
+    #[test]
+    fn an_ack_for_an_unknown_alarm_is_refused_by_name() {
+        let mut w = watch();
+        let cmd = Command {
+            schema: SCHEMA_VERSION,
+            command_id: "c2".into(),
+            operator: "wang".into(),
+            ts_ms: 0,
+            action: Action::Acknowledge {
+                alarm_id: "gw:nope:x".into(),
+            },
+        };
+        let (_, reply) = w.on_command(&cmd, 0);
+        assert!(reply.error.unwrap().contains("gw:nope:x"));
+    }
+}

@@ -1,0 +1,226 @@
+//! Real servers for tests: mosquitto, VictoriaMetrics and InfluxDB 1.x, from Debian's
+//! packages (`.ci/run` installs them).
+//!
+//! Each one runs as a child process on a port the OS picked, with its data in a temporary
+//! directory, and is killed when its [`Server`] handle drops. Starting waits until the port
+//! accepts connections, with a deadline; if the process dies first, the error carries what it
+//! printed.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A running server process. Killed on drop.
+pub struct Server {
+    name: &'static str,
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `http://127.0.0.1:PORT`, for the HTTP servers.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's scratch directory (config, data, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kill the server (to test what happens when it goes away).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} on port {}", self.name, self.port)
+    }
+}
+
+/// A port that was free a moment ago. There is a small race between this and the server
+/// binding it; the servers here cannot be told to bind port 0 and report it.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Find a server binary on PATH or in the sbin directories Debian puts daemons in.
+pub fn find_binary(name: &str, package: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/usr/local/sbin"].map(PathBuf::from));
+    for dir in dirs {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("{name} not found: run .ci/run once, or `apt-get install -y {package}`")
+}
+
+fn spawn(
+    name: &'static str,
+    program: &Path,
+    args: &[String],
+    port: u16,
+    dir: tempfile::TempDir,
+) -> anyhow::Result<Server> {
+    let log = std::fs::File::create(dir.path().join("server.log"))?;
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let mut server = Server {
+        name,
+        child,
+        port,
+        dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = server.child.try_wait()? {
+            bail!("{name} exited with {status} before it listened:\n{}", server.log());
+        }
+        if TcpStream::connect_timeout(&server.addr(), Duration::from_millis(200)).is_ok() {
+            return Ok(server);
+        }
+        if Instant::now() > deadline {
+            bail!("{name} did not listen on {} within 30 s:\n{}", server.addr(), server.log());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A mosquitto broker on loopback, anonymous, without persistence.
+pub fn mosquitto() -> anyhow::Result<Server> {
+    mosquitto_on(free_port())
+}
+
+/// A mosquitto broker on a given port (to restart one where clients expect it).
+pub fn mosquitto_on(port: u16) -> anyhow::Result<Server> {
+    let bin = find_binary("mosquitto", "mosquitto")?;
+    let dir = tempfile::tempdir()?;
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )?;
+    spawn(
+        "mosquitto",
+        &bin,
+        &["-c".into(), conf.display().to_string()],
+        port,
+        dir,
+    )
+}
+
+/// A single-node VictoriaMetrics that accepts InfluxDB line protocol on `/write` and
+/// `/api/v2/write` and answers `/api/v1/export`.
+pub fn victoria_metrics() -> anyhow::Result<Server> {
+    let bin = find_binary("victoria-metrics", "victoria-metrics")?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let data = dir.path().join("data");
+    spawn(
+        "victoria-metrics",
+        &bin,
+        &[
+            format!("-httpListenAddr=127.0.0.1:{port}"),
+            format!("-storageDataPath={}", data.display()),
+            "-retentionPeriod=100y".into(),
+            "-search.latencyOffset=0s".into(),
+        ],
+        port,
+        dir,
+    )
+}
+
+/// InfluxDB 1.x with the HTTP API on loopback, no auth, data in a temp dir.
+/// Create a database with [`influx1_create_database`] before writing.
+pub fn influxdb1() -> anyhow::Result<Server> {
+    let bin = find_binary("influxd", "influxdb")?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let rpc_port = free_port();
+    let d = dir.path().display().to_string();
+    let conf = dir.path().join("influxdb.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{d}/meta"
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:{port}"
+  auth-enabled = false
+  log-enabled = false
+"#
+        ),
+    )?;
+    spawn(
+        "influxd",
+        &bin,
+        &["-config".into(), conf.display().to_string()],
+        port,
+        dir,
+    )
+}
+
+/// `CREATE DATABASE name` on an InfluxDB 1.x server.
+pub async fn influx1_create_database(server: &Server, name: &str) -> anyhow::Result<()> {
+    let resp = http_client()
+        .post(format!("{}/query", server.url()))
+        .form(&[("q", format!("CREATE DATABASE \"{name}\""))])
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("CREATE DATABASE {name}: {}", resp.text().await?);
+    }
+    Ok(())
+}
+
+/// An HTTP client for tests. Installs rustls' ring provider first: the workspace builds
+/// reqwest without a built-in crypto provider (no aws-lc, no OpenSSL).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_else(|e| panic!("building the test HTTP client: {e}"))
+}

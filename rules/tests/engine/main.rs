@@ -1,0 +1,58 @@
+//! The rule engine's behaviour, as the gateway and an operator see it. One test binary:
+//! `scenarios` walks every transition by hand, `model` checks random sequences against a
+//! reference model of the state table.
+
+// clippy.toml allows these in `#[test]` fns only; the helpers here are test code too, where a
+// panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod model;
+mod scenarios;
+
+use shouwang_rules::{Condition, Priority, RuleSpec, SignalClass};
+
+/// A smoke-density rule on `building-3/smoke-12:density`: alarm at 10 %/m, clears under 8.
+pub fn smoke(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
+    RuleSpec {
+        alarm_id: alarm_id.to_owned(),
+        device: "smoke-12".to_owned(),
+        point: "density".to_owned(),
+        class: SignalClass::Alarm,
+        priority: Priority::High,
+        condition: Condition::Above {
+            limit: 10.0,
+            deadband: 2.0,
+        },
+        on_delay_ms,
+    }
+}
+
+/// A fire-water pressure rule on `pump-1:pressure`: supervisory at 0.3 MPa and below,
+/// clears over 0.35.
+pub fn low_pressure(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
+    RuleSpec {
+        alarm_id: alarm_id.to_owned(),
+        device: "pump-1".to_owned(),
+        point: "pressure".to_owned(),
+        class: SignalClass::Supervisory,
+        priority: Priority::Medium,
+        condition: Condition::Below {
+            limit: 0.3,
+            deadband: 0.05,
+        },
+        on_delay_ms,
+    }
+}
+
+/// A communication-lost fault on `elevator-2`, set from outside.
+pub fn comm_lost(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
+    RuleSpec {
+        alarm_id: alarm_id.to_owned(),
+        device: "elevator-2".to_owned(),
+        point: String::new(),
+        class: SignalClass::Fault,
+        priority: Priority::Low,
+        condition: Condition::External,
+        on_delay_ms,
+    }
+}

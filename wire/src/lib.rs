@@ -1,0 +1,373 @@
+//! The wire contract between Shouwang gateways and the console, schema version 1.
+//!
+//! Everything that crosses the MQTT broker is defined here and documented in
+//! `docs/wire.md`; change both together. Receivers reject a message whose `schema` they do
+//! not know with [`WireError::UnsupportedSchema`] instead of guessing.
+//!
+//! Identities: every [`AlarmEvent`] carries an `event_id` that is unique and stays the same
+//! when the event is sent again, so receivers drop duplicates; every [`Command`] carries a
+//! `command_id` that its [`CommandReply`] repeats.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use shouwang_rules::{AlarmState, Priority, SignalClass, TransitionKind};
+
+/// The schema version every message of this crate carries in its `schema` field.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The first two levels of every topic.
+pub const TOPIC_ROOT: &str = "shouwang/v1";
+
+/// Why a message or topic could not be understood.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("payload is not valid {kind} JSON: {source}")]
+    Json {
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{kind} has schema version {found}, this build understands {SCHEMA_VERSION}")]
+    UnsupportedSchema { kind: &'static str, found: u32 },
+    #[error("topic {0:?} is not a Shouwang v1 topic (shouwang/v1/<community>/<gateway>/<channel>)")]
+    Topic(String),
+}
+
+/// Where a device is, in the site hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Place {
+    pub community: String,
+    pub building: String,
+    pub floor: String,
+    pub unit: String,
+}
+
+impl Place {
+    /// The short form operators use, e.g. `B1-12-03` (building, floor, unit).
+    pub fn short(&self) -> String {
+        format!("{}-{}-{}", self.building, self.floor, self.unit)
+    }
+}
+
+/// The channels under one gateway's topic prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// [`GatewayStatus`], retained; the last will sets it offline.
+    Status,
+    /// [`ReadingBatch`], QoS 0.
+    Readings,
+    /// [`AlarmEvent`], QoS 1.
+    Events,
+    /// [`Command`] to the gateway, QoS 1.
+    Commands,
+    /// [`CommandReply`] from the gateway, QoS 1.
+    Replies,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 5] = [
+        Channel::Status,
+        Channel::Readings,
+        Channel::Events,
+        Channel::Commands,
+        Channel::Replies,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Status => "status",
+            Channel::Readings => "readings",
+            Channel::Events => "events",
+            Channel::Commands => "commands",
+            Channel::Replies => "replies",
+        }
+    }
+}
+
+/// `shouwang/v1/<community>/<gateway>/<channel>`.
+pub fn topic(community: &str, gateway: &str, channel: Channel) -> String {
+    format!("{TOPIC_ROOT}/{community}/{gateway}/{}", channel.as_str())
+}
+
+/// The filter a console uses to hear every gateway of every community on one channel.
+pub fn topic_filter_all(channel: Channel) -> String {
+    format!("{TOPIC_ROOT}/+/+/{}", channel.as_str())
+}
+
+/// A parsed topic: which community, which gateway, which channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicName {
+    pub community: String,
+    pub gateway: String,
+    pub channel: Channel,
+}
+
+pub fn parse_topic(topic: &str) -> Result<TopicName, WireError> {
+    let bad = || WireError::Topic(topic.to_string());
+    let rest = topic
+        .strip_prefix(TOPIC_ROOT)
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(bad)?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [community, gateway, channel] = parts.as_slice() else {
+        return Err(bad());
+    };
+    if community.is_empty() || gateway.is_empty() {
+        return Err(bad());
+    }
+    let channel = Channel::ALL
+        .into_iter()
+        .find(|c| c.as_str() == *channel)
+        .ok_or_else(bad)?;
+    Ok(TopicName {
+        community: community.to_string(),
+        gateway: gateway.to_string(),
+        channel,
+    })
+}
+
+/// A character that may not appear in a community, gateway, device or rule id, because ids
+/// become MQTT topic levels and parts of alarm ids and URLs.
+pub fn forbidden_id_char(id: &str) -> Option<char> {
+    id.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_' || *c == '.'))
+}
+
+/// `<gateway>:<device>:<rule>`: names one alarm for its whole life.
+pub fn alarm_id(gateway: &str, device: &str, rule: &str) -> String {
+    format!("{gateway}:{device}:{rule}")
+}
+
+/// The gateway that owns an alarm id, i.e. where acknowledgements for it go.
+pub fn gateway_of_alarm(alarm_id: &str) -> Option<&str> {
+    alarm_id.split(':').next().filter(|g| !g.is_empty())
+}
+
+/// One transition of one alarm, as the gateway reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmEvent {
+    pub schema: u32,
+    /// Unique per event and the same on every resend: receivers drop duplicates by it.
+    pub event_id: String,
+    /// `<gateway>:<device>:<rule>`, see [`alarm_id`].
+    pub alarm_id: String,
+    pub gateway: String,
+    pub device: String,
+    /// `smoke`, `leak`, `pressure`, `door`, ...
+    pub device_kind: String,
+    /// The point the rule watches; `None` for device-level faults such as comm loss.
+    pub point: Option<String>,
+    pub rule: String,
+    pub class: SignalClass,
+    pub priority: Priority,
+    pub transition: TransitionKind,
+    /// The alarm's state after this transition.
+    pub state: AlarmState,
+    /// Whether the condition is active after this transition.
+    pub active: bool,
+    /// The reading that caused the transition, in `engineering_unit`.
+    pub value: Option<f64>,
+    pub engineering_unit: Option<String>,
+    pub place: Place,
+    /// Human text for the board, e.g. "Smoke detected".
+    pub message: String,
+    /// When the transition happened at the gateway, ms since the Unix epoch (UTC).
+    pub ts_ms: i64,
+    /// Who acknowledged, on `acknowledged` transitions.
+    pub operator: Option<String>,
+}
+
+/// One poll of one device: the values of its points.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingBatch {
+    pub schema: u32,
+    pub gateway: String,
+    pub device: String,
+    pub device_kind: String,
+    pub place: Place,
+    /// When the poll completed, ms since the Unix epoch (UTC).
+    pub ts_ms: i64,
+    pub points: Vec<PointValue>,
+}
+
+/// One scaled value of one point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointValue {
+    pub point: String,
+    pub value: f64,
+    pub engineering_unit: Option<String>,
+}
+
+/// Whether a gateway is connected. Retained; the broker publishes the `offline` last will
+/// when the gateway disappears without saying goodbye.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayState {
+    Online,
+    Offline,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayStatus {
+    pub schema: u32,
+    pub gateway: String,
+    pub community: String,
+    pub state: GatewayState,
+    /// ms since the Unix epoch; for the last will, when the gateway connected.
+    pub ts_ms: i64,
+    /// The gateway's software version.
+    pub version: String,
+}
+
+/// What the console asks a gateway to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Acknowledge one alarm.
+    Acknowledge { alarm_id: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub schema: u32,
+    /// Unique per command; the reply repeats it.
+    pub command_id: String,
+    /// Who asked, as shown in the alarm's history.
+    pub operator: String,
+    pub ts_ms: i64,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// The gateway's answer to one [`Command`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandReply {
+    pub schema: u32,
+    pub command_id: String,
+    pub gateway: String,
+    pub ok: bool,
+    /// Why the command was refused, when `ok` is false.
+    pub error: Option<String>,
+    pub ts_ms: i64,
+}
+
+/// A message of this contract: it knows its name and carries a schema version.
+pub trait Message: Serialize + DeserializeOwned {
+    const KIND: &'static str;
+    fn schema(&self) -> u32;
+
+    /// Parse a payload and check its schema version.
+    fn decode(payload: &[u8]) -> Result<Self, WireError> {
+        // Look at the schema first, so a v2 message gets "unsupported schema" rather
+        // than a confusing field error.
+        #[derive(Deserialize)]
+        struct Probe {
+            schema: Option<u32>,
+        }
+        if let Ok(Probe {
+            schema: Some(found),
+        }) = serde_json::from_slice::<Probe>(payload)
+            && found != SCHEMA_VERSION
+        {
+            return Err(WireError::UnsupportedSchema {
+                kind: Self::KIND,
+                found,
+            });
+        }
+        let msg: Self = serde_json::from_slice(payload).map_err(|source| WireError::Json {
+            kind: Self::KIND,
+            source,
+        })?;
+        Ok(msg)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        // Serializing these plain structs cannot fail (no maps with non-string keys).
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+macro_rules! message {
+    ($t:ty, $kind:literal) => {
+        impl Message for $t {
+            const KIND: &'static str = $kind;
+            fn schema(&self) -> u32 {
+                self.schema
+            }
+        }
+    };
+}
+message!(AlarmEvent, "alarm event");
+message!(ReadingBatch, "reading batch");
+message!(GatewayStatus, "gateway status");
+message!(Command, "command");
+message!(CommandReply, "command reply");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_round_trip_through_the_parser() {
+        let t = topic("riverside", "gw-b1", Channel::Events);
+        assert_eq!(t, "shouwang/v1/riverside/gw-b1/events");
+        let parsed = parse_topic(&t).unwrap();
+        assert_eq!(parsed.community, "riverside");
+        assert_eq!(parsed.gateway, "gw-b1");
+        assert_eq!(parsed.channel, Channel::Events);
+    }
+
+    #[test]
+    fn foreign_topics_are_refused_by_name() {
+        for t in [
+            "shouwang/v2/a/b/events",
+            "shouwang/v1/a/events",
+            "shouwang/v1/a/b/c/events",
+            "shouwang/v1/a/b/nonsense",
+        ] {
+            let err = parse_topic(t).unwrap_err();
+            assert!(err.to_string().contains(t), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_command_carries_its_action_flat() {
+        let cmd = Command {
+            schema: SCHEMA_VERSION,
+            command_id: "c1".into(),
+            operator: "li".into(),
+            ts_ms: 5,
+            action: Action::Acknowledge {
+                alarm_id: "gw:dev:rule".into(),
+            },
+        };
+        let json: serde_json::Value = serde_json::from_slice(&cmd.encode()).unwrap();
+        assert_eq!(json["action"], "acknowledge");
+        assert_eq!(json["alarm_id"], "gw:dev:rule");
+        assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_its_version() {
+        let err = GatewayStatus::decode(br#"{"schema":2,"gateway":"g"}"#).unwrap_err();
+        assert!(matches!(err, WireError::UnsupportedSchema { found: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_refused_with_the_message_kind() {
+        let err = AlarmEvent::decode(b"\xff not json").unwrap_err();
+        assert!(err.to_string().contains("alarm event"), "{err}");
+    }
+
+    #[test]
+    fn the_gateway_of_an_alarm_is_its_first_id_part() {
+        assert_eq!(gateway_of_alarm(&alarm_id("gw-1", "smoke-1", "high")), Some("gw-1"));
+        assert_eq!(gateway_of_alarm(":x:y"), None);
+    }
+}
