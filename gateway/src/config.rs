@@ -119,6 +119,7 @@ pub struct DeviceConfig {
     #[serde(default = "default_comm_loss_after")]
     pub comm_loss_after: u32,
     /// The values read from the device.
+    #[serde(default)]
     pub points: Vec<PointConfig>,
 }
 
@@ -317,7 +318,8 @@ fn section<T: for<'de> Deserialize<'de>>(
 
 /// A `[[devices]]` or `[[rules]]` entry's label for messages: `devices[2] (smoke-B1-12-03)`.
 fn label(list: &str, i: usize, value: &toml::Value) -> String {
-    match value.get("id").and_then(|v| v.as_str()) {
+    let name = value.get("id").or_else(|| value.get("name"));
+    match name.and_then(|v| v.as_str()) {
         Some(id) => format!("{list}[{i}] ({id})"),
         None => format!("{list}[{i}]"),
     }
@@ -369,7 +371,7 @@ impl Config {
             Some(v) => section::<InfluxConfig>(v, "influx", &mut problems).map(Some),
             None => Some(None),
         };
-        let devices = list::<DeviceConfig>(table.remove("devices"), "devices", &mut problems);
+        let devices = devices(table.remove("devices"), &mut problems);
         let rules = list::<RuleConfig>(table.remove("rules"), "rules", &mut problems);
         for key in table.keys() {
             problems.add(
@@ -599,6 +601,36 @@ fn list<T: for<'de> Deserialize<'de>>(
     }
 }
 
+/// Like [`list`], but each device's points are deserialized on their own too, so a bad
+/// point does not hide the problems of its device.
+fn devices(value: Option<toml::Value>, problems: &mut Problems) -> Vec<Option<DeviceConfig>> {
+    let Some(toml::Value::Array(items)) = value else {
+        return list(value, "devices", problems);
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut item)| {
+            let at = label("devices", i, &item);
+            let points = match item.as_table_mut() {
+                Some(t) => t.insert("points".into(), toml::Value::Array(Vec::new())),
+                None => None,
+            };
+            let device = section::<DeviceConfig>(item, &at, problems);
+            let points = list::<PointConfig>(points, &format!("{at}.points"), problems);
+            if points.is_empty() {
+                problems.add(format!("{at}.points"), "no points: add [[devices.points]]");
+            }
+            // A device whose points did not all parse is still checked, with the good
+            // ones; the config is refused anyway because the bad ones were reported.
+            device.map(|mut d| {
+                d.points = points.into_iter().flatten().collect();
+                d
+            })
+        })
+        .collect()
+}
+
 fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
     let mut ids = BTreeMap::new();
     for (i, device) in devices.iter().enumerate() {
@@ -629,9 +661,6 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
         }
         if d.comm_loss_after == 0 {
             p.add(format!("{at}.comm_loss_after"), "must be at least 1");
-        }
-        if d.points.is_empty() {
-            p.add(format!("{at}.points"), "no points: add [[devices.points]]");
         }
         let mut names = BTreeSet::new();
         for (j, pt) in d.points.iter().enumerate() {

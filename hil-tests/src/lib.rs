@@ -4,3 +4,4 @@
 
 pub mod servers;
 pub mod sim;
+pub mod rig;

@@ -73,7 +73,8 @@ impl SimDevice {
         let service = Arc::clone(&bank);
         let task = tokio::spawn(async move {
             let server = Server::new(listener);
-            let new_service = move |_peer: SocketAddr| Ok(Some(ModbusService(Arc::clone(&service))));
+            let new_service =
+                move |_peer: SocketAddr| Ok(Some(ModbusService(Arc::clone(&service))));
             let on_connected = move |stream, peer| {
                 let accepted = accept_tcp_connection(stream, peer, &new_service);
                 async move { accepted }
@@ -112,7 +113,10 @@ impl SimDevice {
         let lo = (value & 0xFFFF) as u16;
         let mut words = self.bank.words();
         let at = usize::from(register);
-        assert!(at + 1 < ADDRESS_SPACE, "set_u32 at register {register}: no room for the low word");
+        assert!(
+            at + 1 < ADDRESS_SPACE,
+            "set_u32 at register {register}: no room for the low word"
+        );
         words[at] = hi;
         words[at + 1] = lo;
     }
@@ -148,13 +152,19 @@ impl SimDevice {
     /// Some(code): every request from now on is answered with this exception (e.g.
     /// `ExceptionCode::ServerDeviceFailure`, or `ServerDeviceBusy`); None: normal again.
     pub fn fail_with(&self, exception: Option<ExceptionCode>) {
-        *self.bank.forced_exception.lock().unwrap_or_else(|p| p.into_inner()) = exception;
+        *self
+            .bank
+            .forced_exception
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = exception;
     }
 
     /// Registers `count` and above do not exist: a read or write touching them gets
     /// IllegalDataAddress. The default, 65536, is the whole address space.
     pub fn set_register_count(&self, count: u32) {
-        self.bank.register_count.store(count.min(ADDRESS_SPACE as u32), Ordering::SeqCst);
+        self.bank
+            .register_count
+            .store(count.min(ADDRESS_SPACE as u32), Ordering::SeqCst);
     }
 
     /// Requests answered so far, with data or with an exception. A request that was not
@@ -212,7 +222,11 @@ impl RegisterBank {
     }
 
     /// Check that `quantity` registers from `address` exist; the end as an index.
-    fn range(&self, address: u16, quantity: usize) -> Result<std::ops::Range<usize>, ExceptionCode> {
+    fn range(
+        &self,
+        address: u16,
+        quantity: usize,
+    ) -> Result<std::ops::Range<usize>, ExceptionCode> {
         let start = usize::from(address);
         let end = start + quantity;
         let count = self.register_count.load(Ordering::SeqCst) as usize;
@@ -244,15 +258,18 @@ impl RegisterBank {
         if !self.responding.load(Ordering::SeqCst) {
             return None;
         }
-        let forced = *self.forced_exception.lock().unwrap_or_else(|p| p.into_inner());
+        let forced = *self
+            .forced_exception
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let answer = match (forced, request) {
             (Some(exception), _) => Err(exception),
-            (None, Request::ReadHoldingRegisters(address, quantity)) => {
-                self.read(address, quantity).map(Response::ReadHoldingRegisters)
-            }
-            (None, Request::ReadInputRegisters(address, quantity)) => {
-                self.read(address, quantity).map(Response::ReadInputRegisters)
-            }
+            (None, Request::ReadHoldingRegisters(address, quantity)) => self
+                .read(address, quantity)
+                .map(Response::ReadHoldingRegisters),
+            (None, Request::ReadInputRegisters(address, quantity)) => self
+                .read(address, quantity)
+                .map(Response::ReadInputRegisters),
             (None, Request::WriteSingleRegister(address, value)) => self
                 .write(address, &[value])
                 .map(|()| Response::WriteSingleRegister(address, value)),

@@ -1,0 +1,295 @@
+//! The console's MQTT side: one task that owns the rumqttc event loop.
+//!
+//! - Subscribes (QoS 1) to every gateway's status, readings, events and replies, again on
+//!   every ConnAck (the broker may have lost the session).
+//! - Persistent session (`clean_session = false`) with **manual acks**: a QoS 1 message is
+//!   acknowledged to the broker only after it is stored, so an event is never lost between
+//!   the broker and the database. A message that cannot be decoded is acknowledged (it
+//!   never will decode) after it is logged with its topic and the reason, and counted.
+//! - Reconnects forever: after an error it sleeps [`RECONNECT_DELAY`] and polls again.
+//!
+//! [`decode`] is the pure part: topic and payload in, a typed [`Inbound`] out.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
+    SubscribeReasonCode,
+};
+use shouwang_wire::{
+    AlarmEvent, Channel, CommandReply, GatewayStatus, Message, ReadingBatch, TopicName, WireError,
+};
+
+use crate::state::{AppState, Metrics, ReadingUpdate, StreamKind};
+use crate::store::{EventOutcome, StoreError};
+
+/// Pause between reconnection attempts.
+pub const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// Requests (publishes, acks, subscribes) that may wait for the event loop.
+const REQUEST_CAPACITY: usize = 256;
+
+/// The largest message accepted; a bigger one would make rumqttc drop the connection.
+const MAX_PACKET_BYTES: usize = 1024 * 1024;
+
+/// The channels the console listens to.
+pub const SUBSCRIBED: [Channel; 4] = [
+    Channel::Status,
+    Channel::Readings,
+    Channel::Events,
+    Channel::Replies,
+];
+
+/// The client and event loop for the console, not yet connected.
+pub fn client(host: &str, port: u16, client_id: &str) -> (AsyncClient, EventLoop) {
+    let mut opts = MqttOptions::new(client_id, host, port);
+    opts.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(15))
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    AsyncClient::new(opts, REQUEST_CAPACITY)
+}
+
+/// A decoded message from a gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    Event(AlarmEvent),
+    Readings(ReadingBatch),
+    Status(GatewayStatus),
+    Reply(CommandReply),
+}
+
+/// Why a message was dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("the console does not listen on the {0} channel")]
+    Channel(&'static str),
+}
+
+/// Understand one message by its topic and payload.
+pub fn decode(topic: &str, payload: &[u8]) -> Result<(TopicName, Inbound), DecodeError> {
+    let name = shouwang_wire::parse_topic(topic)?;
+    let inbound = match name.channel {
+        Channel::Events => Inbound::Event(AlarmEvent::decode(payload)?),
+        Channel::Readings => Inbound::Readings(ReadingBatch::decode(payload)?),
+        Channel::Status => Inbound::Status(GatewayStatus::decode(payload)?),
+        Channel::Replies => Inbound::Reply(CommandReply::decode(payload)?),
+        Channel::Commands => return Err(DecodeError::Channel(Channel::Commands.as_str())),
+    };
+    Ok((name, inbound))
+}
+
+/// Poll the event loop forever. Returns only if the client side is gone, which cannot happen
+/// while `state` holds the client.
+pub async fn run(mut eventloop: EventLoop, client: AsyncClient, state: AppState) {
+    let filters: Vec<SubscribeFilter> = SUBSCRIBED
+        .iter()
+        .map(|c| SubscribeFilter::new(shouwang_wire::topic_filter_all(*c), QoS::AtLeastOnce))
+        .collect();
+    let mut failures: u64 = 0;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                failures = 0;
+                Metrics::inc(&state.metrics.mqtt_connections);
+                tracing::info!(session_present = ack.session_present, "connected to the broker");
+                if let Err(error) = client.try_subscribe_many(filters.clone()) {
+                    tracing::error!(%error, "cannot queue the subscription");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .filter(|c| matches!(c, SubscribeReasonCode::Failure))
+                    .count();
+                if refused > 0 {
+                    tracing::error!(refused, "the broker refused some subscriptions");
+                } else {
+                    tracing::info!("subscribed to every gateway");
+                }
+                state.mqtt_connected.store(true, Ordering::Relaxed);
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                match handle(&state, &publish).await {
+                    Ok(()) => {
+                        if let Err(error) = client.try_ack(&publish) {
+                            // The broker redelivers it after the next reconnect.
+                            tracing::warn!(%error, topic = %publish.topic, "cannot queue the ack");
+                        }
+                    }
+                    Err(error) => {
+                        // Not acked: the broker keeps it and redelivers it on reconnect.
+                        tracing::error!(%error, topic = %publish.topic, "cannot store a message");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                state.mqtt_connected.store(false, Ordering::Relaxed);
+                failures += 1;
+                // Loud on the first failure, then once a minute, so a broker outage does
+                // not flood the log.
+                if failures == 1 || failures % 60 == 0 {
+                    tracing::warn!(%error, failures, "MQTT connection failed; retrying");
+                } else {
+                    tracing::debug!(%error, failures, "MQTT connection failed; retrying");
+                }
+                if let rumqttc::ConnectionError::RequestsDone = error {
+                    return;
+                }
+                tokio::time::sleep(RECONNECT_DELAY).await;
+            }
+        }
+    }
+}
+
+/// Decode, store and fan out one message. `Err` only when it could not be stored; a message
+/// that does not decode is logged, counted and dropped (`Ok`).
+async fn handle(state: &AppState, publish: &Publish) -> Result<(), StoreError> {
+    Metrics::inc(&state.metrics.mqtt_messages_received);
+    let (topic, inbound) = match decode(&publish.topic, &publish.payload) {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            Metrics::inc(&state.metrics.mqtt_messages_rejected);
+            tracing::warn!(
+                topic = %publish.topic,
+                reason = %error,
+                bytes = publish.payload.len(),
+                "dropping a message that does not decode"
+            );
+            return Ok(());
+        }
+    };
+    let now = now_ms();
+    match inbound {
+        Inbound::Event(event) => {
+            if event.gateway != topic.gateway {
+                // Kept anyway: an alarm must get through even from a misconfigured gateway.
+                tracing::warn!(
+                    topic = %publish.topic,
+                    gateway = %event.gateway,
+                    alarm_id = %event.alarm_id,
+                    "alarm event names another gateway than its topic"
+                );
+            }
+            let community = topic.community.clone();
+            let event_id = event.event_id.clone();
+            let outcome = state
+                .store
+                .call(move |s| s.apply_event(&event, &community, now))
+                .await?;
+            match outcome {
+                EventOutcome::Duplicate => {
+                    Metrics::inc(&state.metrics.alarm_events_duplicate);
+                    tracing::debug!(%event_id, "duplicate alarm event dropped");
+                }
+                EventOutcome::Late => {
+                    Metrics::inc(&state.metrics.alarm_events_stored);
+                    Metrics::inc(&state.metrics.alarm_events_late);
+                    tracing::info!(%event_id, "late alarm event kept in history only");
+                }
+                EventOutcome::Current(view) => {
+                    Metrics::inc(&state.metrics.alarm_events_stored);
+                    tracing::info!(
+                        %event_id,
+                        alarm_id = %view.event.alarm_id,
+                        state = %crate::store::state_name(view.event.state),
+                        "alarm event"
+                    );
+                    state.publish(StreamKind::Alarm, &view);
+                }
+            }
+        }
+        Inbound::Readings(batch) => match state.readings.update(&topic.community, &batch) {
+            ReadingUpdate::Latest => state.publish(StreamKind::Reading, &batch),
+            ReadingUpdate::Stale => {}
+            ReadingUpdate::Full => {
+                Metrics::inc(&state.metrics.readings_dropped);
+                tracing::warn!(topic = %publish.topic, device = %batch.device, "live readings table full");
+            }
+        },
+        Inbound::Status(status) => {
+            let stored = status.clone();
+            state
+                .store
+                .call(move |s| s.put_gateway(&stored, now))
+                .await?;
+            tracing::info!(gateway = %status.gateway, state = ?status.state, "gateway status");
+            state.publish(StreamKind::Gateway, &status);
+        }
+        Inbound::Reply(reply) => {
+            let stored = reply.clone();
+            let settled = state
+                .store
+                .call(move |s| s.record_reply(&stored, now))
+                .await?;
+            match settled {
+                Some(cmd) => tracing::info!(
+                    command_id = %cmd.command_id,
+                    alarm_id = %cmd.alarm_id,
+                    ok = reply.ok,
+                    "command reply"
+                ),
+                None => {
+                    Metrics::inc(&state.metrics.command_replies_unknown);
+                    tracing::debug!(command_id = %reply.command_id, "reply to a command of another console");
+                }
+            }
+            state.publish(StreamKind::Reply, &reply);
+        }
+    }
+    Ok(())
+}
+
+/// The console clock, ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn garbage_on_an_events_topic_is_refused_with_the_message_kind() {
+        let err = decode("shouwang/v1/riverside/gw-1/events", b"\xffnot json").unwrap_err();
+        assert!(err.to_string().contains("alarm event"), "{err}");
+    }
+
+    #[test]
+    fn a_foreign_topic_is_refused_by_name() {
+        let err = decode("shouwang/v1/riverside/gw-1/bogus", b"{}").unwrap_err();
+        assert!(err.to_string().contains("shouwang/v1/riverside/gw-1/bogus"), "{err}");
+    }
+
+    #[test]
+    fn commands_are_not_for_the_console() {
+        let err = decode("shouwang/v1/riverside/gw-1/commands", b"{}").unwrap_err();
+        assert!(matches!(err, DecodeError::Channel("commands")), "{err}");
+    }
+
+    #[test]
+    fn a_reply_decodes_with_its_topic() {
+        let reply = CommandReply {
+            schema: 1,
+            command_id: "c1".into(),
+            gateway: "gw-1".into(),
+            ok: true,
+            error: None,
+            ts_ms: 1,
+        };
+        let (topic, inbound) =
+            decode("shouwang/v1/riverside/gw-1/replies", &reply.encode()).unwrap();
+        assert_eq!(topic.community, "riverside");
+        assert_eq!(inbound, Inbound::Reply(reply));
+    }
+}

@@ -1,0 +1,761 @@
+//! The console's durable store: alarm events, current alarm states, gateway status and the
+//! acknowledgement commands the console sent. One SQLite file in WAL mode.
+//!
+//! # Invariants
+//!
+//! - **Dedup by `event_id`.** `events.event_id` is the primary key: an event that arrives again
+//!   (a QoS 1 redelivery, a gateway resending after a reconnect) is dropped and reported as
+//!   [`EventOutcome::Duplicate`]; it never adds a second history entry or changes a state.
+//! - **Newest wins, by `(ts_ms, arrival)`.** An alarm's current state is the state of its event
+//!   with the greatest gateway timestamp `ts_ms`; equal timestamps go to the event that arrived
+//!   last (`arrival` is a counter the store assigns inside the insert transaction). An older
+//!   event that arrives late is kept in the history but does not roll the state back
+//!   ([`EventOutcome::Late`]).
+//! - **Gateway status: last arrival wins.** The broker's last will carries the time the gateway
+//!   *connected*, so timestamps cannot order `online` against `offline`; MQTT's per-topic
+//!   ordering does.
+//! - Every write is one transaction, so a crash leaves either the whole event (history and
+//!   state) or none of it.
+//!
+//! # On disk (schema version 1, `PRAGMA user_version`)
+//!
+//! - `events(event_id PK, arrival UNIQUE, alarm_id, ts_ms, received_ms, json)`: every distinct
+//!   event, `json` being the event re-encoded by `shouwang-wire`.
+//! - `alarms(alarm_id PK, state, ts_ms, arrival, community, updated_ms, json)`: the current
+//!   event per alarm; `community` is where acknowledgements are routed; `updated_ms` is when
+//!   the console recorded that event (console clock).
+//! - `gateways(community, gateway, received_ms, json)`, primary key `(community, gateway)`.
+//! - `commands(command_id PK, alarm_id, gateway, community, operator, issued_ms, status,
+//!   error, replied_ms)`: `status` is `pending`, `ok` or `error`.
+//!
+//! [`Store`] is synchronous and owns its connection; [`StoreHandle`] runs it on a dedicated
+//! thread behind a bounded queue so async code never blocks on SQLite.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+use shouwang_wire::{AlarmEvent, AlarmState, CommandReply, GatewayStatus, Message};
+use tokio::sync::{mpsc, oneshot};
+
+/// The schema this build writes; stored in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// The most history entries [`Store::alarm`] returns (the newest ones). A chattering point can
+/// produce thousands of events; the board needs the recent ones.
+pub const HISTORY_LIMIT: usize = 1000;
+
+/// How many store calls may wait for the store thread. When full, callers wait: the MQTT
+/// reader then stops reading, and the broker holds QoS 1 events for us (no event is shed).
+const QUEUE_CAPACITY: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored JSON does not parse: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("database {path} has schema version {found}, this build understands {SCHEMA_VERSION}")]
+    Schema { path: String, found: i64 },
+    #[error("the store thread has stopped")]
+    Closed,
+}
+
+/// An alarm as the board shows it: every field of its current event, plus when the console
+/// recorded that event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlarmView {
+    #[serde(flatten)]
+    pub event: AlarmEvent,
+    /// When the console stored the current event, ms since the Unix epoch (console clock).
+    pub updated_ms: i64,
+}
+
+/// One alarm with its history, oldest first (at most [`HISTORY_LIMIT`] newest events).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlarmDetail {
+    #[serde(flatten)]
+    pub alarm: AlarmView,
+    pub history: Vec<AlarmEvent>,
+}
+
+/// Where an acknowledgement for an alarm goes, with the alarm's current view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AckTarget {
+    pub alarm: AlarmView,
+    /// The community of the gateway that owns the alarm (the event's `place.community`, or
+    /// the topic's community when the event left it empty).
+    pub community: String,
+}
+
+/// What storing one event did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventOutcome {
+    /// The `event_id` was already stored; nothing changed.
+    Duplicate,
+    /// Stored in the history, but an event with a later `ts_ms` is already current.
+    Late,
+    /// Stored, and it is now the alarm's current state.
+    Current(AlarmView),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandStatus {
+    /// Sent (or being sent); no reply from the gateway yet.
+    Pending,
+    /// The gateway carried it out.
+    Ok,
+    /// The gateway refused it, or it could not be sent.
+    Error,
+}
+
+impl CommandStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            CommandStatus::Pending => "pending",
+            CommandStatus::Ok => "ok",
+            CommandStatus::Error => "error",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "ok" => CommandStatus::Ok,
+            "error" => CommandStatus::Error,
+            _ => CommandStatus::Pending,
+        }
+    }
+}
+
+/// An acknowledgement command the console sent, and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommandRecord {
+    pub command_id: String,
+    pub alarm_id: String,
+    pub gateway: String,
+    pub community: String,
+    pub operator: String,
+    pub issued_ms: i64,
+    pub status: CommandStatus,
+    /// Why it failed, when `status` is `error`.
+    pub error: Option<String>,
+    /// When the reply arrived (console clock).
+    pub replied_ms: Option<i64>,
+}
+
+/// The alarm state as its wire name (`normal`, `unacknowledged`, ...), the form stored in
+/// `alarms.state`. Goes through serde so a state added to the rules crate needs no change here.
+pub fn state_name(state: AlarmState) -> String {
+    match serde_json::to_value(state) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{state:?}"),
+    }
+}
+
+/// The synchronous store. Owns one SQLite connection.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Open (creating if missing) the database at `path`, switch it to WAL and create the
+    /// schema.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if found != 0 && found != SCHEMA_VERSION {
+            return Err(StoreError::Schema {
+                path: path.display().to_string(),
+                found,
+            });
+        }
+        conn.execute_batch(
+            "BEGIN;
+            CREATE TABLE IF NOT EXISTS events (
+                event_id    TEXT PRIMARY KEY,
+                arrival     INTEGER NOT NULL UNIQUE,
+                alarm_id    TEXT NOT NULL,
+                ts_ms       INTEGER NOT NULL,
+                received_ms INTEGER NOT NULL,
+                json        TEXT NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS events_by_alarm ON events (alarm_id, ts_ms, arrival);
+            CREATE TABLE IF NOT EXISTS alarms (
+                alarm_id   TEXT PRIMARY KEY,
+                state      TEXT NOT NULL,
+                ts_ms      INTEGER NOT NULL,
+                arrival    INTEGER NOT NULL,
+                community  TEXT NOT NULL,
+                updated_ms INTEGER NOT NULL,
+                json       TEXT NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS alarms_by_time ON alarms (ts_ms, arrival);
+            CREATE TABLE IF NOT EXISTS gateways (
+                community   TEXT NOT NULL,
+                gateway     TEXT NOT NULL,
+                received_ms INTEGER NOT NULL,
+                json        TEXT NOT NULL,
+                PRIMARY KEY (community, gateway)
+            );
+            CREATE TABLE IF NOT EXISTS commands (
+                command_id TEXT PRIMARY KEY,
+                alarm_id   TEXT NOT NULL,
+                gateway    TEXT NOT NULL,
+                community  TEXT NOT NULL,
+                operator   TEXT NOT NULL,
+                issued_ms  INTEGER NOT NULL,
+                status     TEXT NOT NULL,
+                error      TEXT,
+                replied_ms INTEGER
+            );
+            PRAGMA user_version = 1;
+            COMMIT;",
+        )?;
+        Ok(Store { conn })
+    }
+
+    /// Store one event: drop it if its `event_id` is known, else add it to the history and
+    /// make it current unless a newer event is (see the module invariants).
+    /// `topic_community` is the community of the topic it came on, used to route
+    /// acknowledgements when the event's `place.community` is empty.
+    pub fn apply_event(
+        &mut self,
+        event: &AlarmEvent,
+        topic_community: &str,
+        received_ms: i64,
+    ) -> Result<EventOutcome, StoreError> {
+        let json = String::from_utf8_lossy(&event.encode()).into_owned();
+        let community = if event.place.community.is_empty() {
+            topic_community
+        } else {
+            event.place.community.as_str()
+        };
+        // IMMEDIATE: take the write lock first, so `arrival` is computed and used atomically.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let arrival: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(arrival), 0) + 1 FROM events",
+            [],
+            |r| r.get(0),
+        )?;
+        let inserted = tx.execute(
+            "INSERT INTO events (event_id, arrival, alarm_id, ts_ms, received_ms, json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (event_id) DO NOTHING",
+            params![
+                event.event_id,
+                arrival,
+                event.alarm_id,
+                event.ts_ms,
+                received_ms,
+                json
+            ],
+        )?;
+        if inserted == 0 {
+            tx.commit()?;
+            return Ok(EventOutcome::Duplicate);
+        }
+        // `arrival` only grows, so "(ts, arrival) is newer" reduces to "ts is not older".
+        let current = tx.execute(
+            "INSERT INTO alarms (alarm_id, state, ts_ms, arrival, community, updated_ms, json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (alarm_id) DO UPDATE SET
+                state = excluded.state, ts_ms = excluded.ts_ms, arrival = excluded.arrival,
+                community = excluded.community, updated_ms = excluded.updated_ms,
+                json = excluded.json
+             WHERE excluded.ts_ms >= alarms.ts_ms",
+            params![
+                event.alarm_id,
+                state_name(event.state),
+                event.ts_ms,
+                arrival,
+                community,
+                received_ms,
+                json
+            ],
+        )?;
+        tx.commit()?;
+        if current == 0 {
+            return Ok(EventOutcome::Late);
+        }
+        Ok(EventOutcome::Current(AlarmView {
+            event: event.clone(),
+            updated_ms: received_ms,
+        }))
+    }
+
+    /// Current alarms, newest first by `(ts_ms, arrival)`; those in state `normal` only when
+    /// `all` is true.
+    pub fn alarms(&self, all: bool) -> Result<Vec<AlarmView>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT json, updated_ms FROM alarms
+             WHERE ?1 OR state <> 'normal'
+             ORDER BY ts_ms DESC, arrival DESC",
+        )?;
+        let rows = stmt.query_map(params![all], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (json, updated_ms) = row?;
+            out.push(AlarmView {
+                event: serde_json::from_str(&json)?,
+                updated_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One alarm and where acknowledgements for it go.
+    pub fn ack_target(&self, alarm_id: &str) -> Result<Option<AckTarget>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT json, updated_ms, community FROM alarms WHERE alarm_id = ?1",
+                params![alarm_id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((json, updated_ms, community)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(AckTarget {
+            alarm: AlarmView {
+                event: serde_json::from_str(&json)?,
+                updated_ms,
+            },
+            community,
+        }))
+    }
+
+    /// One alarm with its newest [`HISTORY_LIMIT`] events, oldest first.
+    pub fn alarm(&self, alarm_id: &str) -> Result<Option<AlarmDetail>, StoreError> {
+        let Some(target) = self.ack_target(alarm_id)? else {
+            return Ok(None);
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT json FROM events WHERE alarm_id = ?1
+             ORDER BY ts_ms DESC, arrival DESC LIMIT ?2",
+        )?;
+        let limit = i64::try_from(HISTORY_LIMIT).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![alarm_id, limit], |r| r.get::<_, String>(0))?;
+        let mut history = Vec::new();
+        for json in rows {
+            history.push(serde_json::from_str(&json?)?);
+        }
+        history.reverse();
+        Ok(Some(AlarmDetail {
+            alarm: target.alarm,
+            history,
+        }))
+    }
+
+    /// Record a gateway's status; the last one to arrive wins.
+    pub fn put_gateway(
+        &mut self,
+        status: &GatewayStatus,
+        received_ms: i64,
+    ) -> Result<(), StoreError> {
+        let json = String::from_utf8_lossy(&status.encode()).into_owned();
+        self.conn.execute(
+            "INSERT INTO gateways (community, gateway, received_ms, json)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (community, gateway) DO UPDATE SET
+                received_ms = excluded.received_ms, json = excluded.json",
+            params![status.community, status.gateway, received_ms, json],
+        )?;
+        Ok(())
+    }
+
+    /// The latest status of every gateway, by community then gateway.
+    pub fn gateways(&self) -> Result<Vec<GatewayStatus>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT json FROM gateways ORDER BY community, gateway")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for json in rows {
+            out.push(serde_json::from_str(&json?)?);
+        }
+        Ok(out)
+    }
+
+    /// Remember a command before it is published, so its reply always finds it.
+    pub fn insert_command(&mut self, cmd: &CommandRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO commands
+                (command_id, alarm_id, gateway, community, operator, issued_ms, status, error,
+                 replied_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                cmd.command_id,
+                cmd.alarm_id,
+                cmd.gateway,
+                cmd.community,
+                cmd.operator,
+                cmd.issued_ms,
+                cmd.status.as_str(),
+                cmd.error,
+                cmd.replied_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Mark a command failed without a reply (e.g. it could not be published).
+    pub fn fail_command(&mut self, command_id: &str, error: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE commands SET status = 'error', error = ?2 WHERE command_id = ?1",
+            params![command_id, error],
+        )?;
+        Ok(())
+    }
+
+    /// Record a gateway's reply. `None` when no command of this console has that id (another
+    /// console on the same broker sent it).
+    pub fn record_reply(
+        &mut self,
+        reply: &CommandReply,
+        received_ms: i64,
+    ) -> Result<Option<CommandRecord>, StoreError> {
+        let (status, error) = if reply.ok {
+            (CommandStatus::Ok, None)
+        } else {
+            (
+                CommandStatus::Error,
+                Some(
+                    reply
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "refused by the gateway without a reason".into()),
+                ),
+            )
+        };
+        let changed = self.conn.execute(
+            "UPDATE commands SET status = ?2, error = ?3, replied_ms = ?4 WHERE command_id = ?1",
+            params![reply.command_id, status.as_str(), error, received_ms],
+        )?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        self.command(&reply.command_id)
+    }
+
+    pub fn command(&self, command_id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        let rec = self
+            .conn
+            .query_row(
+                "SELECT command_id, alarm_id, gateway, community, operator, issued_ms, status,
+                        error, replied_ms
+                 FROM commands WHERE command_id = ?1",
+                params![command_id],
+                |r| {
+                    Ok(CommandRecord {
+                        command_id: r.get(0)?,
+                        alarm_id: r.get(1)?,
+                        gateway: r.get(2)?,
+                        community: r.get(3)?,
+                        operator: r.get(4)?,
+                        issued_ms: r.get(5)?,
+                        status: CommandStatus::parse(&r.get::<_, String>(6)?),
+                        error: r.get(7)?,
+                        replied_ms: r.get(8)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(rec)
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Store) + Send>;
+
+/// An async handle to a [`Store`] running on its own thread. Cheap to clone.
+#[derive(Clone)]
+pub struct StoreHandle {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl StoreHandle {
+    /// Move `store` to a new thread. The returned receiver completes when that thread ends
+    /// (every handle dropped, or a job panicked).
+    pub fn spawn(mut store: Store) -> std::io::Result<(StoreHandle, oneshot::Receiver<()>)> {
+        let (jobs, mut rx) = mpsc::channel::<Job>(QUEUE_CAPACITY);
+        let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("console-store".into())
+            .spawn(move || {
+                // Dropped when this thread ends, even by a panic: that wakes `stopped_rx`.
+                let _stopped = stopped_tx;
+                while let Some(job) = rx.blocking_recv() {
+                    job(&mut store);
+                }
+            })?;
+        Ok((StoreHandle { jobs }, stopped_rx))
+    }
+
+    /// Run `f` on the store thread and wait for its result.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |store| {
+            // The caller may have gone away (HTTP client hung up); nothing to do then.
+            let _ = tx.send(f(store));
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use shouwang_wire::{GatewayState, Place, Priority, SignalClass, TransitionKind};
+
+    fn event(event_id: &str, ts_ms: i64, state: AlarmState) -> AlarmEvent {
+        let transition = match state {
+            AlarmState::Normal | AlarmState::ReturnedUnacknowledged => TransitionKind::Cleared,
+            AlarmState::Acknowledged => TransitionKind::Acknowledged,
+            AlarmState::Unacknowledged => TransitionKind::Raised,
+        };
+        AlarmEvent {
+            schema: 1,
+            event_id: event_id.into(),
+            alarm_id: "gw-1:smoke-1:smoke".into(),
+            gateway: "gw-1".into(),
+            device: "smoke-1".into(),
+            device_kind: "smoke".into(),
+            point: Some("obscuration".into()),
+            rule: "smoke".into(),
+            class: SignalClass::Alarm,
+            priority: Priority::High,
+            transition,
+            state,
+            active: matches!(
+                state,
+                AlarmState::Unacknowledged | AlarmState::Acknowledged
+            ),
+            value: Some(3.5),
+            engineering_unit: Some("%/m".into()),
+            place: Place {
+                community: "riverside".into(),
+                building: "B1".into(),
+                floor: "12".into(),
+                unit: "03".into(),
+            },
+            message: "Smoke detected".into(),
+            ts_ms,
+            operator: None,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("console.db")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn an_event_sent_twice_is_stored_once() {
+        let (_dir, mut s) = store();
+        let e = event("e1", 1000, AlarmState::Unacknowledged);
+        assert!(matches!(
+            s.apply_event(&e, "riverside", 1).unwrap(),
+            EventOutcome::Current(_)
+        ));
+        assert_eq!(
+            s.apply_event(&e, "riverside", 2).unwrap(),
+            EventOutcome::Duplicate
+        );
+        let detail = s.alarm(&e.alarm_id).unwrap().unwrap();
+        assert_eq!(detail.history, vec![e]);
+        assert_eq!(detail.alarm.updated_ms, 1, "a duplicate changes nothing");
+    }
+
+    #[test]
+    fn an_older_event_arriving_late_goes_to_history_but_not_to_the_state() {
+        let (_dir, mut s) = store();
+        let newer = event("e2", 2000, AlarmState::Acknowledged);
+        let older = event("e1", 1000, AlarmState::Unacknowledged);
+        s.apply_event(&newer, "riverside", 10).unwrap();
+        assert_eq!(
+            s.apply_event(&older, "riverside", 11).unwrap(),
+            EventOutcome::Late
+        );
+        let detail = s.alarm(&newer.alarm_id).unwrap().unwrap();
+        assert_eq!(detail.alarm.event, newer);
+        assert_eq!(detail.history, vec![older, newer], "history is oldest first");
+    }
+
+    #[test]
+    fn equal_timestamps_go_to_the_event_that_arrived_last() {
+        let (_dir, mut s) = store();
+        s.apply_event(&event("e1", 1000, AlarmState::Unacknowledged), "c", 1)
+            .unwrap();
+        let second = event("e2", 1000, AlarmState::Acknowledged);
+        assert!(matches!(
+            s.apply_event(&second, "c", 2).unwrap(),
+            EventOutcome::Current(_)
+        ));
+        let detail = s.alarm(&second.alarm_id).unwrap().unwrap();
+        assert_eq!(detail.alarm.event.state, AlarmState::Acknowledged);
+        assert_eq!(detail.history.last(), Some(&second));
+    }
+
+    #[test]
+    fn normal_alarms_are_listed_only_when_all_are_asked_for_and_newest_come_first() {
+        let (_dir, mut s) = store();
+        let mut a = event("a1", 1000, AlarmState::Normal);
+        a.alarm_id = "gw-1:a:r".into();
+        let mut b = event("b1", 3000, AlarmState::Unacknowledged);
+        b.alarm_id = "gw-1:b:r".into();
+        let mut c = event("c1", 2000, AlarmState::ReturnedUnacknowledged);
+        c.alarm_id = "gw-1:c:r".into();
+        for e in [&a, &b, &c] {
+            s.apply_event(e, "riverside", 5).unwrap();
+        }
+        let ids = |v: Vec<AlarmView>| v.into_iter().map(|a| a.event.alarm_id).collect::<Vec<_>>();
+        assert_eq!(ids(s.alarms(false).unwrap()), ["gw-1:b:r", "gw-1:c:r"]);
+        assert_eq!(
+            ids(s.alarms(true).unwrap()),
+            ["gw-1:b:r", "gw-1:c:r", "gw-1:a:r"]
+        );
+    }
+
+    #[test]
+    fn alarms_and_commands_survive_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.db");
+        let e = event("e1", 1000, AlarmState::Unacknowledged);
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.apply_event(&e, "riverside", 1).unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.alarms(false).unwrap().len(), 1);
+        assert_eq!(
+            s.apply_event(&e, "riverside", 2).unwrap(),
+            EventOutcome::Duplicate,
+            "dedup survives a restart"
+        );
+    }
+
+    #[test]
+    fn acknowledgements_go_to_the_event_community_or_else_the_topic_community() {
+        let (_dir, mut s) = store();
+        let mut e = event("e1", 1000, AlarmState::Unacknowledged);
+        s.apply_event(&e, "from-topic", 1).unwrap();
+        assert_eq!(
+            s.ack_target(&e.alarm_id).unwrap().unwrap().community,
+            "riverside"
+        );
+        e.event_id = "e2".into();
+        e.ts_ms = 2000;
+        e.place.community = String::new();
+        s.apply_event(&e, "from-topic", 2).unwrap();
+        assert_eq!(
+            s.ack_target(&e.alarm_id).unwrap().unwrap().community,
+            "from-topic"
+        );
+        assert_eq!(s.ack_target("gw-1:nope:nope").unwrap(), None);
+    }
+
+    #[test]
+    fn a_reply_settles_its_command_and_unknown_replies_are_reported() {
+        let (_dir, mut s) = store();
+        let cmd = CommandRecord {
+            command_id: "c1".into(),
+            alarm_id: "gw-1:smoke-1:smoke".into(),
+            gateway: "gw-1".into(),
+            community: "riverside".into(),
+            operator: "li".into(),
+            issued_ms: 5,
+            status: CommandStatus::Pending,
+            error: None,
+            replied_ms: None,
+        };
+        s.insert_command(&cmd).unwrap();
+        assert_eq!(s.command("c1").unwrap(), Some(cmd.clone()));
+        let reply = CommandReply {
+            schema: 1,
+            command_id: "c1".into(),
+            gateway: "gw-1".into(),
+            ok: false,
+            error: Some("alarm is normal".into()),
+            ts_ms: 6,
+        };
+        let settled = s.record_reply(&reply, 7).unwrap().unwrap();
+        assert_eq!(settled.status, CommandStatus::Error);
+        assert_eq!(settled.error.as_deref(), Some("alarm is normal"));
+        assert_eq!(settled.replied_ms, Some(7));
+        let other = CommandReply {
+            command_id: "someone-else".into(),
+            ..reply
+        };
+        assert_eq!(s.record_reply(&other, 8).unwrap(), None);
+    }
+
+    #[test]
+    fn the_last_gateway_status_to_arrive_wins() {
+        let (_dir, mut s) = store();
+        let online = GatewayStatus {
+            schema: 1,
+            gateway: "gw-1".into(),
+            community: "riverside".into(),
+            state: GatewayState::Online,
+            ts_ms: 100,
+            version: "0.1.0".into(),
+        };
+        // The last will carries the connect time: same ts as the online message.
+        let offline = GatewayStatus {
+            state: GatewayState::Offline,
+            ..online.clone()
+        };
+        s.put_gateway(&online, 1).unwrap();
+        s.put_gateway(&offline, 2).unwrap();
+        assert_eq!(s.gateways().unwrap(), vec![offline]);
+    }
+
+    #[test]
+    fn a_database_from_a_newer_build_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 7;")
+            .unwrap();
+        let err = Store::open(&path).err().unwrap();
+        assert!(err.to_string().contains("schema version 7"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_handle_runs_calls_on_the_store_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("console.db")).unwrap();
+        let (handle, stopped) = StoreHandle::spawn(store).unwrap();
+        let e = event("e1", 1000, AlarmState::Unacknowledged);
+        let outcome = handle
+            .call(move |s| s.apply_event(&e, "riverside", 1))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, EventOutcome::Current(_)));
+        drop(handle);
+        stopped.await.ok();
+    }
+}

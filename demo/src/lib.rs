@@ -1,0 +1,225 @@
+//! `shouwang demo`: a whole Shouwang site in one process, with nothing to install.
+//!
+//! [`RunningDemo::start`] brings up, in this order: the embedded MQTT broker ([`broker`]),
+//! one simulated Modbus TCP device per device of `demo/building.toml` ([`building`]), the
+//! gateway polling them, and the console with its alarm board. The launcher binary
+//! (`src/main.rs`) adds the scripted scenario ([`scenario`]) and Ctrl-C.
+//!
+//! `shouwang demo trigger|clear KIND PLACE` talks to a running demo only over Modbus TCP,
+//! exactly as any other master would ([`building::write_value`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use shouwang_gateway::config::{Config, DeviceConfig};
+use shouwang_hil_tests::sim::SimDevice;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub mod broker;
+pub mod building;
+pub mod echo;
+pub mod scenario;
+
+use building::{UnknownDevice, find_device, trigger_point};
+
+/// How long the gateway gets to say `offline` when the demo stops.
+const GATEWAY_STOP_DEADLINE: Duration = Duration::from_secs(3);
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The console's HTTP port on 127.0.0.1 (0: any free port).
+    pub console_port: u16,
+    /// The embedded broker's port on 127.0.0.1; replaces `[mqtt] port` of the building.
+    pub mqtt_port: u16,
+    /// Serve each simulated device on a port the OS picks instead of its configured
+    /// `address` (for tests running next to a demo). `trigger` from another process cannot
+    /// find devices started this way.
+    pub devices_on_any_port: bool,
+    /// Where the console keeps its database. None: a temporary directory removed at exit.
+    pub db_dir: Option<PathBuf>,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            console_port: 8750,
+            mqtt_port: 18830,
+            devices_on_any_port: false,
+            db_dir: None,
+        }
+    }
+}
+
+/// One simulated device of the building.
+#[derive(Debug, Clone)]
+pub struct DemoDevice {
+    /// Its entry in the gateway config (with the address it really listens on).
+    pub config: DeviceConfig,
+    pub sim: SimDevice,
+}
+
+impl DemoDevice {
+    /// Make the device read `value` (engineering units) at its kind's trigger point, directly
+    /// in its registers.
+    pub fn set(&self, value: f64) -> anyhow::Result<()> {
+        let (point, _) = trigger_point(&self.config)?;
+        let words = building::encode(point, value)?;
+        for (i, word) in (point.register..).zip(words) {
+            self.sim.set_u16(i, word);
+        }
+        Ok(())
+    }
+
+    pub fn trigger(&self) -> anyhow::Result<()> {
+        let (_, values) = trigger_point(&self.config)?;
+        self.set(values.alarm)
+    }
+
+    pub fn clear(&self) -> anyhow::Result<()> {
+        let (_, values) = trigger_point(&self.config)?;
+        self.set(values.normal)
+    }
+}
+
+/// Everything the demo started. Dropping it stops the devices; [`RunningDemo::stop`] also
+/// lets the gateway say goodbye. The broker lives until the process exits.
+pub struct RunningDemo {
+    /// The gateway config as running: broker port and device addresses filled in.
+    pub config: Config,
+    pub devices: Vec<DemoDevice>,
+    pub mqtt_addr: SocketAddr,
+    pub console_addr: SocketAddr,
+    /// Ends when the gateway stops (an error, or after `stop`).
+    gateway: JoinHandle<anyhow::Result<()>>,
+    stop_gateway: Option<oneshot::Sender<()>>,
+    /// Ends when the console stops.
+    console: JoinHandle<anyhow::Result<()>>,
+    /// Holds the console's temporary database directory until the demo ends.
+    _db_dir: Option<tempfile::TempDir>,
+}
+
+impl RunningDemo {
+    pub async fn start(options: DemoOptions) -> anyhow::Result<RunningDemo> {
+        let mut config = building::building_config()
+            .map_err(|report| anyhow::anyhow!("the built-in demo building is broken:\n{report}"))?;
+
+        let mqtt_addr = SocketAddr::from(([127, 0, 0, 1], options.mqtt_port));
+        broker::start(mqtt_addr).await?;
+        config.mqtt.host = "127.0.0.1".into();
+        config.mqtt.port = options.mqtt_port;
+
+        let mut devices = Vec::with_capacity(config.devices.len());
+        for device in &mut config.devices {
+            let mut addr = building::device_addr(device)?;
+            if options.devices_on_any_port {
+                addr.set_port(0);
+            }
+            let sim = SimDevice::start(addr)
+                .await
+                .with_context(|| format!("starting simulated device {} on {addr}", device.id))?;
+            device.address = sim.local_addr().to_string();
+            let demo_device = DemoDevice {
+                config: device.clone(),
+                sim,
+            };
+            demo_device.clear()?;
+            devices.push(demo_device);
+        }
+
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let gateway = tokio::spawn(shouwang_gateway::run_until(config.clone(), async move {
+            let _ = stop_rx.await;
+        }));
+
+        let (db_path, db_dir) = match &options.db_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                (dir.join("console.db"), None)
+            }
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("shouwang-demo-")
+                    .tempdir()
+                    .context("creating a temporary directory for the console database")?;
+                (dir.path().join("console.db"), Some(dir))
+            }
+        };
+        let console = shouwang_console::start(shouwang_console::ConsoleConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], options.console_port)),
+            mqtt_host: "127.0.0.1".into(),
+            mqtt_port: options.mqtt_port,
+            mqtt_client_id: "shouwang-demo-console".into(),
+            db_path,
+            operator_default: "demo".into(),
+        })
+        .await
+        .context("starting the console")?;
+        let console_addr = console.local_addr();
+        let console = tokio::spawn(console.wait());
+
+        Ok(RunningDemo {
+            config,
+            devices,
+            mqtt_addr,
+            console_addr,
+            gateway,
+            stop_gateway: Some(stop_tx),
+            console,
+            _db_dir: db_dir,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT/`
+    pub fn console_url(&self) -> String {
+        format!("http://{}/", self.console_addr)
+    }
+
+    /// The simulated device of `kind` at `place` (`B1-12-03`).
+    pub fn device(&self, kind: &str, place: &str) -> Result<&DemoDevice, UnknownDevice> {
+        let found = find_device(&self.config, kind, place)?;
+        self.devices
+            .iter()
+            .find(|d| d.config.id == found.id)
+            .ok_or_else(|| UnknownDevice {
+                kind: kind.into(),
+                place: place.into(),
+                known: Vec::new(),
+            })
+    }
+
+    /// Resolves when the gateway or the console stops by itself, with why.
+    pub async fn failed(&mut self) -> anyhow::Error {
+        let (what, ended) = tokio::select! {
+            ended = &mut self.gateway => ("gateway", ended),
+            ended = &mut self.console => ("console", ended),
+        };
+        match ended {
+            Ok(Ok(())) => anyhow::anyhow!("the {what} stopped"),
+            Ok(Err(err)) => err.context(format!("the {what} failed")),
+            Err(join) => anyhow::anyhow!("the {what} crashed: {join}"),
+        }
+    }
+
+    /// Let the gateway announce `offline` and disconnect, then stop the console and devices.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop_gateway.take() {
+            let _ = stop.send(());
+        }
+        // A finished handle may have been polled to completion by `failed` already.
+        if self.gateway.is_finished() {
+            self.console.abort();
+            return;
+        }
+        match tokio::time::timeout(GATEWAY_STOP_DEADLINE, &mut self.gateway).await {
+            Ok(Ok(Err(err))) => tracing::warn!(error = %err, "the gateway stopped with an error"),
+            Ok(_) => {}
+            Err(_) => self.gateway.abort(),
+        }
+        self.console.abort();
+    }
+}

@@ -1,0 +1,294 @@
+//! Readings -> InfluxDB line protocol. Pure: no I/O, no clock.
+//!
+//! One line per [`PointValue`] of a [`ReadingBatch`]:
+//!
+//! ```text
+//! shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,floor=12,gateway=gw-b1,point=obscuration,unit=03 value=1.5 1767225600000
+//! ```
+//!
+//! Invariants of every encoded line (docs/line-protocol.md is the user-facing version):
+//! - the measurement is [`MEASUREMENT`] and the only field is [`FIELD`], a float: the value is
+//!   written in Rust's shortest round-trip decimal form without an exponent and never with
+//!   the `i`/`u` integer suffixes, so `3.0` is written `3`, which line protocol reads as a float;
+//! - tags come sorted by key (InfluxDB's preferred order, it saves the server a sort);
+//! - a tag whose value is empty is left out, because InfluxDB rejects empty tag values;
+//! - a value that is NaN or infinite is left out (line protocol has no spelling for it) and
+//!   counted in [`EncodedBatch::skipped`];
+//! - the timestamp is the batch's `ts_ms`: the writer asks for `precision=ms`;
+//! - every line, the last one included, ends with `\n`.
+//!
+//! Escaping (measurement: `,` and space; tag keys, tag values, field keys: `,`, `=` and
+//! space) puts a backslash before the character. A backslash in a name is written as `\\`
+//! only where a lone one would be misread: before another backslash, before a character
+//! that needs escaping, or at the end. Everywhere else it is written as is, which every
+//! server reads as a literal backslash, including InfluxDB 1.x, which never unescapes `\\`.
+//! Line breaks cannot appear inside a line at all, so `\n` and `\r` in a name become spaces.
+
+use std::fmt::Write as _;
+
+use shouwang_wire::{PointValue, ReadingBatch};
+
+/// The measurement every reading is written to.
+pub const MEASUREMENT: &str = "shouwang_reading";
+/// The one field of every line. VictoriaMetrics names the series
+/// `<measurement>_<field>`, i.e. `shouwang_reading_value`.
+pub const FIELD: &str = "value";
+
+/// The lines of one [`ReadingBatch`], ready to be appended to a request body.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EncodedBatch {
+    /// Whole lines, each ending in `\n`.
+    pub text: String,
+    /// How many lines `text` holds.
+    pub lines: usize,
+    /// Values left out because they were NaN or infinite.
+    pub skipped: usize,
+}
+
+/// Encode every finite value of `batch` as one line each.
+pub fn encode_batch(batch: &ReadingBatch) -> EncodedBatch {
+    // Everything before `point` is the same for every line of the batch (tags sorted by
+    // key: building, community, device, device_kind, floor, gateway | point | unit).
+    let mut prefix = String::with_capacity(128);
+    escape_measurement(MEASUREMENT, &mut prefix);
+    push_tag(&mut prefix, "building", &batch.place.building);
+    push_tag(&mut prefix, "community", &batch.place.community);
+    push_tag(&mut prefix, "device", &batch.device);
+    push_tag(&mut prefix, "device_kind", &batch.device_kind);
+    push_tag(&mut prefix, "floor", &batch.place.floor);
+    push_tag(&mut prefix, "gateway", &batch.gateway);
+    let mut suffix = String::with_capacity(32);
+    push_tag(&mut suffix, "unit", &batch.place.unit);
+
+    let mut out = EncodedBatch {
+        text: String::with_capacity(batch.points.len() * (prefix.len() + suffix.len() + 48)),
+        ..EncodedBatch::default()
+    };
+    for PointValue { point, value, .. } in &batch.points {
+        if !value.is_finite() {
+            out.skipped += 1;
+            continue;
+        }
+        out.text.push_str(&prefix);
+        push_tag(&mut out.text, "point", point);
+        out.text.push_str(&suffix);
+        out.text.push(' ');
+        escape_key(FIELD, &mut out.text);
+        // Writing into a String cannot fail.
+        let _ = writeln!(out.text, "={value} {}", batch.ts_ms);
+        out.lines += 1;
+    }
+    out
+}
+
+/// `,key=value`, or nothing when the value is empty.
+fn push_tag(out: &mut String, key: &str, value: &str) {
+    if value.is_empty() {
+        return;
+    }
+    out.push(',');
+    escape_key(key, out);
+    out.push('=');
+    escape_key(value, out);
+}
+
+/// Escape a measurement name: `,` and space.
+pub fn escape_measurement(s: &str, out: &mut String) {
+    escape(s, &[',', ' '], out);
+}
+
+/// Escape a tag key, tag value or field key: `,`, `=` and space.
+pub fn escape_key(s: &str, out: &mut String) {
+    escape(s, &[',', '=', ' '], out);
+}
+
+fn escape(s: &str, special: &[char], out: &mut String) {
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                // A backslash escapes the next character only if that one is special or
+                // another backslash; at the very end it would escape the separator.
+                let ambiguous = match chars.peek() {
+                    None => true,
+                    Some(&next) => next == '\\' || special.contains(&next) || is_line_break(next),
+                };
+                out.push_str(if ambiguous { "\\\\" } else { "\\" });
+            }
+            c if is_line_break(c) => out.push_str("\\ "),
+            c if special.contains(&c) => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+fn is_line_break(c: char) -> bool {
+    c == '\n' || c == '\r'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shouwang_wire::{Place, SCHEMA_VERSION};
+
+    fn batch(points: &[(&str, f64)]) -> ReadingBatch {
+        ReadingBatch {
+            schema: SCHEMA_VERSION,
+            gateway: "gw-b1".into(),
+            device: "smoke-1".into(),
+            device_kind: "smoke".into(),
+            place: Place {
+                community: "riverside".into(),
+                building: "B1".into(),
+                floor: "12".into(),
+                unit: "03".into(),
+            },
+            ts_ms: 1_767_225_600_123,
+            points: points
+                .iter()
+                .map(|(p, v)| PointValue {
+                    point: (*p).into(),
+                    value: *v,
+                    engineering_unit: Some("%/m".into()),
+                })
+                .collect(),
+        }
+    }
+
+    fn key(s: &str) -> String {
+        let mut out = String::new();
+        escape_key(s, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_reading_becomes_one_line_with_sorted_tags_and_a_ms_timestamp() {
+        let e = encode_batch(&batch(&[("obscuration", 1.5), ("alarm", 0.0)]));
+        assert_eq!(
+            e.text,
+            "shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,floor=12,gateway=gw-b1,point=obscuration,unit=03 value=1.5 1767225600123\n\
+             shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,floor=12,gateway=gw-b1,point=alarm,unit=03 value=0 1767225600123\n"
+        );
+        assert_eq!((e.lines, e.skipped), (2, 0));
+    }
+
+    #[test]
+    fn whole_numbers_are_written_as_floats_without_an_integer_suffix() {
+        let e = encode_batch(&batch(&[("a", 3.0), ("b", -0.25), ("c", 1e20), ("d", 1e-7)]));
+        let values: Vec<&str> = e
+            .text
+            .lines()
+            .map(|l| l.split(' ').nth(1).unwrap_or_default())
+            .collect();
+        assert_eq!(
+            values,
+            [
+                "value=3",
+                "value=-0.25",
+                "value=100000000000000000000",
+                "value=0.0000001"
+            ]
+        );
+        for v in &values {
+            let n = v.trim_start_matches("value=");
+            assert!(!n.ends_with('i') && !n.ends_with('u') && !n.contains('e'), "{v}");
+            assert!(n.parse::<f64>().is_ok(), "{v}");
+        }
+    }
+
+    #[test]
+    fn values_that_are_not_finite_are_skipped_and_counted() {
+        let e = encode_batch(&batch(&[
+            ("a", f64::NAN),
+            ("b", 2.0),
+            ("c", f64::INFINITY),
+            ("d", f64::NEG_INFINITY),
+        ]));
+        assert_eq!((e.lines, e.skipped), (1, 3));
+        assert!(e.text.contains("point=b,"), "{}", e.text);
+    }
+
+    #[test]
+    fn empty_tag_values_are_left_out() {
+        let mut b = batch(&[("", 1.0)]);
+        b.place.floor.clear();
+        b.place.unit.clear();
+        let e = encode_batch(&b);
+        assert_eq!(
+            e.text,
+            "shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,gateway=gw-b1 value=1 1767225600123\n"
+        );
+    }
+
+    #[test]
+    fn an_empty_batch_encodes_to_nothing() {
+        assert_eq!(encode_batch(&batch(&[])), EncodedBatch::default());
+    }
+
+    #[test]
+    fn commas_equals_signs_and_spaces_are_escaped_in_tags() {
+        assert_eq!(key("Riverside Gardens, Phase 2"), r"Riverside\ Gardens\,\ Phase\ 2");
+        assert_eq!(key("a=b"), r"a\=b");
+        assert_eq!(key("plain-id_1.2"), "plain-id_1.2");
+        assert_eq!(key("楼 1"), r"楼\ 1");
+    }
+
+    #[test]
+    fn measurements_escape_commas_and_spaces_but_not_equals_signs() {
+        let mut out = String::new();
+        escape_measurement("a b,c=d", &mut out);
+        assert_eq!(out, r"a\ b\,c=d");
+    }
+
+    #[test]
+    fn a_backslash_is_doubled_only_where_a_lone_one_would_be_misread() {
+        // Before an ordinary character: literal for every server, InfluxDB 1.x included.
+        assert_eq!(key(r"B1\F2"), r"B1\F2");
+        // At the end it would escape the separator that follows.
+        assert_eq!(key(r"end\"), r"end\\");
+        // Before a special character it would escape it.
+        assert_eq!(key(r"a\,b"), r"a\\\,b");
+        assert_eq!(key(r"a\ b"), r"a\\\ b");
+        // Two in a row would read as one.
+        assert_eq!(key(r"a\\b"), r"a\\\\b");
+        assert_eq!(key(r"\"), r"\\");
+    }
+
+    #[test]
+    fn line_breaks_in_names_become_escaped_spaces() {
+        assert_eq!(key("a\nb\r\nc"), r"a\ b\ \ c");
+        assert_eq!(key("a\\\nb"), r"a\\\ b");
+    }
+
+    #[test]
+    fn every_line_has_exactly_one_unescaped_space_before_the_field_and_one_before_the_time() {
+        let mut b = batch(&[("p o,i=n\\t", 1.0)]);
+        b.place.community = "x, y=z\\".into();
+        b.device_kind = "\\".into();
+        let e = encode_batch(&b);
+        let line = e.text.trim_end_matches('\n');
+        // Split on spaces that are not escaped, the way a server does.
+        let mut parts = Vec::new();
+        let mut current = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    current.push(c);
+                    if let Some(n) = chars.next() {
+                        current.push(n);
+                    }
+                }
+                ' ' => parts.push(std::mem::take(&mut current)),
+                c => current.push(c),
+            }
+        }
+        parts.push(current);
+        assert_eq!(parts.len(), 3, "{line}");
+        assert_eq!(parts[1], "value=1");
+        assert_eq!(parts[2], "1767225600123");
+    }
+}

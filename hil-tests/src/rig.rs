@@ -1,0 +1,308 @@
+//! The test rig: start the real Shouwang binaries and listen on the broker like a receiver.
+//!
+//! The binaries come from the workspace's `target/<profile>/` (the README's test command
+//! builds them before the tests run). Each child process is killed when its handle drops;
+//! its stderr goes to a log file whose tail [`Proc::log`] returns, for failure messages.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+/// The directory the workspace's binaries are built into, found from this test's own path
+/// (`target/<profile>/deps/<test>`), or `SHOUWANG_BIN_DIR`.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SHOUWANG_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The path of a workspace binary, or an error that says how to build it.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running child process, killed on drop.
+pub struct Proc {
+    child: Child,
+    log_path: PathBuf,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+impl Proc {
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kill without a goodbye (SIGKILL), like a power cut.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Ask it to stop (SIGTERM) and wait up to `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("did not stop within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// What it wrote to stderr so far (the last 4000 characters).
+    pub fn log(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let start = text.len().saturating_sub(4000);
+        let start = (start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        text[start..].to_string()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Start `shouwang-gateway run` on a config text.
+pub fn start_gateway(config_toml: &str) -> anyhow::Result<Proc> {
+    let dir = Arc::new(tempfile::tempdir()?);
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, config_toml)?;
+    let log_path = dir.path().join("gateway.log");
+    let log = std::fs::File::create(&log_path)?;
+    let child = Command::new(binary("shouwang-gateway")?)
+        .arg("run")
+        .arg(&config)
+        .env("RUST_LOG", "info,shouwang_gateway=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting shouwang-gateway")?;
+    Ok(Proc {
+        child,
+        log_path,
+        _dir: dir,
+    })
+}
+
+/// Run `shouwang-gateway check` on a config text: (exit code, stdout, stderr).
+pub fn check_config(config_toml: &str) -> anyhow::Result<(i32, String, String)> {
+    gateway_once("check", config_toml)
+}
+
+/// Run `shouwang-gateway <verb> CONFIG` to its end: (exit code, stdout, stderr).
+pub fn gateway_once(verb: &str, config_toml: &str) -> anyhow::Result<(i32, String, String)> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, config_toml)?;
+    let out = Command::new(binary("shouwang-gateway")?)
+        .arg(verb)
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A running `shouwang-console` and its base URL.
+pub struct ConsoleProc {
+    pub proc: Proc,
+    pub url: String,
+}
+
+/// Start `shouwang-console` against a broker on loopback, on a port the OS picks.
+pub fn start_console(mqtt_port: u16) -> anyhow::Result<ConsoleProc> {
+    let dir = Arc::new(tempfile::tempdir()?);
+    let log_path = dir.path().join("console.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = Command::new(binary("shouwang-console")?)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--mqtt")
+        .arg(format!("127.0.0.1:{mqtt_port}"))
+        .arg("--db")
+        .arg(dir.path().join("console.db"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .context("starting shouwang-console")?;
+    let stdout = child.stdout.take().context("console stdout")?;
+    let proc = Proc {
+        child,
+        log_path,
+        _dir: dir,
+    };
+    // The console prints `shouwang-console listening on http://ADDR` once bound.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("shouwang-console listening on ") {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(url) => Ok(ConsoleProc { proc, url }),
+        Err(_) => bail!("shouwang-console did not report its address:\n{}", proc.log()),
+    }
+}
+
+/// One message heard on the broker.
+#[derive(Debug, Clone)]
+pub struct Heard {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+    pub at: Instant,
+}
+
+/// A test subscriber: hears everything under a filter and keeps it, time-stamped on arrival.
+pub struct Listener {
+    heard: Arc<Mutex<Vec<Heard>>>,
+    pub client: AsyncClient,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Listener {
+    /// Connect to a broker on loopback and subscribe; returns once the subscription is
+    /// acknowledged.
+    pub async fn start(port: u16, filter: &str) -> anyhow::Result<Listener> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("test-listener-{}-{n}", std::process::id());
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(5));
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut events) = AsyncClient::new(options, 64);
+        client.subscribe(filter, QoS::AtLeastOnce).await?;
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let sink = heard.clone();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Ok(mut h) = sink.lock() {
+                            h.push(Heard {
+                                topic: p.topic.clone(),
+                                payload: p.payload.to_vec(),
+                                retain: p.retain,
+                                at: Instant::now(),
+                            });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .context("no SUBACK from the broker within 10 s")??;
+        Ok(Listener {
+            heard,
+            client,
+            task,
+        })
+    }
+
+    /// Everything heard so far.
+    pub fn heard(&self) -> Vec<Heard> {
+        self.heard.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Wait until a message matches `pick` (which returns what the test wants from it).
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut pick: impl FnMut(&Heard) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let deadline = Instant::now() + limit;
+        let mut seen = 0;
+        loop {
+            let heard = self.heard();
+            for h in &heard[seen..] {
+                if let Some(t) = pick(h) {
+                    return Ok(t);
+                }
+            }
+            seen = heard.len();
+            if Instant::now() > deadline {
+                let topics: Vec<&str> = heard.iter().rev().take(10).map(|h| h.topic.as_str()).collect();
+                bail!("waited {limit:?} for {what}; heard {} messages, the last on {topics:?}", heard.len());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Poll `probe` until it returns `Some`, or fail after `limit` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(t) = probe().await {
+            return Ok(t);
+        }
+        if Instant::now() > deadline {
+            bail!("gave up after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

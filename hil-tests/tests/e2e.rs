@@ -1,0 +1,469 @@
+//! End to end, with real parts: simulated Modbus TCP devices -> the `shouwang-gateway`
+//! binary -> a real mosquitto -> a test subscriber and the `shouwang-console` binary; and
+//! readings into a real VictoriaMetrics and a real InfluxDB 1.x.
+//!
+//! The simulated devices are our own Modbus TCP servers (`shouwang_hil_tests::sim`); they are
+//! checked against the third-party mbpoll in `tests/sim.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shouwang_hil_tests::rig::{self, Listener, eventually};
+use shouwang_hil_tests::servers;
+use shouwang_hil_tests::sim::SimDevice;
+use shouwang_wire::{
+    AlarmEvent, AlarmState, GatewayState, GatewayStatus, Message, ReadingBatch, SignalClass,
+    TransitionKind,
+};
+
+/// A two-device gateway config: a smoke detector and a leak probe, polled every 100 ms.
+fn config(gateway: &str, mqtt_port: u16, smoke: &SimDevice, leak: &SimDevice, extra: &str) -> String {
+    format!(
+        r#"
+[gateway]
+id = "{gateway}"
+community = "riverside"
+
+[mqtt]
+port = {mqtt_port}
+keep_alive_s = 2
+
+{extra}
+
+[[devices]]
+id = "smoke-B1-12-03"
+kind = "smoke"
+building = "B1"
+floor = "12"
+unit = "03"
+transport = "tcp"
+address = "{smoke_addr}"
+poll_interval_ms = 100
+timeout_ms = 300
+comm_loss_after = 3
+
+[[devices.points]]
+name = "obscuration"
+register = 0
+type = "u16"
+scale = 0.01
+engineering_unit = "%/m"
+
+[[devices]]
+id = "leak-B1-01-01"
+kind = "leak"
+building = "B1"
+floor = "01"
+unit = "01"
+transport = "tcp"
+address = "{leak_addr}"
+poll_interval_ms = 100
+timeout_ms = 300
+
+[[devices.points]]
+name = "leak"
+register = 0
+table = "input"
+type = "u16"
+
+[[rules]]
+id = "smoke-high"
+device_kind = "smoke"
+point = "obscuration"
+class = "alarm"
+priority = "high"
+above = 2.5
+deadband = 0.5
+message = "Smoke detected"
+
+[[rules]]
+id = "leak"
+device_kind = "leak"
+point = "leak"
+class = "alarm"
+priority = "medium"
+above = 0.5
+message = "Water leak"
+"#,
+        smoke_addr = smoke.local_addr(),
+        leak_addr = leak.local_addr(),
+    )
+}
+
+async fn sims() -> (SimDevice, SimDevice) {
+    let smoke = SimDevice::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let leak = SimDevice::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    smoke.set_u16(0, 20); // 0.20 %/m: clean air
+    leak.set_u16(0, 0);
+    (smoke, leak)
+}
+
+fn event_on(h: &rig::Heard, alarm_id: &str, transition: TransitionKind) -> Option<AlarmEvent> {
+    if !h.topic.ends_with("/events") {
+        return None;
+    }
+    let e = AlarmEvent::decode(&h.payload).ok()?;
+    (e.alarm_id == alarm_id && e.transition == transition).then_some(e)
+}
+
+fn reading_from(h: &rig::Heard, device: &str) -> Option<ReadingBatch> {
+    if !h.topic.ends_with("/readings") {
+        return None;
+    }
+    ReadingBatch::decode(&h.payload).ok().filter(|r| r.device == device)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smoke_alarm_reaches_the_broker_within_2_s_and_an_acknowledgement_through_the_console_comes_back_from_the_gateway()
+ {
+    let broker = servers::mosquitto().unwrap();
+    let listener = Listener::start(broker.port(), "shouwang/v1/#").await.unwrap();
+    let (smoke, leak) = sims().await;
+    let console = rig::start_console(broker.port()).unwrap();
+    let gateway = rig::start_gateway(&config("gw-b1", broker.port(), &smoke, &leak, "")).unwrap();
+
+    // The gateway says it is online (retained) and polls.
+    let status = listener
+        .wait_for("gateway online", Duration::from_secs(20), |h| {
+            GatewayStatus::decode(&h.payload).ok().filter(|s| s.state == GatewayState::Online)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    assert_eq!(status.gateway, "gw-b1");
+    listener
+        .wait_for("a smoke reading", Duration::from_secs(10), |h| reading_from(h, "smoke-B1-12-03"))
+        .await
+        .unwrap();
+
+    // Smoke: the register goes over the limit.
+    let changed = Instant::now();
+    smoke.set_u16(0, 310);
+    let alarm_id = "gw-b1:smoke-B1-12-03:smoke-high";
+    let (event, at) = listener
+        .wait_for("the smoke alarm", Duration::from_secs(5), |h| {
+            event_on(h, alarm_id, TransitionKind::Raised).map(|e| (e, h.at))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    let latency = at.duration_since(changed);
+    assert!(latency < Duration::from_secs(2), "alarm took {latency:?}");
+    assert_eq!(event.state, AlarmState::Unacknowledged);
+    assert_eq!(event.class, SignalClass::Alarm);
+    assert_eq!(event.place.short(), "B1-12-03");
+    assert_eq!(event.place.community, "riverside");
+    assert_eq!(event.value, Some(3.1));
+    assert_eq!(event.engineering_unit.as_deref(), Some("%/m"));
+
+    // The console lists it.
+    let http = servers::http_client();
+    let alarms_url = format!("{}/api/alarms", console.url);
+    let listed: Value = eventually("the console to list the alarm", Duration::from_secs(10), || async {
+        let list: Value = http.get(&alarms_url).send().await.ok()?.json().await.ok()?;
+        list.as_array()?
+            .iter()
+            .find(|a| a["alarm_id"] == alarm_id)
+            .cloned()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", console.proc.log()));
+    assert_eq!(listed["state"], "unacknowledged");
+    assert_eq!(listed["priority"], "high");
+    assert_eq!(listed["class"], "alarm");
+    assert_eq!(listed["place"]["building"], "B1");
+    assert_eq!(listed["place"]["floor"], "12");
+    assert_eq!(listed["place"]["unit"], "03");
+
+    // The operator acknowledges through the console; the gateway reports it back.
+    let resp = http
+        .post(format!("{}/api/alarms/{alarm_id}/ack", console.url))
+        .json(&serde_json::json!({"operator": "Wang Li"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202, "{}", resp.text().await.unwrap());
+    let acked = listener
+        .wait_for("the acknowledged event", Duration::from_secs(5), |h| {
+            event_on(h, alarm_id, TransitionKind::Acknowledged)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", gateway.log(), console.proc.log()));
+    assert_eq!(acked.state, AlarmState::Acknowledged);
+    assert_eq!(acked.operator.as_deref(), Some("Wang Li"));
+    eventually("the console to show it acknowledged", Duration::from_secs(5), || async {
+        let a: Value = http
+            .get(format!("{}/api/alarms/{alarm_id}", console.url))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (a["state"] == "acknowledged").then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Clean air again: acknowledged + cleared = normal.
+    smoke.set_u16(0, 10);
+    let cleared = listener
+        .wait_for("the smoke alarm to clear", Duration::from_secs(5), |h| {
+            event_on(h, alarm_id, TransitionKind::Cleared)
+        })
+        .await
+        .unwrap();
+    assert_eq!(cleared.state, AlarmState::Normal);
+    drop(leak);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_stops_answering_is_a_communication_fault_while_the_others_keep_being_polled() {
+    let broker = servers::mosquitto().unwrap();
+    let listener = Listener::start(broker.port(), "shouwang/v1/#").await.unwrap();
+    let (smoke, leak) = sims().await;
+    let gateway = rig::start_gateway(&config("gw-c", broker.port(), &smoke, &leak, "")).unwrap();
+    listener
+        .wait_for("a leak reading", Duration::from_secs(20), |h| reading_from(h, "leak-B1-01-01"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+
+    smoke.set_responding(false);
+    let (fault, at) = listener
+        .wait_for("communication lost", Duration::from_secs(10), |h| {
+            event_on(h, "gw-c:smoke-B1-12-03:comm_lost", TransitionKind::Raised).map(|e| (e, h.at))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    assert_eq!(fault.class, SignalClass::Fault, "a fault, not an alarm");
+    assert_eq!(fault.point, None);
+    assert_eq!(fault.place.short(), "B1-12-03");
+
+    // The leak probe is still polled, and a leak still becomes an alarm.
+    listener
+        .wait_for("leak readings after the fault", Duration::from_secs(5), |h| {
+            reading_from(h, "leak-B1-01-01").filter(|_| h.at > at)
+        })
+        .await
+        .unwrap();
+    leak.set_u16(0, 1);
+    listener
+        .wait_for("the leak alarm", Duration::from_secs(5), |h| {
+            event_on(h, "gw-c:leak-B1-01-01:leak", TransitionKind::Raised)
+        })
+        .await
+        .unwrap();
+
+    // The smoke detector answers again: the fault returns (unacknowledged).
+    smoke.set_responding(true);
+    let back = listener
+        .wait_for("communication back", Duration::from_secs(10), |h| {
+            event_on(h, "gw-c:smoke-B1-12-03:comm_lost", TransitionKind::Cleared)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    assert_eq!(back.state, AlarmState::ReturnedUnacknowledged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_dies_shows_offline_through_its_last_will() {
+    let broker = servers::mosquitto().unwrap();
+    let listener = Listener::start(broker.port(), "shouwang/v1/+/+/status").await.unwrap();
+    let (smoke, leak) = sims().await;
+    let mut gateway = rig::start_gateway(&config("gw-d", broker.port(), &smoke, &leak, "")).unwrap();
+    listener
+        .wait_for("online", Duration::from_secs(20), |h| {
+            GatewayStatus::decode(&h.payload).ok().filter(|s| s.state == GatewayState::Online)
+        })
+        .await
+        .unwrap();
+    let killed = Instant::now();
+    gateway.kill();
+    let offline_at = listener
+        .wait_for("offline last will", Duration::from_secs(10), |h| {
+            GatewayStatus::decode(&h.payload)
+                .ok()
+                .filter(|s| s.state == GatewayState::Offline)
+                .map(|_| h.at)
+        })
+        .await
+        .unwrap();
+    // keep_alive_s = 2: the broker gives up after 1.5 x 2 s.
+    assert!(offline_at.duration_since(killed) < Duration::from_secs(6));
+
+    // A late subscriber sees the retained offline status.
+    let late = Listener::start(broker.port(), "shouwang/v1/+/gw-d/status").await.unwrap();
+    let retained = late
+        .wait_for("retained status", Duration::from_secs(5), |h| {
+            GatewayStatus::decode(&h.payload).ok().map(|s| (s.state, h.retain))
+        })
+        .await
+        .unwrap();
+    assert_eq!(retained, (GatewayState::Offline, true));
+}
+
+#[test]
+fn a_config_with_several_mistakes_gets_one_report_naming_each_and_run_refuses_it() {
+    let bad = r#"
+[gateway]
+id = "gw b1"
+community = "riverside"
+
+[mqtt]
+port = 0
+
+[[devices]]
+id = "smoke-1"
+kind = "smoke"
+building = "B1"
+floor = "12"
+unit = "03"
+transport = "tcp"
+address = "127.0.0.1"
+poll_interval_ms = 5
+
+[[devices.points]]
+name = "obscuration"
+register = 0
+type = "float"
+
+[[devices]]
+id = "leak-1"
+kind = "leak"
+building = "B1"
+floor = "1"
+unit = "1"
+transport = "tcp"
+address = "127.0.0.1:502"
+
+[[devices.points]]
+name = "leak"
+register = 0
+type = "u16"
+
+[[rules]]
+id = "leak"
+device = "leak-2"
+point = "leak"
+class = "alarm"
+priority = "urgent"
+above = 0.5
+message = "Leak"
+"#;
+    let (code, _, stderr) = rig::check_config(bad).unwrap();
+    assert_ne!(code, 0);
+    for needle in [
+        "gateway.id",
+        "mqtt.port",
+        "devices[0] (smoke-1).points[0] (obscuration)",
+        "float",
+        "devices[0] (smoke-1).address",
+        "devices[0] (smoke-1).poll_interval_ms",
+        "rules[0] (leak)",
+        "urgent",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+    let (run_code, _, run_stderr) = rig::gateway_once("run", bad).unwrap();
+    assert_ne!(run_code, 0, "run must refuse a bad config");
+    let problems = |text: &str| text.lines().skip(1).map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(problems(&run_stderr), problems(&stderr), "run reports the same problems as check");
+}
+
+/// Poll VictoriaMetrics' export API until a series with these labels shows up.
+async fn vm_export(vm: &servers::Server, selector: &str) -> Vec<Value> {
+    let http = servers::http_client();
+    let url = format!("{}/api/v1/export", vm.url());
+    eventually("the series in VictoriaMetrics", Duration::from_secs(20), || async {
+        let _ = http.get(format!("{}/internal/force_flush", vm.url())).send().await;
+        let text = http
+            .get(&url)
+            .query(&[("match[]", selector)])
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let lines: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (!lines.is_empty()).then_some(lines)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_arrive_in_victoria_metrics_and_influxdb_1_under_the_documented_names() {
+    let broker = servers::mosquitto().unwrap();
+    let vm = servers::victoria_metrics().unwrap();
+    let influx = servers::influxdb1().unwrap();
+    servers::influx1_create_database(&influx, "shouwang").await.unwrap();
+    let (smoke, leak) = sims().await;
+    smoke.set_u16(0, 42);
+
+    let to_vm = format!(
+        "[influx]\nurl = \"{}\"\napi = \"v1\"\ndb = \"shouwang\"\nflush_interval_ms = 200\n",
+        vm.url()
+    );
+    let to_influx = format!(
+        "[influx]\nurl = \"{}\"\napi = \"v1\"\ndb = \"shouwang\"\nflush_interval_ms = 200\n",
+        influx.url()
+    );
+    let g1 = rig::start_gateway(&config("gw-vm", broker.port(), &smoke, &leak, &to_vm)).unwrap();
+    let g2 = rig::start_gateway(&config("gw-influx", broker.port(), &smoke, &leak, &to_influx)).unwrap();
+
+    let series = vm_export(&vm, r#"shouwang_reading_value{gateway="gw-vm",point="obscuration"}"#).await;
+    let metric = &series[0]["metric"];
+    assert_eq!(metric["__name__"], "shouwang_reading_value", "{}", g1.log());
+    for (tag, want) in [
+        ("community", "riverside"),
+        ("gateway", "gw-vm"),
+        ("building", "B1"),
+        ("floor", "12"),
+        ("unit", "03"),
+        ("device", "smoke-B1-12-03"),
+        ("device_kind", "smoke"),
+        ("point", "obscuration"),
+    ] {
+        assert_eq!(metric[tag], want, "tag {tag} in {metric}");
+    }
+    let values = series[0]["values"].as_array().unwrap();
+    assert!(values.iter().all(|v| (v.as_f64().unwrap() - 0.42).abs() < 1e-9), "{values:?}");
+
+    let http = servers::http_client();
+    let rows: Value = eventually("the readings in InfluxDB", Duration::from_secs(20), || async {
+        let v: Value = http
+            .get(format!("{}/query", influx.url()))
+            .query(&[
+                ("db", "shouwang"),
+                ("q", "SELECT * FROM shouwang_reading WHERE point = 'obscuration'"),
+            ])
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let series = v["results"][0]["series"][0].clone();
+        series.is_object().then_some(series)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", g2.log()));
+    let columns: Vec<&str> = rows["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for col in ["time", "building", "community", "device", "device_kind", "floor", "gateway", "point", "unit", "value"] {
+        assert!(columns.contains(&col), "column {col} missing from {columns:?}");
+    }
+    let first = rows["values"][0].as_array().unwrap();
+    let at = |name: &str| &first[columns.iter().position(|c| *c == name).unwrap()];
+    assert_eq!(at("gateway"), "gw-influx");
+    assert_eq!(at("device"), "smoke-B1-12-03");
+    assert!((at("value").as_f64().unwrap() - 0.42).abs() < 1e-9);
+}
