@@ -96,8 +96,9 @@ pub struct RunningDemo {
     /// Ends when the gateway stops (an error, or after `stop`).
     gateway: JoinHandle<anyhow::Result<()>>,
     stop_gateway: Option<oneshot::Sender<()>>,
-    /// Ends when the console stops.
-    console: JoinHandle<anyhow::Result<()>>,
+    /// Shut down gracefully at [`RunningDemo::stop`]. (Not watched for failure: its `wait`
+    /// and `shutdown` both take it, and a graceful stop matters more in a demo.)
+    console: Option<shouwang_console::RunningConsole>,
     /// Holds the console's temporary database directory until the demo ends.
     _db_dir: Option<tempfile::TempDir>,
 }
@@ -160,7 +161,6 @@ impl RunningDemo {
         .await
         .context("starting the console")?;
         let console_addr = console.local_addr();
-        let console = tokio::spawn(console.wait());
 
         Ok(RunningDemo {
             config,
@@ -169,7 +169,7 @@ impl RunningDemo {
             console_addr,
             gateway,
             stop_gateway: Some(stop_tx),
-            console,
+            console: Some(console),
             _db_dir: db_dir,
         })
     }
@@ -192,34 +192,33 @@ impl RunningDemo {
             })
     }
 
-    /// Resolves when the gateway or the console stops by itself, with why.
+    /// Resolves when the gateway stops by itself, with why.
     pub async fn failed(&mut self) -> anyhow::Error {
-        let (what, ended) = tokio::select! {
-            ended = &mut self.gateway => ("gateway", ended),
-            ended = &mut self.console => ("console", ended),
-        };
-        match ended {
-            Ok(Ok(())) => anyhow::anyhow!("the {what} stopped"),
-            Ok(Err(err)) => err.context(format!("the {what} failed")),
-            Err(join) => anyhow::anyhow!("the {what} crashed: {join}"),
+        match (&mut self.gateway).await {
+            Ok(Ok(())) => anyhow::anyhow!("the gateway stopped"),
+            Ok(Err(err)) => err.context("the gateway failed"),
+            Err(join) => anyhow::anyhow!("the gateway crashed: {join}"),
         }
     }
 
-    /// Let the gateway announce `offline` and disconnect, then stop the console and devices.
+    /// Let the gateway announce `offline` and disconnect, then stop the console; the devices
+    /// stop when this drops.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop_gateway.take() {
             let _ = stop.send(());
         }
         // A finished handle may have been polled to completion by `failed` already.
-        if self.gateway.is_finished() {
-            self.console.abort();
-            return;
+        if !self.gateway.is_finished() {
+            match tokio::time::timeout(GATEWAY_STOP_DEADLINE, &mut self.gateway).await {
+                Ok(Ok(Err(err))) => tracing::warn!(error = %err, "the gateway stopped with an error"),
+                Ok(_) => {}
+                Err(_) => self.gateway.abort(),
+            }
         }
-        match tokio::time::timeout(GATEWAY_STOP_DEADLINE, &mut self.gateway).await {
-            Ok(Ok(Err(err))) => tracing::warn!(error = %err, "the gateway stopped with an error"),
-            Ok(_) => {}
-            Err(_) => self.gateway.abort(),
+        if let Some(console) = self.console.take()
+            && let Err(err) = console.shutdown().await
+        {
+            tracing::warn!(error = %err, "the console did not stop cleanly");
         }
-        self.console.abort();
     }
 }
