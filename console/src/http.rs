@@ -257,7 +257,10 @@ async fn acknowledge(
     }
     Metrics::inc(&app.metrics.commands_sent);
     tracing::info!(%command_id, %alarm_id, %topic, "acknowledge command sent");
-    Ok((StatusCode::ACCEPTED, Json(json!({ "command_id": command_id }))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "command_id": command_id })),
+    ))
 }
 
 async fn get_command(
@@ -286,9 +289,7 @@ async fn gateways(
 /// Server-sent events. The first event is `ready` (subscribed: fetch the API now and nothing
 /// is missed); then `alarm`, `reading`, `gateway`, `reply`; `resync` when this client fell
 /// behind and skipped events (refetch everything).
-async fn stream(
-    State(app): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+async fn stream(State(app): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = app.stream.subscribe();
     let metrics = app.metrics.clone();
     let mut shutdown = app.shutdown.clone();
@@ -330,7 +331,10 @@ mod tests {
         assert_eq!(ack_operator(b"", "duty").unwrap(), "duty");
         assert_eq!(ack_operator(b"  \n", "duty").unwrap(), "duty");
         assert_eq!(ack_operator(b"{}", "duty").unwrap(), "duty");
-        assert_eq!(ack_operator(br#"{"operator":null}"#, "duty").unwrap(), "duty");
+        assert_eq!(
+            ack_operator(br#"{"operator":null}"#, "duty").unwrap(),
+            "duty"
+        );
     }
 
     #[test]

@@ -12,7 +12,11 @@ use clap::Parser;
 use shouwang_console::{ConsoleConfig, start};
 
 #[derive(Debug, Parser)]
-#[command(name = "shouwang-console", version, about = "Shouwang control-room console")]
+#[command(
+    name = "shouwang-console",
+    version,
+    about = "Shouwang control-room console"
+)]
 struct Args {
     /// Address for the HTTP API and the board; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:8750")]
@@ -93,7 +97,10 @@ mod tests {
 
     #[test]
     fn the_broker_address_splits_into_host_and_port() {
-        assert_eq!(broker("127.0.0.1:1883").unwrap(), ("127.0.0.1".into(), 1883));
+        assert_eq!(
+            broker("127.0.0.1:1883").unwrap(),
+            ("127.0.0.1".into(), 1883)
+        );
         assert_eq!(broker("[::1]:1884").unwrap(), ("::1".into(), 1884));
         assert!(broker("localhost").is_err());
         assert!(broker(":1883").is_err());

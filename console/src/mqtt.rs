@@ -90,12 +90,17 @@ pub async fn run(mut eventloop: EventLoop, client: AsyncClient, state: AppState)
         .map(|c| SubscribeFilter::new(shouwang_wire::topic_filter_all(*c), QoS::AtLeastOnce))
         .collect();
     let mut failures: u64 = 0;
+    let mut last_loud: Option<std::time::Instant> = None;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 failures = 0;
+                last_loud = None;
                 Metrics::inc(&state.metrics.mqtt_connections);
-                tracing::info!(session_present = ack.session_present, "connected to the broker");
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to the broker"
+                );
                 if let Err(error) = client.try_subscribe_many(filters.clone()) {
                     tracing::error!(%error, "cannot queue the subscription");
                 }
@@ -133,7 +138,9 @@ pub async fn run(mut eventloop: EventLoop, client: AsyncClient, state: AppState)
                 failures += 1;
                 // Loud on the first failure, then once a minute, so a broker outage does
                 // not flood the log.
-                if failures == 1 || failures % 60 == 0 {
+                let loud = last_loud.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+                if loud {
+                    last_loud = Some(std::time::Instant::now());
                     tracing::warn!(%error, failures, "MQTT connection failed; retrying");
                 } else {
                     tracing::debug!(%error, failures, "MQTT connection failed; retrying");
@@ -268,7 +275,10 @@ mod tests {
     #[test]
     fn a_foreign_topic_is_refused_by_name() {
         let err = decode("shouwang/v1/riverside/gw-1/bogus", b"{}").unwrap_err();
-        assert!(err.to_string().contains("shouwang/v1/riverside/gw-1/bogus"), "{err}");
+        assert!(
+            err.to_string().contains("shouwang/v1/riverside/gw-1/bogus"),
+            "{err}"
+        );
     }
 
     #[test]

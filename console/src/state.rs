@@ -52,7 +52,9 @@ impl AppState {
                     data: json.into(),
                 });
             }
-            Err(error) => tracing::error!(%error, kind = kind.as_str(), "cannot encode a stream event"),
+            Err(error) => {
+                tracing::error!(%error, kind = kind.as_str(), "cannot encode a stream event")
+            }
         }
     }
 }

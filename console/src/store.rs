@@ -96,7 +96,7 @@ pub enum EventOutcome {
     /// Stored in the history, but an event with a later `ts_ms` is already current.
     Late,
     /// Stored, and it is now the alarm's current state.
-    Current(AlarmView),
+    Current(Box<AlarmView>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -283,10 +283,10 @@ impl Store {
         if current == 0 {
             return Ok(EventOutcome::Late);
         }
-        Ok(EventOutcome::Current(AlarmView {
+        Ok(EventOutcome::Current(Box::new(AlarmView {
             event: event.clone(),
             updated_ms: received_ms,
-        }))
+        })))
     }
 
     /// Current alarms, newest first by `(ts_ms, arrival)`; those in state `normal` only when
@@ -547,10 +547,7 @@ mod tests {
             priority: Priority::High,
             transition,
             state,
-            active: matches!(
-                state,
-                AlarmState::Unacknowledged | AlarmState::Acknowledged
-            ),
+            active: matches!(state, AlarmState::Unacknowledged | AlarmState::Acknowledged),
             value: Some(3.5),
             engineering_unit: Some("%/m".into()),
             place: Place {
@@ -600,7 +597,11 @@ mod tests {
         );
         let detail = s.alarm(&newer.alarm_id).unwrap().unwrap();
         assert_eq!(detail.alarm.event, newer);
-        assert_eq!(detail.history, vec![older, newer], "history is oldest first");
+        assert_eq!(
+            detail.history,
+            vec![older, newer],
+            "history is oldest first"
+        );
     }
 
     #[test]

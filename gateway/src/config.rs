@@ -359,7 +359,10 @@ impl Config {
         let gateway = match table.remove("gateway") {
             Some(v) => section::<GatewaySection>(v, "gateway", &mut problems),
             None => {
-                problems.add("gateway", "missing: add a [gateway] table with id and community");
+                problems.add(
+                    "gateway",
+                    "missing: add a [gateway] table with id and community",
+                );
                 None
             }
         };
@@ -438,7 +441,10 @@ impl Config {
                 );
             }
             if !seen.insert(rule.id.as_str()) {
-                p.add(format!("{at}.id"), format!("duplicate rule id {:?}", rule.id));
+                p.add(
+                    format!("{at}.id"),
+                    format!("duplicate rule id {:?}", rule.id),
+                );
             }
             p.non_empty(&format!("{at}.message"), &rule.message);
             match (&rule.device, &rule.device_kind) {
@@ -487,12 +493,17 @@ impl Config {
     }
 
     /// The devices a rule applies to.
-    pub fn devices_of<'a>(&'a self, rule: &'a RuleConfig) -> impl Iterator<Item = &'a DeviceConfig> + 'a {
-        self.devices.iter().filter(move |d| match (&rule.device, &rule.device_kind) {
-            (Some(id), None) => &d.id == id,
-            (None, Some(kind)) => &d.kind == kind,
-            _ => false,
-        })
+    pub fn devices_of<'a>(
+        &'a self,
+        rule: &'a RuleConfig,
+    ) -> impl Iterator<Item = &'a DeviceConfig> + 'a {
+        self.devices
+            .iter()
+            .filter(move |d| match (&rule.device, &rule.device_kind) {
+                (Some(id), None) => &d.id == id,
+                (None, Some(kind)) => &d.kind == kind,
+                _ => false,
+            })
     }
 
     /// Bind every rule to its devices for the rule engine, plus one communication-lost fault
@@ -667,13 +678,19 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
             let pat = format!("{at}.points[{j}] ({})", pt.name);
             p.id(&format!("{pat}.name"), "point name", &pt.name);
             if !names.insert(pt.name.as_str()) {
-                p.add(format!("{pat}.name"), format!("duplicate point {:?}", pt.name));
+                p.add(
+                    format!("{pat}.name"),
+                    format!("duplicate point {:?}", pt.name),
+                );
             }
             let last = u32::from(pt.register) + u32::from(pt.data_type.registers()) - 1;
             if last > u32::from(u16::MAX) {
                 p.add(
                     format!("{pat}.register"),
-                    format!("a {:?} at {} runs past register 65535", pt.data_type, pt.register),
+                    format!(
+                        "a {:?} at {} runs past register 65535",
+                        pt.data_type, pt.register
+                    ),
                 );
             }
             if !pt.scale.is_finite() || pt.scale == 0.0 {
@@ -750,7 +767,10 @@ message = "Smoke detected"
         let ids: Vec<_> = specs.iter().map(|(s, _)| s.alarm_id.as_str()).collect();
         assert_eq!(
             ids,
-            ["gw-b1:smoke-B1-12-03:comm_lost", "gw-b1:smoke-B1-12-03:smoke-high"]
+            [
+                "gw-b1:smoke-B1-12-03:comm_lost",
+                "gw-b1:smoke-B1-12-03:smoke-high"
+            ]
         );
         assert_eq!(specs[1].1.engineering_unit.as_deref(), Some("%/m"));
     }
@@ -772,7 +792,10 @@ bulding = "B1"
         assert!(text.starts_with("bad.toml: "), "{text}");
         let fields: Vec<&str> = report.problems.iter().map(|p| p.field.as_str()).collect();
         assert!(fields.contains(&"gateway.id"), "{text}");
-        assert!(fields.contains(&"devices[0] (smoke-B1-12-03).address"), "{text}");
+        assert!(
+            fields.contains(&"devices[0] (smoke-B1-12-03).address"),
+            "{text}"
+        );
         assert!(fields.contains(&"rules[0] (smoke-high).point"), "{text}");
         assert!(fields.contains(&"devices[1] (leak-1)"), "{text}");
         assert!(text.contains("bulding"), "{text}");
@@ -804,8 +827,14 @@ bulding = "B1"
 
     #[test]
     fn a_32_bit_point_may_not_run_past_the_last_register() {
-        let bad = GOOD.replace("register = 0\ntype = \"u16\"", "register = 65535\ntype = \"f32\"");
+        let bad = GOOD.replace(
+            "register = 0\ntype = \"u16\"",
+            "register = 65535\ntype = \"f32\"",
+        );
         let report = Config::from_toml_str(&bad, "x.toml").unwrap_err();
-        assert!(report.to_string().contains("runs past register 65535"), "{report}");
+        assert!(
+            report.to_string().contains("runs past register 65535"),
+            "{report}"
+        );
     }
 }

@@ -74,7 +74,11 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     let (poll_tx, mut poll_rx) = mpsc::channel(POLL_QUEUE);
     let mut pollers = Vec::new();
     for (i, device) in config.devices.iter().enumerate() {
-        pollers.push(tokio::spawn(modbus::poll_device(i, device.clone(), poll_tx.clone())));
+        pollers.push(tokio::spawn(modbus::poll_device(
+            i,
+            device.clone(),
+            poll_tx.clone(),
+        )));
     }
     drop(poll_tx);
     tracing::info!(
@@ -93,14 +97,14 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
             Some(news) = news_rx.recv() => match news {
                 LinkNews::Connected => {
                     for event in watch.latest_events() {
-                        outbox.send(Urgent::Event(event)).await;
+                        outbox.send(Urgent::Event(Box::new(event))).await;
                     }
                 }
                 LinkNews::Command(cmd) => {
                     let (event, reply) = watch.on_command(&cmd, now_ms());
                     tracing::info!(command_id = %cmd.command_id, ok = reply.ok, error = ?reply.error, "command");
                     if let Some(event) = event {
-                        outbox.send(Urgent::Event(event)).await;
+                        outbox.send(Urgent::Event(Box::new(event))).await;
                     }
                     outbox.send(Urgent::Reply(reply)).await;
                 }
@@ -118,7 +122,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                 let report = watch.on_poll(&outcome);
                 for event in report.events {
                     tracing::info!(alarm_id = %event.alarm_id, state = ?event.state, value = ?event.value, "alarm transition");
-                    outbox.send(Urgent::Event(event)).await;
+                    outbox.send(Urgent::Event(Box::new(event))).await;
                 }
                 if let Some(batch) = report.readings {
                     if let Some(sink) = &influx {
@@ -129,7 +133,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
             }
             _ = ticker.tick() => {
                 for event in watch.on_tick(now_ms()) {
-                    outbox.send(Urgent::Event(event)).await;
+                    outbox.send(Urgent::Event(Box::new(event))).await;
                 }
             }
         }

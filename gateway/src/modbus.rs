@@ -120,13 +120,16 @@ async fn poll_once(
     let limit = Duration::from_millis(device.timeout_ms);
     if link.is_none() {
         let addr = resolve(&device.address).await?;
-        let ctx = timeout(limit, tokio_modbus::client::tcp::connect_slave(addr, Slave(device.unit_id)))
-            .await
-            .map_err(|_| LinkError::Timeout(device.timeout_ms))?
-            .map_err(|e| LinkError::Connect {
-                addr: device.address.clone(),
-                reason: e.to_string(),
-            })?;
+        let ctx = timeout(
+            limit,
+            tokio_modbus::client::tcp::connect_slave(addr, Slave(device.unit_id)),
+        )
+        .await
+        .map_err(|_| LinkError::Timeout(device.timeout_ms))?
+        .map_err(|e| LinkError::Connect {
+            addr: device.address.clone(),
+            reason: e.to_string(),
+        })?;
         *link = Some(ctx);
     }
     let Some(ctx) = link.as_mut() else {
@@ -195,8 +198,14 @@ mod tests {
 
     #[test]
     fn sixteen_bit_values_are_scaled_and_offset() {
-        assert_eq!(decode(&point(DataType::U16, 0.01, 0.0), &[250]).unwrap(), 2.5);
-        assert_eq!(decode(&point(DataType::I16, 1.0, 10.0), &[0xFFFF]).unwrap(), 9.0);
+        assert_eq!(
+            decode(&point(DataType::U16, 0.01, 0.0), &[250]).unwrap(),
+            2.5
+        );
+        assert_eq!(
+            decode(&point(DataType::I16, 1.0, 10.0), &[0xFFFF]).unwrap(),
+            9.0
+        );
     }
 
     #[test]
@@ -205,20 +214,35 @@ mod tests {
         let regs = [(bits >> 16) as u16, bits as u16];
         let v = decode(&point(DataType::F32, 1.0, 0.0), &regs).unwrap();
         assert!((v - 0.65).abs() < 1e-6);
-        assert_eq!(decode(&point(DataType::U32, 1.0, 0.0), &[1, 2]).unwrap(), 65538.0);
-        assert_eq!(decode(&point(DataType::I32, 1.0, 0.0), &[0xFFFF, 0xFFFE]).unwrap(), -2.0);
+        assert_eq!(
+            decode(&point(DataType::U32, 1.0, 0.0), &[1, 2]).unwrap(),
+            65538.0
+        );
+        assert_eq!(
+            decode(&point(DataType::I32, 1.0, 0.0), &[0xFFFF, 0xFFFE]).unwrap(),
+            -2.0
+        );
     }
 
     #[test]
     fn a_nan_float_is_a_fault_not_a_reading() {
         let bits = f32::NAN.to_bits();
-        let err = decode(&point(DataType::F32, 1.0, 0.0), &[(bits >> 16) as u16, bits as u16]);
+        let err = decode(
+            &point(DataType::F32, 1.0, 0.0),
+            &[(bits >> 16) as u16, bits as u16],
+        );
         assert_eq!(err, Err(DecodeError::NotFinite));
     }
 
     #[test]
     fn a_short_answer_is_refused() {
         let err = decode(&point(DataType::F32, 1.0, 0.0), &[1]);
-        assert_eq!(err, Err(DecodeError::WrongLength { expected: 2, got: 1 }));
+        assert_eq!(
+            err,
+            Err(DecodeError::WrongLength {
+                expected: 2,
+                got: 1
+            })
+        );
     }
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use shouwang_wire::{
-    AlarmEvent, Channel, Command, CommandReply, GatewayState, GatewayStatus, Message,
-    ReadingBatch, SCHEMA_VERSION, topic,
+    AlarmEvent, Channel, Command, CommandReply, GatewayState, GatewayStatus, Message, ReadingBatch,
+    SCHEMA_VERSION, topic,
 };
 use tokio::sync::mpsc;
 
@@ -130,7 +130,9 @@ pub async fn drive(
                     tracing::error!(error = %e, "cannot subscribe to commands");
                 }
                 let online = status(&config, GatewayState::Online, now_ms());
-                if let Err(e) = client.try_publish(topics.status.clone(), QoS::AtLeastOnce, true, online) {
+                if let Err(e) =
+                    client.try_publish(topics.status.clone(), QoS::AtLeastOnce, true, online)
+                {
                     tracing::error!(error = %e, "cannot publish online status");
                 }
                 if news.send(LinkNews::Connected).await.is_err() {
@@ -169,7 +171,7 @@ pub async fn drive(
 /// Something to publish on the alarm lane.
 #[derive(Debug)]
 pub enum Urgent {
-    Event(AlarmEvent),
+    Event(Box<AlarmEvent>),
     Reply(CommandReply),
 }
 

@@ -153,7 +153,11 @@ impl Watch {
 
     /// A command from the console. Always yields a reply; an accepted acknowledgement also
     /// yields the alarm's new state as an event.
-    pub fn on_command(&mut self, command: &Command, now_ms: i64) -> (Option<AlarmEvent>, CommandReply) {
+    pub fn on_command(
+        &mut self,
+        command: &Command,
+        now_ms: i64,
+    ) -> (Option<AlarmEvent>, CommandReply) {
         let mut reply = CommandReply {
             schema: SCHEMA_VERSION,
             command_id: command.command_id.clone(),
@@ -297,9 +301,16 @@ message = "Smoke detected"
         let mut w = watch();
         let quiet = w.on_poll(&good(0.2, 1_000));
         assert!(quiet.events.is_empty());
-        assert_eq!(quiet.readings.unwrap().points[0].engineering_unit.as_deref(), Some("%/m"));
+        assert_eq!(
+            quiet.readings.unwrap().points[0]
+                .engineering_unit
+                .as_deref(),
+            Some("%/m")
+        );
         let report = w.on_poll(&good(3.0, 2_000));
-        let [event] = report.events.as_slice() else { panic!("{report:?}") };
+        let [event] = report.events.as_slice() else {
+            panic!("{report:?}")
+        };
         assert_eq!(event.alarm_id, "gw:smoke-1:smoke-high");
         assert_eq!(event.place.short(), "B1-12-03");
         assert_eq!(event.place.community, "c");
@@ -320,7 +331,10 @@ message = "Smoke detected"
         assert_eq!(lost[0].rule, "comm_lost");
         assert_eq!(lost[0].class, SignalClass::Fault);
         assert!(lost[0].active);
-        assert!(w.on_poll(&failed(3_000)).events.is_empty(), "raised once, not per poll");
+        assert!(
+            w.on_poll(&failed(3_000)).events.is_empty(),
+            "raised once, not per poll"
+        );
         let back = w.on_poll(&good(0.1, 4_000)).events;
         assert_eq!(back[0].state, AlarmState::ReturnedUnacknowledged);
     }
@@ -346,7 +360,10 @@ message = "Smoke detected"
         let (again, reply) = w.on_command(&cmd, 1_700);
         assert!(again.is_none());
         assert!(!reply.ok);
-        assert!(reply.error.unwrap().contains("acknowledge"), "nothing to acknowledge");
+        assert!(
+            reply.error.unwrap().contains("acknowledge"),
+            "nothing to acknowledge"
+        );
     }
 
     #[test]

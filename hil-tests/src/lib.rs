@@ -2,6 +2,6 @@
 //! tests run against (mosquitto, VictoriaMetrics, InfluxDB 1.x), and the end-to-end tests
 //! under `tests/`.
 
+pub mod rig;
 pub mod servers;
 pub mod sim;
-pub mod rig;

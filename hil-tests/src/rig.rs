@@ -87,7 +87,9 @@ impl Proc {
     pub fn log(&self) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         let start = text.len().saturating_sub(4000);
-        let start = (start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        let start = (start..text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
         text[start..].to_string()
     }
 }
@@ -183,7 +185,10 @@ pub fn start_console(mqtt_port: u16) -> anyhow::Result<ConsoleProc> {
     });
     match rx.recv_timeout(Duration::from_secs(20)) {
         Ok(url) => Ok(ConsoleProc { proc, url }),
-        Err(_) => bail!("shouwang-console did not report its address:\n{}", proc.log()),
+        Err(_) => bail!(
+            "shouwang-console did not report its address:\n{}",
+            proc.log()
+        ),
     }
 }
 
@@ -205,23 +210,43 @@ pub struct Listener {
 
 impl Listener {
     /// Connect to a broker on loopback and subscribe; returns once the subscription is
-    /// acknowledged.
+    /// acknowledged. A clean session: what is published while it is away is lost to it.
     pub async fn start(port: u16, filter: &str) -> anyhow::Result<Listener> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("test-listener-{}-{n}", std::process::id());
+        Listener::connect(port, filter, &id, true).await
+    }
+
+    /// Like [`Listener::start`] with a persistent session under `client_id`, as the console
+    /// has: QoS 1 messages published while it is disconnected are delivered when it is back.
+    pub async fn start_persistent(
+        port: u16,
+        filter: &str,
+        client_id: &str,
+    ) -> anyhow::Result<Listener> {
+        Listener::connect(port, filter, client_id, false).await
+    }
+
+    async fn connect(port: u16, filter: &str, id: &str, clean: bool) -> anyhow::Result<Listener> {
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options.set_clean_session(clean);
         options.set_keep_alive(Duration::from_secs(5));
         options.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut events) = AsyncClient::new(options, 64);
-        client.subscribe(filter, QoS::AtLeastOnce).await?;
         let heard = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let sink = heard.clone();
+        let resubscribe = client.clone();
+        let filter = filter.to_string();
         let task = tokio::spawn(async move {
             let mut ready = Some(ready_tx);
             loop {
                 match events.poll().await {
+                    // (Re)subscribe on every connection: a restarted broker forgets us.
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = resubscribe.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                    }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         if let Some(tx) = ready.take() {
                             let _ = tx.send(());
@@ -275,8 +300,16 @@ impl Listener {
             }
             seen = heard.len();
             if Instant::now() > deadline {
-                let topics: Vec<&str> = heard.iter().rev().take(10).map(|h| h.topic.as_str()).collect();
-                bail!("waited {limit:?} for {what}; heard {} messages, the last on {topics:?}", heard.len());
+                let topics: Vec<&str> = heard
+                    .iter()
+                    .rev()
+                    .take(10)
+                    .map(|h| h.topic.as_str())
+                    .collect();
+                bail!(
+                    "waited {limit:?} for {what}; heard {} messages, the last on {topics:?}",
+                    heard.len()
+                );
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -304,5 +337,55 @@ where
             bail!("gave up after {limit:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP proxy on loopback that a test can cut and mend, to play a network failure between
+/// a client and a server (the way crates.io's chaos proxy does). While cut, it closes every
+/// open connection and closes new ones as soon as they are accepted.
+pub struct ChaosProxy {
+    port: u16,
+    open: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ChaosProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> anyhow::Result<ChaosProxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (open, watch) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut watch = watch.clone();
+                if !*watch.borrow() {
+                    continue; // dropped: the connection closes at once
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Ok(ChaosProxy { port, open, task })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Cut (`false`) or mend (`true`) the link.
+    pub fn set_open(&self, open: bool) {
+        let _ = self.open.send(open);
+    }
+}
+
+impl Drop for ChaosProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

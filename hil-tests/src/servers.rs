@@ -19,6 +19,9 @@ pub struct Server {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    /// How it was started, for [`Server::restart`].
+    program: PathBuf,
+    args: Vec<String>,
 }
 
 impl Server {
@@ -44,6 +47,49 @@ impl Server {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stop it the polite way (SIGTERM, as a service restart does) and start it again on the
+    /// same port with the same data directory.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                self.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = launch(&self.program, &self.args, self.dir.path())?;
+        self.wait_listening()
+    }
+
+    fn wait_listening(&mut self) -> anyhow::Result<()> {
+        let name = self.name;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{name} exited with {status} before it listened:\n{}",
+                    self.log()
+                );
+            }
+            if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} did not listen on {} within 30 s:\n{}",
+                    self.addr(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     fn log(&self) -> String {
@@ -86,6 +132,20 @@ pub fn find_binary(name: &str, package: &str) -> anyhow::Result<PathBuf> {
     bail!("{name} not found: run .ci/run once, or `apt-get install -y {package}`")
 }
 
+fn launch(program: &Path, args: &[String], dir: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))?;
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))
+}
+
 fn spawn(
     name: &'static str,
     program: &Path,
@@ -93,36 +153,21 @@ fn spawn(
     port: u16,
     dir: tempfile::TempDir,
 ) -> anyhow::Result<Server> {
-    let log = std::fs::File::create(dir.path().join("server.log"))?;
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {}", program.display()))?;
+    let child = launch(program, args, dir.path())?;
     let mut server = Server {
         name,
         child,
         port,
         dir,
+        program: program.to_path_buf(),
+        args: args.to_vec(),
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = server.child.try_wait()? {
-            bail!("{name} exited with {status} before it listened:\n{}", server.log());
-        }
-        if TcpStream::connect_timeout(&server.addr(), Duration::from_millis(200)).is_ok() {
-            return Ok(server);
-        }
-        if Instant::now() > deadline {
-            bail!("{name} did not listen on {} within 30 s:\n{}", server.addr(), server.log());
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    server.wait_listening()?;
+    Ok(server)
 }
 
-/// A mosquitto broker on loopback, anonymous, without persistence.
+/// A mosquitto broker on loopback, anonymous. It persists sessions and queued messages in
+/// its directory, as a production broker is set up to, so [`Server::restart`] keeps them.
 pub fn mosquitto() -> anyhow::Result<Server> {
     mosquitto_on(free_port())
 }
@@ -134,7 +179,10 @@ pub fn mosquitto_on(port: u16) -> anyhow::Result<Server> {
     let conf = dir.path().join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+            dir.path().display()
+        ),
     )?;
     spawn(
         "mosquitto",
@@ -223,4 +271,24 @@ pub fn http_client() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap_or_else(|e| panic!("building the test HTTP client: {e}"))
+}
+
+/// A single-node VictoriaMetrics on a given port, with fresh data (to start one where a
+/// client already expects it, e.g. a server that comes up after its writer).
+pub fn victoria_metrics_on(port: u16) -> anyhow::Result<Server> {
+    let bin = find_binary("victoria-metrics", "victoria-metrics")?;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    spawn(
+        "victoria-metrics",
+        &bin,
+        &[
+            format!("-httpListenAddr=127.0.0.1:{port}"),
+            format!("-storageDataPath={}", data.display()),
+            "-retentionPeriod=100y".into(),
+            "-search.latencyOffset=0s".into(),
+        ],
+        port,
+        dir,
+    )
 }

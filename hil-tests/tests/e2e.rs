@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shouwang_hil_tests::rig::{self, Listener, eventually};
+use shouwang_hil_tests::rig::{self, ChaosProxy, Listener, eventually};
 use shouwang_hil_tests::servers;
 use shouwang_hil_tests::sim::SimDevice;
 use shouwang_wire::{
@@ -19,7 +19,13 @@ use shouwang_wire::{
 };
 
 /// A two-device gateway config: a smoke detector and a leak probe, polled every 100 ms.
-fn config(gateway: &str, mqtt_port: u16, smoke: &SimDevice, leak: &SimDevice, extra: &str) -> String {
+fn config(
+    gateway: &str,
+    mqtt_port: u16,
+    smoke: &SimDevice,
+    leak: &SimDevice,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [gateway]
@@ -93,8 +99,12 @@ message = "Water leak"
 }
 
 async fn sims() -> (SimDevice, SimDevice) {
-    let smoke = SimDevice::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let leak = SimDevice::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let smoke = SimDevice::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let leak = SimDevice::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     smoke.set_u16(0, 20); // 0.20 %/m: clean air
     leak.set_u16(0, 0);
     (smoke, leak)
@@ -112,14 +122,18 @@ fn reading_from(h: &rig::Heard, device: &str) -> Option<ReadingBatch> {
     if !h.topic.ends_with("/readings") {
         return None;
     }
-    ReadingBatch::decode(&h.payload).ok().filter(|r| r.device == device)
+    ReadingBatch::decode(&h.payload)
+        .ok()
+        .filter(|r| r.device == device)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_smoke_alarm_reaches_the_broker_within_2_s_and_an_acknowledgement_through_the_console_comes_back_from_the_gateway()
  {
     let broker = servers::mosquitto().unwrap();
-    let listener = Listener::start(broker.port(), "shouwang/v1/#").await.unwrap();
+    let listener = Listener::start(broker.port(), "shouwang/v1/#")
+        .await
+        .unwrap();
     let (smoke, leak) = sims().await;
     let console = rig::start_console(broker.port()).unwrap();
     let gateway = rig::start_gateway(&config("gw-b1", broker.port(), &smoke, &leak, "")).unwrap();
@@ -127,13 +141,17 @@ async fn a_smoke_alarm_reaches_the_broker_within_2_s_and_an_acknowledgement_thro
     // The gateway says it is online (retained) and polls.
     let status = listener
         .wait_for("gateway online", Duration::from_secs(20), |h| {
-            GatewayStatus::decode(&h.payload).ok().filter(|s| s.state == GatewayState::Online)
+            GatewayStatus::decode(&h.payload)
+                .ok()
+                .filter(|s| s.state == GatewayState::Online)
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
     assert_eq!(status.gateway, "gw-b1");
     listener
-        .wait_for("a smoke reading", Duration::from_secs(10), |h| reading_from(h, "smoke-B1-12-03"))
+        .wait_for("a smoke reading", Duration::from_secs(10), |h| {
+            reading_from(h, "smoke-B1-12-03")
+        })
         .await
         .unwrap();
 
@@ -159,13 +177,17 @@ async fn a_smoke_alarm_reaches_the_broker_within_2_s_and_an_acknowledgement_thro
     // The console lists it.
     let http = servers::http_client();
     let alarms_url = format!("{}/api/alarms", console.url);
-    let listed: Value = eventually("the console to list the alarm", Duration::from_secs(10), || async {
-        let list: Value = http.get(&alarms_url).send().await.ok()?.json().await.ok()?;
-        list.as_array()?
-            .iter()
-            .find(|a| a["alarm_id"] == alarm_id)
-            .cloned()
-    })
+    let listed: Value = eventually(
+        "the console to list the alarm",
+        Duration::from_secs(10),
+        || async {
+            let list: Value = http.get(&alarms_url).send().await.ok()?.json().await.ok()?;
+            list.as_array()?
+                .iter()
+                .find(|a| a["alarm_id"] == alarm_id)
+                .cloned()
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", console.proc.log()));
     assert_eq!(listed["state"], "unacknowledged");
@@ -182,7 +204,12 @@ async fn a_smoke_alarm_reaches_the_broker_within_2_s_and_an_acknowledgement_thro
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status().as_u16(), 202, "{}", resp.text().await.unwrap());
+    assert_eq!(
+        resp.status().as_u16(),
+        202,
+        "{}",
+        resp.text().await.unwrap()
+    );
     let acked = listener
         .wait_for("the acknowledged event", Duration::from_secs(5), |h| {
             event_on(h, alarm_id, TransitionKind::Acknowledged)
@@ -191,17 +218,21 @@ async fn a_smoke_alarm_reaches_the_broker_within_2_s_and_an_acknowledgement_thro
         .unwrap_or_else(|e| panic!("{e}\n{}\n{}", gateway.log(), console.proc.log()));
     assert_eq!(acked.state, AlarmState::Acknowledged);
     assert_eq!(acked.operator.as_deref(), Some("Wang Li"));
-    eventually("the console to show it acknowledged", Duration::from_secs(5), || async {
-        let a: Value = http
-            .get(format!("{}/api/alarms/{alarm_id}", console.url))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (a["state"] == "acknowledged").then_some(())
-    })
+    eventually(
+        "the console to show it acknowledged",
+        Duration::from_secs(5),
+        || async {
+            let a: Value = http
+                .get(format!("{}/api/alarms/{alarm_id}", console.url))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (a["state"] == "acknowledged").then_some(())
+        },
+    )
     .await
     .unwrap();
 
@@ -218,13 +249,18 @@ async fn a_smoke_alarm_reaches_the_broker_within_2_s_and_an_acknowledgement_thro
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_that_stops_answering_is_a_communication_fault_while_the_others_keep_being_polled() {
+async fn a_device_that_stops_answering_is_a_communication_fault_while_the_others_keep_being_polled()
+{
     let broker = servers::mosquitto().unwrap();
-    let listener = Listener::start(broker.port(), "shouwang/v1/#").await.unwrap();
+    let listener = Listener::start(broker.port(), "shouwang/v1/#")
+        .await
+        .unwrap();
     let (smoke, leak) = sims().await;
     let gateway = rig::start_gateway(&config("gw-c", broker.port(), &smoke, &leak, "")).unwrap();
     listener
-        .wait_for("a leak reading", Duration::from_secs(20), |h| reading_from(h, "leak-B1-01-01"))
+        .wait_for("a leak reading", Duration::from_secs(20), |h| {
+            reading_from(h, "leak-B1-01-01")
+        })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
 
@@ -241,9 +277,11 @@ async fn a_device_that_stops_answering_is_a_communication_fault_while_the_others
 
     // The leak probe is still polled, and a leak still becomes an alarm.
     listener
-        .wait_for("leak readings after the fault", Duration::from_secs(5), |h| {
-            reading_from(h, "leak-B1-01-01").filter(|_| h.at > at)
-        })
+        .wait_for(
+            "leak readings after the fault",
+            Duration::from_secs(5),
+            |h| reading_from(h, "leak-B1-01-01").filter(|_| h.at > at),
+        )
         .await
         .unwrap();
     leak.set_u16(0, 1);
@@ -268,12 +306,17 @@ async fn a_device_that_stops_answering_is_a_communication_fault_while_the_others
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_that_dies_shows_offline_through_its_last_will() {
     let broker = servers::mosquitto().unwrap();
-    let listener = Listener::start(broker.port(), "shouwang/v1/+/+/status").await.unwrap();
+    let listener = Listener::start(broker.port(), "shouwang/v1/+/+/status")
+        .await
+        .unwrap();
     let (smoke, leak) = sims().await;
-    let mut gateway = rig::start_gateway(&config("gw-d", broker.port(), &smoke, &leak, "")).unwrap();
+    let mut gateway =
+        rig::start_gateway(&config("gw-d", broker.port(), &smoke, &leak, "")).unwrap();
     listener
         .wait_for("online", Duration::from_secs(20), |h| {
-            GatewayStatus::decode(&h.payload).ok().filter(|s| s.state == GatewayState::Online)
+            GatewayStatus::decode(&h.payload)
+                .ok()
+                .filter(|s| s.state == GatewayState::Online)
         })
         .await
         .unwrap();
@@ -292,10 +335,14 @@ async fn a_gateway_that_dies_shows_offline_through_its_last_will() {
     assert!(offline_at.duration_since(killed) < Duration::from_secs(6));
 
     // A late subscriber sees the retained offline status.
-    let late = Listener::start(broker.port(), "shouwang/v1/+/gw-d/status").await.unwrap();
+    let late = Listener::start(broker.port(), "shouwang/v1/+/gw-d/status")
+        .await
+        .unwrap();
     let retained = late
         .wait_for("retained status", Duration::from_secs(5), |h| {
-            GatewayStatus::decode(&h.payload).ok().map(|s| (s.state, h.retain))
+            GatewayStatus::decode(&h.payload)
+                .ok()
+                .map(|s| (s.state, h.retain))
         })
         .await
         .unwrap();
@@ -367,30 +414,41 @@ message = "Leak"
     let (run_code, _, run_stderr) = rig::gateway_once("run", bad).unwrap();
     assert_ne!(run_code, 0, "run must refuse a bad config");
     let problems = |text: &str| text.lines().skip(1).map(str::to_string).collect::<Vec<_>>();
-    assert_eq!(problems(&run_stderr), problems(&stderr), "run reports the same problems as check");
+    assert_eq!(
+        problems(&run_stderr),
+        problems(&stderr),
+        "run reports the same problems as check"
+    );
 }
 
 /// Poll VictoriaMetrics' export API until a series with these labels shows up.
 async fn vm_export(vm: &servers::Server, selector: &str) -> Vec<Value> {
     let http = servers::http_client();
     let url = format!("{}/api/v1/export", vm.url());
-    eventually("the series in VictoriaMetrics", Duration::from_secs(20), || async {
-        let _ = http.get(format!("{}/internal/force_flush", vm.url())).send().await;
-        let text = http
-            .get(&url)
-            .query(&[("match[]", selector)])
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        let lines: Vec<Value> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        (!lines.is_empty()).then_some(lines)
-    })
+    eventually(
+        "the series in VictoriaMetrics",
+        Duration::from_secs(20),
+        || async {
+            let _ = http
+                .get(format!("{}/internal/force_flush", vm.url()))
+                .send()
+                .await;
+            let text = http
+                .get(&url)
+                .query(&[("match[]", selector)])
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let lines: Vec<Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            (!lines.is_empty()).then_some(lines)
+        },
+    )
     .await
     .unwrap()
 }
@@ -400,7 +458,9 @@ async fn readings_arrive_in_victoria_metrics_and_influxdb_1_under_the_documented
     let broker = servers::mosquitto().unwrap();
     let vm = servers::victoria_metrics().unwrap();
     let influx = servers::influxdb1().unwrap();
-    servers::influx1_create_database(&influx, "shouwang").await.unwrap();
+    servers::influx1_create_database(&influx, "shouwang")
+        .await
+        .unwrap();
     let (smoke, leak) = sims().await;
     smoke.set_u16(0, 42);
 
@@ -413,9 +473,20 @@ async fn readings_arrive_in_victoria_metrics_and_influxdb_1_under_the_documented
         influx.url()
     );
     let g1 = rig::start_gateway(&config("gw-vm", broker.port(), &smoke, &leak, &to_vm)).unwrap();
-    let g2 = rig::start_gateway(&config("gw-influx", broker.port(), &smoke, &leak, &to_influx)).unwrap();
+    let g2 = rig::start_gateway(&config(
+        "gw-influx",
+        broker.port(),
+        &smoke,
+        &leak,
+        &to_influx,
+    ))
+    .unwrap();
 
-    let series = vm_export(&vm, r#"shouwang_reading_value{gateway="gw-vm",point="obscuration"}"#).await;
+    let series = vm_export(
+        &vm,
+        r#"shouwang_reading_value{gateway="gw-vm",point="obscuration"}"#,
+    )
+    .await;
     let metric = &series[0]["metric"];
     assert_eq!(metric["__name__"], "shouwang_reading_value", "{}", g1.log());
     for (tag, want) in [
@@ -431,25 +502,37 @@ async fn readings_arrive_in_victoria_metrics_and_influxdb_1_under_the_documented
         assert_eq!(metric[tag], want, "tag {tag} in {metric}");
     }
     let values = series[0]["values"].as_array().unwrap();
-    assert!(values.iter().all(|v| (v.as_f64().unwrap() - 0.42).abs() < 1e-9), "{values:?}");
+    assert!(
+        values
+            .iter()
+            .all(|v| (v.as_f64().unwrap() - 0.42).abs() < 1e-9),
+        "{values:?}"
+    );
 
     let http = servers::http_client();
-    let rows: Value = eventually("the readings in InfluxDB", Duration::from_secs(20), || async {
-        let v: Value = http
-            .get(format!("{}/query", influx.url()))
-            .query(&[
-                ("db", "shouwang"),
-                ("q", "SELECT * FROM shouwang_reading WHERE point = 'obscuration'"),
-            ])
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let series = v["results"][0]["series"][0].clone();
-        series.is_object().then_some(series)
-    })
+    let rows: Value = eventually(
+        "the readings in InfluxDB",
+        Duration::from_secs(20),
+        || async {
+            let v: Value = http
+                .get(format!("{}/query", influx.url()))
+                .query(&[
+                    ("db", "shouwang"),
+                    (
+                        "q",
+                        "SELECT * FROM shouwang_reading WHERE point = 'obscuration'",
+                    ),
+                ])
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let series = v["results"][0]["series"][0].clone();
+            series.is_object().then_some(series)
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", g2.log()));
     let columns: Vec<&str> = rows["columns"]
@@ -458,12 +541,152 @@ async fn readings_arrive_in_victoria_metrics_and_influxdb_1_under_the_documented
         .iter()
         .map(|c| c.as_str().unwrap())
         .collect();
-    for col in ["time", "building", "community", "device", "device_kind", "floor", "gateway", "point", "unit", "value"] {
-        assert!(columns.contains(&col), "column {col} missing from {columns:?}");
+    for col in [
+        "time",
+        "building",
+        "community",
+        "device",
+        "device_kind",
+        "floor",
+        "gateway",
+        "point",
+        "unit",
+        "value",
+    ] {
+        assert!(
+            columns.contains(&col),
+            "column {col} missing from {columns:?}"
+        );
     }
     let first = rows["values"][0].as_array().unwrap();
     let at = |name: &str| &first[columns.iter().position(|c| *c == name).unwrap()];
     assert_eq!(at("gateway"), "gw-influx");
     assert_eq!(at("device"), "smoke-B1-12-03");
     assert!((at("value").as_f64().unwrap() - 0.42).abs() < 1e-9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_raised_while_the_broker_restarts_arrives_once_it_is_back() {
+    let mut broker = servers::mosquitto().unwrap();
+    let port = broker.port();
+    // A receiver with a persistent session, like the console.
+    let listener = Listener::start_persistent(port, "shouwang/v1/+/+/events", "restart-receiver")
+        .await
+        .unwrap();
+    let (smoke, leak) = sims().await;
+    let gateway = rig::start_gateway(&config("gw-r", port, &smoke, &leak, "")).unwrap();
+    // A first alarm proves the path works before the restart.
+    leak.set_u16(0, 1);
+    listener
+        .wait_for("the leak alarm", Duration::from_secs(20), |h| {
+            event_on(h, "gw-r:leak-B1-01-01:leak", TransitionKind::Raised)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+
+    // The broker restarts; smoke rises while it is down.
+    let stop = std::thread::spawn(move || {
+        broker.restart().unwrap();
+        broker
+    });
+    smoke.set_u16(0, 400);
+    let _broker = stop.join().unwrap();
+
+    let event = listener
+        .wait_for(
+            "the smoke alarm after the broker came back",
+            Duration::from_secs(20),
+            |h| event_on(h, "gw-r:smoke-B1-12-03:smoke-high", TransitionKind::Raised),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    assert_eq!(event.state, AlarmState::Unacknowledged);
+    assert_eq!(event.value, Some(4.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_crashes_and_forgets_everything_still_gets_the_alarm_state_on_reconnect() {
+    let mut broker = servers::mosquitto().unwrap();
+    let port = broker.port();
+    // The gateway reaches the broker through a link the test can cut.
+    let link = ChaosProxy::start(broker.addr()).await.unwrap();
+    let (smoke, leak) = sims().await;
+    let gateway = rig::start_gateway(&config("gw-k", link.port(), &smoke, &leak, "")).unwrap();
+    let listener = Listener::start(port, "shouwang/v1/+/+/status")
+        .await
+        .unwrap();
+    listener
+        .wait_for("online", Duration::from_secs(20), |h| {
+            GatewayStatus::decode(&h.payload)
+                .ok()
+                .filter(|s| s.state == GatewayState::Online)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+
+    // The link is cut, the broker dies hard and comes back empty (its files deleted: no
+    // session, no queue), and smoke rises meanwhile.
+    link.set_open(false);
+    broker.kill();
+    smoke.set_u16(0, 400);
+    let _ = std::fs::remove_file(broker.dir().join("mosquitto.db"));
+    let _fresh = servers::mosquitto_on(port).unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await; // several polls while cut off
+    // A receiver that subscribes now, before the gateway can reconnect, hears the alarm:
+    // the gateway re-sends every alarm's latest event on each new connection.
+    let events = Listener::start(port, "shouwang/v1/+/+/events")
+        .await
+        .unwrap();
+    link.set_open(true);
+    let event = events
+        .wait_for(
+            "the smoke alarm re-sent after the crash",
+            Duration::from_secs(20),
+            |h| event_on(h, "gw-k:smoke-B1-12-03:smoke-high", TransitionKind::Raised),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    assert_eq!(event.state, AlarmState::Unacknowledged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_raised_during_a_network_cut_arrive_in_order_when_the_link_is_mended() {
+    let broker = servers::mosquitto().unwrap();
+    let link = ChaosProxy::start(broker.addr()).await.unwrap();
+    let listener = Listener::start(broker.port(), "shouwang/v1/+/+/events")
+        .await
+        .unwrap();
+    let (smoke, leak) = sims().await;
+    let gateway = rig::start_gateway(&config("gw-n", link.port(), &smoke, &leak, "")).unwrap();
+    leak.set_u16(0, 1);
+    listener
+        .wait_for("the first leak alarm", Duration::from_secs(20), |h| {
+            event_on(h, "gw-n:leak-B1-01-01:leak", TransitionKind::Raised)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+
+    link.set_open(false);
+    smoke.set_u16(0, 400);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    leak.set_u16(0, 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    link.set_open(true);
+
+    let smoke_at = listener
+        .wait_for("the smoke alarm", Duration::from_secs(20), |h| {
+            event_on(h, "gw-n:smoke-B1-12-03:smoke-high", TransitionKind::Raised).map(|e| e.ts_ms)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    let cleared_at = listener
+        .wait_for("the leak clearing", Duration::from_secs(20), |h| {
+            event_on(h, "gw-n:leak-B1-01-01:leak", TransitionKind::Cleared).map(|e| e.ts_ms)
+        })
+        .await
+        .unwrap();
+    assert!(
+        smoke_at <= cleared_at,
+        "events keep the order they happened in"
+    );
 }

@@ -356,7 +356,10 @@ mod tests {
     #[test]
     fn a_newer_schema_is_refused_with_its_version() {
         let err = GatewayStatus::decode(br#"{"schema":2,"gateway":"g"}"#).unwrap_err();
-        assert!(matches!(err, WireError::UnsupportedSchema { found: 2, .. }), "{err}");
+        assert!(
+            matches!(err, WireError::UnsupportedSchema { found: 2, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -367,7 +370,10 @@ mod tests {
 
     #[test]
     fn the_gateway_of_an_alarm_is_its_first_id_part() {
-        assert_eq!(gateway_of_alarm(&alarm_id("gw-1", "smoke-1", "high")), Some("gw-1"));
+        assert_eq!(
+            gateway_of_alarm(&alarm_id("gw-1", "smoke-1", "high")),
+            Some("gw-1")
+        );
         assert_eq!(gateway_of_alarm(":x:y"), None);
     }
 }

@@ -131,18 +131,17 @@ impl InfluxConfig {
 
         let (mine, theirs, api) = match self.api {
             InfluxApi::V1 => (
-                [("db", &self.db)].as_slice(),
-                [("org", &self.org), ("bucket", &self.bucket), ("token", &self.token)].as_slice(),
+                vec![("db", &self.db)],
+                vec![("org", &self.org), ("bucket", &self.bucket), ("token", &self.token)],
                 "v1",
             ),
             InfluxApi::V2 => (
-                [("org", &self.org), ("bucket", &self.bucket)].as_slice(),
-                [
+                vec![("org", &self.org), ("bucket", &self.bucket)],
+                vec![
                     ("db", &self.db),
                     ("username", &self.username),
                     ("password", &self.password),
-                ]
-                .as_slice(),
+                ],
                 "v2",
             ),
         };

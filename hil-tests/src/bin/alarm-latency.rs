@@ -75,17 +75,45 @@ fn write(sim: &SimDevice, p: &Point, value: f64) {
     }
 }
 
-/// Devices (id, kind, address, points) from the config, with quiet and alarm values derived
-/// from its rules.
-fn building(config: &Value) -> anyhow::Result<Vec<(String, String, String, Vec<(String, Point)>)>> {
-    let rules = config.get("rules").and_then(Value::as_array).cloned().unwrap_or_default();
+/// One device of the config, to simulate.
+struct Device {
+    id: String,
+    address: String,
+    points: Vec<Point>,
+}
+
+/// The config's devices, with quiet and alarm values derived from its rules.
+fn building(config: &Value) -> anyhow::Result<Vec<Device>> {
+    let rules = config
+        .get("rules")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut out = Vec::new();
-    for d in config.get("devices").and_then(Value::as_array).context("no [[devices]]")? {
-        let s = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    for d in config
+        .get("devices")
+        .and_then(Value::as_array)
+        .context("no [[devices]]")?
+    {
+        let s = |k: &str| {
+            d.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         let (id, kind, address) = (s("id"), s("kind"), s("address"));
         let mut points = Vec::new();
-        for p in d.get("points").and_then(Value::as_array).cloned().unwrap_or_default() {
-            let name = p.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        for p in d
+            .get("points")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            let name = p
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             let f = |k: &str, default: f64| {
                 p.get(k)
                     .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
@@ -101,7 +129,8 @@ fn building(config: &Value) -> anyhow::Result<Vec<(String, String, String, Vec<(
                     continue;
                 }
                 let num = |k: &str| {
-                    r.get(k).and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
+                    r.get(k)
+                        .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
                 };
                 let deadband = num("deadband").unwrap_or(0.0);
                 if let Some(limit) = num("above") {
@@ -113,19 +142,24 @@ fn building(config: &Value) -> anyhow::Result<Vec<(String, String, String, Vec<(
                     quiet = quiet.max(limit + deadband + 0.1);
                 }
             }
-            points.push((
-                name,
-                Point {
-                    register: p.get("register").and_then(Value::as_integer).unwrap_or(0) as u16,
-                    data_type: p.get("type").and_then(Value::as_str).unwrap_or("u16").to_string(),
-                    scale: f("scale", 1.0),
-                    offset: f("offset", 0.0),
-                    quiet,
-                    alarm,
-                },
-            ));
+            points.push(Point {
+                register: p.get("register").and_then(Value::as_integer).unwrap_or(0) as u16,
+                data_type: p
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("u16")
+                    .to_string(),
+                scale: f("scale", 1.0),
+                offset: f("offset", 0.0),
+                quiet,
+                alarm,
+            });
         }
-        out.push((id, kind, address, points));
+        out.push(Device {
+            id,
+            address,
+            points,
+        });
     }
     Ok(out)
 }
@@ -163,27 +197,35 @@ async fn main() -> anyhow::Result<()> {
             m.insert("port".into(), Value::Integer(i64::from(broker.port())));
         }
     }
-    let gateway_id = config["gateway"]["id"].as_str().unwrap_or_default().to_string();
+    let gateway_id = config["gateway"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
 
     let mut sims = BTreeMap::new();
     let devices = building(&config)?;
-    for (id, _, address, points) in &devices {
-        let sim = SimDevice::start(address.parse().with_context(|| format!("address of {id}"))?)
-            .await
-            .with_context(|| format!("simulating {id} at {address}"))?;
-        for (_, p) in points {
+    for d in &devices {
+        let sim = SimDevice::start(
+            d.address
+                .parse()
+                .with_context(|| format!("address of {}", d.id))?,
+        )
+        .await
+        .with_context(|| format!("simulating {} at {}", d.id, d.address))?;
+        for p in &d.points {
             write(&sim, p, p.quiet);
         }
-        sims.insert(id.clone(), sim);
+        sims.insert(d.id.clone(), sim);
     }
-    let (target_id, _, _, target_points) = devices
+    let (target_id, target) = devices
         .iter()
-        .find(|(_, _, _, pts)| pts.iter().any(|(_, p)| p.alarm.is_some()))
+        .find_map(|d| {
+            d.points
+                .iter()
+                .find(|p| p.alarm.is_some())
+                .map(|p| (&d.id, p))
+        })
         .context("no device with an `above` rule to trigger")?;
-    let (_, target) = target_points
-        .iter()
-        .find(|(_, p)| p.alarm.is_some())
-        .context("no point to trigger")?;
     let sim = &sims[target_id];
     let poll_ms = config["devices"]
         .as_array()
@@ -206,7 +248,9 @@ async fn main() -> anyhow::Result<()> {
     let is = |h: &rig::Heard, kind: TransitionKind| {
         AlarmEvent::decode(&h.payload)
             .ok()
-            .filter(|e| e.alarm_id.starts_with(&alarm_prefix) && e.transition == kind && e.point.is_some())
+            .filter(|e| {
+                e.alarm_id.starts_with(&alarm_prefix) && e.transition == kind && e.point.is_some()
+            })
             .map(|_| h.at)
     };
     // The first trial waits longer: the gateway is still connecting.
@@ -214,18 +258,31 @@ async fn main() -> anyhow::Result<()> {
     let mut latencies = Vec::new();
     for trial in 0..args.trials {
         // Stagger the start across the poll period: 37 is coprime with most periods.
-        tokio::time::sleep(Duration::from_millis(200 + (trial as u64 * 37) % poll_ms.max(1) as u64)).await;
+        tokio::time::sleep(Duration::from_millis(
+            200 + (trial as u64 * 37) % poll_ms.max(1) as u64,
+        ))
+        .await;
         let changed = Instant::now();
         write(sim, target, target.alarm.unwrap_or(target.quiet));
-        let limit = if trial == 0 { Duration::from_secs(30) } else { Duration::from_secs(10) };
+        let limit = if trial == 0 {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(10)
+        };
         let at = listener
-            .wait_for("raised", limit, |h| (h.at >= changed).then(|| is(h, TransitionKind::Raised)).flatten())
+            .wait_for("raised", limit, |h| {
+                (h.at >= changed)
+                    .then(|| is(h, TransitionKind::Raised))
+                    .flatten()
+            })
             .await
             .map_err(|e| anyhow::anyhow!("{e}\n{}", gateway.log()))?;
         latencies.push(at.duration_since(changed));
         write(sim, target, target.quiet);
         listener
-            .wait_for("cleared", Duration::from_secs(10), |h| is(h, TransitionKind::Cleared))
+            .wait_for("cleared", Duration::from_secs(10), |h| {
+                is(h, TransitionKind::Cleared)
+            })
             .await?;
         if let Some(r) = rss_kib(pid) {
             rss.push(r);
