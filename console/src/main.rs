@@ -3,7 +3,7 @@
 //! Prints exactly one line to stdout, `shouwang-console listening on http://ADDR`, once the
 //! HTTP listener is bound (scripts and tests parse it); logs go to stderr (`RUST_LOG`).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -54,6 +54,7 @@ fn broker(s: &str) -> anyhow::Result<(String, u16)> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

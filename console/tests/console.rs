@@ -696,3 +696,47 @@ async fn the_console_reconnects_when_the_broker_comes_back() {
         .alarm_where(ALARM_ID, "an event after the reconnect", |_| true)
         .await;
 }
+
+#[tokio::test]
+async fn the_binary_prints_its_address_on_one_line_and_serves_there() {
+    use tokio::io::AsyncBufReadExt;
+
+    let broker = servers::mosquitto().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shouwang-console"))
+        .args(["--listen", "127.0.0.1:0", "--mqtt"])
+        .arg(format!("127.0.0.1:{}", broker.port()))
+        .arg("--db")
+        .arg(db.path().join("console.db"))
+        .args(["--client-id", "binary-test"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("the address line")
+        .unwrap()
+        .expect("a line before stdout closed");
+    let url = line
+        .strip_prefix("shouwang-console listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    let http = servers::http_client();
+    let health: Value = eventually("the binary to connect to the broker", || async {
+        let h: Value = http
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (h["mqtt_connected"] == true).then_some(h)
+    })
+    .await;
+    assert_eq!(health["status"], "ok");
+    child.kill().await.unwrap();
+}

@@ -125,8 +125,12 @@ pub fn find_device<'a>(
 
 /// The point `trigger`/`clear` write on a device, with the kind's values.
 pub fn trigger_point(device: &DeviceConfig) -> anyhow::Result<(&PointConfig, &'static KindValues)> {
-    let values = kind_values(&device.kind)
-        .with_context(|| format!("the demo has no normal/alarm values for kind {:?}", device.kind))?;
+    let values = kind_values(&device.kind).with_context(|| {
+        format!(
+            "the demo has no normal/alarm values for kind {:?}",
+            device.kind
+        )
+    })?;
     let point = device
         .points
         .iter()
@@ -143,7 +147,10 @@ pub fn encode(point: &PointConfig, value: f64) -> anyhow::Result<Vec<u16>> {
     }
     let raw = (value - point.offset) / point.scale;
     if !raw.is_finite() {
-        bail!("point {} has scale 0: no raw value reads as {value}", point.name);
+        bail!(
+            "point {} has scale 0: no raw value reads as {value}",
+            point.name
+        );
     }
     let out_of_range = || {
         anyhow::anyhow!(
@@ -214,13 +221,17 @@ pub async fn write_value(
     };
     tokio::time::timeout(WRITE_TIMEOUT, write)
         .await
-        .with_context(|| format!("the device at {address} did not answer within {WRITE_TIMEOUT:?}"))?
+        .with_context(|| {
+            format!("the device at {address} did not answer within {WRITE_TIMEOUT:?}")
+        })?
 }
 
 /// The device's `address` as a socket address.
 pub fn device_addr(device: &DeviceConfig) -> anyhow::Result<SocketAddr> {
-    device
-        .address
-        .parse()
-        .with_context(|| format!("device {}: address {:?} is not ip:port", device.id, device.address))
+    device.address.parse().with_context(|| {
+        format!(
+            "device {}: address {:?} is not ip:port",
+            device.id, device.address
+        )
+    })
 }

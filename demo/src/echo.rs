@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use shouwang_wire::{AlarmEvent, Channel, GatewayStatus, Message as _, parse_topic, topic_filter_all};
+use shouwang_wire::{
+    AlarmEvent, Channel, GatewayStatus, Message as _, parse_topic, topic_filter_all,
+};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -13,7 +15,8 @@ use tokio::time::Instant;
 /// with its time since `start`. Runs until aborted; reconnects by itself.
 pub fn spawn(mqtt: SocketAddr, start: Instant) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut options = MqttOptions::new("shouwang-demo-echo", mqtt.ip().to_string(), mqtt.port());
+        let mut options =
+            MqttOptions::new("shouwang-demo-echo", mqtt.ip().to_string(), mqtt.port());
         options.set_keep_alive(Duration::from_secs(5));
         let (client, mut events) = AsyncClient::new(options, 16);
         loop {
@@ -43,9 +46,9 @@ pub fn describe(topic: &str, payload: &[u8]) -> Option<String> {
     let name = parse_topic(topic).ok()?;
     match name.channel {
         Channel::Events => AlarmEvent::decode(payload).ok().map(|e| describe_event(&e)),
-        Channel::Status => GatewayStatus::decode(payload)
-            .ok()
-            .map(|s| format!("gateway {}/{} is {:?}", s.community, s.gateway, s.state).to_lowercase()),
+        Channel::Status => GatewayStatus::decode(payload).ok().map(|s| {
+            format!("gateway {}/{} is {:?}", s.community, s.gateway, s.state).to_lowercase()
+        }),
         _ => None,
     }
 }

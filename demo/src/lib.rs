@@ -113,29 +113,8 @@ impl RunningDemo {
         config.mqtt.host = "127.0.0.1".into();
         config.mqtt.port = options.mqtt_port;
 
-        let mut devices = Vec::with_capacity(config.devices.len());
-        for device in &mut config.devices {
-            let mut addr = building::device_addr(device)?;
-            if options.devices_on_any_port {
-                addr.set_port(0);
-            }
-            let sim = SimDevice::start(addr)
-                .await
-                .with_context(|| format!("starting simulated device {} on {addr}", device.id))?;
-            device.address = sim.local_addr().to_string();
-            let demo_device = DemoDevice {
-                config: device.clone(),
-                sim,
-            };
-            demo_device.clear()?;
-            devices.push(demo_device);
-        }
-
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let gateway = tokio::spawn(shouwang_gateway::run_until(config.clone(), async move {
-            let _ = stop_rx.await;
-        }));
-
+        // The console before the devices and the gateway: its port is the one most likely
+        // taken, so fail before starting anything else.
         let (db_path, db_dir) = match &options.db_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
@@ -162,6 +141,29 @@ impl RunningDemo {
         .context("starting the console")?;
         let console_addr = console.local_addr();
 
+        let mut devices = Vec::with_capacity(config.devices.len());
+        for device in &mut config.devices {
+            let mut addr = building::device_addr(device)?;
+            if options.devices_on_any_port {
+                addr.set_port(0);
+            }
+            let sim = SimDevice::start(addr)
+                .await
+                .with_context(|| format!("starting simulated device {} on {addr}", device.id))?;
+            device.address = sim.local_addr().to_string();
+            let demo_device = DemoDevice {
+                config: device.clone(),
+                sim,
+            };
+            demo_device.clear()?;
+            devices.push(demo_device);
+        }
+
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let gateway = tokio::spawn(shouwang_gateway::run_until(config.clone(), async move {
+            let _ = stop_rx.await;
+        }));
+
         Ok(RunningDemo {
             config,
             devices,
@@ -181,15 +183,10 @@ impl RunningDemo {
 
     /// The simulated device of `kind` at `place` (`B1-12-03`).
     pub fn device(&self, kind: &str, place: &str) -> Result<&DemoDevice, UnknownDevice> {
+        // `devices` holds one entry per `config.devices`, in the same order.
         let found = find_device(&self.config, kind, place)?;
-        self.devices
-            .iter()
-            .find(|d| d.config.id == found.id)
-            .ok_or_else(|| UnknownDevice {
-                kind: kind.into(),
-                place: place.into(),
-                known: Vec::new(),
-            })
+        let index = self.config.devices.iter().position(|d| d.id == found.id);
+        Ok(&self.devices[index.unwrap_or_default()])
     }
 
     /// Resolves when the gateway stops by itself, with why.
@@ -210,7 +207,9 @@ impl RunningDemo {
         // A finished handle may have been polled to completion by `failed` already.
         if !self.gateway.is_finished() {
             match tokio::time::timeout(GATEWAY_STOP_DEADLINE, &mut self.gateway).await {
-                Ok(Ok(Err(err))) => tracing::warn!(error = %err, "the gateway stopped with an error"),
+                Ok(Ok(Err(err))) => {
+                    tracing::warn!(error = %err, "the gateway stopped with an error")
+                }
                 Ok(_) => {}
                 Err(_) => self.gateway.abort(),
             }

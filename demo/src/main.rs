@@ -1,6 +1,7 @@
 //! `shouwang demo`: run a simulated building, the gateway, a broker and the console in one
 //! process. `shouwang demo trigger|clear KIND PLACE`: make something happen in a running demo.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -8,7 +9,11 @@ use shouwang_demo::building::{self, KINDS, short_place};
 use shouwang_demo::{DemoOptions, RunningDemo, echo, scenario};
 
 #[derive(Parser)]
-#[command(name = "shouwang", version, about = "Shouwang: public-safety monitoring for large residential communities")]
+#[command(
+    name = "shouwang",
+    version,
+    about = "Shouwang: public-safety monitoring for large residential communities"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,6 +40,10 @@ struct DemoArgs {
     /// Do not play the scripted scenario; only `trigger`/`clear` change things.
     #[arg(long)]
     no_scenario: bool,
+    /// Keep the console's database in this directory (default: a temporary directory,
+    /// removed at exit, so every demo starts with an empty board).
+    #[arg(long)]
+    db_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -78,7 +87,9 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match args.action {
             None => run_demo(args).await,
-            Some(DemoAction::Trigger { kind, place, value }) => poke(&kind, &place, value, true).await,
+            Some(DemoAction::Trigger { kind, place, value }) => {
+                poke(&kind, &place, value, true).await
+            }
             Some(DemoAction::Clear { kind, place }) => poke(&kind, &place, None, false).await,
         }
     })
@@ -88,6 +99,7 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
     let options = DemoOptions {
         console_port: args.console_port,
         mqtt_port: args.mqtt_port,
+        db_dir: args.db_dir.clone(),
         ..DemoOptions::default()
     };
     let start = tokio::time::Instant::now();
@@ -100,14 +112,20 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
     };
     let echo = echo::spawn(demo.mqtt_addr, start);
     print_banner(&demo, !args.no_scenario);
-    let scenario = (!args.no_scenario).then(|| tokio::spawn(scenario::play(demo.devices.clone(), start)));
+    let scenario =
+        (!args.no_scenario).then(|| tokio::spawn(scenario::play(demo.devices.clone(), start)));
 
     let code = tokio::select! {
         signal = tokio::signal::ctrl_c() => {
             if let Err(err) = signal {
                 eprintln!("shouwang demo: cannot listen for Ctrl-C: {err}");
             }
-            println!("\nstopping the demo...");
+            println!("\nstopping the demo (Ctrl-C again to quit at once)...");
+            tokio::spawn(async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            });
             ExitCode::SUCCESS
         }
         err = demo.failed() => {
@@ -125,9 +143,20 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
 
 fn print_banner(demo: &RunningDemo, scenario: bool) {
     let cfg = &demo.config;
-    let first = demo.devices.first().map(|d| d.sim.local_addr().port()).unwrap_or(0);
-    let last = demo.devices.last().map(|d| d.sim.local_addr().port()).unwrap_or(0);
-    println!("Shouwang demo: community {}, gateway {}", cfg.gateway.community, cfg.gateway.id);
+    let first = demo
+        .devices
+        .first()
+        .map(|d| d.sim.local_addr().port())
+        .unwrap_or(0);
+    let last = demo
+        .devices
+        .last()
+        .map(|d| d.sim.local_addr().port())
+        .unwrap_or(0);
+    println!(
+        "Shouwang demo: community {}, gateway {}",
+        cfg.gateway.community, cfg.gateway.id
+    );
     println!();
     println!("  console (alarm board)  {}", demo.console_url());
     println!("  MQTT broker (embedded) mqtt://{}", demo.mqtt_addr);
@@ -136,7 +165,9 @@ fn print_banner(demo: &RunningDemo, scenario: bool) {
         demo.devices.len()
     );
     println!();
-    println!("Make things happen, from another terminal (`cargo run --release --` or the `shouwang` binary):");
+    println!(
+        "Make things happen, from another terminal (`cargo run --release --` or the `shouwang` binary):"
+    );
     println!("  shouwang demo trigger smoke B1-12-03       smoke alarm on the 12th floor");
     println!("  shouwang demo clear smoke B1-12-03         back to normal");
     println!("  shouwang demo trigger pressure B1-01-01 --value 0.55");
@@ -148,10 +179,18 @@ fn print_banner(demo: &RunningDemo, scenario: bool) {
             .find(|k| k.kind == device.config.kind)
             .map(|k| k.alarm_means)
             .unwrap_or("");
-        println!("  {:<9} {:<9} {}", device.config.kind, short_place(&device.config), means);
+        println!(
+            "  {:<9} {:<9} {}",
+            device.config.kind,
+            short_place(&device.config),
+            means
+        );
     }
     println!();
-    println!("Watch the raw messages: mosquitto_sub -p {} -t 'shouwang/v1/#' -v", demo.mqtt_addr.port());
+    println!(
+        "Watch the raw messages: mosquitto_sub -p {} -t 'shouwang/v1/#' -v",
+        demo.mqtt_addr.port()
+    );
     if scenario {
         println!("A scripted scenario starts in 10 s (--no-scenario to skip it).");
     }

@@ -82,7 +82,11 @@ pub async fn play(devices: Vec<DemoDevice>, start: Instant) {
             None => Err(anyhow::anyhow!("no {} device at {}", step.kind, step.place)),
         };
         match done {
-            Ok(()) => println!("[+{:>5.1} s] scenario: {}", start.elapsed().as_secs_f64(), step.says),
+            Ok(()) => println!(
+                "[+{:>5.1} s] scenario: {}",
+                start.elapsed().as_secs_f64(),
+                step.says
+            ),
             Err(err) => println!("scenario step failed: {err:#}"),
         }
     }

@@ -141,9 +141,8 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     for p in pollers {
         p.abort();
     }
-    mqtt::announce_offline(&client, &config).await;
-    // Give the event loop a moment to flush the goodbye.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    driver.abort();
+    mqtt::announce_offline(&client, &config, &link).await;
+    // The event loop ends when the broker closes the link after our DISCONNECT.
+    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
     Ok(())
 }

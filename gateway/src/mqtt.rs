@@ -102,6 +102,8 @@ pub fn client(config: &Config) -> (AsyncClient, EventLoop) {
 #[derive(Debug, Default)]
 pub struct LinkState {
     pub connected: AtomicBool,
+    /// Set once the gateway said goodbye: the link closing is then expected.
+    pub stopping: AtomicBool,
     pub bad_commands: AtomicU64,
     pub readings_dropped: AtomicU64,
 }
@@ -157,6 +159,9 @@ pub async fn drive(
             }
             Ok(_) => {}
             Err(e) => {
+                if state.stopping.load(Ordering::Relaxed) {
+                    return;
+                }
                 if state.connected.swap(false, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "lost the broker; reconnecting every second");
                 } else {
@@ -227,7 +232,8 @@ impl Outbox {
 }
 
 /// Say goodbye: `offline` retained, then a clean disconnect.
-pub async fn announce_offline(client: &AsyncClient, config: &Config) {
+pub async fn announce_offline(client: &AsyncClient, config: &Config, state: &LinkState) {
+    state.stopping.store(true, Ordering::Relaxed);
     let topics = Topics::new(config);
     let offline = status(config, GatewayState::Offline, now_ms());
     let _ = client

@@ -132,7 +132,11 @@ impl InfluxConfig {
         let (mine, theirs, api) = match self.api {
             InfluxApi::V1 => (
                 vec![("db", &self.db)],
-                vec![("org", &self.org), ("bucket", &self.bucket), ("token", &self.token)],
+                vec![
+                    ("org", &self.org),
+                    ("bucket", &self.bucket),
+                    ("token", &self.token),
+                ],
                 "v1",
             ),
             InfluxApi::V2 => (
@@ -235,7 +239,10 @@ pub(crate) struct WriteTarget {
 #[derive(Clone)]
 pub(crate) enum Auth {
     None,
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     /// `Token <token>`, marked sensitive so it is never printed.
     Header(HeaderValue),
 }
@@ -318,8 +325,7 @@ mod tests {
     #[test]
     fn a_minimal_toml_table_gets_the_documented_defaults() {
         let cfg: InfluxConfig =
-            toml::from_str("url = \"http://127.0.0.1:8428\"\napi = \"v1\"\ndb = \"x\"\n")
-                .unwrap();
+            toml::from_str("url = \"http://127.0.0.1:8428\"\napi = \"v1\"\ndb = \"x\"\n").unwrap();
         assert_eq!(
             (
                 cfg.batch_max_lines,
@@ -334,7 +340,10 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_apis_are_refused() {
-        assert!(toml::from_str::<InfluxConfig>("url = \"http://x\"\napi = \"v1\"\ndbname = \"x\"").is_err());
+        assert!(
+            toml::from_str::<InfluxConfig>("url = \"http://x\"\napi = \"v1\"\ndbname = \"x\"")
+                .is_err()
+        );
         assert!(toml::from_str::<InfluxConfig>("url = \"http://x\"\napi = \"v3\"").is_err());
     }
 
@@ -388,7 +397,10 @@ mod tests {
             ..v2()
         };
         assert_eq!(fields(&cfg), ["org", "bucket", "db"]);
-        let token_free = InfluxConfig { token: None, ..v2() };
+        let token_free = InfluxConfig {
+            token: None,
+            ..v2()
+        };
         assert_eq!(token_free.problems(), vec![]);
     }
 
@@ -465,7 +477,10 @@ mod tests {
             ..v1()
         })
         .unwrap();
-        assert_eq!(t.url.as_str(), "http://vm:8428/influx/write?db=shouwang&precision=ms");
+        assert_eq!(
+            t.url.as_str(),
+            "http://vm:8428/influx/write?db=shouwang&precision=ms"
+        );
     }
 
     #[test]

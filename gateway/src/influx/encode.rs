@@ -177,7 +177,12 @@ mod tests {
 
     #[test]
     fn whole_numbers_are_written_as_floats_without_an_integer_suffix() {
-        let e = encode_batch(&batch(&[("a", 3.0), ("b", -0.25), ("c", 1e20), ("d", 1e-7)]));
+        let e = encode_batch(&batch(&[
+            ("a", 3.0),
+            ("b", -0.25),
+            ("c", 1e20),
+            ("d", 1e-7),
+        ]));
         let values: Vec<&str> = e
             .text
             .lines()
@@ -194,7 +199,10 @@ mod tests {
         );
         for v in &values {
             let n = v.trim_start_matches("value=");
-            assert!(!n.ends_with('i') && !n.ends_with('u') && !n.contains('e'), "{v}");
+            assert!(
+                !n.ends_with('i') && !n.ends_with('u') && !n.contains('e'),
+                "{v}"
+            );
             assert!(n.parse::<f64>().is_ok(), "{v}");
         }
     }
@@ -230,7 +238,10 @@ mod tests {
 
     #[test]
     fn commas_equals_signs_and_spaces_are_escaped_in_tags() {
-        assert_eq!(key("Riverside Gardens, Phase 2"), r"Riverside\ Gardens\,\ Phase\ 2");
+        assert_eq!(
+            key("Riverside Gardens, Phase 2"),
+            r"Riverside\ Gardens\,\ Phase\ 2"
+        );
         assert_eq!(key("a=b"), r"a\=b");
         assert_eq!(key("plain-id_1.2"), "plain-id_1.2");
         assert_eq!(key("楼 1"), r"楼\ 1");

@@ -341,7 +341,10 @@ mod tests {
         );
         assert_eq!(q.next_step(t0 + INTERVAL, false), Step::Flush);
         let body = q.cut_body().unwrap();
-        assert_eq!((body.text.as_str(), body.lines, body.batches), ("a\nb\n", 2, 2));
+        assert_eq!(
+            (body.text.as_str(), body.lines, body.batches),
+            ("a\nb\n", 2, 2)
+        );
     }
 
     #[test]
@@ -421,7 +424,12 @@ mod tests {
         q.rejected("HTTP 404 Not Found: database not found".into());
         let stats = q.stats();
         assert_eq!(
-            (stats.lines_rejected, stats.write_errors, stats.queued, stats.lines_written),
+            (
+                stats.lines_rejected,
+                stats.write_errors,
+                stats.queued,
+                stats.lines_written
+            ),
             (4, 1, 0, 0)
         );
         assert_eq!(q.next_step(t0, false), Step::Idle);
@@ -496,12 +504,10 @@ mod tests {
                         pushed += lines as u64;
                         q.push(batch("x", lines), now);
                     }
-                    2 => {
-                        if q.next_step(now, false) == Step::Flush {
-                            let body = q.cut_body().unwrap();
-                            assert!(body.batches == 1 || body.lines <= max_lines);
-                            assert_eq!(body.text.lines().count(), body.lines);
-                        }
+                    2 if q.next_step(now, false) == Step::Flush => {
+                        let body = q.cut_body().unwrap();
+                        assert!(body.batches == 1 || body.lines <= max_lines);
+                        assert_eq!(body.text.lines().count(), body.lines);
                     }
                     3 => match next() % 3 {
                         0 => q.written(),
@@ -511,7 +517,10 @@ mod tests {
                     _ => {}
                 }
                 assert!(q.waiting.len() <= max_batches);
-                assert_eq!(q.waiting_lines, q.waiting.iter().map(|w| w.lines).sum::<usize>());
+                assert_eq!(
+                    q.waiting_lines,
+                    q.waiting.iter().map(|w| w.lines).sum::<usize>()
+                );
             }
             let left = q.abandon() as u64;
             let s = q.stats();

@@ -202,7 +202,10 @@ async fn run(shared: Arc<Shared>, writer: Writer) {
                 // `deliver` always settles its body before it returns, so nothing can be in
                 // flight here. If that invariant ever breaks, stop rather than spin.
                 let lost = shared.queue().abandon();
-                tracing::error!(lines = lost, "bug: a body was left in flight; writer stopped");
+                tracing::error!(
+                    lines = lost,
+                    "bug: a body was left in flight; writer stopped"
+                );
                 return;
             }
         }
@@ -223,7 +226,9 @@ async fn deliver(
         Ok(gz) => gz,
         Err(e) => {
             // Compressing into memory cannot fail short of a bug in flate2; keep going.
-            shared.queue().rejected(format!("compressing the request body: {e}"));
+            shared
+                .queue()
+                .rejected(format!("compressing the request body: {e}"));
             return true;
         }
     };
@@ -450,7 +455,10 @@ mod tests {
     fn spawning_outside_a_runtime_is_an_error_not_a_panic() {
         let mut cfg = InfluxConfig::new("http://127.0.0.1:1", crate::influx::InfluxApi::V1);
         cfg.db = Some("x".into());
-        assert!(matches!(InfluxSink::spawn(cfg), Err(InfluxError::NoRuntime)));
+        assert!(matches!(
+            InfluxSink::spawn(cfg),
+            Err(InfluxError::NoRuntime)
+        ));
     }
 
     #[test]
@@ -461,6 +469,9 @@ mod tests {
         };
         let err = InfluxSink::spawn(cfg).err().unwrap();
         let text = err.to_string();
-        assert!(text.contains("db: required") && text.contains("batch_max_lines"), "{text}");
+        assert!(
+            text.contains("db: required") && text.contains("batch_max_lines"),
+            "{text}"
+        );
     }
 }

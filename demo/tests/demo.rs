@@ -1,0 +1,369 @@
+//! The demo launcher: its building config, `trigger`, the embedded broker, and the whole
+//! demo in one process.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, Publish, QoS};
+use shouwang_demo::building::{self, KINDS, building_config, short_place, trigger_point};
+use shouwang_demo::{DemoOptions, RunningDemo, broker};
+use shouwang_gateway::modbus::decode;
+use shouwang_hil_tests::servers::{free_port, http_client};
+use shouwang_hil_tests::sim::SimDevice;
+use shouwang_wire::{AlarmEvent, Channel, Message as _, TransitionKind, topic_filter_all};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+
+// --- the building -------------------------------------------------------------------------
+
+#[test]
+fn the_demo_building_passes_the_gateway_config_check() {
+    let config = building_config().unwrap_or_else(|report| panic!("{report}"));
+    assert_eq!(config.gateway.id, "gw-b1");
+    assert_eq!(config.gateway.community, "riverside");
+    let kinds: Vec<&str> = config.devices.iter().map(|d| d.kind.as_str()).collect();
+    assert!(
+        kinds.iter().filter(|k| **k == "smoke").count() >= 5,
+        "{kinds:?}"
+    );
+    for kind in ["leak", "pressure", "door"] {
+        assert!(kinds.contains(&kind), "no {kind} device");
+    }
+    let mut addresses: Vec<&str> = config.devices.iter().map(|d| d.address.as_str()).collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    assert_eq!(
+        addresses.len(),
+        config.devices.len(),
+        "two devices share an address"
+    );
+    assert!(config.influx.is_none(), "the demo has no time-series store");
+}
+
+#[test]
+fn every_device_has_a_trigger_point_whose_values_cross_its_rules() {
+    let config = building_config().unwrap();
+    for device in &config.devices {
+        let (point, values) = trigger_point(device).unwrap();
+        let rules: Vec<_> = config
+            .rules
+            .iter()
+            .filter(|r| r.point == point.name && config.devices_of(r).any(|d| d.id == device.id))
+            .collect();
+        assert!(!rules.is_empty(), "no rule watches {}", device.id);
+        for rule in rules {
+            // Normal must be clear of the limit by more than the deadband, alarm past it.
+            let (alarm_trips, normal_clears) = match (rule.above, rule.below) {
+                (Some(limit), None) => {
+                    (values.alarm >= limit, values.normal < limit - rule.deadband)
+                }
+                (None, Some(limit)) => {
+                    (values.alarm <= limit, values.normal > limit + rule.deadband)
+                }
+                _ => unreachable!("the loader checked this"),
+            };
+            assert!(
+                alarm_trips,
+                "{}: alarm value {} does not trip {}",
+                device.id, values.alarm, rule.id
+            );
+            assert!(
+                normal_clears,
+                "{}: normal value {} does not clear {}",
+                device.id, values.normal, rule.id
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_written_value_reads_back_through_the_gateways_decoder() {
+    let config = building_config().unwrap();
+    for kind in KINDS {
+        let device = config.devices.iter().find(|d| d.kind == kind.kind).unwrap();
+        let (point, _) = trigger_point(device).unwrap();
+        let sim = SimDevice::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        for value in [kind.normal, kind.alarm] {
+            building::write_value(sim.local_addr(), device.unit_id, point, value)
+                .await
+                .unwrap();
+            let n = point.data_type.registers();
+            let registers: Vec<u16> = (point.register..point.register + n)
+                .map(|r| sim.get_u16(r))
+                .collect();
+            let read = decode(point, &registers).unwrap();
+            assert!(
+                (read - value).abs() < 1e-6,
+                "{}: wrote {value}, the gateway reads {read}",
+                device.id
+            );
+        }
+    }
+}
+
+#[test]
+fn a_value_the_register_cannot_hold_is_refused() {
+    let config = building_config().unwrap();
+    let smoke = config.devices.iter().find(|d| d.kind == "smoke").unwrap();
+    let (point, _) = trigger_point(smoke).unwrap();
+    assert!(
+        building::encode(point, 1000.0).is_err(),
+        "100000 does not fit a u16"
+    );
+    assert!(building::encode(point, -1.0).is_err());
+    assert!(building::encode(point, f64::NAN).is_err());
+}
+
+#[test]
+fn trigger_for_an_unknown_place_fails_with_the_list_of_known_places() {
+    let out = Command::new(env!("CARGO_BIN_EXE_shouwang"))
+        .args(["demo", "trigger", "smoke", "B9-99-99"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no smoke device at B9-99-99"), "{stderr}");
+    for device in &building_config().unwrap().devices {
+        let place = short_place(device);
+        assert!(stderr.contains(&place), "{place} is not listed:\n{stderr}");
+    }
+}
+
+#[test]
+fn trigger_for_an_unknown_kind_also_lists_what_there_is() {
+    let out = Command::new(env!("CARGO_BIN_EXE_shouwang"))
+        .args(["demo", "clear", "elevator", "B1-12-03"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("smoke     B1-12-03"), "{stderr}");
+}
+
+// --- the embedded broker ------------------------------------------------------------------
+
+/// A client whose publishes arrive on the returned channel; its event loop runs in a task
+/// that, when aborted, drops the TCP connection without an MQTT DISCONNECT.
+fn mqtt_client(
+    port: u16,
+    id: &str,
+    will: Option<LastWill>,
+) -> (
+    AsyncClient,
+    tokio::task::JoinHandle<()>,
+    mpsc::UnboundedReceiver<Publish>,
+) {
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    if let Some(will) = will {
+        options.set_last_will(will);
+    }
+    let (client, mut events) = AsyncClient::new(options, 16);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(p);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    (client, task, rx)
+}
+
+async fn next_on(rx: &mut mpsc::UnboundedReceiver<Publish>, topic: &str) -> Publish {
+    timeout(Duration::from_secs(5), async {
+        loop {
+            let p = rx.recv().await.unwrap();
+            if p.topic == topic {
+                return p;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("nothing on {topic} within 5 s"))
+}
+
+async fn nothing_on(rx: &mut mpsc::UnboundedReceiver<Publish>, topic: &str, wait: Duration) {
+    let got = timeout(wait, async {
+        loop {
+            let p = rx.recv().await.unwrap();
+            if p.topic == topic {
+                return p;
+            }
+        }
+    })
+    .await;
+    assert!(
+        got.is_err(),
+        "unexpected message on {topic}: {:?}",
+        got.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn the_embedded_broker_keeps_retained_messages_and_publishes_last_wills() {
+    let port = free_port();
+    broker::start(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap();
+    let status = "shouwang/v1/riverside/gw-test/status";
+
+    // A gateway: will "offline" (retained), then "online" retained.
+    let will = LastWill::new(status, "offline", QoS::AtLeastOnce, true);
+    let (gateway, gateway_loop, _) = mqtt_client(port, "gw-test", Some(will));
+    gateway
+        .publish(status, QoS::AtLeastOnce, true, "online")
+        .await
+        .unwrap();
+
+    // A console that comes later still learns it is online.
+    let (console, _console_loop, mut heard) = mqtt_client(port, "console", None);
+    console.subscribe(status, QoS::AtLeastOnce).await.unwrap();
+    let retained = next_on(&mut heard, status).await;
+    assert_eq!(&retained.payload[..], b"online");
+    assert!(
+        retained.retain,
+        "a retained message must arrive flagged as retained"
+    );
+
+    // The gateway vanishes without a DISCONNECT: the broker publishes its will.
+    gateway_loop.abort();
+    drop(gateway);
+    let will = next_on(&mut heard, status).await;
+    assert_eq!(&will.payload[..], b"offline");
+
+    // ...and keeps it: a console that connects now reads "offline".
+    let (late, _late_loop, mut late_heard) = mqtt_client(port, "late-console", None);
+    late.subscribe(status, QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(
+        &next_on(&mut late_heard, status).await.payload[..],
+        b"offline"
+    );
+}
+
+#[tokio::test]
+async fn a_clean_disconnect_does_not_fire_the_last_will() {
+    let port = free_port();
+    broker::start(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap();
+    let status = "shouwang/v1/riverside/gw-polite/status";
+    let (console, _console_loop, mut heard) = mqtt_client(port, "console", None);
+    console.subscribe(status, QoS::AtLeastOnce).await.unwrap();
+
+    let will = LastWill::new(status, "offline", QoS::AtLeastOnce, true);
+    let (gateway, _gateway_loop, _) = mqtt_client(port, "gw-polite", Some(will));
+    gateway
+        .publish(status, QoS::AtLeastOnce, true, "online")
+        .await
+        .unwrap();
+    assert_eq!(&next_on(&mut heard, status).await.payload[..], b"online");
+    gateway.disconnect().await.unwrap();
+    nothing_on(&mut heard, status, Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn the_broker_refuses_to_start_on_a_taken_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = broker::start(taken.local_addr().unwrap())
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("taken"), "{err:#}");
+}
+
+// --- the whole demo ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triggered_device_reaches_the_alarm_board_and_clears_again() {
+    let demo = RunningDemo::start(DemoOptions {
+        console_port: 0,
+        mqtt_port: free_port(),
+        devices_on_any_port: true,
+        db_dir: None,
+    })
+    .await
+    .unwrap();
+    let (listener, _loop, mut heard) = mqtt_client(demo.mqtt_addr.port(), "test-listener", None);
+    listener
+        .subscribe(topic_filter_all(Channel::Events), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let events_topic = "shouwang/v1/riverside/gw-b1/events";
+    // Subscribed before the trigger? The subscription is queued first, give it a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let smoke = demo.device("smoke", "B1-12-03").unwrap();
+    // Over Modbus, as `shouwang demo trigger` does from another terminal.
+    let (point, values) = trigger_point(&smoke.config).unwrap();
+    let started = Instant::now();
+    building::write_value(
+        smoke.sim.local_addr(),
+        smoke.config.unit_id,
+        point,
+        values.alarm,
+    )
+    .await
+    .unwrap();
+
+    let raised = loop {
+        let event = AlarmEvent::decode(&next_on(&mut heard, events_topic).await.payload).unwrap();
+        if event.device == "smoke-B1-12-03" && event.transition == TransitionKind::Raised {
+            break event;
+        }
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(raised.rule, "smoke-high");
+    assert_eq!(raised.place.short(), "B1-12-03");
+
+    // The console got it too.
+    let http = http_client();
+    let alarms_url = format!("{}api/alarms", demo.console_url());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = http
+            .get(&alarms_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let alarms: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let listed = alarms.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| x["alarm_id"] == "gw-b1:smoke-B1-12-03:smoke-high")
+        });
+        if listed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the console does not list the alarm: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // In-process clear, as the scenario does.
+    smoke.clear().unwrap();
+    loop {
+        let event = AlarmEvent::decode(&next_on(&mut heard, events_topic).await.payload).unwrap();
+        if event.device == "smoke-B1-12-03" && event.transition == TransitionKind::Cleared {
+            break;
+        }
+    }
+    demo.stop().await;
+}
