@@ -655,9 +655,10 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
             );
         }
         p.id(&format!("{at}.kind"), "device kind", &d.kind);
-        p.non_empty(&format!("{at}.building"), &d.building);
-        p.non_empty(&format!("{at}.floor"), &d.floor);
-        p.non_empty(&format!("{at}.unit"), &d.unit);
+        // Place parts become tags and the `B1-12-03` form operators read.
+        p.id(&format!("{at}.building"), "building", &d.building);
+        p.id(&format!("{at}.floor"), "floor", &d.floor);
+        p.id(&format!("{at}.unit"), "unit", &d.unit);
         if let Err(why) = check_address(&d.address) {
             p.add(format!("{at}.address"), why);
         }
@@ -836,5 +837,18 @@ bulding = "B1"
             report.to_string().contains("runs past register 65535"),
             "{report}"
         );
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    proptest::proptest! {
+        /// Outside input: whatever the file holds, loading reports problems, never panics.
+        #[test]
+        fn no_config_text_makes_the_loader_panic(text in "(\\[\\[?[a-z.]{0,10}\\]\\]?\\n|[a-z_]{1,12} = (\"[^\"]{0,8}\"|-?[0-9]{1,6}(\\.[0-9])?|true|\\[\\])\\n){0,30}") {
+            let _ = Config::from_toml_str(&text, "fuzz.toml");
+        }
     }
 }

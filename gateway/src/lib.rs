@@ -50,13 +50,13 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         anyhow::anyhow!("the rules do not compile: {}", list.join("; "))
     })?;
 
-    let influx = match &config.influx {
+    let (influx, influx_task) = match &config.influx {
         Some(cfg) => {
-            let (sink, _task) = influx::InfluxSink::spawn(cfg.clone())
+            let (sink, task) = influx::InfluxSink::spawn(cfg.clone())
                 .context("starting the line-protocol writer")?;
-            Some(sink)
+            (Some(sink), Some(task))
         }
-        None => None,
+        None => (None, None),
     };
 
     let (client, events) = mqtt::client(&config);
@@ -142,6 +142,11 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         p.abort();
     }
     mqtt::announce_offline(&client, &config, &link).await;
+    // The writer flushes what it holds once its last handle is gone.
+    drop(influx);
+    if let Some(task) = influx_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     // The event loop ends when the broker closes the link after our DISCONNECT.
     let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
     Ok(())

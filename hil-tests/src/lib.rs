@@ -1,7 +1,8 @@
 //! Shouwang's hardware-in-the-loop kit: a Modbus device simulator, the real servers that
-//! tests run against (mosquitto, VictoriaMetrics, InfluxDB 1.x), and the end-to-end tests
-//! under `tests/`.
+//! tests run against (mosquitto, VictoriaMetrics, InfluxDB 1.x), a headless Chromium to look
+//! at the console with, and the end-to-end tests under `tests/`.
 
+pub mod browser;
 pub mod rig;
 pub mod servers;
 pub mod sim;

@@ -368,6 +368,22 @@ mod tests {
         assert!(err.to_string().contains("alarm event"), "{err}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn no_payload_makes_a_decoder_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = AlarmEvent::decode(&bytes);
+            let _ = ReadingBatch::decode(&bytes);
+            let _ = GatewayStatus::decode(&bytes);
+            let _ = Command::decode(&bytes);
+            let _ = CommandReply::decode(&bytes);
+        }
+
+        #[test]
+        fn no_topic_makes_the_parser_panic(topic in ".{0,80}") {
+            let _ = parse_topic(&topic);
+        }
+    }
+
     #[test]
     fn the_gateway_of_an_alarm_is_its_first_id_part() {
         assert_eq!(

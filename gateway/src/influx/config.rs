@@ -1,7 +1,7 @@
 //! `[influx]`: where readings go as InfluxDB line protocol, and how they are batched.
 //!
 //! The doc comments on [`InfluxConfig`]'s fields are the user documentation of the section.
-//! [`InfluxConfig::problems`] reports every problem at once; [`WriteTarget::new`] turns a
+//! [`InfluxConfig::problems`] reports every problem at once; `WriteTarget::new` turns a
 //! config without problems into the URL and credentials the writer uses.
 
 use std::fmt;
@@ -43,11 +43,12 @@ pub struct InfluxConfig {
     pub bucket: Option<String>,
     /// v2: the API token. InfluxDB 2.x needs one; VictoriaMetrics ignores it. Never logged.
     pub token: Option<String>,
-    /// Most lines in one request. A request is sent as soon as this many lines wait.
-    /// Default 5000.
+    /// Most lines in one request, 1 to 100000. A request is sent as soon as this many lines
+    /// wait. Default 5000.
     #[serde(default = "default_batch_max_lines")]
     pub batch_max_lines: usize,
-    /// Longest a reading waits before it is sent, in milliseconds. Default 1000.
+    /// Longest a reading waits before it is sent, in milliseconds; 0 sends each batch as
+    /// soon as the writer is free. Default 1000.
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
     /// Most reading batches (one poll of one device each) kept while the server is away.
@@ -67,6 +68,9 @@ pub enum InfluxApi {
     V1,
     V2,
 }
+
+/// Lines of about 250 bytes: 25 MB, InfluxDB 1.x's default `max-body-size`, before gzip.
+const MAX_BATCH_LINES: usize = 100_000;
 
 fn default_batch_max_lines() -> usize {
     5000
@@ -182,6 +186,14 @@ impl InfluxConfig {
 
         if self.batch_max_lines == 0 {
             add("batch_max_lines", "must be at least 1".into());
+        } else if self.batch_max_lines > MAX_BATCH_LINES {
+            add(
+                "batch_max_lines",
+                format!(
+                    "must be at most {MAX_BATCH_LINES}: bigger requests exceed servers' body size \
+                     limits (InfluxDB 1.x: 25 MB) and would be refused"
+                ),
+            );
         }
         if self.queue_max_batches == 0 {
             add("queue_max_batches", "must be at least 1".into());
@@ -374,6 +386,11 @@ mod tests {
         let problems = cfg.problems();
         assert!(problems.contains(&("db".into(), "required when api = \"v1\"".into())));
         assert!(problems.contains(&("batch_max_lines".into(), "must be at least 1".into())));
+        let huge = InfluxConfig {
+            batch_max_lines: 100_001,
+            ..v1()
+        };
+        assert_eq!(fields(&huge), ["batch_max_lines"]);
         assert_eq!(
             fields(&cfg),
             [

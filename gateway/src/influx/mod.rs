@@ -19,10 +19,10 @@
 //!   that the oldest are dropped and counted (`batches_dropped`). Nothing else is lost
 //!   silently: refused requests count in `lines_rejected`, values that are not numbers in
 //!   `values_skipped`, and what is left at shutdown in `lines_abandoned`;
-//! - delivery is at-least-once in order of arrival: a request that timed out may have
-//!   been stored and is sent again. That is harmless here, because a line's series and
-//!   timestamp are its identity and both InfluxDB and VictoriaMetrics keep one value for
-//!   the same series and timestamp (the deduplication the style guide asks of receivers);
+//! - delivery is at-least-once, in order of arrival: a request that timed out may have
+//!   been stored and is sent again. A line's series and timestamp are its stable identity:
+//!   InfluxDB overwrites the point with the same value, VictoriaMetrics drops the repeat
+//!   when it runs with `-dedup.minScrapeInterval`;
 //! - the password and the token are never logged or printed.
 
 pub mod config;

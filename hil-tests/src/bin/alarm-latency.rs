@@ -278,10 +278,13 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("{e}\n{}", gateway.log()))?;
         latencies.push(at.duration_since(changed));
+        let quieted = Instant::now();
         write(sim, target, target.quiet);
         listener
             .wait_for("cleared", Duration::from_secs(10), |h| {
-                is(h, TransitionKind::Cleared)
+                (h.at >= quieted)
+                    .then(|| is(h, TransitionKind::Cleared))
+                    .flatten()
             })
             .await?;
         if let Some(r) = rss_kib(pid) {
