@@ -280,6 +280,14 @@ async fn operator_acknowledges_smoke(room: &ControlRoom) -> anyhow::Result<()> {
         || text_is(b, "#unacked-count", "0 unacknowledged"),
     )
     .await?;
+    // The gateway's reply reaches the operator too.
+    let accepted = format!("Gateway gw-b1 accepted the acknowledgement of {SMOKE_ALARM}.");
+    until(
+        "the notice that the gateway accepted",
+        Duration::from_secs(5),
+        || text_is(b, "#notice", &accepted),
+    )
+    .await?;
 
     screenshot(b, "shouwang-board.png").await?;
     Ok(())
