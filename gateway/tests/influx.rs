@@ -107,25 +107,12 @@ async fn stats_until(
 
 /// Every `shouwang_reading*` series VictoriaMetrics has, sorted by labels.
 async fn vm_export(vm_url: &str) -> Vec<Series> {
-    // Make what was written searchable now. Without this VictoriaMetrics shows new series
-    // about a second after the write, and an export asked before that caches "no such
-    // series" for up to ten more.
-    let _ = servers::http_client()
-        .get(format!("{vm_url}/internal/force_flush"))
-        .send()
-        .await;
-    let mut url = reqwest::Url::parse(&format!("{vm_url}/api/v1/export")).unwrap();
-    url.query_pairs_mut()
-        .append_pair("match[]", r#"{__name__=~"shouwang_reading.*"}"#);
-    let Ok(resp) = servers::http_client().get(url).send().await else {
-        return Vec::new();
-    };
-    let text = resp.text().await.unwrap_or_default();
-    let mut series: Vec<Series> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
+    let lines = servers::vm_export(vm_url, r#"{__name__=~"shouwang_reading.*"}"#)
+        .await
+        .unwrap_or_default();
+    let mut series: Vec<Series> = lines
+        .iter()
+        .map(|v| {
             let labels = v["metric"]
                 .as_object()
                 .unwrap()

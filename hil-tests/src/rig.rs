@@ -389,3 +389,90 @@ impl Drop for ChaosProxy {
         self.task.abort();
     }
 }
+
+/// The gateway config the end-to-end tests share: a smoke detector at B1-12-03 (register 0,
+/// 0.01 %/m per count, alarm `smoke-high` above 2.5 %/m with 0.5 deadband) and, if given, a
+/// leak probe at B1-01-01 (input register 0, alarm `leak` above 0.5); both polled every
+/// 100 ms, community `riverside`. `extra` is pasted after `[mqtt]` (e.g. an `[influx]` table).
+pub fn gateway_config(
+    gateway: &str,
+    mqtt_port: u16,
+    smoke: std::net::SocketAddr,
+    leak: Option<std::net::SocketAddr>,
+    extra: &str,
+) -> String {
+    let mut text = format!(
+        r#"
+[gateway]
+id = "{gateway}"
+community = "riverside"
+
+[mqtt]
+port = {mqtt_port}
+keep_alive_s = 2
+
+{extra}
+
+[[devices]]
+id = "smoke-B1-12-03"
+kind = "smoke"
+building = "B1"
+floor = "12"
+unit = "03"
+transport = "tcp"
+address = "{smoke}"
+poll_interval_ms = 100
+timeout_ms = 300
+comm_loss_after = 3
+
+[[devices.points]]
+name = "obscuration"
+register = 0
+type = "u16"
+scale = 0.01
+engineering_unit = "%/m"
+
+[[rules]]
+id = "smoke-high"
+device_kind = "smoke"
+point = "obscuration"
+class = "alarm"
+priority = "high"
+above = 2.5
+deadband = 0.5
+message = "Smoke detected"
+"#
+    );
+    if let Some(leak) = leak {
+        text.push_str(&format!(
+            r#"
+[[devices]]
+id = "leak-B1-01-01"
+kind = "leak"
+building = "B1"
+floor = "01"
+unit = "01"
+transport = "tcp"
+address = "{leak}"
+poll_interval_ms = 100
+timeout_ms = 300
+
+[[devices.points]]
+name = "leak"
+register = 0
+table = "input"
+type = "u16"
+
+[[rules]]
+id = "leak"
+device_kind = "leak"
+point = "leak"
+class = "alarm"
+priority = "medium"
+above = 0.5
+message = "Water leak"
+"#
+        ));
+    }
+    text
+}

@@ -196,22 +196,7 @@ pub fn mosquitto_on(port: u16) -> anyhow::Result<Server> {
 /// A single-node VictoriaMetrics that accepts InfluxDB line protocol on `/write` and
 /// `/api/v2/write` and answers `/api/v1/export`.
 pub fn victoria_metrics() -> anyhow::Result<Server> {
-    let bin = find_binary("victoria-metrics", "victoria-metrics")?;
-    let dir = tempfile::tempdir()?;
-    let port = free_port();
-    let data = dir.path().join("data");
-    spawn(
-        "victoria-metrics",
-        &bin,
-        &[
-            format!("-httpListenAddr=127.0.0.1:{port}"),
-            format!("-storageDataPath={}", data.display()),
-            "-retentionPeriod=100y".into(),
-            "-search.latencyOffset=0s".into(),
-        ],
-        port,
-        dir,
-    )
+    victoria_metrics_on(free_port())
 }
 
 /// InfluxDB 1.x with the HTTP API on loopback, no auth, data in a temp dir.
@@ -291,4 +276,28 @@ pub fn victoria_metrics_on(port: u16) -> anyhow::Result<Server> {
         port,
         dir,
     )
+}
+
+/// One look at VictoriaMetrics' `/api/v1/export` for a series selector: one JSON object per
+/// series (`metric`, `values`, `timestamps`). Flushes first: without that, VictoriaMetrics
+/// shows new series about a second after the write, and an export asked before then caches
+/// "no such series" for up to ten more.
+pub async fn vm_export(vm_url: &str, selector: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let http = http_client();
+    let _ = http
+        .get(format!("{vm_url}/internal/force_flush"))
+        .send()
+        .await;
+    let text = http
+        .get(format!("{vm_url}/api/v1/export"))
+        .query(&[("match[]", selector)])
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("export line {l:?}")))
+        .collect()
 }

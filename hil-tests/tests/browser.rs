@@ -27,49 +27,9 @@ const SMOKE_DEVICE: &str = "smoke-B1-12-03";
 const SMOKE_ALARM: &str = "gw-b1:smoke-B1-12-03:smoke-high";
 const OPERATOR: &str = "Wang Li";
 
-/// A one-device gateway config: a smoke detector polled every 100 ms and its alarm rule.
+/// The shared end-to-end config, with the smoke detector only.
 fn config(gateway: &str, mqtt_port: u16, smoke: &SimDevice) -> String {
-    format!(
-        r#"
-[gateway]
-id = "{gateway}"
-community = "{COMMUNITY}"
-
-[mqtt]
-port = {mqtt_port}
-keep_alive_s = 2
-
-[[devices]]
-id = "{SMOKE_DEVICE}"
-kind = "smoke"
-building = "B1"
-floor = "12"
-unit = "03"
-transport = "tcp"
-address = "{smoke_addr}"
-poll_interval_ms = 100
-timeout_ms = 300
-comm_loss_after = 3
-
-[[devices.points]]
-name = "obscuration"
-register = 0
-type = "u16"
-scale = 0.01
-engineering_unit = "%/m"
-
-[[rules]]
-id = "smoke-high"
-device_kind = "smoke"
-point = "obscuration"
-class = "alarm"
-priority = "high"
-above = 2.5
-deadband = 0.5
-message = "Smoke detected"
-"#,
-        smoke_addr = smoke.local_addr(),
-    )
+    rig::gateway_config(gateway, mqtt_port, smoke.local_addr(), None, "")
 }
 
 /// Everything the test runs, kept together so a failure can show each part's side.

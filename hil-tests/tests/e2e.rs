@@ -18,7 +18,7 @@ use shouwang_wire::{
     TransitionKind,
 };
 
-/// A two-device gateway config: a smoke detector and a leak probe, polled every 100 ms.
+/// The shared two-device config: the smoke detector and the leak probe.
 fn config(
     gateway: &str,
     mqtt_port: u16,
@@ -26,75 +26,12 @@ fn config(
     leak: &SimDevice,
     extra: &str,
 ) -> String {
-    format!(
-        r#"
-[gateway]
-id = "{gateway}"
-community = "riverside"
-
-[mqtt]
-port = {mqtt_port}
-keep_alive_s = 2
-
-{extra}
-
-[[devices]]
-id = "smoke-B1-12-03"
-kind = "smoke"
-building = "B1"
-floor = "12"
-unit = "03"
-transport = "tcp"
-address = "{smoke_addr}"
-poll_interval_ms = 100
-timeout_ms = 300
-comm_loss_after = 3
-
-[[devices.points]]
-name = "obscuration"
-register = 0
-type = "u16"
-scale = 0.01
-engineering_unit = "%/m"
-
-[[devices]]
-id = "leak-B1-01-01"
-kind = "leak"
-building = "B1"
-floor = "01"
-unit = "01"
-transport = "tcp"
-address = "{leak_addr}"
-poll_interval_ms = 100
-timeout_ms = 300
-
-[[devices.points]]
-name = "leak"
-register = 0
-table = "input"
-type = "u16"
-
-[[rules]]
-id = "smoke-high"
-device_kind = "smoke"
-point = "obscuration"
-class = "alarm"
-priority = "high"
-above = 2.5
-deadband = 0.5
-message = "Smoke detected"
-
-[[rules]]
-id = "leak"
-device_kind = "leak"
-point = "leak"
-class = "alarm"
-priority = "medium"
-above = 0.5
-message = "Water leak"
-"#,
-        smoke_addr = smoke.local_addr(),
-        leak_addr = leak.local_addr(),
+    rig::gateway_config(
+        gateway,
+        mqtt_port,
+        smoke.local_addr(),
+        Some(leak.local_addr()),
+        extra,
     )
 }
 
@@ -423,29 +360,11 @@ message = "Leak"
 
 /// Poll VictoriaMetrics' export API until a series with these labels shows up.
 async fn vm_export(vm: &servers::Server, selector: &str) -> Vec<Value> {
-    let http = servers::http_client();
-    let url = format!("{}/api/v1/export", vm.url());
     eventually(
         "the series in VictoriaMetrics",
         Duration::from_secs(20),
         || async {
-            let _ = http
-                .get(format!("{}/internal/force_flush", vm.url()))
-                .send()
-                .await;
-            let text = http
-                .get(&url)
-                .query(&[("match[]", selector)])
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            let lines: Vec<Value> = text
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
+            let lines = servers::vm_export(&vm.url(), selector).await.ok()?;
             (!lines.is_empty()).then_some(lines)
         },
     )
