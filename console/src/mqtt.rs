@@ -18,7 +18,8 @@ use rumqttc::{
     SubscribeReasonCode,
 };
 use shouwang_wire::{
-    AlarmEvent, Channel, CommandReply, GatewayStatus, Message, ReadingBatch, TopicName, WireError,
+    Action, AlarmEvent, Channel, Command, CommandReply, GatewayState, GatewayStatus, Message,
+    ReadingBatch, SCHEMA_VERSION, TopicName, WireError,
 };
 
 use crate::state::{AppState, Metrics, ReadingUpdate, StreamKind};
@@ -226,6 +227,9 @@ async fn handle(state: &AppState, publish: &Publish) -> Result<(), StoreError> {
                 .call(move |s| s.put_gateway(&stored, now))
                 .await?;
             tracing::info!(gateway = %status.gateway, state = ?status.state, "gateway status");
+            if status.state == GatewayState::Online {
+                ask_for_resync(&state, &topic.community, &status.gateway);
+            }
             state.publish(StreamKind::Gateway, &status);
         }
         Inbound::Reply(reply) => {
@@ -250,6 +254,27 @@ async fn handle(state: &AppState, publish: &Publish) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Ask a gateway that came online (or that we just heard of) to send every alarm's latest
+/// event again, so the board holds every alarm even if this console's store is new or
+/// missed events. Duplicates are dropped by `event_id`. `try_publish`: this runs inside the
+/// MQTT loop, which must never wait on its own request channel.
+fn ask_for_resync(state: &AppState, community: &str, gateway: &str) {
+    let command = Command {
+        schema: SCHEMA_VERSION,
+        command_id: uuid::Uuid::now_v7().to_string(),
+        operator: "console".into(),
+        ts_ms: now_ms(),
+        action: Action::Resync,
+    };
+    let topic = shouwang_wire::topic(community, gateway, Channel::Commands);
+    if let Err(error) = state
+        .mqtt
+        .try_publish(&topic, QoS::AtLeastOnce, false, command.encode())
+    {
+        tracing::warn!(%gateway, %error, "could not ask the gateway to resync");
+    }
 }
 
 /// The console clock, ms since the Unix epoch.

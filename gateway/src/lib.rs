@@ -101,9 +101,9 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                     }
                 }
                 LinkNews::Command(cmd) => {
-                    let (event, reply) = watch.on_command(&cmd, now_ms());
-                    tracing::info!(command_id = %cmd.command_id, ok = reply.ok, error = ?reply.error, "command");
-                    if let Some(event) = event {
+                    let (events, reply) = watch.on_command(&cmd, now_ms());
+                    tracing::info!(command_id = %cmd.command_id, action = ?cmd.action, ok = reply.ok, error = ?reply.error, "command");
+                    for event in events {
                         outbox.send(Urgent::Event(Box::new(event))).await;
                     }
                     outbox.send(Urgent::Reply(reply)).await;

@@ -152,12 +152,12 @@ impl Watch {
     }
 
     /// A command from the console. Always yields a reply; an accepted acknowledgement also
-    /// yields the alarm's new state as an event.
+    /// yields the alarm's new state as an event, a resync every alarm's latest event.
     pub fn on_command(
         &mut self,
         command: &Command,
         now_ms: i64,
-    ) -> (Option<AlarmEvent>, CommandReply) {
+    ) -> (Vec<AlarmEvent>, CommandReply) {
         let mut reply = CommandReply {
             schema: SCHEMA_VERSION,
             command_id: command.command_id.clone(),
@@ -170,7 +170,8 @@ impl Watch {
             Action::Acknowledge { alarm_id } => match self.engine.acknowledge(alarm_id, now_ms) {
                 Ok(t) => {
                     reply.ok = true;
-                    (self.event(t, Some(command.operator.clone())), reply)
+                    let event = self.event(t, Some(command.operator.clone()));
+                    (event.into_iter().collect(), reply)
                 }
                 Err(e) => {
                     reply.error = Some(match e {
@@ -179,9 +180,13 @@ impl Watch {
                         }
                         other => other.to_string(),
                     });
-                    (None, reply)
+                    (Vec::new(), reply)
                 }
             },
+            Action::Resync => {
+                reply.ok = true;
+                (self.latest_events(), reply)
+            }
         }
     }
 
@@ -352,18 +357,44 @@ message = "Smoke detected"
                 alarm_id: "gw:smoke-1:smoke-high".into(),
             },
         };
-        let (event, reply) = w.on_command(&cmd, 1_600);
+        let (events, reply) = w.on_command(&cmd, 1_600);
         assert!(reply.ok);
-        let event = event.unwrap();
+        let [event] = events.as_slice() else {
+            panic!("{events:?}")
+        };
         assert_eq!(event.state, AlarmState::Acknowledged);
         assert_eq!(event.operator.as_deref(), Some("wang"));
         let (again, reply) = w.on_command(&cmd, 1_700);
-        assert!(again.is_none());
+        assert!(again.is_empty());
         assert!(!reply.ok);
         assert!(
             reply.error.unwrap().contains("acknowledge"),
             "nothing to acknowledge"
         );
+    }
+
+    #[test]
+    fn a_resync_sends_each_alarms_latest_event_again_with_the_same_id() {
+        let mut w = watch();
+        w.on_poll(&good(3.0, 1_000));
+        w.on_poll(&good(0.1, 2_000));
+        w.on_poll(&failed(3_000));
+        w.on_poll(&failed(4_000));
+        let cmd = Command {
+            schema: SCHEMA_VERSION,
+            command_id: "c3".into(),
+            operator: "console".into(),
+            ts_ms: 5_000,
+            action: Action::Resync,
+        };
+        let (events, reply) = w.on_command(&cmd, 5_000);
+        assert!(reply.ok);
+        let ids: Vec<(&str, &str)> = events
+            .iter()
+            .map(|e| (e.rule.as_str(), e.event_id.as_str()))
+            .collect();
+        // The smoke alarm's clear (event 2) and the comm loss (event 3), oldest first.
+        assert_eq!(ids, [("smoke-high", "boot-2"), ("comm_lost", "boot-3")]);
     }
 
     #[test]

@@ -609,3 +609,40 @@ async fn alarms_raised_during_a_network_cut_arrive_in_order_when_the_link_is_men
         "events keep the order they happened in"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_started_after_an_alarm_was_raised_still_shows_it() {
+    let broker = servers::mosquitto().unwrap();
+    let listener = Listener::start(broker.port(), "shouwang/v1/+/+/events")
+        .await
+        .unwrap();
+    let (smoke, leak) = sims().await;
+    let gateway = rig::start_gateway(&config("gw-s", broker.port(), &smoke, &leak, "")).unwrap();
+    smoke.set_u16(0, 350);
+    listener
+        .wait_for("the smoke alarm", Duration::from_secs(20), |h| {
+            event_on(h, "gw-s:smoke-B1-12-03:smoke-high", TransitionKind::Raised)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+
+    // A new console, empty store, new session: it hears the retained `online`, asks the
+    // gateway to resync, and the alarm shows.
+    let console = rig::start_console(broker.port()).unwrap();
+    let http = servers::http_client();
+    let url = format!("{}/api/alarms", console.url);
+    let alarm: Value = eventually(
+        "the late console to show the alarm",
+        Duration::from_secs(10),
+        || async {
+            let list: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            list.as_array()?
+                .iter()
+                .find(|a| a["alarm_id"] == "gw-s:smoke-B1-12-03:smoke-high")
+                .cloned()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", gateway.log(), console.proc.log()));
+    assert_eq!(alarm["state"], "unacknowledged");
+}

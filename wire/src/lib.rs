@@ -230,6 +230,10 @@ pub struct GatewayStatus {
 pub enum Action {
     /// Acknowledge one alarm.
     Acknowledge { alarm_id: String },
+    /// Send every alarm's latest event again (same `event_id`s). A console asks this when
+    /// it hears a gateway come online, so a console that starts with an empty store still
+    /// shows every alarm the gateway holds.
+    Resync,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -351,6 +355,15 @@ mod tests {
         assert_eq!(json["action"], "acknowledge");
         assert_eq!(json["alarm_id"], "gw:dev:rule");
         assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
+    }
+
+    #[test]
+    fn a_resync_command_is_just_its_action() {
+        let cmd = Command::decode(
+            br#"{"schema":1,"command_id":"c","operator":"console","ts_ms":1,"action":"resync"}"#,
+        )
+        .unwrap();
+        assert_eq!(cmd.action, Action::Resync);
     }
 
     #[test]
