@@ -228,7 +228,7 @@ async fn handle(state: &AppState, publish: &Publish) -> Result<(), StoreError> {
                 .await?;
             tracing::info!(gateway = %status.gateway, state = ?status.state, "gateway status");
             if status.state == GatewayState::Online {
-                ask_for_resync(&state, &topic.community, &status.gateway);
+                ask_for_resync(state, &topic.community, &status.gateway);
             }
             state.publish(StreamKind::Gateway, &status);
         }
