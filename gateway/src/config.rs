@@ -19,6 +19,15 @@ use crate::influx::InfluxConfig;
 
 /// The rule id the gateway uses for each device's communication-lost fault.
 pub const COMM_LOST_RULE: &str = "comm_lost";
+/// The rule id of each device's fault for "it answers, but a point cannot be read" (a Modbus
+/// exception, or registers that do not decode, e.g. a NaN from a failed sensor).
+pub const POINT_FAULT_RULE: &str = "point_fault";
+
+/// The faults the gateway raises for every device by itself: (rule id, message).
+const DEVICE_FAULTS: [(&str, &str); 2] = [
+    (COMM_LOST_RULE, "Communication lost"),
+    (POINT_FAULT_RULE, "Device fault: a point cannot be read"),
+];
 
 /// A whole, validated gateway config.
 #[derive(Debug, Clone, PartialEq)]
@@ -434,10 +443,10 @@ impl Config {
         for (i, rule) in self.rules.iter().enumerate() {
             let at = format!("rules[{i}] ({})", rule.id);
             p.id(&format!("{at}.id"), "rule id", &rule.id);
-            if rule.id == COMM_LOST_RULE {
+            if DEVICE_FAULTS.iter().any(|(id, _)| *id == rule.id) {
                 p.add(
                     format!("{at}.id"),
-                    format!("{COMM_LOST_RULE:?} is reserved for the gateway's own fault"),
+                    format!("{:?} is reserved for the gateway's own fault", rule.id),
                 );
             }
             if !seen.insert(rule.id.as_str()) {
@@ -506,31 +515,33 @@ impl Config {
             })
     }
 
-    /// Bind every rule to its devices for the rule engine, plus one communication-lost fault
-    /// per device. Each spec comes with what the gateway needs to describe its alarm.
+    /// Bind every rule to its devices for the rule engine, plus each device's own faults
+    /// (communication lost, point fault). Each spec comes with what the gateway needs to describe its alarm.
     pub fn alarm_specs(&self) -> Vec<(RuleSpec, AlarmMeta)> {
         let mut out = Vec::new();
         for device in &self.devices {
-            out.push((
-                RuleSpec {
-                    alarm_id: alarm_id(&self.gateway.id, &device.id, COMM_LOST_RULE),
-                    device: device.id.clone(),
-                    point: String::new(),
-                    class: SignalClass::Fault,
-                    priority: Priority::Medium,
-                    condition: Condition::External,
-                    on_delay_ms: 0,
-                },
-                AlarmMeta {
-                    device: device.id.clone(),
-                    device_kind: device.kind.clone(),
-                    point: None,
-                    rule: COMM_LOST_RULE.into(),
-                    place: device.place(&self.gateway.community),
-                    message: "Communication lost".into(),
-                    engineering_unit: None,
-                },
-            ));
+            for (rule, message) in DEVICE_FAULTS {
+                out.push((
+                    RuleSpec {
+                        alarm_id: alarm_id(&self.gateway.id, &device.id, rule),
+                        device: device.id.clone(),
+                        point: String::new(),
+                        class: SignalClass::Fault,
+                        priority: Priority::Medium,
+                        condition: Condition::External,
+                        on_delay_ms: 0,
+                    },
+                    AlarmMeta {
+                        device: device.id.clone(),
+                        device_kind: device.kind.clone(),
+                        point: None,
+                        rule: rule.into(),
+                        place: device.place(&self.gateway.community),
+                        message: message.into(),
+                        engineering_unit: None,
+                    },
+                ));
+            }
         }
         for rule in &self.rules {
             let condition = match (rule.above, rule.below) {
@@ -770,10 +781,11 @@ message = "Smoke detected"
             ids,
             [
                 "gw-b1:smoke-B1-12-03:comm_lost",
+                "gw-b1:smoke-B1-12-03:point_fault",
                 "gw-b1:smoke-B1-12-03:smoke-high"
             ]
         );
-        assert_eq!(specs[1].1.engineering_unit.as_deref(), Some("%/m"));
+        assert_eq!(specs[2].1.engineering_unit.as_deref(), Some("%/m"));
     }
 
     #[test]

@@ -114,8 +114,10 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                 match &outcome.result {
                     Err(e) => tracing::debug!(device = %device, error = %e, "poll failed"),
                     Ok(polled) => {
+                        // Debug only: a fault that persists becomes the device's
+                        // point_fault alarm, which is logged and reported.
                         for fault in &polled.faults {
-                            tracing::warn!(device = %device, point = %fault.point, reason = %fault.reason, "point not read");
+                            tracing::debug!(device = %device, point = %fault.point, reason = %fault.reason, "point not read");
                         }
                     }
                 }

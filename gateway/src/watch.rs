@@ -14,7 +14,7 @@ use shouwang_wire::{
     Action, AlarmEvent, Command, CommandReply, Place, PointValue, ReadingBatch, SCHEMA_VERSION,
 };
 
-use crate::config::{AlarmMeta, COMM_LOST_RULE, Config};
+use crate::config::{AlarmMeta, COMM_LOST_RULE, Config, POINT_FAULT_RULE};
 use crate::modbus::PollOutcome;
 
 /// What one poll produced.
@@ -34,6 +34,9 @@ struct DeviceState {
     /// Failed polls in a row.
     failures: u32,
     comm_lost_alarm: String,
+    /// Polls in a row in which some point could not be read.
+    point_failures: u32,
+    point_fault_alarm: String,
     /// Engineering unit per point name.
     units: HashMap<String, Option<String>>,
 }
@@ -70,6 +73,12 @@ impl Watch {
                 comm_loss_after: d.comm_loss_after,
                 failures: 0,
                 comm_lost_alarm: shouwang_wire::alarm_id(&config.gateway.id, &d.id, COMM_LOST_RULE),
+                point_failures: 0,
+                point_fault_alarm: shouwang_wire::alarm_id(
+                    &config.gateway.id,
+                    &d.id,
+                    POINT_FAULT_RULE,
+                ),
                 units: d
                     .points
                     .iter()
@@ -121,9 +130,25 @@ impl Watch {
                         })
                         .collect(),
                 };
+                // Same threshold as comm loss: one bad answer is not yet a fault.
+                let point_fault = if polled.faults.is_empty() {
+                    device.point_failures = 0;
+                    false
+                } else {
+                    device.point_failures = device.point_failures.saturating_add(1);
+                    device.point_failures >= device.comm_loss_after
+                };
                 let device_id = device.id.clone();
                 let comm_lost = device.comm_lost_alarm.clone();
+                let point_fault_alarm = device.point_fault_alarm.clone();
                 transitions.extend(self.external(&comm_lost, false, outcome.ts_ms));
+                if point_fault || polled.faults.is_empty() {
+                    transitions.extend(self.external(
+                        &point_fault_alarm,
+                        point_fault,
+                        outcome.ts_ms,
+                    ));
+                }
                 for (point, value) in &polled.values {
                     transitions.extend(self.engine.on_reading(
                         &device_id,
@@ -341,6 +366,30 @@ message = "Smoke detected"
             "raised once, not per poll"
         );
         let back = w.on_poll(&good(0.1, 4_000)).events;
+        assert_eq!(back[0].state, AlarmState::ReturnedUnacknowledged);
+    }
+
+    #[test]
+    fn a_point_the_device_keeps_refusing_becomes_a_device_fault_and_clears_when_it_reads() {
+        let mut w = watch();
+        let refused = |ts_ms| PollOutcome {
+            device: 0,
+            ts_ms,
+            result: Ok(PolledValues {
+                values: vec![],
+                faults: vec![crate::modbus::PointFault {
+                    point: "obscuration".into(),
+                    reason: "exception".into(),
+                }],
+            }),
+        };
+        assert!(w.on_poll(&refused(1_000)).events.is_empty());
+        let fault = w.on_poll(&refused(2_000)).events;
+        assert_eq!(fault.len(), 1, "{fault:?}");
+        assert_eq!(fault[0].rule, "point_fault");
+        assert_eq!(fault[0].class, SignalClass::Fault);
+        let back = w.on_poll(&good(0.1, 3_000)).events;
+        assert_eq!(back[0].rule, "point_fault");
         assert_eq!(back[0].state, AlarmState::ReturnedUnacknowledged);
     }
 

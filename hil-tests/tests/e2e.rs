@@ -646,3 +646,32 @@ async fn a_console_started_after_an_alarm_was_raised_still_shows_it() {
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", gateway.log(), console.proc.log()));
     assert_eq!(alarm["state"], "unacknowledged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_answers_with_exceptions_is_a_device_fault_not_silence() {
+    let broker = servers::mosquitto().unwrap();
+    let listener = Listener::start(broker.port(), "shouwang/v1/+/+/events")
+        .await
+        .unwrap();
+    let (smoke, leak) = sims().await;
+    let gateway = rig::start_gateway(&config("gw-x", broker.port(), &smoke, &leak, "")).unwrap();
+    smoke.fail_with(Some(tokio_modbus::ExceptionCode::ServerDeviceFailure));
+    let fault = listener
+        .wait_for("the point fault", Duration::from_secs(20), |h| {
+            event_on(h, "gw-x:smoke-B1-12-03:point_fault", TransitionKind::Raised)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    assert_eq!(fault.class, SignalClass::Fault);
+    smoke.fail_with(None);
+    listener
+        .wait_for("the point fault to clear", Duration::from_secs(10), |h| {
+            event_on(
+                h,
+                "gw-x:smoke-B1-12-03:point_fault",
+                TransitionKind::Cleared,
+            )
+        })
+        .await
+        .unwrap();
+}
