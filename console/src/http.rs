@@ -155,6 +155,16 @@ async fn get_alarm(
 #[serde(deny_unknown_fields)]
 struct AckRequest {
     operator: Option<String>,
+    /// The event the operator saw; the gateway refuses the acknowledgement if the alarm
+    /// has changed since.
+    event_id: Option<String>,
+}
+
+/// The `event_id` an acknowledge body names, if any (see [`ack_operator`] for the checks).
+pub fn ack_seen_event(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<AckRequest>(body)
+        .ok()
+        .and_then(|r| r.event_id)
 }
 
 /// Who acknowledges: the body's `operator`, or `default` for an empty body or a missing
@@ -165,7 +175,7 @@ pub fn ack_operator(body: &[u8], default: &str) -> Result<String, ApiError> {
     }
     let req: AckRequest = serde_json::from_slice(body).map_err(|e| {
         ApiError::BadRequest(format!(
-            "acknowledge body must be empty or {{\"operator\": \"name\"}}: {e}"
+            "acknowledge body must be empty or {{\"operator\": \"name\", \"event_id\": \"the event seen\"}}: {e}"
         ))
     })?;
     let Some(operator) = req.operator else {
@@ -225,6 +235,10 @@ async fn acknowledge(
         ts_ms: now_ms(),
         action: Action::Acknowledge {
             alarm_id: alarm_id.clone(),
+            // What the operator saw, or else what this console shows now.
+            event_id: Some(
+                ack_seen_event(&body).unwrap_or_else(|| target.alarm.event.event_id.clone()),
+            ),
         },
     };
     let record = CommandRecord {

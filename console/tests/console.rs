@@ -339,7 +339,9 @@ async fn acknowledging_sends_a_command_to_the_owning_gateway_and_the_board_waits
     assert_eq!(
         command.action,
         shouwang_wire::Action::Acknowledge {
-            alarm_id: ALARM_ID.into()
+            alarm_id: ALARM_ID.into(),
+            // No event named in the request: the one this console shows.
+            event_id: Some("e1".into()),
         }
     );
 

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use shouwang_rules::{AckError, Engine, RuleError, Transition};
 use shouwang_wire::{
-    Action, AlarmEvent, Command, CommandReply, Place, PointValue, ReadingBatch, SCHEMA_VERSION,
+    Action, AlarmEvent, AlarmState, Command, CommandReply, Place, PointValue, ReadingBatch,
+    SCHEMA_VERSION,
 };
 
 use crate::config::{AlarmMeta, COMM_LOST_RULE, Config, POINT_FAULT_RULE};
@@ -192,7 +193,18 @@ impl Watch {
             ts_ms: now_ms,
         };
         match &command.action {
-            Action::Acknowledge { alarm_id } => match self.engine.acknowledge(alarm_id, now_ms) {
+            Action::Acknowledge {
+                alarm_id,
+                event_id: Some(seen),
+            } if self.changed_since(alarm_id, seen) => {
+                reply.error = Some(format!(
+                    "alarm {alarm_id:?} has changed since event {seen:?} that the operator saw; \
+                     look at it again before acknowledging"
+                ));
+                (Vec::new(), reply)
+            }
+            Action::Acknowledge { alarm_id, .. } => match self.engine.acknowledge(alarm_id, now_ms)
+            {
                 Ok(t) => {
                     reply.ok = true;
                     let event = self.event(t, Some(command.operator.clone()));
@@ -213,6 +225,24 @@ impl Watch {
                 (self.latest_events(), reply)
             }
         }
+    }
+
+    /// Whether the alarm has had an event after `seen`. An alarm this gateway has sent no
+    /// event for since it started has nothing newer to protect.
+    /// Only asked while the alarm awaits an acknowledgement: otherwise the engine's
+    /// "nothing to acknowledge" is the better answer.
+    fn changed_since(&self, alarm_id: &str, seen: &str) -> bool {
+        let awaits_ack = self.engine.alarm(alarm_id).is_some_and(|a| {
+            matches!(
+                a.state,
+                AlarmState::Unacknowledged | AlarmState::ReturnedUnacknowledged
+            )
+        });
+        awaits_ack
+            && self
+                .latest
+                .get(alarm_id)
+                .is_some_and(|latest| latest.event_id != seen)
     }
 
     /// Each alarm's latest event, oldest first.
@@ -268,7 +298,7 @@ impl Watch {
 mod tests {
     use super::*;
     use crate::modbus::{LinkError, PolledValues};
-    use shouwang_wire::{AlarmState, SignalClass, TransitionKind};
+    use shouwang_wire::{SignalClass, TransitionKind};
 
     const CONFIG: &str = r#"
 [gateway]
@@ -404,6 +434,7 @@ message = "Smoke detected"
             ts_ms: 1_500,
             action: Action::Acknowledge {
                 alarm_id: "gw:smoke-1:smoke-high".into(),
+                event_id: Some("boot-1".into()),
             },
         };
         let (events, reply) = w.on_command(&cmd, 1_600);
@@ -420,6 +451,38 @@ message = "Smoke detected"
             reply.error.unwrap().contains("acknowledge"),
             "nothing to acknowledge"
         );
+    }
+
+    #[test]
+    fn an_ack_for_an_occurrence_the_operator_did_not_see_is_refused() {
+        let mut w = watch();
+        w.on_poll(&good(3.0, 1_000)); // boot-1: raised, the operator sees this
+        w.on_poll(&good(0.1, 2_000)); // boot-2: cleared
+        w.on_poll(&good(3.5, 3_000)); // boot-3: raised again, not yet on the operator's screen
+        let cmd = Command {
+            schema: SCHEMA_VERSION,
+            command_id: "c4".into(),
+            operator: "wang".into(),
+            ts_ms: 3_100,
+            action: Action::Acknowledge {
+                alarm_id: "gw:smoke-1:smoke-high".into(),
+                event_id: Some("boot-1".into()),
+            },
+        };
+        let (events, reply) = w.on_command(&cmd, 3_100);
+        assert!(events.is_empty());
+        assert!(!reply.ok);
+        assert!(reply.error.unwrap().contains("has changed since"));
+        let fresh = Command {
+            action: Action::Acknowledge {
+                alarm_id: "gw:smoke-1:smoke-high".into(),
+                event_id: Some("boot-3".into()),
+            },
+            ..cmd
+        };
+        let (events, reply) = w.on_command(&fresh, 3_200);
+        assert!(reply.ok, "{reply:?}");
+        assert_eq!(events[0].state, AlarmState::Acknowledged);
     }
 
     #[test]
@@ -456,6 +519,7 @@ message = "Smoke detected"
             ts_ms: 0,
             action: Action::Acknowledge {
                 alarm_id: "gw:nope:x".into(),
+                event_id: None,
             },
         };
         let (_, reply) = w.on_command(&cmd, 0);

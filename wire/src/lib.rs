@@ -229,7 +229,14 @@ pub struct GatewayStatus {
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     /// Acknowledge one alarm.
-    Acknowledge { alarm_id: String },
+    Acknowledge {
+        alarm_id: String,
+        /// The alarm's event the operator saw. When given, the gateway refuses the
+        /// acknowledgement if the alarm has had a newer event since (for example it cleared
+        /// and was raised again), so nobody acknowledges an occurrence they have not seen.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event_id: Option<String>,
+    },
     /// Send every alarm's latest event again (same `event_id`s). A console asks this when
     /// it hears a gateway come online, so a console that starts with an empty store still
     /// shows every alarm the gateway holds.
@@ -349,6 +356,7 @@ mod tests {
             ts_ms: 5,
             action: Action::Acknowledge {
                 alarm_id: "gw:dev:rule".into(),
+                event_id: None,
             },
         };
         let json: serde_json::Value = serde_json::from_slice(&cmd.encode()).unwrap();
