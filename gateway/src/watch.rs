@@ -210,6 +210,18 @@ impl Watch {
                     let event = self.event(t, Some(command.operator.clone()));
                     (event.into_iter().collect(), reply)
                 }
+                Err(AckError::NothingToAcknowledge {
+                    state: AlarmState::Normal,
+                    ..
+                }) if !self.latest.contains_key(alarm_id) => {
+                    // The console shows this alarm from before this gateway started (say,
+                    // returned-to-normal unacknowledged); since then it has been normal.
+                    // Accept, and tell the console the state it would otherwise never
+                    // learn, so the board does not keep an alarm nobody can acknowledge.
+                    reply.ok = true;
+                    let event = self.restated_normal(alarm_id, &command.operator, now_ms);
+                    (event.into_iter().collect(), reply)
+                }
                 Err(e) => {
                     reply.error = Some(match e {
                         AckError::UnknownAlarm(id) => {
@@ -225,6 +237,25 @@ impl Watch {
                 (self.latest_events(), reply)
             }
         }
+    }
+
+    /// An `acknowledged` event saying the alarm is normal, for an alarm the engine holds
+    /// as normal and this gateway has not reported since it started.
+    fn restated_normal(
+        &mut self,
+        alarm_id: &str,
+        operator: &str,
+        now_ms: i64,
+    ) -> Option<AlarmEvent> {
+        let transition = Transition {
+            alarm_id: alarm_id.to_string(),
+            kind: shouwang_wire::TransitionKind::Acknowledged,
+            state: AlarmState::Normal,
+            active: false,
+            value: None,
+            ts_ms: now_ms,
+        };
+        self.event(transition, Some(operator.to_string()))
     }
 
     /// Whether the alarm has had an event after `seen`. An alarm this gateway has sent no
@@ -483,6 +514,33 @@ message = "Smoke detected"
         let (events, reply) = w.on_command(&fresh, 3_200);
         assert!(reply.ok, "{reply:?}");
         assert_eq!(events[0].state, AlarmState::Acknowledged);
+    }
+
+    #[test]
+    fn acknowledging_an_alarm_left_over_from_before_a_restart_confirms_it_is_normal() {
+        let mut w = watch(); // a fresh start: the console still shows the alarm from before
+        let cmd = Command {
+            schema: SCHEMA_VERSION,
+            command_id: "c5".into(),
+            operator: "wang".into(),
+            ts_ms: 100,
+            action: Action::Acknowledge {
+                alarm_id: "gw:smoke-1:smoke-high".into(),
+                event_id: Some("old-boot-7".into()),
+            },
+        };
+        let (events, reply) = w.on_command(&cmd, 100);
+        assert!(reply.ok, "{reply:?}");
+        let [event] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(event.state, AlarmState::Normal);
+        assert_eq!(event.transition, TransitionKind::Acknowledged);
+        assert!(!event.active);
+        // Once the gateway has said something about it, a second ack is refused as usual.
+        let (again, reply) = w.on_command(&cmd, 200);
+        assert!(again.is_empty());
+        assert!(!reply.ok);
     }
 
     #[test]
