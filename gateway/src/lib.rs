@@ -20,7 +20,7 @@ pub mod mqtt;
 pub mod watch;
 
 use config::Config;
-use mqtt::{LinkNews, LinkState, Outbox, Topics, Urgent};
+use mqtt::{LinkState, Outbox, Topics, Urgent};
 use watch::Watch;
 
 /// How often on-delays are checked between polls.
@@ -61,14 +61,8 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
 
     let (client, events) = mqtt::client(&config);
     let link = Arc::new(LinkState::default());
-    let (news_tx, mut news_rx) = mpsc::channel(64);
-    let driver = tokio::spawn(mqtt::drive(
-        events,
-        client.clone(),
-        config.clone(),
-        news_tx,
-        link.clone(),
-    ));
+    let (mut news, driver) =
+        mqtt::spawn_drive(events, client.clone(), config.clone(), link.clone());
     let outbox = Outbox::spawn(client.clone(), Topics::new(&config), link.clone());
 
     let (poll_tx, mut poll_rx) = mpsc::channel(POLL_QUEUE);
@@ -94,21 +88,19 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            Some(news) = news_rx.recv() => match news {
-                LinkNews::Connected => {
-                    for event in watch.latest_events() {
-                        outbox.send(Urgent::Event(Box::new(event))).await;
-                    }
+            Ok(()) = news.connections.changed() => {
+                for event in watch.latest_events() {
+                    outbox.send(Urgent::Event(Box::new(event))).await;
                 }
-                LinkNews::Command(cmd) => {
-                    let (events, reply) = watch.on_command(&cmd, now_ms());
-                    tracing::info!(command_id = %cmd.command_id, action = ?cmd.action, ok = reply.ok, error = ?reply.error, "command");
-                    for event in events {
-                        outbox.send(Urgent::Event(Box::new(event))).await;
-                    }
-                    outbox.send(Urgent::Reply(reply)).await;
+            }
+            Some(cmd) = news.commands.recv() => {
+                let (events, reply) = watch.on_command(&cmd, now_ms());
+                tracing::info!(command_id = %cmd.command_id, action = ?cmd.action, ok = reply.ok, error = ?reply.error, "command");
+                for event in events {
+                    outbox.send(Urgent::Event(Box::new(event))).await;
                 }
-            },
+                outbox.send(Urgent::Reply(reply)).await;
+            }
             Some(outcome) = poll_rx.recv() => {
                 let device = &config.devices[outcome.device].id;
                 match &outcome.result {

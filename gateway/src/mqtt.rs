@@ -32,15 +32,21 @@ const ALARM_LANE: usize = 4096;
 /// Reading batches waiting to be handed to rumqttc. When full, new batches are dropped.
 const READING_LANE: usize = 256;
 
-/// What the broker link tells the runtime loop.
-#[derive(Debug)]
-pub enum LinkNews {
-    /// Connected (again). The runtime loop re-publishes each alarm's latest event, so the
-    /// console converges on the true state even if the broker lost its queue.
-    Connected,
-    /// A command from the console.
-    Command(Command),
+/// What the broker link tells the runtime loop. [`drive`] never waits on these channels
+/// (it is the loop that drains rumqttc's request channel, and the runtime loop may be
+/// waiting on that): commands go on a bounded channel with `try_send`, and a full one gets
+/// a "busy" reply; connections are counted on a watch channel, which never fills.
+pub struct LinkNews {
+    /// Decoded commands from the console.
+    pub commands: mpsc::Receiver<Command>,
+    /// How many times the link has connected. On every change the runtime loop re-publishes
+    /// each alarm's latest event, so the console converges on the true state even if the
+    /// broker lost its queue.
+    pub connections: tokio::sync::watch::Receiver<u64>,
 }
+
+/// Commands waiting for the runtime loop.
+const COMMAND_QUEUE: usize = 64;
 
 /// Topic names of this gateway.
 #[derive(Debug, Clone)]
@@ -108,16 +114,59 @@ pub struct LinkState {
     pub readings_dropped: AtomicU64,
 }
 
+/// Start [`drive`]; returns what it will report.
+pub fn spawn_drive(
+    events: EventLoop,
+    client: AsyncClient,
+    config: Arc<Config>,
+    state: Arc<LinkState>,
+) -> (LinkNews, tokio::task::JoinHandle<()>) {
+    let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+    let (connections_tx, connections) = tokio::sync::watch::channel(0u64);
+    let task = tokio::spawn(drive(
+        events,
+        client,
+        config,
+        commands_tx,
+        connections_tx,
+        state,
+    ));
+    (
+        LinkNews {
+            commands,
+            connections,
+        },
+        task,
+    )
+}
+
 /// Poll the event loop forever.
-pub async fn drive(
+async fn drive(
     mut events: EventLoop,
     client: AsyncClient,
     config: Arc<Config>,
-    news: mpsc::Sender<LinkNews>,
+    commands: mpsc::Sender<Command>,
+    connections: tokio::sync::watch::Sender<u64>,
     state: Arc<LinkState>,
 ) {
     let topics = Topics::new(&config);
+    // Owed to the broker after a connection: retried on every turn of the loop until
+    // rumqttc's request channel has room (try_*: this loop must never wait on the channel
+    // it drains).
+    let mut owe_subscribe = false;
+    let mut owe_online = false;
     loop {
+        if owe_subscribe {
+            owe_subscribe = client
+                .try_subscribe(topics.commands.clone(), QoS::AtLeastOnce)
+                .is_err();
+        }
+        if owe_online {
+            let online = status(&config, GatewayState::Online, now_ms());
+            owe_online = client
+                .try_publish(topics.status.clone(), QoS::AtLeastOnce, true, online)
+                .is_err();
+        }
         match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::info!(
@@ -127,30 +176,36 @@ pub async fn drive(
                     "connected to the broker"
                 );
                 state.connected.store(true, Ordering::Relaxed);
-                // try_*: this loop must never wait on the channel it drains.
-                if let Err(e) = client.try_subscribe(topics.commands.clone(), QoS::AtLeastOnce) {
-                    tracing::error!(error = %e, "cannot subscribe to commands");
-                }
-                let online = status(&config, GatewayState::Online, now_ms());
-                if let Err(e) =
-                    client.try_publish(topics.status.clone(), QoS::AtLeastOnce, true, online)
-                {
-                    tracing::error!(error = %e, "cannot publish online status");
-                }
-                if news.send(LinkNews::Connected).await.is_err() {
-                    return;
-                }
+                owe_subscribe = true;
+                owe_online = true;
+                connections.send_modify(|n| *n += 1);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if p.topic != topics.commands {
                     continue;
                 }
                 match Command::decode(&p.payload) {
-                    Ok(cmd) => {
-                        if news.send(LinkNews::Command(cmd)).await.is_err() {
-                            return;
+                    Ok(cmd) => match commands.try_send(cmd) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(cmd)) => {
+                            tracing::warn!(command_id = %cmd.command_id, "too many commands waiting; refused one");
+                            let busy = CommandReply {
+                                schema: SCHEMA_VERSION,
+                                command_id: cmd.command_id,
+                                gateway: config.gateway.id.clone(),
+                                ok: false,
+                                error: Some("the gateway is busy; try again".into()),
+                                ts_ms: now_ms(),
+                            };
+                            let _ = client.try_publish(
+                                topics.replies.clone(),
+                                QoS::AtLeastOnce,
+                                false,
+                                busy.encode(),
+                            );
                         }
-                    }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    },
                     Err(e) => {
                         state.bad_commands.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(topic = %p.topic, error = %e, "ignored a bad command");
@@ -192,7 +247,9 @@ impl Outbox {
     pub fn spawn(client: AsyncClient, topics: Topics, state: Arc<LinkState>) -> Outbox {
         let (urgent_tx, mut urgent_rx) = mpsc::channel::<Urgent>(ALARM_LANE);
         let (readings_tx, mut readings_rx) = mpsc::channel::<ReadingBatch>(READING_LANE);
+        let link = state.clone();
         tokio::spawn(async move {
+            let state = link;
             loop {
                 let (topic, qos, payload) = tokio::select! {
                     biased;
@@ -200,7 +257,15 @@ impl Outbox {
                         Urgent::Event(e) => (topics.events.clone(), QoS::AtLeastOnce, e.encode()),
                         Urgent::Reply(r) => (topics.replies.clone(), QoS::AtLeastOnce, r.encode()),
                     },
-                    Some(r) = readings_rx.recv() => (topics.readings.clone(), QoS::AtMostOnce, r.encode()),
+                    Some(r) = readings_rx.recv() => {
+                        // While the link is down, readings would only fill rumqttc's
+                        // request channel ahead of alarms, and QoS 0 is lost anyway.
+                        if !state.connected.load(Ordering::Relaxed) {
+                            state.readings_dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        (topics.readings.clone(), QoS::AtMostOnce, r.encode())
+                    }
                     else => return,
                 };
                 if client.publish(topic, qos, false, payload).await.is_err() {
