@@ -19,13 +19,15 @@ use futures_util::{Stream, StreamExt};
 use rumqttc::QoS;
 use serde::Deserialize;
 use serde_json::json;
-use shouwang_wire::{Action, AlarmState, Channel, Command, Message, SCHEMA_VERSION};
+use shouwang_wire::{Action, AlarmState, Channel, Command, CommandReply, Message, SCHEMA_VERSION};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::mqtt::now_ms;
-use crate::state::{AppState, Metrics};
-use crate::store::{AlarmDetail, AlarmView, CommandRecord, CommandStatus, StoreError, state_name};
+use crate::state::{AppState, Metrics, StreamKind};
+use crate::store::{
+    AckTarget, AlarmDetail, AlarmView, CommandRecord, CommandStatus, StoreError, state_name,
+};
 
 /// The longest operator name accepted on an acknowledgement.
 pub const MAX_OPERATOR_CHARS: usize = 64;
@@ -198,6 +200,43 @@ pub fn ack_operator(body: &[u8], default: &str) -> Result<String, ApiError> {
     Ok(operator.to_string())
 }
 
+/// Acknowledge one of the console's own alarms (a gateway offline): there is no gateway to
+/// ask, so the console applies it and answers like a gateway would, with an event and a
+/// reply on the stream.
+async fn acknowledge_own(
+    app: &AppState,
+    target: &AckTarget,
+    operator: String,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let event = &target.alarm.event;
+    let applied = crate::own_alarms::apply(
+        app,
+        &target.community,
+        &event.device,
+        shouwang_rules::AlarmInput::Acknowledge,
+        Some(operator),
+    )
+    .await?;
+    let command_id = uuid::Uuid::now_v7().to_string();
+    app.publish(
+        StreamKind::Reply,
+        &CommandReply {
+            schema: SCHEMA_VERSION,
+            command_id: command_id.clone(),
+            gateway: crate::own_alarms::SOURCE.into(),
+            ok: applied.is_some(),
+            error: applied
+                .is_none()
+                .then(|| format!("alarm {:?} has nothing to acknowledge", event.alarm_id)),
+            ts_ms: now_ms(),
+        },
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "command_id": command_id })),
+    ))
+}
+
 async fn acknowledge(
     State(app): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -217,6 +256,9 @@ async fn acknowledge(
             "alarm {alarm_id:?} is {}: nothing to acknowledge",
             state_name(state)
         )));
+    }
+    if crate::own_alarms::is_own(&alarm_id) {
+        return acknowledge_own(&app, &target, operator).await;
     }
     let gateway = shouwang_wire::gateway_of_alarm(&alarm_id)
         .ok_or_else(|| {

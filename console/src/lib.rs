@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 pub mod http;
 pub mod mqtt;
+pub mod own_alarms;
 pub mod state;
 pub mod store;
 

@@ -17,6 +17,7 @@ use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
     SubscribeReasonCode,
 };
+use shouwang_rules::AlarmInput;
 use shouwang_wire::{
     Action, AlarmEvent, Channel, Command, CommandReply, GatewayState, GatewayStatus, Message,
     ReadingBatch, SCHEMA_VERSION, TopicName, WireError,
@@ -184,33 +185,7 @@ async fn handle(state: &AppState, publish: &Publish) -> Result<(), StoreError> {
                     "alarm event names another gateway than its topic"
                 );
             }
-            let community = topic.community.clone();
-            let event_id = event.event_id.clone();
-            let outcome = state
-                .store
-                .call(move |s| s.apply_event(&event, &community, now))
-                .await?;
-            match outcome {
-                EventOutcome::Duplicate => {
-                    Metrics::inc(&state.metrics.alarm_events_duplicate);
-                    tracing::debug!(%event_id, "duplicate alarm event dropped");
-                }
-                EventOutcome::Late => {
-                    Metrics::inc(&state.metrics.alarm_events_stored);
-                    Metrics::inc(&state.metrics.alarm_events_late);
-                    tracing::info!(%event_id, "late alarm event kept in history only");
-                }
-                EventOutcome::Current(view) => {
-                    Metrics::inc(&state.metrics.alarm_events_stored);
-                    tracing::info!(
-                        %event_id,
-                        alarm_id = %view.event.alarm_id,
-                        state = %crate::store::state_name(view.event.state),
-                        "alarm event"
-                    );
-                    state.publish(StreamKind::Alarm, &view);
-                }
-            }
+            store_event(state, event, &topic.community, now).await?;
         }
         Inbound::Readings(batch) => match state.readings.update(&topic.community, &batch) {
             ReadingUpdate::Latest => state.publish(StreamKind::Reading, &batch),
@@ -230,6 +205,11 @@ async fn handle(state: &AppState, publish: &Publish) -> Result<(), StoreError> {
             if status.state == GatewayState::Online {
                 ask_for_resync(state, &topic.community, &status.gateway);
             }
+            let input = match status.state {
+                GatewayState::Offline => AlarmInput::Raise,
+                GatewayState::Online => AlarmInput::Clear,
+            };
+            crate::own_alarms::apply(state, &topic.community, &status.gateway, input, None).await?;
             state.publish(StreamKind::Gateway, &status);
         }
         Inbound::Reply(reply) => {
@@ -275,6 +255,44 @@ fn ask_for_resync(state: &AppState, community: &str, gateway: &str) {
     {
         tracing::warn!(%gateway, %error, "could not ask the gateway to resync");
     }
+}
+
+/// Store one alarm event (from a gateway, or one the console raised itself) and, if it is
+/// now the alarm's state, push it to every open page.
+pub async fn store_event(
+    state: &AppState,
+    event: AlarmEvent,
+    topic_community: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let community = topic_community.to_string();
+    let event_id = event.event_id.clone();
+    let outcome = state
+        .store
+        .call(move |s| s.apply_event(&event, &community, now))
+        .await?;
+    match outcome {
+        EventOutcome::Duplicate => {
+            Metrics::inc(&state.metrics.alarm_events_duplicate);
+            tracing::debug!(%event_id, "duplicate alarm event dropped");
+        }
+        EventOutcome::Late => {
+            Metrics::inc(&state.metrics.alarm_events_stored);
+            Metrics::inc(&state.metrics.alarm_events_late);
+            tracing::info!(%event_id, "late alarm event kept in history only");
+        }
+        EventOutcome::Current(view) => {
+            Metrics::inc(&state.metrics.alarm_events_stored);
+            tracing::info!(
+                %event_id,
+                alarm_id = %view.event.alarm_id,
+                state = %crate::store::state_name(view.event.state),
+                "alarm event"
+            );
+            state.publish(StreamKind::Alarm, &view);
+        }
+    }
+    Ok(())
 }
 
 /// The console clock, ms since the Unix epoch.

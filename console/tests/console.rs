@@ -742,3 +742,48 @@ async fn the_binary_prints_its_address_on_one_line_and_serves_there() {
     assert_eq!(health["status"], "ok");
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_gateway_going_offline_is_a_fault_on_the_board_acknowledged_in_the_console() {
+    let broker = servers::mosquitto().unwrap();
+    let console = TestConsole::start(&broker).await;
+    let gw = TestGateway::connect(&broker).await;
+    let status = |state, ts_ms| GatewayStatus {
+        schema: 1,
+        gateway: GATEWAY.into(),
+        community: COMMUNITY.into(),
+        state,
+        ts_ms,
+        version: "0.1.0".into(),
+    };
+    let offline_id = format!("console:{GATEWAY}:offline");
+    gw.publish_raw(Channel::Status, status(GatewayState::Online, 1).encode())
+        .await;
+    gw.publish_raw(Channel::Status, status(GatewayState::Offline, 1).encode())
+        .await;
+    let alarm = console
+        .alarm_where(&offline_id, "the offline fault", |a| {
+            a["state"] == "unacknowledged"
+        })
+        .await;
+    assert_eq!(alarm["class"], "fault");
+    assert_eq!(alarm["priority"], "high");
+    assert_eq!(alarm["device"], GATEWAY);
+
+    // Acknowledged here: there is no gateway to ask.
+    let (code, body) = console.ack(&offline_id, r#"{"operator": "li"}"#).await;
+    assert_eq!(code, 202, "{body}");
+    let alarm = console
+        .alarm_where(&offline_id, "acknowledged", |a| {
+            a["state"] == "acknowledged"
+        })
+        .await;
+    assert_eq!(alarm["operator"], "li");
+
+    // Back online: acknowledged + cleared = normal.
+    gw.publish_raw(Channel::Status, status(GatewayState::Online, 2).encode())
+        .await;
+    console
+        .alarm_where(&offline_id, "normal again", |a| a["state"] == "normal")
+        .await;
+}

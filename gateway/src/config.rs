@@ -414,6 +414,12 @@ impl Config {
 
     fn check(&self, p: &mut Problems) {
         p.id("gateway.id", "gateway id", &self.gateway.id);
+        if self.gateway.id == "console" {
+            p.add(
+                "gateway.id",
+                "\"console\" is reserved for the console's own alarms",
+            );
+        }
         p.id("gateway.community", "community", &self.gateway.community);
 
         p.non_empty("mqtt.host", &self.mqtt.host);

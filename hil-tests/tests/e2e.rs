@@ -269,11 +269,12 @@ async fn a_device_that_stops_answering_is_a_communication_fault_while_the_others
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_that_dies_shows_offline_through_its_last_will() {
+async fn a_gateway_that_dies_shows_offline_through_its_last_will_and_as_a_fault_on_the_board() {
     let broker = servers::mosquitto().unwrap();
     let listener = Listener::start(broker.port(), "shouwang/v1/+/+/status")
         .await
         .unwrap();
+    let console = rig::start_console(broker.port()).unwrap();
     let (smoke, leak) = sims().await;
     let mut gateway =
         rig::start_gateway(&config("gw-d", broker.port(), &smoke, &leak, "")).unwrap();
@@ -312,6 +313,21 @@ async fn a_gateway_that_dies_shows_offline_through_its_last_will() {
         .await
         .unwrap();
     assert_eq!(retained, (GatewayState::Offline, true));
+
+    // The control room sees it as a fault to acknowledge, not only as a grey badge.
+    let http = servers::http_client();
+    let url = format!("{}/api/alarms/console:gw-d:offline", console.url);
+    let fault: Value = eventually(
+        "the offline fault on the board",
+        Duration::from_secs(10),
+        || async {
+            let a: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            (a["state"] == "unacknowledged").then_some(a)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", console.proc.log()));
+    assert_eq!(fault["class"], "fault");
 }
 
 #[test]

@@ -257,7 +257,7 @@ impl Engine {
             .and_then(|&index| self.alarms.get_mut(index))
             .ok_or_else(|| AckError::UnknownAlarm(alarm_id.to_owned()))?;
         alarm
-            .step(Event::Acknowledge, None, ts_ms)
+            .step(AlarmInput::Acknowledge, None, ts_ms)
             .ok_or_else(|| AckError::NothingToAcknowledge {
                 alarm_id: alarm_id.to_owned(),
                 state: alarm.state,
@@ -343,28 +343,37 @@ impl Condition {
 
 /// What can happen to an alarm (the columns of the state table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Event {
+pub enum AlarmInput {
+    /// The condition became active (after any on-delay).
     Raise,
+    /// The condition returned to normal.
     Clear,
+    /// An operator acknowledged.
     Acknowledge,
 }
 
-/// The ISA-18.2 state table of the module docs. `None`: the event changes nothing in that state.
-fn next_state(state: AlarmState, event: Event) -> Option<(AlarmState, TransitionKind)> {
+/// The ISA-18.2 state table of the module docs. `None`: the input changes nothing in that
+/// state. Public so that alarms kept outside an [`Engine`] (the console's own, such as a
+/// gateway gone offline) follow the same table.
+pub fn next_state(state: AlarmState, input: AlarmInput) -> Option<(AlarmState, TransitionKind)> {
     use AlarmState::*;
-    match (state, event) {
-        (Normal | ReturnedUnacknowledged, Event::Raise) => {
+    match (state, input) {
+        (Normal | ReturnedUnacknowledged, AlarmInput::Raise) => {
             Some((Unacknowledged, TransitionKind::Raised))
         }
-        (Unacknowledged, Event::Clear) => Some((ReturnedUnacknowledged, TransitionKind::Cleared)),
-        (Acknowledged, Event::Clear) => Some((Normal, TransitionKind::Cleared)),
-        (Unacknowledged, Event::Acknowledge) => Some((Acknowledged, TransitionKind::Acknowledged)),
-        (ReturnedUnacknowledged, Event::Acknowledge) => {
+        (Unacknowledged, AlarmInput::Clear) => {
+            Some((ReturnedUnacknowledged, TransitionKind::Cleared))
+        }
+        (Acknowledged, AlarmInput::Clear) => Some((Normal, TransitionKind::Cleared)),
+        (Unacknowledged, AlarmInput::Acknowledge) => {
+            Some((Acknowledged, TransitionKind::Acknowledged))
+        }
+        (ReturnedUnacknowledged, AlarmInput::Acknowledge) => {
             Some((Normal, TransitionKind::Acknowledged))
         }
-        (Unacknowledged | Acknowledged, Event::Raise)
-        | (Normal | ReturnedUnacknowledged, Event::Clear)
-        | (Normal | Acknowledged, Event::Acknowledge) => None,
+        (Unacknowledged | Acknowledged, AlarmInput::Raise)
+        | (Normal | ReturnedUnacknowledged, AlarmInput::Clear)
+        | (Normal | Acknowledged, AlarmInput::Acknowledge) => None,
     }
 }
 
@@ -417,7 +426,7 @@ impl Alarm {
         if is_active(self.state) {
             // Nothing is pending while active; only a clear matters.
             return match level {
-                Level::Clear => self.step(Event::Clear, value, ts_ms),
+                Level::Clear => self.step(AlarmInput::Clear, value, ts_ms),
                 Level::Raise | Level::Deadband => None,
             };
         }
@@ -442,11 +451,11 @@ impl Alarm {
             return None;
         }
         self.raise_pending_since_ms = None;
-        self.step(Event::Raise, self.last_value, ts_ms)
+        self.step(AlarmInput::Raise, self.last_value, ts_ms)
     }
 
     /// Walks the state table; returns the transition, or `None` if the event changes nothing.
-    fn step(&mut self, event: Event, value: Option<f64>, ts_ms: i64) -> Option<Transition> {
+    fn step(&mut self, event: AlarmInput, value: Option<f64>, ts_ms: i64) -> Option<Transition> {
         let (state, kind) = next_state(self.state, event)?;
         self.state = state;
         Some(Transition {
