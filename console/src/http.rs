@@ -260,11 +260,11 @@ async fn acknowledge(
     if crate::own_alarms::is_own(&alarm_id) {
         return acknowledge_own(&app, &target, operator).await;
     }
-    let gateway = shouwang_wire::gateway_of_alarm(&alarm_id)
+    let (community, gateway) = shouwang_wire::alarm_owner(&alarm_id)
+        .map(|(c, g)| (c.to_string(), g.to_string()))
         .ok_or_else(|| {
             ApiError::Internal(format!("alarm id {alarm_id:?} names no gateway to ask"))
-        })?
-        .to_string();
+        })?;
     if !app.mqtt_connected() {
         return Err(ApiError::Unavailable(
             "not connected to the MQTT broker: the acknowledgement was not sent".into(),
@@ -287,7 +287,7 @@ async fn acknowledge(
         command_id: command.command_id.clone(),
         alarm_id: alarm_id.clone(),
         gateway: gateway.clone(),
-        community: target.community.clone(),
+        community: community.clone(),
         operator,
         issued_ms: command.ts_ms,
         status: CommandStatus::Pending,
@@ -296,7 +296,7 @@ async fn acknowledge(
     };
     // Stored before it is published, so the reply always finds it.
     app.store.call(move |s| s.insert_command(&record)).await?;
-    let topic = shouwang_wire::topic(&target.community, &gateway, Channel::Commands);
+    let topic = shouwang_wire::topic(&community, &gateway, Channel::Commands);
     let command_id = command.command_id.clone();
     if let Err(error) = app
         .mqtt

@@ -2,8 +2,8 @@
 //!
 //! A gateway that stops talking (its last will, or a clean `offline`) means a building is
 //! no longer watched: a fault that an operator must see on the board and acknowledge, not
-//! only a grey badge. These alarms have the id `console:<gateway>:offline` (the gateway id
-//! `console` is reserved), follow the same ISA-18.2 table as every other alarm
+//! only a grey badge. These alarms have the id `<community>:console:<gateway>:offline` (the
+//! gateway id `console` is reserved), follow the same ISA-18.2 table as every other alarm
 //! ([`shouwang_rules::next_state`]), are stored and streamed like gateway events, and are
 //! acknowledged here in the console, since there is no gateway to ask.
 
@@ -17,13 +17,13 @@ use crate::store::StoreError;
 pub const SOURCE: &str = "console";
 
 /// The id of a gateway's offline alarm.
-pub fn offline_alarm_id(gateway: &str) -> String {
-    alarm_id(SOURCE, gateway, "offline")
+pub fn offline_alarm_id(community: &str, gateway: &str) -> String {
+    alarm_id(community, SOURCE, gateway, "offline")
 }
 
 /// Whether an alarm is the console's own (acknowledged here, not by a gateway).
 pub fn is_own(alarm_id: &str) -> bool {
-    shouwang_wire::gateway_of_alarm(alarm_id) == Some(SOURCE)
+    shouwang_wire::alarm_owner(alarm_id).is_some_and(|(_, source)| source == SOURCE)
 }
 
 /// The event that follows `current` (the alarm's latest event, if any) on `input`, or
@@ -41,7 +41,7 @@ pub fn next_event(
     Some(AlarmEvent {
         schema: SCHEMA_VERSION,
         event_id: uuid::Uuid::now_v7().to_string(),
-        alarm_id: offline_alarm_id(gateway),
+        alarm_id: offline_alarm_id(community, gateway),
         gateway: SOURCE.into(),
         device: gateway.into(),
         device_kind: "gateway".into(),
@@ -76,7 +76,7 @@ pub async fn apply(
     input: AlarmInput,
     operator: Option<String>,
 ) -> Result<Option<AlarmEvent>, StoreError> {
-    let id = offline_alarm_id(gateway);
+    let id = offline_alarm_id(community, gateway);
     let current = state
         .store
         .call(move |s| s.ack_target(&id))
@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn a_gateway_going_offline_raises_a_high_fault_that_needs_acknowledging() {
         let raised = next_event(None, "riverside", "gw-b1", AlarmInput::Raise, None, 10).unwrap();
-        assert_eq!(raised.alarm_id, "console:gw-b1:offline");
+        assert_eq!(raised.alarm_id, "riverside:console:gw-b1:offline");
         assert!(is_own(&raised.alarm_id));
         assert_eq!(raised.class, SignalClass::Fault);
         assert_eq!(raised.state, AlarmState::Unacknowledged);
@@ -131,6 +131,6 @@ mod tests {
     #[test]
     fn a_gateway_online_with_no_offline_alarm_changes_nothing() {
         assert!(next_event(None, "c", "gw", AlarmInput::Clear, None, 1).is_none());
-        assert!(!is_own("gw-b1:smoke-1:smoke-high"));
+        assert!(!is_own("riverside:gw-b1:smoke-1:smoke-high"));
     }
 }

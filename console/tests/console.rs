@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 const DEADLINE: Duration = Duration::from_secs(15);
 const COMMUNITY: &str = "riverside";
 const GATEWAY: &str = "gw-b1";
-const ALARM_ID: &str = "gw-b1:smoke-12-03:smoke";
+const ALARM_ID: &str = "riverside:gw-b1:smoke-12-03:smoke";
 const DEFAULT_OPERATOR: &str = "duty-officer";
 
 /// Poll `f` until it returns `Some`, or panic after [`DEADLINE`] naming `what`.
@@ -756,7 +756,7 @@ async fn a_gateway_going_offline_is_a_fault_on_the_board_acknowledged_in_the_con
         ts_ms,
         version: "0.1.0".into(),
     };
-    let offline_id = format!("console:{GATEWAY}:offline");
+    let offline_id = format!("{COMMUNITY}:console:{GATEWAY}:offline");
     gw.publish_raw(Channel::Status, status(GatewayState::Online, 1).encode())
         .await;
     gw.publish_raw(Channel::Status, status(GatewayState::Offline, 1).encode())

@@ -345,7 +345,7 @@ async fn a_triggered_device_reaches_the_alarm_board_and_clears_again() {
         let alarms: serde_json::Value = serde_json::from_str(&body).unwrap();
         let listed = alarms.as_array().is_some_and(|a| {
             a.iter()
-                .any(|x| x["alarm_id"] == "gw-b1:smoke-B1-12-03:smoke-high")
+                .any(|x| x["alarm_id"] == "riverside:gw-b1:smoke-B1-12-03:smoke-high")
         });
         if listed {
             break;

@@ -221,7 +221,8 @@ fn default_scale() -> f64 {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
-    /// Rule id, unique in this config. Part of every alarm id (`<gateway>:<device>:<rule>`).
+    /// Rule id, unique in this config. Part of every alarm id
+    /// (`<community>:<gateway>:<device>:<rule>`).
     pub id: String,
     /// The one device this rule watches. Give this or `device_kind`, not both.
     pub device: Option<String>,
@@ -529,7 +530,12 @@ impl Config {
             for (rule, message) in DEVICE_FAULTS {
                 out.push((
                     RuleSpec {
-                        alarm_id: alarm_id(&self.gateway.id, &device.id, rule),
+                        alarm_id: alarm_id(
+                            &self.gateway.community,
+                            &self.gateway.id,
+                            &device.id,
+                            rule,
+                        ),
                         device: device.id.clone(),
                         point: String::new(),
                         class: SignalClass::Fault,
@@ -569,7 +575,12 @@ impl Config {
                     .and_then(|p| p.engineering_unit.clone());
                 out.push((
                     RuleSpec {
-                        alarm_id: alarm_id(&self.gateway.id, &device.id, &rule.id),
+                        alarm_id: alarm_id(
+                            &self.gateway.community,
+                            &self.gateway.id,
+                            &device.id,
+                            &rule.id,
+                        ),
                         device: device.id.clone(),
                         point: rule.point.clone(),
                         class: rule.class,
@@ -786,9 +797,9 @@ message = "Smoke detected"
         assert_eq!(
             ids,
             [
-                "gw-b1:smoke-B1-12-03:comm_lost",
-                "gw-b1:smoke-B1-12-03:point_fault",
-                "gw-b1:smoke-B1-12-03:smoke-high"
+                "riverside:gw-b1:smoke-B1-12-03:comm_lost",
+                "riverside:gw-b1:smoke-B1-12-03:point_fault",
+                "riverside:gw-b1:smoke-B1-12-03:smoke-high"
             ]
         );
         assert_eq!(specs[2].1.engineering_unit.as_deref(), Some("%/m"));

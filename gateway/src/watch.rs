@@ -73,9 +73,15 @@ impl Watch {
                 place: d.place(&config.gateway.community),
                 comm_loss_after: d.comm_loss_after,
                 failures: 0,
-                comm_lost_alarm: shouwang_wire::alarm_id(&config.gateway.id, &d.id, COMM_LOST_RULE),
+                comm_lost_alarm: shouwang_wire::alarm_id(
+                    &config.gateway.community,
+                    &config.gateway.id,
+                    &d.id,
+                    COMM_LOST_RULE,
+                ),
                 point_failures: 0,
                 point_fault_alarm: shouwang_wire::alarm_id(
+                    &config.gateway.community,
                     &config.gateway.id,
                     &d.id,
                     POINT_FAULT_RULE,
@@ -402,7 +408,7 @@ message = "Smoke detected"
         let [event] = report.events.as_slice() else {
             panic!("{report:?}")
         };
-        assert_eq!(event.alarm_id, "gw:smoke-1:smoke-high");
+        assert_eq!(event.alarm_id, "c:gw:smoke-1:smoke-high");
         assert_eq!(event.place.short(), "B1-12-03");
         assert_eq!(event.place.community, "c");
         assert_eq!(event.class, SignalClass::Alarm);
@@ -464,7 +470,7 @@ message = "Smoke detected"
             operator: "wang".into(),
             ts_ms: 1_500,
             action: Action::Acknowledge {
-                alarm_id: "gw:smoke-1:smoke-high".into(),
+                alarm_id: "c:gw:smoke-1:smoke-high".into(),
                 event_id: Some("boot-1".into()),
             },
         };
@@ -496,7 +502,7 @@ message = "Smoke detected"
             operator: "wang".into(),
             ts_ms: 3_100,
             action: Action::Acknowledge {
-                alarm_id: "gw:smoke-1:smoke-high".into(),
+                alarm_id: "c:gw:smoke-1:smoke-high".into(),
                 event_id: Some("boot-1".into()),
             },
         };
@@ -506,7 +512,7 @@ message = "Smoke detected"
         assert!(reply.error.unwrap().contains("has changed since"));
         let fresh = Command {
             action: Action::Acknowledge {
-                alarm_id: "gw:smoke-1:smoke-high".into(),
+                alarm_id: "c:gw:smoke-1:smoke-high".into(),
                 event_id: Some("boot-3".into()),
             },
             ..cmd
@@ -525,7 +531,7 @@ message = "Smoke detected"
             operator: "wang".into(),
             ts_ms: 100,
             action: Action::Acknowledge {
-                alarm_id: "gw:smoke-1:smoke-high".into(),
+                alarm_id: "c:gw:smoke-1:smoke-high".into(),
                 event_id: Some("old-boot-7".into()),
             },
         };
@@ -576,11 +582,11 @@ message = "Smoke detected"
             operator: "wang".into(),
             ts_ms: 0,
             action: Action::Acknowledge {
-                alarm_id: "gw:nope:x".into(),
+                alarm_id: "c:gw:nope:x".into(),
                 event_id: None,
             },
         };
         let (_, reply) = w.on_command(&cmd, 0);
-        assert!(reply.error.unwrap().contains("gw:nope:x"));
+        assert!(reply.error.unwrap().contains("c:gw:nope:x"));
     }
 }

@@ -24,7 +24,7 @@ use shouwang_wire::{AlarmEvent, AlarmState, Message, TransitionKind};
 const GATEWAY: &str = "gw-b1";
 const COMMUNITY: &str = "riverside";
 const SMOKE_DEVICE: &str = "smoke-B1-12-03";
-const SMOKE_ALARM: &str = "gw-b1:smoke-B1-12-03:smoke-high";
+const SMOKE_ALARM: &str = "riverside:gw-b1:smoke-B1-12-03:smoke-high";
 const OPERATOR: &str = "Wang Li";
 
 /// The shared end-to-end config, with the smoke detector only.
@@ -330,24 +330,35 @@ struct AlarmRow {
 }
 
 async fn alarm_row(b: &Browser, alarm_id: &str) -> anyhow::Result<Option<AlarmRow>> {
-    let Some(row) = b
-        .find(&format!(r#"tr.alarm-row[data-alarm-id="{alarm_id}"]"#))
-        .await?
-    else {
+    // One script, so the row is read whole even if the page re-renders it meanwhile.
+    let script = r#"
+        const row = document.querySelector(arguments[0]);
+        if (!row) return null;
+        const t = (sel) => { const e = row.querySelector(sel); return e ? e.innerText.trim() : ""; };
+        return [row.dataset.state || "", row.dataset.needsAck || "", t("td.priority"),
+                t("span.class"), t("td.place"), t("td.message"), t("td.value"), t("td.action")];
+    "#;
+    let css = format!(r#"tr.alarm-row[data-alarm-id="{alarm_id}"]"#);
+    let found = b.execute(script, vec![serde_json::json!(css)]).await?;
+    let Some(cells) = found.as_array() else {
         return Ok(None);
     };
+    let text = |i: usize| {
+        cells
+            .get(i)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
     Ok(Some(AlarmRow {
-        state: b.attribute(&row, "data-state").await?.unwrap_or_default(),
-        needs_ack: b
-            .attribute(&row, "data-needs-ack")
-            .await?
-            .unwrap_or_default(),
-        priority: b.text_in(&row, "td.priority").await?,
-        class: b.text_in(&row, "span.class").await?,
-        place: b.text_in(&row, "td.place").await?,
-        message: b.text_in(&row, "td.message").await?,
-        value: b.text_in(&row, "td.value").await?,
-        action: b.text_in(&row, "td.action").await?,
+        state: text(0),
+        needs_ack: text(1),
+        priority: text(2),
+        class: text(3),
+        place: text(4),
+        message: text(5),
+        value: text(6),
+        action: text(7),
     }))
 }
 
@@ -362,14 +373,22 @@ struct ReadingRow {
 }
 
 async fn reading_row(b: &Browser) -> anyhow::Result<Option<ReadingRow>> {
+    // One script: the table is re-rendered on every reading (10 a second here), faster than
+    // a cell-by-cell WebDriver walk on a loaded machine.
+    let script = r#"
+        const row = document.querySelector(arguments[0]);
+        if (!row) return null;
+        return Array.from(row.querySelectorAll("td")).map((td) => td.innerText.trim());
+    "#;
     let css = format!(r#"#reading-rows tr[data-device-id="{COMMUNITY}/{GATEWAY}/{SMOKE_DEVICE}"]"#);
-    let Some(row) = b.find(&css).await? else {
+    let found = b.execute(script, vec![serde_json::json!(css)]).await?;
+    let Some(cells) = found.as_array() else {
         return Ok(None);
     };
-    let mut cells = Vec::new();
-    for cell in b.find_all_in(&row, "td").await? {
-        cells.push(b.text(&cell).await?);
-    }
+    let cells: Vec<String> = cells
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+        .collect();
     let [place, gateway, device, kind, points, _time] = <[String; 6]>::try_from(cells)
         .map_err(|cells| anyhow::anyhow!("a reading row of {} cells", cells.len()))?;
     Ok(Some(ReadingRow {

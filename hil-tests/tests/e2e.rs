@@ -112,7 +112,7 @@ async fn a_smoke_alarm_reaches_the_broker_within_2_s_and_an_acknowledgement_thro
     // Smoke: the register goes over the limit.
     let changed = Instant::now();
     smoke.set_u16(0, 310);
-    let alarm_id = "gw-b1:smoke-B1-12-03:smoke-high";
+    let alarm_id = "riverside:gw-b1:smoke-B1-12-03:smoke-high";
     let (event, at) = expect_event(
         &listener,
         &gateway,
@@ -226,7 +226,7 @@ async fn a_device_that_stops_answering_is_a_communication_fault_while_the_others
     let (fault, at) = expect_event(
         &listener,
         &gateway,
-        "gw-c:smoke-B1-12-03:comm_lost",
+        "riverside:gw-c:smoke-B1-12-03:comm_lost",
         TransitionKind::Raised,
         Duration::from_secs(10),
     )
@@ -248,7 +248,7 @@ async fn a_device_that_stops_answering_is_a_communication_fault_while_the_others
     expect_event(
         &listener,
         &gateway,
-        "gw-c:leak-B1-01-01:leak",
+        "riverside:gw-c:leak-B1-01-01:leak",
         TransitionKind::Raised,
         Duration::from_secs(5),
     )
@@ -259,7 +259,7 @@ async fn a_device_that_stops_answering_is_a_communication_fault_while_the_others
     let back = expect_event(
         &listener,
         &gateway,
-        "gw-c:smoke-B1-12-03:comm_lost",
+        "riverside:gw-c:smoke-B1-12-03:comm_lost",
         TransitionKind::Cleared,
         Duration::from_secs(10),
     )
@@ -316,7 +316,7 @@ async fn a_gateway_that_dies_shows_offline_through_its_last_will_and_as_a_fault_
 
     // The control room sees it as a fault to acknowledge, not only as a grey badge.
     let http = servers::http_client();
-    let url = format!("{}/api/alarms/console:gw-d:offline", console.url);
+    let url = format!("{}/api/alarms/riverside:console:gw-d:offline", console.url);
     let fault: Value = eventually(
         "the offline fault on the board",
         Duration::from_secs(10),
@@ -543,7 +543,7 @@ async fn an_alarm_raised_while_the_broker_restarts_arrives_once_it_is_back() {
     expect_event(
         &listener,
         &gateway,
-        "gw-r:leak-B1-01-01:leak",
+        "riverside:gw-r:leak-B1-01-01:leak",
         TransitionKind::Raised,
         Duration::from_secs(20),
     )
@@ -560,7 +560,7 @@ async fn an_alarm_raised_while_the_broker_restarts_arrives_once_it_is_back() {
     let event = expect_event(
         &listener,
         &gateway,
-        "gw-r:smoke-B1-12-03:smoke-high",
+        "riverside:gw-r:smoke-B1-12-03:smoke-high",
         TransitionKind::Raised,
         Duration::from_secs(20),
     )
@@ -607,7 +607,7 @@ async fn a_broker_that_crashes_and_forgets_everything_still_gets_the_alarm_state
     let event = expect_event(
         &events,
         &gateway,
-        "gw-k:smoke-B1-12-03:smoke-high",
+        "riverside:gw-k:smoke-B1-12-03:smoke-high",
         TransitionKind::Raised,
         Duration::from_secs(20),
     )
@@ -629,7 +629,7 @@ async fn alarms_raised_during_a_network_cut_arrive_in_order_when_the_link_is_men
     expect_event(
         &listener,
         &gateway,
-        "gw-n:leak-B1-01-01:leak",
+        "riverside:gw-n:leak-B1-01-01:leak",
         TransitionKind::Raised,
         Duration::from_secs(20),
     )
@@ -647,7 +647,7 @@ async fn alarms_raised_during_a_network_cut_arrive_in_order_when_the_link_is_men
     let (smoke_event, smoke_heard) = expect_event(
         &listener,
         &gateway,
-        "gw-n:smoke-B1-12-03:smoke-high",
+        "riverside:gw-n:smoke-B1-12-03:smoke-high",
         TransitionKind::Raised,
         Duration::from_secs(20),
     )
@@ -655,7 +655,7 @@ async fn alarms_raised_during_a_network_cut_arrive_in_order_when_the_link_is_men
     let (leak_event, leak_heard) = expect_event(
         &listener,
         &gateway,
-        "gw-n:leak-B1-01-01:leak",
+        "riverside:gw-n:leak-B1-01-01:leak",
         TransitionKind::Cleared,
         Duration::from_secs(20),
     )
@@ -679,7 +679,7 @@ async fn a_console_started_after_an_alarm_was_raised_still_shows_it() {
     expect_event(
         &listener,
         &gateway,
-        "gw-s:smoke-B1-12-03:smoke-high",
+        "riverside:gw-s:smoke-B1-12-03:smoke-high",
         TransitionKind::Raised,
         Duration::from_secs(20),
     )
@@ -697,7 +697,7 @@ async fn a_console_started_after_an_alarm_was_raised_still_shows_it() {
             let list: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
             list.as_array()?
                 .iter()
-                .find(|a| a["alarm_id"] == "gw-s:smoke-B1-12-03:smoke-high")
+                .find(|a| a["alarm_id"] == "riverside:gw-s:smoke-B1-12-03:smoke-high")
                 .cloned()
         },
     )
@@ -718,7 +718,7 @@ async fn a_device_that_answers_with_exceptions_is_a_device_fault_not_silence() {
     let fault = expect_event(
         &listener,
         &gateway,
-        "gw-x:smoke-B1-12-03:point_fault",
+        "riverside:gw-x:smoke-B1-12-03:point_fault",
         TransitionKind::Raised,
         Duration::from_secs(20),
     )
@@ -730,7 +730,7 @@ async fn a_device_that_answers_with_exceptions_is_a_device_fault_not_silence() {
         .wait_for("the point fault to clear", Duration::from_secs(10), |h| {
             event_on(
                 h,
-                "gw-x:smoke-B1-12-03:point_fault",
+                "riverside:gw-x:smoke-B1-12-03:point_fault",
                 TransitionKind::Cleared,
             )
         })

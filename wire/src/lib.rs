@@ -134,14 +134,18 @@ pub fn forbidden_id_char(id: &str) -> Option<char> {
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_' || *c == '.'))
 }
 
-/// `<gateway>:<device>:<rule>`: names one alarm for its whole life.
-pub fn alarm_id(gateway: &str, device: &str, rule: &str) -> String {
-    format!("{gateway}:{device}:{rule}")
+/// `<community>:<gateway>:<device>:<rule>`: names one alarm for its whole life, unique
+/// across every community a console watches.
+pub fn alarm_id(community: &str, gateway: &str, device: &str, rule: &str) -> String {
+    format!("{community}:{gateway}:{device}:{rule}")
 }
 
-/// The gateway that owns an alarm id, i.e. where acknowledgements for it go.
-pub fn gateway_of_alarm(alarm_id: &str) -> Option<&str> {
-    alarm_id.split(':').next().filter(|g| !g.is_empty())
+/// The community and gateway that own an alarm id, i.e. where acknowledgements for it go.
+pub fn alarm_owner(alarm_id: &str) -> Option<(&str, &str)> {
+    let mut parts = alarm_id.split(':');
+    let community = parts.next().filter(|c| !c.is_empty())?;
+    let gateway = parts.next().filter(|g| !g.is_empty())?;
+    Some((community, gateway))
 }
 
 /// One transition of one alarm, as the gateway reports it.
@@ -151,7 +155,7 @@ pub struct AlarmEvent {
     pub schema: u32,
     /// Unique per event and the same on every resend: receivers drop duplicates by it.
     pub event_id: String,
-    /// `<gateway>:<device>:<rule>`, see [`alarm_id`].
+    /// `<community>:<gateway>:<device>:<rule>`, see [`alarm_id`].
     pub alarm_id: String,
     pub gateway: String,
     pub device: String,
@@ -406,11 +410,11 @@ mod tests {
     }
 
     #[test]
-    fn the_gateway_of_an_alarm_is_its_first_id_part() {
-        assert_eq!(
-            gateway_of_alarm(&alarm_id("gw-1", "smoke-1", "high")),
-            Some("gw-1")
-        );
-        assert_eq!(gateway_of_alarm(":x:y"), None);
+    fn an_alarm_id_names_its_community_and_gateway_first() {
+        let id = alarm_id("riverside", "gw-1", "smoke-1", "high");
+        assert_eq!(id, "riverside:gw-1:smoke-1:high");
+        assert_eq!(alarm_owner(&id), Some(("riverside", "gw-1")));
+        assert_eq!(alarm_owner(":gw:x:y"), None);
+        assert_eq!(alarm_owner("riverside"), None);
     }
 }

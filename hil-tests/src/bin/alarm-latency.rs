@@ -244,7 +244,8 @@ async fn main() -> anyhow::Result<()> {
         args.trials
     );
 
-    let alarm_prefix = format!("{gateway_id}:{target_id}:");
+    let community = config["gateway"]["community"].as_str().unwrap_or_default();
+    let alarm_prefix = format!("{community}:{gateway_id}:{target_id}:");
     let is = |h: &rig::Heard, kind: TransitionKind| {
         AlarmEvent::decode(&h.payload)
             .ok()
