@@ -1,5 +1,6 @@
 //! `shouwang-gateway check CONFIG` and `shouwang-gateway run CONFIG`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let path = match &cli.command {
         Cmd::Check { config } | Cmd::Run { config } => config,
