@@ -3,7 +3,7 @@
 //! readings into a real VictoriaMetrics and a real InfluxDB 1.x.
 //!
 //! The simulated devices are our own Modbus TCP servers (`shouwang_hil_tests::sim`); they are
-//! checked against the third-party mbpoll in `tests/sim.rs`.
+//! checked against the third-party mbpoll in the `sim` tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1,0 +1,15 @@
+//! Shouwang's hardware-in-the-loop tests, in one test binary so the heavy dependencies are
+//! linked once:
+//! - `sim`: the simulated Modbus devices, checked against tokio-modbus and the third-party
+//!   mbpoll;
+//! - `e2e`: simulated devices -> the gateway binary -> real mosquitto -> the console binary,
+//!   VictoriaMetrics and InfluxDB 1.x, with broker restarts, crashes and network cuts;
+//! - `browser`: the alarm board in headless Chromium.
+//!
+//! Run one group with e.g. `cargo test -p shouwang-hil-tests --test hil -- e2e::`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod browser;
+mod e2e;
+mod sim;
