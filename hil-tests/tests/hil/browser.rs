@@ -10,8 +10,6 @@
 //! [data-state]`, `button.ack[data-ack-for]`, `#operator`, `#gateways li[data-state]`,
 //! `#reading-rows tr[data-device-id]`), and reads text the way a person sees it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};

@@ -5,8 +5,6 @@
 //! The simulated devices are our own Modbus TCP servers (`shouwang_hil_tests::sim`); they are
 //! checked against the third-party mbpoll in the `sim` tests.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::{Duration, Instant};
 
 use serde_json::Value;

@@ -1,5 +1,4 @@
 //! The device simulator against a tokio-modbus client and the real `mbpoll` CLI.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
