@@ -36,6 +36,8 @@ pub struct Config {
     pub mqtt: MqttSection,
     /// Where readings go as InfluxDB line protocol. Absent: readings go only to MQTT.
     pub influx: Option<InfluxConfig>,
+    /// Where the gateway serves its own Prometheus metrics. Absent: not served.
+    pub metrics: Option<MetricsSection>,
     pub devices: Vec<DeviceConfig>,
     pub rules: Vec<RuleConfig>,
 }
@@ -87,6 +89,14 @@ fn default_mqtt_port() -> u16 {
 }
 fn default_keep_alive_s() -> u64 {
     5
+}
+
+/// `[metrics]`: the gateway's own health on `GET /metrics` (Prometheus text).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `address:port` to listen on, e.g. `127.0.0.1:9851`.
+    pub listen: String,
 }
 
 /// How the gateway reaches a device.
@@ -384,16 +394,22 @@ impl Config {
             Some(v) => section::<InfluxConfig>(v, "influx", &mut problems).map(Some),
             None => Some(None),
         };
+        let metrics = match table.remove("metrics") {
+            Some(v) => section::<MetricsSection>(v, "metrics", &mut problems).map(Some),
+            None => Some(None),
+        };
         let devices = devices(table.remove("devices"), &mut problems);
         let rules = list::<RuleConfig>(table.remove("rules"), "rules", &mut problems);
         for key in table.keys() {
             problems.add(
                 key.as_str(),
-                "unknown section; expected gateway, mqtt, influx, devices or rules",
+                "unknown section; expected gateway, mqtt, influx, metrics, devices or rules",
             );
         }
 
-        let (Some(gateway), Some(mqtt), Some(influx)) = (gateway, mqtt, influx) else {
+        let (Some(gateway), Some(mqtt), Some(influx), Some(metrics)) =
+            (gateway, mqtt, influx, metrics)
+        else {
             // Still check what parsed, so the report is complete.
             check_devices(&devices, &mut problems);
             return Err(report(problems));
@@ -402,6 +418,7 @@ impl Config {
             gateway,
             mqtt,
             influx,
+            metrics,
             devices: devices.into_iter().flatten().collect(),
             rules: rules.into_iter().flatten().collect(),
         };
@@ -431,6 +448,14 @@ impl Config {
             p.add("mqtt.keep_alive_s", "must be between 1 and 65535 seconds");
         }
 
+        if let Some(m) = &self.metrics
+            && m.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            p.add(
+                "metrics.listen",
+                format!("{:?} is not address:port (e.g. 127.0.0.1:9851)", m.listen),
+            );
+        }
         if let Some(influx) = &self.influx {
             for (field, message) in influx.problems() {
                 p.add(format!("influx.{field}"), message);

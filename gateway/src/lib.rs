@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 pub mod config;
 pub mod influx;
+pub mod metrics;
 pub mod modbus;
 pub mod mqtt;
 pub mod watch;
@@ -64,6 +65,19 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     let (mut news, driver) =
         mqtt::spawn_drive(events, client.clone(), config.clone(), link.clone());
     let outbox = Outbox::spawn(client.clone(), Topics::new(&config), link.clone());
+    let counters = Arc::new(metrics::Counters::default());
+    let metrics_task = match &config.metrics {
+        Some(m) => {
+            // Checked by the config: it parses.
+            let listen = m.listen.parse().context("metrics.listen")?;
+            Some(
+                metrics::serve(listen, counters.clone(), link.clone(), influx.clone())
+                    .await
+                    .with_context(|| format!("serving metrics on {listen}"))?,
+            )
+        }
+        None => None,
+    };
 
     let (poll_tx, mut poll_rx) = mpsc::channel(POLL_QUEUE);
     let mut pollers = Vec::new();
@@ -94,9 +108,11 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                 }
             }
             Some(cmd) = news.commands.recv() => {
+                metrics::Counters::inc(&counters.commands);
                 let (events, reply) = watch.on_command(&cmd, now_ms());
                 tracing::info!(command_id = %cmd.command_id, action = ?cmd.action, ok = reply.ok, error = ?reply.error, "command");
                 for event in events {
+                    metrics::Counters::inc(&counters.alarm_events);
                     outbox.send(Urgent::Event(Box::new(event))).await;
                 }
                 outbox.send(Urgent::Reply(reply)).await;
@@ -104,8 +120,12 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
             Some(outcome) = poll_rx.recv() => {
                 let device = &config.devices[outcome.device].id;
                 match &outcome.result {
-                    Err(e) => tracing::debug!(device = %device, error = %e, "poll failed"),
+                    Err(e) => {
+                        metrics::Counters::inc(&counters.polls_failed);
+                        tracing::debug!(device = %device, error = %e, "poll failed");
+                    }
                     Ok(polled) => {
+                        metrics::Counters::inc(&counters.polls_ok);
                         // Debug only: a fault that persists becomes the device's
                         // point_fault alarm, which is logged and reported.
                         for fault in &polled.faults {
@@ -115,6 +135,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                 }
                 let report = watch.on_poll(&outcome);
                 for event in report.events {
+                    metrics::Counters::inc(&counters.alarm_events);
                     tracing::info!(alarm_id = %event.alarm_id, state = ?event.state, value = ?event.value, "alarm transition");
                     outbox.send(Urgent::Event(Box::new(event))).await;
                 }
@@ -127,6 +148,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
             }
             _ = ticker.tick() => {
                 for event in watch.on_tick(now_ms()) {
+                    metrics::Counters::inc(&counters.alarm_events);
                     outbox.send(Urgent::Event(Box::new(event))).await;
                 }
             }
@@ -134,6 +156,9 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     }
     for p in pollers {
         p.abort();
+    }
+    if let Some(task) = metrics_task {
+        task.abort();
     }
     mqtt::announce_offline(&client, &config, &link).await;
     // The writer flushes what it holds once its last handle is gone.

@@ -425,8 +425,9 @@ async fn readings_arrive_in_victoria_metrics_and_influxdb_1_under_the_documented
     let (smoke, leak) = sims().await;
     smoke.set_u16(0, 42);
 
+    let metrics_port = servers::free_port();
     let to_vm = format!(
-        "[influx]\nurl = \"{}\"\napi = \"v1\"\ndb = \"shouwang\"\nflush_interval_ms = 200\n",
+        "[influx]\nurl = \"{}\"\napi = \"v1\"\ndb = \"shouwang\"\nflush_interval_ms = 200\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
         vm.url()
     );
     let to_influx = format!(
@@ -471,6 +472,38 @@ async fn readings_arrive_in_victoria_metrics_and_influxdb_1_under_the_documented
     );
 
     let http = servers::http_client();
+    // The gateway counts what it wrote, on its own metrics endpoint.
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let metrics = eventually(
+        "lines counted in the gateway's metrics",
+        Duration::from_secs(10),
+        || async {
+            let text = http
+                .get(&metrics_url)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let written = text
+                .lines()
+                .find_map(|l| l.strip_prefix("shouwang_influx_lines_written_total "))?
+                .parse::<u64>()
+                .ok()?;
+            (written > 0).then_some(text)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", g1.log()));
+    assert!(
+        metrics.contains("shouwang_gateway_mqtt_connected 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE shouwang_gateway_polls_total counter"),
+        "{metrics}"
+    );
     let rows: Value = eventually(
         "the readings in InfluxDB",
         Duration::from_secs(20),
