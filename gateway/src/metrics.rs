@@ -30,86 +30,93 @@ impl Counters {
 
 /// The Prometheus text exposition of everything the gateway counts.
 pub fn render(counters: &Counters, link: &LinkState, influx: Option<&InfluxStats>) -> String {
+    const COUNTER: &str = "counter";
+    const GAUGE: &str = "gauge";
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    // (name, type, help, value)
+    let mut rows: Vec<(&str, &str, &str, u64)> = vec![
+        (
+            "shouwang_gateway_polls_total",
+            COUNTER,
+            "Device polls that got an answer.",
+            get(&counters.polls_ok),
+        ),
+        (
+            "shouwang_gateway_poll_failures_total",
+            COUNTER,
+            "Device polls that got no answer (timeout, refused, broken link).",
+            get(&counters.polls_failed),
+        ),
+        (
+            "shouwang_gateway_alarm_events_total",
+            COUNTER,
+            "Alarm events handed to the outbox: transitions and resync answers, not the re-sends on reconnect.",
+            get(&counters.alarm_events),
+        ),
+        (
+            "shouwang_gateway_commands_total",
+            COUNTER,
+            "Commands from the console handled.",
+            get(&counters.commands),
+        ),
+        (
+            "shouwang_gateway_bad_commands_total",
+            COUNTER,
+            "Command payloads that did not decode.",
+            get(&link.bad_commands),
+        ),
+        (
+            "shouwang_gateway_readings_dropped_total",
+            COUNTER,
+            "Reading batches not sent over MQTT: lane full or link down.",
+            get(&link.readings_dropped),
+        ),
+        (
+            "shouwang_gateway_mqtt_connected",
+            GAUGE,
+            "1 while connected to the broker.",
+            u64::from(link.connected.load(Ordering::Relaxed)),
+        ),
+    ];
+    if let Some(s) = influx {
+        rows.extend([
+            (
+                "shouwang_influx_lines_written_total",
+                COUNTER,
+                "Line-protocol lines the server accepted.",
+                s.lines_written,
+            ),
+            (
+                "shouwang_influx_batches_dropped_total",
+                COUNTER,
+                "Reading batches dropped, oldest first, because the writer's queue was full.",
+                s.batches_dropped,
+            ),
+            (
+                "shouwang_influx_lines_rejected_total",
+                COUNTER,
+                "Lines the server refused (4xx other than 429).",
+                s.lines_rejected,
+            ),
+            (
+                "shouwang_influx_write_errors_total",
+                COUNTER,
+                "Failed write requests.",
+                s.write_errors,
+            ),
+            (
+                "shouwang_influx_queued_batches",
+                GAUGE,
+                "Reading batches waiting to be written.",
+                s.queued as u64,
+            ),
+        ]);
+    }
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+    for (name, kind, help, value) in rows {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    metric(
-        "shouwang_gateway_polls_total",
-        "counter",
-        "Device polls that got an answer.",
-        get(&counters.polls_ok),
-    );
-    metric(
-        "shouwang_gateway_poll_failures_total",
-        "counter",
-        "Device polls that got no answer (timeout, refused, broken link).",
-        get(&counters.polls_failed),
-    );
-    metric(
-        "shouwang_gateway_alarm_events_total",
-        "counter",
-        "Alarm events handed to the outbox (transitions, and re-sends on reconnect excluded).",
-        get(&counters.alarm_events),
-    );
-    metric(
-        "shouwang_gateway_commands_total",
-        "counter",
-        "Commands from the console handled.",
-        get(&counters.commands),
-    );
-    metric(
-        "shouwang_gateway_bad_commands_total",
-        "counter",
-        "Command payloads that did not decode.",
-        get(&link.bad_commands),
-    );
-    metric(
-        "shouwang_gateway_readings_dropped_total",
-        "counter",
-        "Reading batches not sent over MQTT: lane full or link down.",
-        get(&link.readings_dropped),
-    );
-    metric(
-        "shouwang_gateway_mqtt_connected",
-        "gauge",
-        "1 while connected to the broker.",
-        u64::from(link.connected.load(Ordering::Relaxed)),
-    );
-    if let Some(s) = influx {
-        metric(
-            "shouwang_influx_lines_written_total",
-            "counter",
-            "Line-protocol lines the server accepted.",
-            s.lines_written,
-        );
-        metric(
-            "shouwang_influx_batches_dropped_total",
-            "counter",
-            "Reading batches dropped, oldest first, because the writer's queue was full.",
-            s.batches_dropped,
-        );
-        metric(
-            "shouwang_influx_lines_rejected_total",
-            "counter",
-            "Lines the server refused (4xx other than 429).",
-            s.lines_rejected,
-        );
-        metric(
-            "shouwang_influx_write_errors_total",
-            "counter",
-            "Failed write requests.",
-            s.write_errors,
-        );
-        metric(
-            "shouwang_influx_queued_batches",
-            "gauge",
-            "Reading batches waiting to be written.",
-            s.queued as u64,
         );
     }
     out
