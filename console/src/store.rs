@@ -35,7 +35,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
-use shouwang_wire::{AlarmEvent, AlarmState, CommandReply, GatewayStatus, Message};
+use shouwang_wire::{AlarmEvent, AlarmState, CommandReply, GatewayStatus, Message, TransitionKind};
 use tokio::sync::{mpsc, oneshot};
 
 /// The schema this build writes; stored in `PRAGMA user_version`.
@@ -69,6 +69,9 @@ pub struct AlarmView {
     pub event: AlarmEvent,
     /// When the console stored the current event, ms since the Unix epoch (console clock).
     pub updated_ms: i64,
+    /// When the alarm was last raised (its newest `raised` event's `ts_ms`), if ever: the
+    /// time the board shows, since an acknowledgement or a clear moves `ts_ms`.
+    pub raised_ms: Option<i64>,
 }
 
 /// One alarm with its history, oldest first (at most [`HISTORY_LIMIT`] newest events).
@@ -191,6 +194,7 @@ impl Store {
                 arrival    INTEGER NOT NULL,
                 community  TEXT NOT NULL,
                 updated_ms INTEGER NOT NULL,
+                raised_ms  INTEGER,
                 json       TEXT NOT NULL
             );
             CREATE INDEX IF NOT EXISTS alarms_by_time ON alarms (ts_ms, arrival);
@@ -262,12 +266,14 @@ impl Store {
         }
         // `arrival` only grows, so "(ts, arrival) is newer" reduces to "ts is not older".
         let current = tx.execute(
-            "INSERT INTO alarms (alarm_id, state, ts_ms, arrival, community, updated_ms, json)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO alarms
+                (alarm_id, state, ts_ms, arrival, community, updated_ms, json, raised_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (alarm_id) DO UPDATE SET
                 state = excluded.state, ts_ms = excluded.ts_ms, arrival = excluded.arrival,
                 community = excluded.community, updated_ms = excluded.updated_ms,
-                json = excluded.json
+                json = excluded.json,
+                raised_ms = COALESCE(excluded.raised_ms, alarms.raised_ms)
              WHERE excluded.ts_ms >= alarms.ts_ms",
             params![
                 event.alarm_id,
@@ -276,9 +282,19 @@ impl Store {
                 arrival,
                 community,
                 received_ms,
-                json
+                json,
+                (event.transition == TransitionKind::Raised).then_some(event.ts_ms)
             ],
         )?;
+        let raised_ms: Option<i64> = if current == 0 {
+            None
+        } else {
+            tx.query_row(
+                "SELECT raised_ms FROM alarms WHERE alarm_id = ?1",
+                params![event.alarm_id],
+                |r| r.get(0),
+            )?
+        };
         tx.commit()?;
         if current == 0 {
             return Ok(EventOutcome::Late);
@@ -286,6 +302,7 @@ impl Store {
         Ok(EventOutcome::Current(Box::new(AlarmView {
             event: event.clone(),
             updated_ms: received_ms,
+            raised_ms,
         })))
     }
 
@@ -293,19 +310,24 @@ impl Store {
     /// `all` is true.
     pub fn alarms(&self, all: bool) -> Result<Vec<AlarmView>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT json, updated_ms FROM alarms
+            "SELECT json, updated_ms, raised_ms FROM alarms
              WHERE ?1 OR state <> 'normal'
              ORDER BY ts_ms DESC, arrival DESC",
         )?;
         let rows = stmt.query_map(params![all], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (json, updated_ms) = row?;
+            let (json, updated_ms, raised_ms) = row?;
             out.push(AlarmView {
                 event: serde_json::from_str(&json)?,
                 updated_ms,
+                raised_ms,
             });
         }
         Ok(out)
@@ -316,24 +338,26 @@ impl Store {
         let row = self
             .conn
             .query_row(
-                "SELECT json, updated_ms, community FROM alarms WHERE alarm_id = ?1",
+                "SELECT json, updated_ms, community, raised_ms FROM alarms WHERE alarm_id = ?1",
                 params![alarm_id],
                 |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, i64>(1)?,
                         r.get::<_, String>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((json, updated_ms, community)) = row else {
+        let Some((json, updated_ms, community, raised_ms)) = row else {
             return Ok(None);
         };
         Ok(Some(AckTarget {
             alarm: AlarmView {
                 event: serde_json::from_str(&json)?,
                 updated_ms,
+                raised_ms,
             },
             community,
         }))
@@ -566,6 +590,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("console.db")).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn the_raised_time_stays_through_an_acknowledgement_and_moves_on_a_new_raise() {
+        let (_dir, mut s) = store();
+        s.apply_event(
+            &event("e1", 1000, AlarmState::Unacknowledged),
+            "riverside",
+            1,
+        )
+        .unwrap();
+        s.apply_event(&event("e2", 2000, AlarmState::Acknowledged), "riverside", 2)
+            .unwrap();
+        let view = s.ack_target("gw-1:smoke-1:smoke").unwrap().unwrap().alarm;
+        assert_eq!(view.event.ts_ms, 2000);
+        assert_eq!(view.raised_ms, Some(1000));
+        s.apply_event(&event("e3", 3000, AlarmState::Normal), "riverside", 3)
+            .unwrap();
+        let EventOutcome::Current(again) = s
+            .apply_event(
+                &event("e4", 4000, AlarmState::Unacknowledged),
+                "riverside",
+                4,
+            )
+            .unwrap()
+        else {
+            panic!("a newer event must be current");
+        };
+        assert_eq!(again.raised_ms, Some(4000));
+        assert_eq!(s.alarms(true).unwrap()[0].raised_ms, Some(4000));
     }
 
     #[test]
