@@ -235,6 +235,85 @@ pub enum Urgent {
     Reply(CommandReply),
 }
 
+/// The alarm lane's waiting room: the most urgent first (GB 26875.1 §4.1.2.3: fire alarms
+/// before every other traffic). Order: class (alarm, supervisory, fault), then priority,
+/// then command replies; within one rank, the order they came in, so one alarm's events
+/// never overtake each other (they share class and priority). Pure.
+#[derive(Default)]
+pub struct UrgentQueue {
+    heap: std::collections::BinaryHeap<Ranked>,
+    next_seq: u64,
+}
+
+struct Ranked {
+    rank: u8,
+    seq: u64,
+    item: Urgent,
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        (self.rank, self.seq) == (other.rank, other.seq)
+    }
+}
+impl Eq for Ranked {}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Ranked {
+    /// Higher rank first; then lower sequence (earlier) first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank
+            .cmp(&other.rank)
+            .then_with(|| other.seq.cmp(&self.seq))
+    }
+}
+
+impl UrgentQueue {
+    fn rank(item: &Urgent) -> u8 {
+        use shouwang_wire::{Priority, SignalClass};
+        match item {
+            Urgent::Reply(_) => 0,
+            Urgent::Event(e) => {
+                let class = match e.class {
+                    SignalClass::Alarm => 3,
+                    SignalClass::Supervisory => 2,
+                    SignalClass::Fault => 1,
+                };
+                let priority = match e.priority {
+                    Priority::High => 3,
+                    Priority::Medium => 2,
+                    Priority::Low => 1,
+                };
+                class * 4 + priority
+            }
+        }
+    }
+
+    pub fn push(&mut self, item: Urgent) {
+        self.next_seq += 1;
+        self.heap.push(Ranked {
+            rank: Self::rank(&item),
+            seq: self.next_seq,
+            item,
+        });
+    }
+
+    pub fn pop(&mut self) -> Option<Urgent> {
+        self.heap.pop().map(|r| r.item)
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
 /// The sending side of the two lanes.
 #[derive(Clone)]
 pub struct Outbox {
@@ -250,23 +329,37 @@ impl Outbox {
         let link = state.clone();
         tokio::spawn(async move {
             let state = link;
+            let mut queue = UrgentQueue::default();
+            let urgent = |u: Urgent| match u {
+                Urgent::Event(e) => (topics.events.clone(), QoS::AtLeastOnce, e.encode()),
+                Urgent::Reply(r) => (topics.replies.clone(), QoS::AtLeastOnce, r.encode()),
+            };
             loop {
-                let (topic, qos, payload) = tokio::select! {
-                    biased;
-                    Some(u) = urgent_rx.recv() => match u {
-                        Urgent::Event(e) => (topics.events.clone(), QoS::AtLeastOnce, e.encode()),
-                        Urgent::Reply(r) => (topics.replies.clone(), QoS::AtLeastOnce, r.encode()),
-                    },
-                    Some(r) = readings_rx.recv() => {
-                        // While the link is down, readings would only fill rumqttc's
-                        // request channel ahead of alarms, and QoS 0 is lost anyway.
-                        if !state.connected.load(Ordering::Relaxed) {
-                            state.readings_dropped.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        (topics.readings.clone(), QoS::AtMostOnce, r.encode())
+                // Whatever is already waiting joins the queue, so the most urgent goes
+                // first (bounded: the queue holds at most one lane's worth).
+                while queue.len() < ALARM_LANE {
+                    match urgent_rx.try_recv() {
+                        Ok(u) => queue.push(u),
+                        Err(_) => break,
                     }
-                    else => return,
+                }
+                let (topic, qos, payload) = if let Some(u) = queue.pop() {
+                    urgent(u)
+                } else {
+                    tokio::select! {
+                        biased;
+                        Some(u) = urgent_rx.recv() => urgent(u),
+                        Some(r) = readings_rx.recv() => {
+                            // While the link is down, readings would only fill rumqttc's
+                            // request channel ahead of alarms, and QoS 0 is lost anyway.
+                            if !state.connected.load(Ordering::Relaxed) {
+                                state.readings_dropped.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            (topics.readings.clone(), QoS::AtMostOnce, r.encode())
+                        }
+                        else => return,
+                    }
                 };
                 if client.publish(topic, qos, false, payload).await.is_err() {
                     // The event loop is gone: the gateway is shutting down.
@@ -305,4 +398,87 @@ pub async fn announce_offline(client: &AsyncClient, config: &Config, state: &Lin
         .publish(topics.status, QoS::AtLeastOnce, true, offline)
         .await;
     let _ = client.disconnect().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shouwang_wire::{AlarmState, Place, Priority, SignalClass, TransitionKind};
+
+    fn event(id: &str, class: SignalClass, priority: Priority) -> Urgent {
+        Urgent::Event(Box::new(AlarmEvent {
+            schema: SCHEMA_VERSION,
+            event_id: id.into(),
+            alarm_id: format!("c:gw:{id}:r"),
+            gateway: "gw".into(),
+            device: id.into(),
+            device_kind: "smoke".into(),
+            point: None,
+            rule: "r".into(),
+            class,
+            priority,
+            transition: TransitionKind::Raised,
+            state: AlarmState::Unacknowledged,
+            active: true,
+            value: None,
+            engineering_unit: None,
+            place: Place::default(),
+            message: String::new(),
+            ts_ms: 0,
+            operator: None,
+        }))
+    }
+
+    fn id(u: Urgent) -> String {
+        match u {
+            Urgent::Event(e) => e.event_id,
+            Urgent::Reply(r) => format!("reply {}", r.command_id),
+        }
+    }
+
+    #[test]
+    fn a_fire_alarm_overtakes_faults_and_supervisory_waiting_before_it() {
+        let mut q = UrgentQueue::default();
+        q.push(event("fault-1", SignalClass::Fault, Priority::Medium));
+        q.push(Urgent::Reply(CommandReply {
+            schema: SCHEMA_VERSION,
+            command_id: "c1".into(),
+            gateway: "gw".into(),
+            ok: true,
+            error: None,
+            ts_ms: 0,
+        }));
+        q.push(event(
+            "pressure-low",
+            SignalClass::Supervisory,
+            Priority::High,
+        ));
+        q.push(event("fault-2", SignalClass::Fault, Priority::Medium));
+        q.push(event("leak", SignalClass::Alarm, Priority::Medium));
+        q.push(event("fire", SignalClass::Alarm, Priority::High));
+        let order: Vec<String> = std::iter::from_fn(|| q.pop()).map(id).collect();
+        assert_eq!(
+            order,
+            [
+                "fire",
+                "leak",
+                "pressure-low",
+                "fault-1",
+                "fault-2",
+                "reply c1"
+            ]
+        );
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn events_of_the_same_rank_keep_their_order() {
+        let mut q = UrgentQueue::default();
+        for i in 0..100 {
+            q.push(event(&format!("e{i}"), SignalClass::Alarm, Priority::High));
+        }
+        let order: Vec<String> = std::iter::from_fn(|| q.pop()).map(id).collect();
+        let expected: Vec<String> = (0..100).map(|i| format!("e{i}")).collect();
+        assert_eq!(order, expected);
+    }
 }
