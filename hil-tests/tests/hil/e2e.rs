@@ -768,3 +768,40 @@ async fn a_device_that_answers_with_exceptions_is_a_device_fault_not_silence() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_asked_to_stop_says_offline_itself_and_exits_cleanly() {
+    let broker = servers::mosquitto().unwrap();
+    let listener = Listener::start(broker.port(), "shouwang/v1/+/+/status")
+        .await
+        .unwrap();
+    let (smoke, leak) = sims().await;
+    let mut gateway =
+        rig::start_gateway(&config("gw-t", broker.port(), &smoke, &leak, "")).unwrap();
+    let online_at = listener
+        .wait_for("online", Duration::from_secs(20), |h| {
+            GatewayStatus::decode(&h.payload)
+                .ok()
+                .filter(|s| s.state == GatewayState::Online)
+                .map(|s| s.ts_ms)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    let status = gateway.terminate(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{status}\n{}", gateway.log());
+    assert!(!gateway.running());
+    // Its own goodbye, stamped now (the last will carries the connect time instead).
+    let offline_ts = listener
+        .wait_for("offline", Duration::from_secs(5), |h| {
+            GatewayStatus::decode(&h.payload)
+                .ok()
+                .filter(|s| s.state == GatewayState::Offline)
+                .map(|s| s.ts_ms)
+        })
+        .await
+        .unwrap();
+    assert!(
+        offline_ts >= online_at,
+        "a clean goodbye, not the last will"
+    );
+}
