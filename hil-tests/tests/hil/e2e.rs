@@ -53,6 +53,30 @@ fn event_on(h: &rig::Heard, alarm_id: &str, transition: TransitionKind) -> Optio
     (e.alarm_id == alarm_id && e.transition == transition).then_some(e)
 }
 
+/// Wait for a gateway status in `state` on the broker; fail with the gateway's log. Returns
+/// the status and when the listener heard it.
+async fn expect_status(
+    listener: &Listener,
+    gateway: &rig::Proc,
+    state: GatewayState,
+    limit: Duration,
+) -> (GatewayStatus, Instant) {
+    listener
+        .wait_for(&format!("gateway {state:?}"), limit, |h| {
+            GatewayStatus::decode(&h.payload)
+                .ok()
+                .filter(|s| s.state == state)
+                .map(|s| (s, h.at))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()))
+}
+
+/// GET a JSON document; `None` on any failure (for polling with [`eventually`]).
+async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}
+
 /// Wait for an alarm's transition on the broker; fail with the gateway's log. Returns the
 /// event and when the listener heard it.
 async fn expect_event(
@@ -91,14 +115,14 @@ async fn a_smoke_alarm_reaches_the_broker_within_2_s_and_an_acknowledgement_thro
     let gateway = rig::start_gateway(&config("gw-b1", broker.port(), &smoke, &leak, "")).unwrap();
 
     // The gateway says it is online (retained) and polls.
-    let status = listener
-        .wait_for("gateway online", Duration::from_secs(20), |h| {
-            GatewayStatus::decode(&h.payload)
-                .ok()
-                .filter(|s| s.state == GatewayState::Online)
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    let status = expect_status(
+        &listener,
+        &gateway,
+        GatewayState::Online,
+        Duration::from_secs(20),
+    )
+    .await
+    .0;
     assert_eq!(status.gateway, "gw-b1");
     listener
         .wait_for("a smoke reading", Duration::from_secs(10), |h| {
@@ -135,7 +159,7 @@ async fn a_smoke_alarm_reaches_the_broker_within_2_s_and_an_acknowledgement_thro
         "the console to list the alarm",
         Duration::from_secs(10),
         || async {
-            let list: Value = http.get(&alarms_url).send().await.ok()?.json().await.ok()?;
+            let list = get_json(&http, &alarms_url).await?;
             list.as_array()?
                 .iter()
                 .find(|a| a["alarm_id"] == alarm_id)
@@ -176,14 +200,7 @@ async fn a_smoke_alarm_reaches_the_broker_within_2_s_and_an_acknowledgement_thro
         "the console to show it acknowledged",
         Duration::from_secs(5),
         || async {
-            let a: Value = http
-                .get(format!("{}/api/alarms/{alarm_id}", console.url))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let a = get_json(&http, &format!("{}/api/alarms/{alarm_id}", console.url)).await?;
             (a["state"] == "acknowledged").then_some(())
         },
     )
@@ -276,25 +293,23 @@ async fn a_gateway_that_dies_shows_offline_through_its_last_will_and_as_a_fault_
     let (smoke, leak) = sims().await;
     let mut gateway =
         rig::start_gateway(&config("gw-d", broker.port(), &smoke, &leak, "")).unwrap();
-    listener
-        .wait_for("online", Duration::from_secs(20), |h| {
-            GatewayStatus::decode(&h.payload)
-                .ok()
-                .filter(|s| s.state == GatewayState::Online)
-        })
-        .await
-        .unwrap();
+    expect_status(
+        &listener,
+        &gateway,
+        GatewayState::Online,
+        Duration::from_secs(20),
+    )
+    .await;
     let killed = Instant::now();
     gateway.kill();
-    let offline_at = listener
-        .wait_for("offline last will", Duration::from_secs(10), |h| {
-            GatewayStatus::decode(&h.payload)
-                .ok()
-                .filter(|s| s.state == GatewayState::Offline)
-                .map(|_| h.at)
-        })
-        .await
-        .unwrap();
+    let offline_at = expect_status(
+        &listener,
+        &gateway,
+        GatewayState::Offline,
+        Duration::from_secs(10),
+    )
+    .await
+    .1;
     // keep_alive_s = 2: the broker gives up after 1.5 x 2 s.
     assert!(offline_at.duration_since(killed) < Duration::from_secs(6));
 
@@ -319,7 +334,7 @@ async fn a_gateway_that_dies_shows_offline_through_its_last_will_and_as_a_fault_
         "the offline fault on the board",
         Duration::from_secs(10),
         || async {
-            let a: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            let a = get_json(&http, &url).await?;
             (a["state"] == "unacknowledged").then_some(a)
         },
     )
@@ -612,14 +627,13 @@ async fn a_broker_that_crashes_and_forgets_everything_still_gets_the_alarm_state
     let listener = Listener::start(port, "shouwang/v1/+/+/status")
         .await
         .unwrap();
-    listener
-        .wait_for("online", Duration::from_secs(20), |h| {
-            GatewayStatus::decode(&h.payload)
-                .ok()
-                .filter(|s| s.state == GatewayState::Online)
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    expect_status(
+        &listener,
+        &gateway,
+        GatewayState::Online,
+        Duration::from_secs(20),
+    )
+    .await;
 
     // The link is cut, the broker dies hard and comes back empty (its files deleted: no
     // session, no queue), and smoke rises meanwhile.
@@ -725,7 +739,7 @@ async fn a_console_started_after_an_alarm_was_raised_still_shows_it() {
         "the late console to show the alarm",
         Duration::from_secs(10),
         || async {
-            let list: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            let list = get_json(&http, &url).await?;
             list.as_array()?
                 .iter()
                 .find(|a| a["alarm_id"] == "riverside:gw-s:smoke-B1-12-03:smoke-high")
@@ -778,30 +792,27 @@ async fn a_gateway_asked_to_stop_says_offline_itself_and_exits_cleanly() {
     let (smoke, leak) = sims().await;
     let mut gateway =
         rig::start_gateway(&config("gw-t", broker.port(), &smoke, &leak, "")).unwrap();
-    let online_at = listener
-        .wait_for("online", Duration::from_secs(20), |h| {
-            GatewayStatus::decode(&h.payload)
-                .ok()
-                .filter(|s| s.state == GatewayState::Online)
-                .map(|s| s.ts_ms)
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    let online_at = expect_status(
+        &listener,
+        &gateway,
+        GatewayState::Online,
+        Duration::from_secs(20),
+    )
+    .await
+    .0
+    .ts_ms;
     let status = gateway.terminate(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "{status}\n{}", gateway.log());
     assert!(!gateway.running());
     // Its own goodbye, stamped now (the last will carries the connect time instead).
-    let offline_ts = listener
-        .wait_for("offline", Duration::from_secs(5), |h| {
-            GatewayStatus::decode(&h.payload)
-                .ok()
-                .filter(|s| s.state == GatewayState::Offline)
-                .map(|s| s.ts_ms)
-        })
-        .await
-        .unwrap();
-    assert!(
-        offline_ts >= online_at,
-        "a clean goodbye, not the last will"
-    );
+    let offline_ts = expect_status(
+        &listener,
+        &gateway,
+        GatewayState::Offline,
+        Duration::from_secs(5),
+    )
+    .await
+    .0
+    .ts_ms;
+    assert!(offline_ts > online_at, "a clean goodbye, not the last will");
 }
