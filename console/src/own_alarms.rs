@@ -41,6 +41,10 @@ pub fn next_event(
     Some(AlarmEvent {
         schema: SCHEMA_VERSION,
         event_id: uuid::Uuid::now_v7().to_string(),
+        // The console's own alarm is ordered by its own history: one more than the event
+        // it follows.
+        boot: current.map_or(0, |e| e.boot),
+        seq: current.map_or(1, |e| e.seq.saturating_add(1)),
         alarm_id: offline_alarm_id(community, gateway),
         gateway: SOURCE.into(),
         device: gateway.into(),

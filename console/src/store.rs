@@ -6,10 +6,12 @@
 //! - **Dedup by `event_id`.** `events.event_id` is the primary key: an event that arrives again
 //!   (a QoS 1 redelivery, a gateway resending after a reconnect) is dropped and reported as
 //!   [`EventOutcome::Duplicate`]; it never adds a second history entry or changes a state.
-//! - **Newest wins, by `(ts_ms, arrival)`.** An alarm's current state is the state of its event
-//!   with the greatest gateway timestamp `ts_ms`; equal timestamps go to the event that arrived
-//!   last (`arrival` is a counter the store assigns inside the insert transaction). An older
-//!   event that arrives late is kept in the history but does not roll the state back
+//! - **Newest wins, by the gateway's `(boot, seq)`.** An alarm's current state is the state of
+//!   its event with the greatest `(boot, seq)`: the order the gateway produced them in, which
+//!   survives gateway restarts. Wall-clock `ts_ms` is never compared (a gateway's clock may be
+//!   off by days or step back); it is only shown. Equal keys go to the event that arrived last
+//!   (`arrival` is a counter the store assigns inside the insert transaction). An older event
+//!   that arrives late is kept in the history but does not roll the state back
 //!   ([`EventOutcome::Late`]).
 //! - **Gateway status: last arrival wins.** The broker's last will carries the time the gateway
 //!   *connected*, so timestamps cannot order `online` against `offline`; MQTT's per-topic
@@ -17,11 +19,11 @@
 //! - Every write is one transaction, so a crash leaves either the whole event (history and
 //!   state) or none of it.
 //!
-//! # On disk (schema version 1, `PRAGMA user_version`)
+//! # On disk (schema version 2, `PRAGMA user_version`; version 1 is migrated on open)
 //!
-//! - `events(event_id PK, arrival UNIQUE, alarm_id, ts_ms, received_ms, json)`: every distinct
-//!   event, `json` being the event re-encoded by `shouwang-wire`.
-//! - `alarms(alarm_id PK, state, ts_ms, arrival, community, updated_ms, json)`: the current
+//! - `events(event_id PK, arrival UNIQUE, alarm_id, ts_ms, received_ms, json, boot, seq)`:
+//!   every distinct event, `json` being the event re-encoded by `shouwang-wire`.
+//! - `alarms(alarm_id PK, state, ts_ms, arrival, community, updated_ms, json, boot, seq)`: the current
 //!   event per alarm; `community` is where acknowledgements are routed; `updated_ms` is when
 //!   the console recorded that event (console clock).
 //! - `gateways(community, gateway, received_ms, json)`, primary key `(community, gateway)`.
@@ -39,7 +41,7 @@ use shouwang_wire::{AlarmEvent, AlarmState, CommandReply, GatewayStatus, Message
 use tokio::sync::{mpsc, oneshot};
 
 /// The schema this build writes; stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// The most history entries [`Store::alarm`] returns (the newest ones). A chattering point can
 /// produce thousands of events; the board needs the recent ones.
@@ -170,7 +172,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if found != 0 && found != SCHEMA_VERSION {
+        if found > SCHEMA_VERSION {
             return Err(StoreError::Schema {
                 path: path.display().to_string(),
                 found,
@@ -216,9 +218,22 @@ impl Store {
                 error      TEXT,
                 replied_ms INTEGER
             );
-            PRAGMA user_version = 1;
             COMMIT;",
         )?;
+        if found < 2 {
+            // Version 1 ordered by wall-clock time; events from before have no sequence and
+            // sort before every new one.
+            conn.execute_batch(
+                "BEGIN;
+                ALTER TABLE events ADD COLUMN boot INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE events ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE alarms ADD COLUMN boot INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE alarms ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+                CREATE INDEX IF NOT EXISTS events_by_alarm_seq ON events (alarm_id, boot, seq);
+                PRAGMA user_version = 2;
+                COMMIT;",
+            )?;
+        }
         Ok(Store { conn })
     }
 
@@ -248,8 +263,8 @@ impl Store {
             |r| r.get(0),
         )?;
         let inserted = tx.execute(
-            "INSERT INTO events (event_id, arrival, alarm_id, ts_ms, received_ms, json)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO events (event_id, arrival, alarm_id, ts_ms, received_ms, json, boot, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (event_id) DO NOTHING",
             params![
                 event.event_id,
@@ -257,24 +272,29 @@ impl Store {
                 event.alarm_id,
                 event.ts_ms,
                 received_ms,
-                json
+                json,
+                sql_u64(event.boot),
+                sql_u64(event.seq)
             ],
         )?;
         if inserted == 0 {
             tx.commit()?;
             return Ok(EventOutcome::Duplicate);
         }
-        // `arrival` only grows, so "(ts, arrival) is newer" reduces to "ts is not older".
+        // `arrival` only grows, so "(boot, seq, arrival) is newer" reduces to "(boot, seq)
+        // is not older".
         let current = tx.execute(
             "INSERT INTO alarms
-                (alarm_id, state, ts_ms, arrival, community, updated_ms, json, raised_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                (alarm_id, state, ts_ms, arrival, community, updated_ms, json, raised_ms,
+                 boot, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (alarm_id) DO UPDATE SET
                 state = excluded.state, ts_ms = excluded.ts_ms, arrival = excluded.arrival,
                 community = excluded.community, updated_ms = excluded.updated_ms,
                 json = excluded.json,
-                raised_ms = COALESCE(excluded.raised_ms, alarms.raised_ms)
-             WHERE excluded.ts_ms >= alarms.ts_ms",
+                raised_ms = COALESCE(excluded.raised_ms, alarms.raised_ms),
+                boot = excluded.boot, seq = excluded.seq
+             WHERE (excluded.boot, excluded.seq) >= (alarms.boot, alarms.seq)",
             params![
                 event.alarm_id,
                 state_name(event.state),
@@ -283,7 +303,9 @@ impl Store {
                 community,
                 received_ms,
                 json,
-                (event.transition == TransitionKind::Raised).then_some(event.ts_ms)
+                (event.transition == TransitionKind::Raised).then_some(event.ts_ms),
+                sql_u64(event.boot),
+                sql_u64(event.seq)
             ],
         )?;
         let raised_ms: Option<i64> = if current == 0 {
@@ -370,7 +392,7 @@ impl Store {
         };
         let mut stmt = self.conn.prepare_cached(
             "SELECT json FROM events WHERE alarm_id = ?1
-             ORDER BY ts_ms DESC, arrival DESC LIMIT ?2",
+             ORDER BY boot DESC, seq DESC, arrival DESC LIMIT ?2",
         )?;
         let limit = i64::try_from(HISTORY_LIMIT).unwrap_or(i64::MAX);
         let rows = stmt.query_map(params![alarm_id, limit], |r| r.get::<_, String>(0))?;
@@ -503,6 +525,12 @@ impl Store {
     }
 }
 
+/// SQLite integers are signed: sequences past `i64::MAX` (never reached in practice)
+/// are stored as the largest value rather than wrapping to negative.
+fn sql_u64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 type Job = Box<dyn FnOnce(&mut Store) + Send>;
 
 /// An async handle to a [`Store`] running on its own thread. Cheap to clone.
@@ -561,6 +589,10 @@ mod tests {
         AlarmEvent {
             schema: 1,
             event_id: event_id.into(),
+            // Tests give events in gateway order by `ts_ms`; the sequence follows it unless
+            // a test sets it apart.
+            boot: 1,
+            seq: u64::try_from(ts_ms).unwrap(),
             alarm_id: "gw-1:smoke-1:smoke".into(),
             gateway: "gw-1".into(),
             device: "smoke-1".into(),
@@ -659,7 +691,7 @@ mod tests {
     }
 
     #[test]
-    fn equal_timestamps_go_to_the_event_that_arrived_last() {
+    fn equal_sequences_go_to_the_event_that_arrived_last() {
         let (_dir, mut s) = store();
         s.apply_event(&event("e1", 1000, AlarmState::Unacknowledged), "c", 1)
             .unwrap();
@@ -671,6 +703,64 @@ mod tests {
         let detail = s.alarm(&second.alarm_id).unwrap().unwrap();
         assert_eq!(detail.alarm.event.state, AlarmState::Acknowledged);
         assert_eq!(detail.history.last(), Some(&second));
+    }
+
+    #[test]
+    fn the_gateway_sequence_orders_events_even_when_its_clock_stepped_back() {
+        let (_dir, mut s) = store();
+        let raised = event("e1", 1_800_000_000_000, AlarmState::Unacknowledged);
+        // The gateway's wall clock was stepped back ten minutes before the next event.
+        let mut cleared = event("e2", 1_800_000_000_000 - 600_000, AlarmState::ReturnedUnacknowledged);
+        cleared.seq = raised.seq + 1;
+        s.apply_event(&raised, "c", 1).unwrap();
+        assert!(matches!(
+            s.apply_event(&cleared, "c", 2).unwrap(),
+            EventOutcome::Current(_)
+        ));
+        // A new boot starts its sequence at 1 and is still newer.
+        let mut again = event("e3", 5, AlarmState::Unacknowledged);
+        again.boot = 2;
+        again.seq = 1;
+        assert!(matches!(
+            s.apply_event(&again, "c", 3).unwrap(),
+            EventOutcome::Current(_)
+        ));
+        // And the old boot's events that arrive late do not roll it back.
+        let mut late = event("e0", 1_900_000_000_000, AlarmState::Acknowledged);
+        late.seq = raised.seq - 1;
+        assert_eq!(s.apply_event(&late, "c", 4).unwrap(), EventOutcome::Late);
+        let detail = s.alarm(&again.alarm_id).unwrap().unwrap();
+        assert_eq!(detail.alarm.event, again);
+        let order: Vec<&str> = detail.history.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(order, ["e0", "e1", "e2", "e3"], "history follows the sequence");
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_and_keeps_its_alarms() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE events (event_id TEXT PRIMARY KEY, arrival INTEGER NOT NULL UNIQUE,
+                    alarm_id TEXT NOT NULL, ts_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL,
+                    json TEXT NOT NULL);
+                 CREATE TABLE alarms (alarm_id TEXT PRIMARY KEY, state TEXT NOT NULL,
+                    ts_ms INTEGER NOT NULL, arrival INTEGER NOT NULL, community TEXT NOT NULL,
+                    updated_ms INTEGER NOT NULL, raised_ms INTEGER, json TEXT NOT NULL);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        let e = event("e1", 1000, AlarmState::Unacknowledged);
+        assert!(matches!(
+            s.apply_event(&e, "c", 1).unwrap(),
+            EventOutcome::Current(_)
+        ));
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.alarms(false).unwrap().len(), 1);
     }
 
     #[test]

@@ -205,6 +205,9 @@ fn smoke(event_id: &str, ts_ms: i64, state: AlarmState) -> AlarmEvent {
     AlarmEvent {
         schema: shouwang_wire::SCHEMA_VERSION,
         event_id: event_id.into(),
+        // The tests give one alarm's events in gateway order by `ts_ms`.
+        boot: 1,
+        seq: u64::try_from(ts_ms).unwrap(),
         alarm_id: ALARM_ID.into(),
         gateway: GATEWAY.into(),
         device: "smoke-12-03".into(),

@@ -39,7 +39,8 @@ pub struct DemoOptions {
     /// `address` (for tests running next to a demo). `trigger` from another process cannot
     /// find devices started this way.
     pub devices_on_any_port: bool,
-    /// Where the console keeps its database. None: a temporary directory removed at exit.
+    /// Where the console keeps its database and the gateway its data directory. None: a
+    /// temporary directory removed at exit.
     pub db_dir: Option<PathBuf>,
 }
 
@@ -119,6 +120,7 @@ impl RunningDemo {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
+                config.gateway.data_dir = dir.join("gateway");
                 (dir.join("console.db"), None)
             }
             None => {
@@ -126,6 +128,7 @@ impl RunningDemo {
                     .prefix("shouwang-demo-")
                     .tempdir()
                     .context("creating a temporary directory for the console database")?;
+                config.gateway.data_dir = dir.path().join("gateway");
                 (dir.path().join("console.db"), Some(dir))
             }
         };

@@ -32,14 +32,14 @@ fn hot_paths(c: &mut Criterion) {
         b.iter(|| black_box(decode(point, black_box(&[31]))))
     });
 
-    let mut watch = Watch::new(&config, "bench".into()).unwrap();
+    let mut watch = Watch::new(&config, "bench".into(), 1).unwrap();
     let mut ts = 0i64;
     group.bench_function("watch: one quiet smoke poll", |b| {
         b.iter(|| {
             ts += 250;
             let outcome = PollOutcome {
                 device: smoke,
-                ts_ms: ts,
+                at: shouwang_gateway::clock::Stamp::at(ts),
                 result: Ok(PolledValues {
                     values: vec![("obscuration".into(), 0.3)],
                     faults: vec![],
@@ -51,7 +51,7 @@ fn hot_paths(c: &mut Criterion) {
 
     let outcome = PollOutcome {
         device: smoke,
-        ts_ms: 1,
+        at: shouwang_gateway::clock::Stamp::at(1),
         result: Ok(PolledValues {
             values: vec![("obscuration".into(), 0.3)],
             faults: vec![],

@@ -50,6 +50,11 @@ pub struct GatewaySection {
     pub id: String,
     /// The community (site) this gateway belongs to. Same characters as `id`.
     pub community: String,
+    /// Where the gateway keeps what must survive a restart or a power cut: the durable
+    /// queue of alarm events, the boot counter, alarm states. A path relative to the config
+    /// file's directory is taken from there. Use local storage (an SD card or SSD), not a
+    /// network mount; e.g. `/var/lib/shouwang`.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// `[mqtt]`: the broker alarms and readings go to.
@@ -350,7 +355,15 @@ impl Config {
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigReport> {
         let source = path.display().to_string();
         match std::fs::read_to_string(path) {
-            Ok(text) => Config::from_toml_str(&text, &source),
+            Ok(text) => {
+                let mut config = Config::from_toml_str(&text, &source)?;
+                if config.gateway.data_dir.is_relative()
+                    && let Some(dir) = path.parent()
+                {
+                    config.gateway.data_dir = dir.join(&config.gateway.data_dir);
+                }
+                Ok(config)
+            }
             Err(e) => Err(ConfigReport {
                 source,
                 problems: vec![Problem {
@@ -439,6 +452,9 @@ impl Config {
             );
         }
         p.id("gateway.community", "community", &self.gateway.community);
+        if self.gateway.data_dir.as_os_str().is_empty() {
+            p.add("gateway.data_dir", "must not be empty");
+        }
 
         p.non_empty("mqtt.host", &self.mqtt.host);
         if self.mqtt.port == 0 {
@@ -782,6 +798,7 @@ mod tests {
 [gateway]
 id = "gw-b1"
 community = "riverside"
+data_dir = "data"
 
 [[devices]]
 id = "smoke-B1-12-03"

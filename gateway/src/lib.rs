@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
+pub mod clock;
 pub mod config;
 pub mod influx;
 pub mod metrics;
@@ -29,12 +30,10 @@ const TICK: Duration = Duration::from_millis(100);
 /// Poll outcomes waiting for the watch. Pollers wait when it is full.
 const POLL_QUEUE: usize = 256;
 
-/// Milliseconds since the Unix epoch, from the system clock.
+/// Milliseconds since the Unix epoch, from the wall clock: for what people read only
+/// (see [`clock`]).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    clock::wall_ms()
 }
 
 /// Run the gateway until a fatal error.
@@ -45,8 +44,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Run the gateway until `shutdown` completes, then announce `offline` and disconnect.
 pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    let clock = clock::Clock::new();
+    std::fs::create_dir_all(&config.gateway.data_dir).with_context(|| {
+        format!(
+            "creating the data directory {}",
+            config.gateway.data_dir.display()
+        )
+    })?;
+    let boot = clock::BootCounter::next(&config.gateway.data_dir, clock.now().wall_ms);
+    if let Err(why) = &boot.persisted {
+        tracing::error!(boot = boot.boot, error = %why, "boot counter not stored; event order after the next restart may be wrong");
+    }
     let boot_id = uuid::Uuid::now_v7().simple().to_string();
-    let mut watch = Watch::new(&config, boot_id).map_err(|errors| {
+    let mut watch = Watch::new(&config, boot_id, boot.boot).map_err(|errors| {
         let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!("the rules do not compile: {}", list.join("; "))
     })?;
@@ -85,6 +95,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         pollers.push(tokio::spawn(modbus::poll_device(
             i,
             device.clone(),
+            clock,
             poll_tx.clone(),
         )));
     }
@@ -92,6 +103,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     tracing::info!(
         gateway = %config.gateway.id,
         community = %config.gateway.community,
+        boot = boot.boot,
         devices = config.devices.len(),
         "gateway running"
     );
@@ -109,7 +121,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
             }
             Some(cmd) = news.commands.recv() => {
                 metrics::Counters::inc(&counters.commands);
-                let (events, reply) = watch.on_command(&cmd, now_ms());
+                let (events, reply) = watch.on_command(&cmd, clock.now());
                 tracing::info!(command_id = %cmd.command_id, action = ?cmd.action, ok = reply.ok, error = ?reply.error, "command");
                 for event in events {
                     metrics::Counters::inc(&counters.alarm_events);
@@ -147,7 +159,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                 }
             }
             _ = ticker.tick() => {
-                for event in watch.on_tick(now_ms()) {
+                for event in watch.on_tick(clock.now()) {
                     metrics::Counters::inc(&counters.alarm_events);
                     outbox.send(Urgent::Event(Box::new(event))).await;
                 }

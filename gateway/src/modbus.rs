@@ -17,7 +17,7 @@ use tokio_modbus::client::{Context, Reader};
 use tokio_modbus::{ExceptionCode, Slave};
 
 use crate::config::{DataType, DeviceConfig, PointConfig, RegisterTable};
-use crate::now_ms;
+use crate::clock::{Clock, Stamp};
 
 /// Turn a point's raw registers into its scaled value. 32-bit values are high word first.
 pub fn decode(point: &PointConfig, registers: &[u16]) -> Result<f64, DecodeError> {
@@ -75,8 +75,8 @@ pub struct PointFault {
 pub struct PollOutcome {
     /// Index into `Config::devices`.
     pub device: usize,
-    /// When the poll finished, ms since the Unix epoch.
-    pub ts_ms: i64,
+    /// When the poll finished.
+    pub at: Stamp,
     pub result: Result<PolledValues, LinkError>,
 }
 
@@ -90,7 +90,12 @@ pub struct PolledValues {
 }
 
 /// Poll one device forever, sending each outcome on `out`. Returns when `out` closes.
-pub async fn poll_device(index: usize, device: DeviceConfig, out: mpsc::Sender<PollOutcome>) {
+pub async fn poll_device(
+    index: usize,
+    device: DeviceConfig,
+    clock: Clock,
+    out: mpsc::Sender<PollOutcome>,
+) {
     let period = Duration::from_millis(device.poll_interval_ms);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -104,7 +109,7 @@ pub async fn poll_device(index: usize, device: DeviceConfig, out: mpsc::Sender<P
         }
         let outcome = PollOutcome {
             device: index,
-            ts_ms: now_ms(),
+            at: clock.now(),
             result,
         };
         if out.send(outcome).await.is_err() {

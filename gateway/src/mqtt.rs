@@ -409,6 +409,8 @@ mod tests {
         Urgent::Event(Box::new(AlarmEvent {
             schema: SCHEMA_VERSION,
             event_id: id.into(),
+            boot: 1,
+            seq: 1,
             alarm_id: format!("c:gw:{id}:r"),
             gateway: "gw".into(),
             device: id.into(),

@@ -4,8 +4,13 @@
 //! Pure, like the rule engine it wraps: no I/O, no clock, no randomness. The runtime loop
 //! ([`crate::run`]) feeds it and sends what it returns. It adds to the engine what the
 //! engine does not know: where each device is, which rule and point an alarm came from,
-//! communication-loss counting, and the stable `event_id` every event carries
-//! (`<boot id>-<sequence>`, unique because the boot id is new at every start).
+//! communication-loss counting, the stable `event_id` every event carries
+//! (`<boot id>-<sequence>`, unique because the boot id is new at every start), and the
+//! `(boot, seq)` pair that orders every event this gateway ever sent (see [`crate::clock`]).
+//!
+//! Time comes in as a [`Stamp`]: the rule engine runs on its monotonic part only, so a
+//! wall clock stepped back or forward neither delays nor hides an alarm; the wall part is
+//! only written on events and readings for people to read.
 
 use std::collections::HashMap;
 
@@ -16,6 +21,7 @@ use shouwang_wire::{
 };
 
 use crate::config::{AlarmMeta, COMM_LOST_RULE, Config, POINT_FAULT_RULE};
+use crate::clock::Stamp;
 use crate::modbus::PollOutcome;
 
 /// What one poll produced.
@@ -48,6 +54,8 @@ pub struct Watch {
     meta: HashMap<String, AlarmMeta>,
     devices: Vec<DeviceState>,
     boot_id: String,
+    /// This start's boot counter: events are ordered by `(boot, seq)`.
+    boot: u64,
     next_seq: u64,
     /// Each alarm's latest event, re-sent on every (re)connection: receivers drop the
     /// duplicates by `event_id`, and a broker that lost its queue still ends up with the
@@ -57,7 +65,8 @@ pub struct Watch {
 
 impl Watch {
     /// `boot_id` must be new at every gateway start (a UUID): event ids are built from it.
-    pub fn new(config: &Config, boot_id: String) -> Result<Watch, Vec<RuleError>> {
+    /// `boot` must be larger than at any earlier start ([`crate::clock::BootCounter`]).
+    pub fn new(config: &Config, boot_id: String, boot: u64) -> Result<Watch, Vec<RuleError>> {
         let specs = config.alarm_specs();
         let meta = specs
             .iter()
@@ -99,6 +108,7 @@ impl Watch {
             meta,
             devices,
             boot_id,
+            boot,
             next_seq: 0,
             latest: HashMap::new(),
         })
@@ -115,7 +125,7 @@ impl Watch {
                 device.failures = device.failures.saturating_add(1);
                 if device.failures >= device.comm_loss_after {
                     let id = device.comm_lost_alarm.clone();
-                    transitions.extend(self.external(&id, true, outcome.ts_ms));
+                    transitions.extend(self.external(&id, true, outcome.at.mono_ms));
                 }
             }
             Ok(polled) => {
@@ -126,7 +136,7 @@ impl Watch {
                     device: device.id.clone(),
                     device_kind: device.kind.clone(),
                     place: device.place.clone(),
-                    ts_ms: outcome.ts_ms,
+                    ts_ms: outcome.at.wall_ms,
                     points: polled
                         .values
                         .iter()
@@ -148,12 +158,12 @@ impl Watch {
                 let device_id = device.id.clone();
                 let comm_lost = device.comm_lost_alarm.clone();
                 let point_fault_alarm = device.point_fault_alarm.clone();
-                transitions.extend(self.external(&comm_lost, false, outcome.ts_ms));
+                transitions.extend(self.external(&comm_lost, false, outcome.at.mono_ms));
                 if point_fault || polled.faults.is_empty() {
                     transitions.extend(self.external(
                         &point_fault_alarm,
                         point_fault,
-                        outcome.ts_ms,
+                        outcome.at.mono_ms,
                     ));
                 }
                 for (point, value) in &polled.values {
@@ -161,7 +171,7 @@ impl Watch {
                         &device_id,
                         point,
                         *value,
-                        outcome.ts_ms,
+                        outcome.at.mono_ms,
                     ));
                 }
                 report.readings = Some(batch);
@@ -169,17 +179,17 @@ impl Watch {
         }
         report.events = transitions
             .into_iter()
-            .filter_map(|t| self.event(t, None))
+            .filter_map(|t| self.event(t, None, outcome.at.wall_ms))
             .collect();
         report
     }
 
     /// Time passes: on-delays may run out.
-    pub fn on_tick(&mut self, now_ms: i64) -> Vec<AlarmEvent> {
-        let transitions = self.engine.tick(now_ms);
+    pub fn on_tick(&mut self, now: Stamp) -> Vec<AlarmEvent> {
+        let transitions = self.engine.tick(now.mono_ms);
         transitions
             .into_iter()
-            .filter_map(|t| self.event(t, None))
+            .filter_map(|t| self.event(t, None, now.wall_ms))
             .collect()
     }
 
@@ -188,7 +198,7 @@ impl Watch {
     pub fn on_command(
         &mut self,
         command: &Command,
-        now_ms: i64,
+        now: Stamp,
     ) -> (Vec<AlarmEvent>, CommandReply) {
         let mut reply = CommandReply {
             schema: SCHEMA_VERSION,
@@ -196,7 +206,7 @@ impl Watch {
             gateway: self.gateway.clone(),
             ok: false,
             error: None,
-            ts_ms: now_ms,
+            ts_ms: now.wall_ms,
         };
         match &command.action {
             Action::Acknowledge {
@@ -209,11 +219,13 @@ impl Watch {
                 ));
                 (Vec::new(), reply)
             }
-            Action::Acknowledge { alarm_id, .. } => match self.engine.acknowledge(alarm_id, now_ms)
+            Action::Acknowledge { alarm_id, .. } => match self
+                .engine
+                .acknowledge(alarm_id, now.mono_ms)
             {
                 Ok(t) => {
                     reply.ok = true;
-                    let event = self.event(t, Some(command.operator.clone()));
+                    let event = self.event(t, Some(command.operator.clone()), now.wall_ms);
                     (event.into_iter().collect(), reply)
                 }
                 Err(AckError::NothingToAcknowledge {
@@ -225,7 +237,7 @@ impl Watch {
                     // Accept, and tell the console the state it would otherwise never
                     // learn, so the board does not keep an alarm nobody can acknowledge.
                     reply.ok = true;
-                    let event = self.restated_normal(alarm_id, &command.operator, now_ms);
+                    let event = self.restated_normal(alarm_id, &command.operator, now);
                     (event.into_iter().collect(), reply)
                 }
                 Err(e) => {
@@ -251,7 +263,7 @@ impl Watch {
         &mut self,
         alarm_id: &str,
         operator: &str,
-        now_ms: i64,
+        now: Stamp,
     ) -> Option<AlarmEvent> {
         let transition = Transition {
             alarm_id: alarm_id.to_string(),
@@ -259,9 +271,9 @@ impl Watch {
             state: AlarmState::Normal,
             active: false,
             value: None,
-            ts_ms: now_ms,
+            ts_ms: now.mono_ms,
         };
-        self.event(transition, Some(operator.to_string()))
+        self.event(transition, Some(operator.to_string()), now.wall_ms)
     }
 
     /// Whether the alarm has had an event after `seen`. An alarm this gateway has sent no
@@ -282,10 +294,10 @@ impl Watch {
                 .is_some_and(|latest| latest.event_id != seen)
     }
 
-    /// Each alarm's latest event, oldest first.
+    /// Each alarm's latest event, in the order they happened (by sequence).
     pub fn latest_events(&self) -> Vec<AlarmEvent> {
         let mut events: Vec<AlarmEvent> = self.latest.values().cloned().collect();
-        events.sort_by(|a, b| (a.ts_ms, &a.event_id).cmp(&(b.ts_ms, &b.event_id)));
+        events.sort_by_key(|e| (e.boot, e.seq));
         events
     }
 
@@ -301,13 +313,22 @@ impl Watch {
             })
     }
 
-    fn event(&mut self, t: Transition, operator: Option<String>) -> Option<AlarmEvent> {
+    /// The event for one transition. `wall_ms` is the wall-clock time of the call that
+    /// caused it (the transition's own time is monotonic, for the engine only).
+    fn event(
+        &mut self,
+        t: Transition,
+        operator: Option<String>,
+        wall_ms: i64,
+    ) -> Option<AlarmEvent> {
         let meta = self.meta.get(&t.alarm_id)?;
         let view = self.engine.alarm(&t.alarm_id)?;
         self.next_seq += 1;
         let event = AlarmEvent {
             schema: SCHEMA_VERSION,
             event_id: format!("{}-{}", self.boot_id, self.next_seq),
+            boot: self.boot,
+            seq: self.next_seq,
             alarm_id: t.alarm_id.clone(),
             gateway: self.gateway.clone(),
             device: meta.device.clone(),
@@ -323,7 +344,7 @@ impl Watch {
             engineering_unit: meta.engineering_unit.clone(),
             place: meta.place.clone(),
             message: meta.message.clone(),
-            ts_ms: t.ts_ms,
+            ts_ms: wall_ms,
             operator,
         };
         self.latest.insert(event.alarm_id.clone(), event.clone());
@@ -341,6 +362,7 @@ mod tests {
 [gateway]
 id = "gw"
 community = "c"
+data_dir = "data"
 
 [[devices]]
 id = "smoke-1"
@@ -371,13 +393,13 @@ message = "Smoke detected"
 
     fn watch() -> Watch {
         let config = Config::from_toml_str(CONFIG, "t").unwrap();
-        Watch::new(&config, "boot".into()).unwrap()
+        Watch::new(&config, "boot".into(), 7).unwrap()
     }
 
     fn good(value: f64, ts_ms: i64) -> PollOutcome {
         PollOutcome {
             device: 0,
-            ts_ms,
+            at: Stamp::at(ts_ms),
             result: Ok(PolledValues {
                 values: vec![("obscuration".into(), value)],
                 faults: vec![],
@@ -388,7 +410,7 @@ message = "Smoke detected"
     fn failed(ts_ms: i64) -> PollOutcome {
         PollOutcome {
             device: 0,
-            ts_ms,
+            at: Stamp::at(ts_ms),
             result: Err(LinkError::Timeout(500)),
         }
     }
@@ -420,6 +442,47 @@ message = "Smoke detected"
     }
 
     #[test]
+    fn a_wall_clock_stepped_back_ten_minutes_neither_hides_nor_delays_a_smoke_alarm() {
+        let mut w = watch();
+        let at = |mono_ms, wall_ms| Stamp { mono_ms, wall_ms };
+        let poll = |value, stamp| PollOutcome {
+            device: 0,
+            at: stamp,
+            result: Ok(PolledValues {
+                values: vec![("obscuration".into(), value)],
+                faults: vec![],
+            }),
+        };
+        let t0 = 1_800_000_000_000;
+        assert!(w.on_poll(&poll(0.2, at(1_000, t0))).events.is_empty());
+        // NTP steps the wall clock back ten minutes; monotonic time goes on.
+        let stepped = t0 - 600_000 + 100;
+        let events = w.on_poll(&poll(3.0, at(1_100, stepped))).events;
+        let [raised] = events.as_slice() else {
+            panic!("the alarm must be raised at once: {events:?}")
+        };
+        assert_eq!(raised.state, AlarmState::Unacknowledged);
+        assert_eq!(raised.ts_ms, stepped, "the wall time is only written, not compared");
+        // Forward by a day: the clear is not mistaken for anything older or newer.
+        let cleared = w.on_poll(&poll(0.1, at(1_200, t0 + 86_400_000))).events;
+        assert_eq!(cleared[0].state, AlarmState::ReturnedUnacknowledged);
+        assert!((raised.boot, raised.seq) < (cleared[0].boot, cleared[0].seq));
+    }
+
+    #[test]
+    fn events_are_numbered_by_boot_and_a_sequence_that_only_grows() {
+        let mut w = watch();
+        let mut seqs = Vec::new();
+        for (i, v) in [3.0, 0.1, 3.0, 0.1].into_iter().enumerate() {
+            for e in w.on_poll(&good(v, 1_000 * (i as i64 + 1))).events {
+                assert_eq!(e.boot, 7);
+                seqs.push(e.seq);
+            }
+        }
+        assert_eq!(seqs, [1, 2, 3, 4]);
+    }
+
+    #[test]
     fn communication_is_lost_after_the_configured_failures_and_comes_back() {
         let mut w = watch();
         assert!(w.on_poll(&failed(1_000)).events.is_empty());
@@ -441,7 +504,7 @@ message = "Smoke detected"
         let mut w = watch();
         let refused = |ts_ms| PollOutcome {
             device: 0,
-            ts_ms,
+            at: Stamp::at(ts_ms),
             result: Ok(PolledValues {
                 values: vec![],
                 faults: vec![crate::modbus::PointFault {
@@ -474,14 +537,14 @@ message = "Smoke detected"
                 event_id: Some("boot-1".into()),
             },
         };
-        let (events, reply) = w.on_command(&cmd, 1_600);
+        let (events, reply) = w.on_command(&cmd, Stamp::at(1_600));
         assert!(reply.ok);
         let [event] = events.as_slice() else {
             panic!("{events:?}")
         };
         assert_eq!(event.state, AlarmState::Acknowledged);
         assert_eq!(event.operator.as_deref(), Some("wang"));
-        let (again, reply) = w.on_command(&cmd, 1_700);
+        let (again, reply) = w.on_command(&cmd, Stamp::at(1_700));
         assert!(again.is_empty());
         assert!(!reply.ok);
         assert!(
@@ -506,7 +569,7 @@ message = "Smoke detected"
                 event_id: Some("boot-1".into()),
             },
         };
-        let (events, reply) = w.on_command(&cmd, 3_100);
+        let (events, reply) = w.on_command(&cmd, Stamp::at(3_100));
         assert!(events.is_empty());
         assert!(!reply.ok);
         assert!(reply.error.unwrap().contains("has changed since"));
@@ -517,7 +580,7 @@ message = "Smoke detected"
             },
             ..cmd
         };
-        let (events, reply) = w.on_command(&fresh, 3_200);
+        let (events, reply) = w.on_command(&fresh, Stamp::at(3_200));
         assert!(reply.ok, "{reply:?}");
         assert_eq!(events[0].state, AlarmState::Acknowledged);
     }
@@ -535,7 +598,7 @@ message = "Smoke detected"
                 event_id: Some("old-boot-7".into()),
             },
         };
-        let (events, reply) = w.on_command(&cmd, 100);
+        let (events, reply) = w.on_command(&cmd, Stamp::at(100));
         assert!(reply.ok, "{reply:?}");
         let [event] = events.as_slice() else {
             panic!("{events:?}")
@@ -544,7 +607,7 @@ message = "Smoke detected"
         assert_eq!(event.transition, TransitionKind::Acknowledged);
         assert!(!event.active);
         // Once the gateway has said something about it, a second ack is refused as usual.
-        let (again, reply) = w.on_command(&cmd, 200);
+        let (again, reply) = w.on_command(&cmd, Stamp::at(200));
         assert!(again.is_empty());
         assert!(!reply.ok);
     }
@@ -563,7 +626,7 @@ message = "Smoke detected"
             ts_ms: 5_000,
             action: Action::Resync,
         };
-        let (events, reply) = w.on_command(&cmd, 5_000);
+        let (events, reply) = w.on_command(&cmd, Stamp::at(5_000));
         assert!(reply.ok);
         let ids: Vec<(&str, &str)> = events
             .iter()
@@ -586,7 +649,7 @@ message = "Smoke detected"
                 event_id: None,
             },
         };
-        let (_, reply) = w.on_command(&cmd, 0);
+        let (_, reply) = w.on_command(&cmd, Stamp::at(0));
         assert!(reply.error.unwrap().contains("c:gw:nope:x"));
     }
 }

@@ -406,6 +406,7 @@ pub fn gateway_config(
 [gateway]
 id = "{gateway}"
 community = "riverside"
+data_dir = "data"
 
 [mqtt]
 port = {mqtt_port}

@@ -155,6 +155,11 @@ pub struct AlarmEvent {
     pub schema: u32,
     /// Unique per event and the same on every resend: receivers drop duplicates by it.
     pub event_id: String,
+    /// The gateway's boot counter when the event happened: larger at every start of the
+    /// gateway. With `seq`, orders every event of one gateway; never compare `ts_ms` for that.
+    pub boot: u64,
+    /// The event's number within its boot, from 1, one more for every event.
+    pub seq: u64,
     /// `<community>:<gateway>:<device>:<rule>`, see [`alarm_id`].
     pub alarm_id: String,
     pub gateway: String,
@@ -177,7 +182,9 @@ pub struct AlarmEvent {
     pub place: Place,
     /// Human text for the board, e.g. "Smoke detected".
     pub message: String,
-    /// When the transition happened at the gateway, ms since the Unix epoch (UTC).
+    /// When the transition happened at the gateway, ms since the Unix epoch (UTC), by the
+    /// gateway's wall clock: for people to read. It may be wrong (a Pi without a battery
+    /// clock) and is never used to order events: `(boot, seq)` is.
     pub ts_ms: i64,
     /// Who acknowledged, on `acknowledged` transitions.
     pub operator: Option<String>,

@@ -349,6 +349,7 @@ fn a_config_with_several_mistakes_gets_one_report_naming_each_and_run_refuses_it
 [gateway]
 id = "gw b1"
 community = "riverside"
+data_dir = "data"
 
 [mqtt]
 port = 0
