@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 pub mod http;
 pub mod mqtt;
 pub mod own_alarms;
+pub mod receipts;
 pub mod state;
 pub mod store;
 
@@ -124,6 +125,7 @@ pub async fn start(cfg: ConsoleConfig) -> anyhow::Result<RunningConsole> {
         readings: Arc::new(LiveReadings::default()),
         stream: broadcast::channel(STREAM_CAPACITY).0,
         mqtt: client.clone(),
+        receipts: receipts::Receipts::spawn(client.clone()),
         mqtt_connected: Arc::new(AtomicBool::new(false)),
         metrics: Arc::new(Metrics::default()),
         operator_default: cfg.operator_default.as_str().into(),

@@ -32,8 +32,14 @@ pub const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// Requests (publishes, acks, subscribes) that may wait for the event loop.
 const REQUEST_CAPACITY: usize = 256;
 
-/// The largest message accepted; a bigger one would make rumqttc drop the connection.
-const MAX_PACKET_BYTES: usize = 1024 * 1024;
+/// The largest packet the console reads: MQTT's own maximum (268,435,455 bytes of remaining
+/// length). The console's session is persistent, so a message it refused to read would be
+/// handed back by the broker on every reconnect and silence every gateway behind it (a
+/// poison message). Reading anything means such a message is read once, refused as not
+/// decoding, acknowledged and gone. What bounds memory is the broker's `max_packet_size`
+/// (docs/mosquitto/: [`shouwang_wire::MAX_PUBLISH_BYTES`]), which stops big messages at the
+/// door.
+const MAX_INCOMING_BYTES: usize = 268_435_455;
 
 /// The channels the console listens to.
 pub const SUBSCRIBED: [Channel; 4] = [
@@ -49,7 +55,7 @@ pub fn client(host: &str, port: u16, client_id: &str) -> (AsyncClient, EventLoop
     opts.set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(15))
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+        .set_max_packet_size(MAX_INCOMING_BYTES, shouwang_wire::MAX_PUBLISH_BYTES);
     AsyncClient::new(opts, REQUEST_CAPACITY)
 }
 
@@ -79,7 +85,9 @@ pub fn decode(topic: &str, payload: &[u8]) -> Result<(TopicName, Inbound), Decod
         Channel::Readings => Inbound::Readings(ReadingBatch::decode(payload)?),
         Channel::Status => Inbound::Status(GatewayStatus::decode(payload)?),
         Channel::Replies => Inbound::Reply(CommandReply::decode(payload)?),
-        Channel::Commands => return Err(DecodeError::Channel(Channel::Commands.as_str())),
+        channel @ (Channel::Commands | Channel::Receipts) => {
+            return Err(DecodeError::Channel(channel.as_str()));
+        }
     };
     Ok((name, inbound))
 }
@@ -185,7 +193,10 @@ async fn handle(state: &AppState, publish: &Publish) -> Result<(), StoreError> {
                     "alarm event names another gateway than its topic"
                 );
             }
+            let key = event.key();
             store_event(state, event, &topic.community, now).await?;
+            // Stored (or already held): the gateway may let go of it.
+            state.receipts.note(&topic.community, &topic.gateway, key);
         }
         Inbound::Readings(batch) => match state.readings.update(&topic.community, &batch) {
             ReadingUpdate::Latest => state.publish(StreamKind::Reading, &batch),

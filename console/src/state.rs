@@ -29,6 +29,8 @@ pub struct AppState {
     pub stream: broadcast::Sender<StreamEvent>,
     /// Publishes acknowledgement commands; the MQTT task polls its event loop.
     pub mqtt: rumqttc::AsyncClient,
+    /// Tells gateways which of their events are stored.
+    pub receipts: crate::receipts::Receipts,
     /// True while connected to the broker and subscribed.
     pub mqtt_connected: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,

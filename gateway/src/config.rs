@@ -13,7 +13,7 @@ use std::fmt;
 
 use serde::Deserialize;
 use shouwang_rules::{Condition, Priority, RuleSpec, SignalClass};
-use shouwang_wire::{Place, alarm_id, forbidden_id_char};
+use shouwang_wire::{MAX_ID_CHARS, MAX_TEXT_CHARS, Place, alarm_id, forbidden_id_char};
 
 use crate::influx::InfluxConfig;
 
@@ -311,6 +311,15 @@ impl Problems {
     fn id(&mut self, field: &str, what: &str, id: &str) {
         if id.is_empty() {
             self.add(field, format!("{what} must not be empty"));
+        } else if id.chars().count() > MAX_ID_CHARS {
+            // Ids travel in every alarm event: bounded so an event always fits one publish.
+            self.add(
+                field,
+                format!(
+                    "{what} is {} characters long; at most {MAX_ID_CHARS}",
+                    id.chars().count()
+                ),
+            );
         } else if let Some(c) = forbidden_id_char(id) {
             self.add(
                 field,
@@ -322,6 +331,17 @@ impl Problems {
     fn non_empty(&mut self, field: &str, value: &str) {
         if value.trim().is_empty() {
             self.add(field, "must not be empty");
+        }
+    }
+
+    /// A free text that travels in alarm events (a rule's message, a unit).
+    fn text(&mut self, field: &str, value: &str) {
+        let len = value.chars().count();
+        if len > MAX_TEXT_CHARS {
+            self.add(
+                field,
+                format!("is {len} characters long; at most {MAX_TEXT_CHARS} (it travels in every alarm event)"),
+            );
         }
     }
 }
@@ -504,6 +524,7 @@ impl Config {
                 );
             }
             p.non_empty(&format!("{at}.message"), &rule.message);
+            p.text(&format!("{at}.message"), &rule.message);
             match (&rule.device, &rule.device_kind) {
                 (Some(_), Some(_)) | (None, None) => p.add(
                     at.clone(),
@@ -769,6 +790,9 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
             if !pt.offset.is_finite() {
                 p.add(format!("{pat}.offset"), "must be a finite number");
             }
+            if let Some(unit) = &pt.engineering_unit {
+                p.text(&format!("{pat}.engineering_unit"), unit);
+            }
         }
     }
 }
@@ -895,6 +919,20 @@ bulding = "B1"
         let text = report.to_string();
         assert!(text.contains("exactly one of `above` or `below`"), "{text}");
         assert!(text.contains("exactly one of `device`"), "{text}");
+    }
+
+    #[test]
+    fn ids_and_messages_that_could_push_an_alarm_event_past_one_publish_are_refused() {
+        let bad = GOOD
+            .replace("id = \"smoke-B1-12-03\"", &format!("id = \"{}\"", "d".repeat(65)))
+            .replace(
+                "message = \"Smoke detected\"",
+                &format!("message = \"{}\"", "m".repeat(70_000)),
+            );
+        let report = Config::from_toml_str(&bad, "x.toml").unwrap_err();
+        let text = report.to_string();
+        assert!(text.contains("65 characters long; at most 64"), "{text}");
+        assert!(text.contains("rules[0] (smoke-high).message: is 70000 characters"), "{text}");
     }
 
     #[test]

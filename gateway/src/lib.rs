@@ -114,21 +114,8 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            Ok(()) = news.connections.changed() => {
-                for event in watch.latest_events() {
-                    outbox.send(Urgent::Event(Box::new(event))).await;
-                }
-            }
-            Some(cmd) = news.commands.recv() => {
-                metrics::Counters::inc(&counters.commands);
-                let (events, reply) = watch.on_command(&cmd, clock.now());
-                tracing::info!(command_id = %cmd.command_id, action = ?cmd.action, ok = reply.ok, error = ?reply.error, "command");
-                for event in events {
-                    metrics::Counters::inc(&counters.alarm_events);
-                    outbox.send(Urgent::Event(Box::new(event))).await;
-                }
-                outbox.send(Urgent::Reply(reply)).await;
-            }
+            // Polls and time first: a flood of commands must not starve detection
+            // (commands are bounded upstream, and a full queue answers "busy").
             Some(outcome) = poll_rx.recv() => {
                 let device = &config.devices[outcome.device].id;
                 match &outcome.result {
@@ -163,6 +150,21 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                     metrics::Counters::inc(&counters.alarm_events);
                     outbox.send(Urgent::Event(Box::new(event))).await;
                 }
+            }
+            Ok(()) = news.connections.changed() => {
+                for event in watch.latest_events() {
+                    outbox.send(Urgent::Event(Box::new(event))).await;
+                }
+            }
+            Some(cmd) = news.commands.recv() => {
+                metrics::Counters::inc(&counters.commands);
+                let (events, reply) = watch.on_command(&cmd, clock.now());
+                tracing::info!(command_id = %cmd.command_id, action = ?cmd.action, ok = reply.ok, error = ?reply.error, "command");
+                for event in events {
+                    metrics::Counters::inc(&counters.alarm_events);
+                    outbox.send(Urgent::Event(Box::new(event))).await;
+                }
+                outbox.send(Urgent::Reply(reply)).await;
             }
         }
     }

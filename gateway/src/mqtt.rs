@@ -26,11 +26,21 @@ use crate::now_ms;
 
 /// How many requests rumqttc buffers between us and its event loop.
 const CLIENT_CAPACITY: usize = 256;
+/// The largest packet the gateway reads. rumqttc drops the connection on a bigger one, so
+/// this is set explicitly, well above anything the console sends (commands are a few
+/// hundred bytes) and above the broker's documented `max_packet_size`
+/// ([`shouwang_wire::MAX_PUBLISH_BYTES`], docs/mosquitto/), which is what keeps a bigger
+/// one from reaching us at all. Whatever gets through and does not decode is counted and
+/// ignored.
+pub const MAX_INCOMING_BYTES: usize = 4 * shouwang_wire::MAX_PUBLISH_BYTES;
 /// Alarm events and replies waiting to be handed to rumqttc. When full, the runtime loop
 /// waits: an alarm is never dropped here.
 const ALARM_LANE: usize = 4096;
 /// Reading batches waiting to be handed to rumqttc. When full, new batches are dropped.
 const READING_LANE: usize = 256;
+/// The largest payload the gateway publishes: the packet limit less room for the fixed
+/// header and the topic.
+const PAYLOAD_MAX: usize = shouwang_wire::MAX_PUBLISH_BYTES - 1024;
 
 /// What the broker link tells the runtime loop. [`drive`] never waits on these channels
 /// (it is the loop that drains rumqttc's request channel, and the runtime loop may be
@@ -93,6 +103,9 @@ pub fn client(config: &Config) -> (AsyncClient, EventLoop) {
         .unwrap_or_else(|| format!("shouwang-gateway-{}", config.gateway.id));
     let mut options = MqttOptions::new(id, config.mqtt.host.clone(), config.mqtt.port);
     options.set_keep_alive(Duration::from_secs(config.mqtt.keep_alive_s));
+    // Outgoing: every message is built to fit (events by the config's limits, readings by
+    // splitting), and rumqttc refuses a bigger one instead of sending it.
+    options.set_max_packet_size(MAX_INCOMING_BYTES, shouwang_wire::MAX_PUBLISH_BYTES);
     // Keep the session across reconnects, so QoS 1 messages in flight are resent.
     options.set_clean_session(false);
     options.set_last_will(LastWill::new(
@@ -155,6 +168,7 @@ async fn drive(
     // it drains).
     let mut owe_subscribe = false;
     let mut owe_online = false;
+    let mut bad_log = QuietLog::default();
     loop {
         if owe_subscribe {
             owe_subscribe = client
@@ -184,7 +198,34 @@ async fn drive(
                 if p.topic != topics.commands {
                     continue;
                 }
-                match Command::decode(&p.payload) {
+                let decoded = Command::decode(&p.payload).map_err(|e| e.to_string());
+                let decoded = decoded.and_then(|cmd| match cmd.oversized_field() {
+                    // Too long to echo back: nobody to answer.
+                    Some(("command_id", len)) => {
+                        Err(format!("its command_id is {len} characters long"))
+                    }
+                    Some((field, len)) => {
+                        let refused = CommandReply {
+                            schema: SCHEMA_VERSION,
+                            command_id: cmd.command_id.clone(),
+                            gateway: config.gateway.id.clone(),
+                            ok: false,
+                            error: Some(format!(
+                                "refused: {field} is {len} characters long, more than a command may carry"
+                            )),
+                            ts_ms: now_ms(),
+                        };
+                        let _ = client.try_publish(
+                            topics.replies.clone(),
+                            QoS::AtLeastOnce,
+                            false,
+                            refused.encode(),
+                        );
+                        Err(format!("its {field} is {len} characters long"))
+                    }
+                    None => Ok(cmd),
+                });
+                match decoded {
                     Ok(cmd) => match commands.try_send(cmd) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(cmd)) => {
@@ -207,8 +248,12 @@ async fn drive(
                         Err(mpsc::error::TrySendError::Closed(_)) => return,
                     },
                     Err(e) => {
-                        state.bad_commands.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(topic = %p.topic, error = %e, "ignored a bad command");
+                        let total = state.bad_commands.fetch_add(1, Ordering::Relaxed) + 1;
+                        // A hostile client can send thousands a second: one line per
+                        // 10 s, with the count, so the log does not drown.
+                        if bad_log.due() {
+                            tracing::warn!(topic = %p.topic, bytes = p.payload.len(), error = %e, total, "ignored a bad command");
+                        }
                     }
                 }
             }
@@ -225,6 +270,24 @@ async fn drive(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// Logs at most once per period, for messages a peer can make us repeat at any rate.
+#[derive(Default)]
+struct QuietLog {
+    last: Option<std::time::Instant>,
+}
+
+impl QuietLog {
+    const PERIOD: Duration = Duration::from_secs(10);
+
+    fn due(&mut self) -> bool {
+        let due = self.last.is_none_or(|t| t.elapsed() >= Self::PERIOD);
+        if due {
+            self.last = Some(std::time::Instant::now());
+        }
+        due
     }
 }
 
@@ -343,12 +406,12 @@ impl Outbox {
                         Err(_) => break,
                     }
                 }
-                let (topic, qos, payload) = if let Some(u) = queue.pop() {
-                    urgent(u)
+                let sends: Vec<(String, QoS, Vec<u8>)> = if let Some(u) = queue.pop() {
+                    vec![urgent(u)]
                 } else {
                     tokio::select! {
                         biased;
-                        Some(u) = urgent_rx.recv() => urgent(u),
+                        Some(u) = urgent_rx.recv() => vec![urgent(u)],
                         Some(r) = readings_rx.recv() => {
                             // While the link is down, readings would only fill rumqttc's
                             // request channel ahead of alarms, and QoS 0 is lost anyway.
@@ -356,14 +419,32 @@ impl Outbox {
                                 state.readings_dropped.fetch_add(1, Ordering::Relaxed);
                                 continue;
                             }
-                            (topics.readings.clone(), QoS::AtMostOnce, r.encode())
+                            // One poll of a device with very many points is split so no
+                            // publish passes the packet limit.
+                            r.split_to_fit(PAYLOAD_MAX)
+                                .into_iter()
+                                .map(|part| (topics.readings.clone(), QoS::AtMostOnce, part.encode()))
+                                .collect()
                         }
                         else => return,
                     }
                 };
-                if client.publish(topic, qos, false, payload).await.is_err() {
-                    // The event loop is gone: the gateway is shutting down.
-                    return;
+                for (topic, qos, payload) in sends {
+                    if payload.len() > PAYLOAD_MAX {
+                        // Cannot happen within the config's limits (shouwang_wire's
+                        // MAX_ID_CHARS and MAX_TEXT_CHARS; the wire crate's tests show the
+                        // largest event fits): refused here rather than by rumqttc, whose
+                        // session would hold it and drop the connection on every try.
+                        if topic == topics.readings {
+                            state.readings_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::error!(topic, bytes = payload.len(), "a message too large to publish was dropped");
+                        continue;
+                    }
+                    if client.publish(topic, qos, false, payload).await.is_err() {
+                        // The event loop is gone: the gateway is shutting down.
+                        return;
+                    }
                 }
             }
         });

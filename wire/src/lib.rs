@@ -19,6 +19,20 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// The first two levels of every topic.
 pub const TOPIC_ROOT: &str = "shouwang/v1";
 
+/// The largest MQTT packet a Shouwang client publishes, whole (header, topic and payload).
+/// The broker's `max_packet_size` must be at least this (docs/mosquitto/); a receiver must
+/// accept at least this. Reading batches that would pass it are split
+/// ([`ReadingBatch::split_to_fit`]); config checks keep every alarm event far below it
+/// (see [`MAX_ID_CHARS`], [`MAX_TEXT_CHARS`]).
+pub const MAX_PUBLISH_BYTES: usize = 256 * 1024;
+
+/// The most characters of a community, gateway, device, rule or point id, or a place part.
+pub const MAX_ID_CHARS: usize = 64;
+
+/// The most characters of a free text that travels in alarm events: a rule's message, an
+/// engineering unit, an operator's name, a command id.
+pub const MAX_TEXT_CHARS: usize = 1024;
+
 /// Why a message or topic could not be understood.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -63,15 +77,18 @@ pub enum Channel {
     Commands,
     /// [`CommandReply`] from the gateway, QoS 1.
     Replies,
+    /// [`Receipt`] from the console to the gateway: which events it has stored. QoS 1.
+    Receipts,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 5] = [
+    pub const ALL: [Channel; 6] = [
         Channel::Status,
         Channel::Readings,
         Channel::Events,
         Channel::Commands,
         Channel::Replies,
+        Channel::Receipts,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +98,7 @@ impl Channel {
             Channel::Events => "events",
             Channel::Commands => "commands",
             Channel::Replies => "replies",
+            Channel::Receipts => "receipts",
         }
     }
 }
@@ -266,6 +284,48 @@ pub struct Command {
     pub action: Action,
 }
 
+impl Command {
+    /// The first field of this command that is longer than the contract allows, with its
+    /// length: such a command is refused, since its fields would be echoed into events and
+    /// replies and could push them past [`MAX_PUBLISH_BYTES`].
+    pub fn oversized_field(&self) -> Option<(&'static str, usize)> {
+        let mut fields: Vec<(&'static str, &str, usize)> = vec![
+            ("command_id", &self.command_id, MAX_TEXT_CHARS),
+            ("operator", &self.operator, MAX_TEXT_CHARS),
+        ];
+        if let Action::Acknowledge { alarm_id, event_id } = &self.action {
+            // An alarm id has four ids and three colons.
+            fields.push(("alarm_id", alarm_id, 4 * MAX_ID_CHARS + 3));
+            if let Some(seen) = event_id {
+                fields.push(("event_id", seen, MAX_TEXT_CHARS));
+            }
+        }
+        fields
+            .into_iter()
+            .map(|(name, value, max)| (name, value.chars().count(), max))
+            .find(|(_, len, max)| len > max)
+            .map(|(name, len, _)| (name, len))
+    }
+}
+
+impl ReadingBatch {
+    /// This batch as one or more batches whose encoding is at most `max_bytes` each: the
+    /// points are split in order, and every part keeps the device, place and time. A single
+    /// point too large on its own (impossible within the config's limits) stays alone in
+    /// its part, for the caller to refuse and count.
+    pub fn split_to_fit(self, max_bytes: usize) -> Vec<ReadingBatch> {
+        if self.points.len() <= 1 || self.encode().len() <= max_bytes {
+            return vec![self];
+        }
+        let mut right = self.clone();
+        let mut left = self;
+        right.points = left.points.split_off(left.points.len() / 2);
+        let mut out = left.split_to_fit(max_bytes);
+        out.extend(right.split_to_fit(max_bytes));
+        out
+    }
+}
+
 /// The gateway's answer to one [`Command`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,6 +337,44 @@ pub struct CommandReply {
     /// Why the command was refused, when `ok` is false.
     pub error: Option<String>,
     pub ts_ms: i64,
+}
+
+/// One event, named by the order key the gateway gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventKey {
+    pub boot: u64,
+    pub seq: u64,
+}
+
+impl AlarmEvent {
+    pub fn key(&self) -> EventKey {
+        EventKey {
+            boot: self.boot,
+            seq: self.seq,
+        }
+    }
+}
+
+/// The console's confirmation that it has stored events of one gateway (new ones and
+/// duplicates alike). Only then does the gateway take them out of its durable queue: a
+/// broker's PUBACK is not proof of delivery (it answers the same for a message it dropped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    pub schema: u32,
+    /// The gateway whose events these are (the topic names it too).
+    pub gateway: String,
+    /// The events stored, at most [`Receipt::MAX_EVENTS`].
+    pub events: Vec<EventKey>,
+    /// The console's wall clock when it sent this, ms since the Unix epoch: lets a gateway
+    /// see how far off its own clock is.
+    pub ts_ms: i64,
+}
+
+impl Receipt {
+    /// The most events one receipt names (about 40 bytes each: well within one publish).
+    pub const MAX_EVENTS: usize = 1000;
 }
 
 /// A message of this contract: it knows its name and carries a schema version.
@@ -330,6 +428,7 @@ message!(ReadingBatch, "reading batch");
 message!(GatewayStatus, "gateway status");
 message!(Command, "command");
 message!(CommandReply, "command reply");
+message!(Receipt, "receipt");
 
 #[cfg(test)]
 mod tests {
@@ -408,12 +507,104 @@ mod tests {
             let _ = GatewayStatus::decode(&bytes);
             let _ = Command::decode(&bytes);
             let _ = CommandReply::decode(&bytes);
+            let _ = Receipt::decode(&bytes);
         }
 
         #[test]
         fn no_topic_makes_the_parser_panic(topic in ".{0,80}") {
             let _ = parse_topic(&topic);
         }
+    }
+
+    #[test]
+    fn a_reading_batch_too_large_for_one_publish_is_split_in_order_keeping_its_device() {
+        let batch = ReadingBatch {
+            schema: SCHEMA_VERSION,
+            gateway: "gw".into(),
+            device: "meter".into(),
+            device_kind: "energy".into(),
+            place: Place::default(),
+            ts_ms: 7,
+            points: (0..5000)
+                .map(|i| PointValue {
+                    point: format!("p{i}"),
+                    value: f64::from(i) * 1.5,
+                    engineering_unit: Some("kWh".into()),
+                })
+                .collect(),
+        };
+        let whole = batch.encode().len();
+        assert!(whole > 64 * 1024, "{whole}");
+        let parts = batch.clone().split_to_fit(64 * 1024);
+        assert!(parts.len() >= 2);
+        for part in &parts {
+            assert!(part.encode().len() <= 64 * 1024);
+            assert_eq!((part.device.as_str(), part.ts_ms), ("meter", 7));
+        }
+        let rejoined: Vec<PointValue> = parts.into_iter().flat_map(|p| p.points).collect();
+        assert_eq!(rejoined, batch.points);
+    }
+
+    #[test]
+    fn the_largest_alarm_event_the_config_limits_allow_fits_one_publish_with_room_to_spare() {
+        // Every text at its limit, made of the character JSON escapes longest.
+        let id = "x".repeat(MAX_ID_CHARS);
+        let text = "\u{1}".repeat(MAX_TEXT_CHARS);
+        let place = Place {
+            community: id.clone(),
+            building: id.clone(),
+            floor: id.clone(),
+            unit: id.clone(),
+        };
+        let event = AlarmEvent {
+            schema: SCHEMA_VERSION,
+            event_id: text.clone(),
+            boot: u64::MAX,
+            seq: u64::MAX,
+            alarm_id: alarm_id(&id, &id, &id, &id),
+            gateway: id.clone(),
+            device: id.clone(),
+            device_kind: id.clone(),
+            point: Some(id.clone()),
+            rule: id.clone(),
+            class: SignalClass::Supervisory,
+            priority: Priority::Medium,
+            transition: TransitionKind::Acknowledged,
+            state: AlarmState::ReturnedUnacknowledged,
+            active: false,
+            value: Some(-1.7976931348623157e308),
+            engineering_unit: Some(text.clone()),
+            place,
+            message: text.clone(),
+            ts_ms: i64::MIN,
+            operator: Some(text),
+        };
+        let topic = topic(&id, &id, Channel::Events);
+        let packet = event.encode().len() + topic.len() + 16;
+        assert!(packet * 4 < MAX_PUBLISH_BYTES, "{packet} bytes");
+    }
+
+    #[test]
+    fn a_command_with_an_oversized_field_is_named() {
+        let mut cmd = Command {
+            schema: SCHEMA_VERSION,
+            command_id: "c1".into(),
+            operator: "li".into(),
+            ts_ms: 5,
+            action: Action::Acknowledge {
+                alarm_id: "a:b:c:d".into(),
+                event_id: None,
+            },
+        };
+        assert_eq!(cmd.oversized_field(), None);
+        cmd.operator = "o".repeat(MAX_TEXT_CHARS + 1);
+        assert_eq!(cmd.oversized_field(), Some(("operator", MAX_TEXT_CHARS + 1)));
+        cmd.operator = "li".into();
+        cmd.action = Action::Acknowledge {
+            alarm_id: "a".repeat(64 * 1024),
+            event_id: None,
+        };
+        assert_eq!(cmd.oversized_field(), Some(("alarm_id", 64 * 1024)));
     }
 
     #[test]
