@@ -66,7 +66,10 @@ pub struct Batches {
 
 impl Batches {
     pub fn add(&mut self, community: String, gateway: String, key: EventKey) {
-        self.waiting.entry((community, gateway)).or_default().push(key);
+        self.waiting
+            .entry((community, gateway))
+            .or_default()
+            .push(key);
     }
 
     pub fn is_empty(&self) -> bool {

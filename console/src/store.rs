@@ -710,7 +710,11 @@ mod tests {
         let (_dir, mut s) = store();
         let raised = event("e1", 1_800_000_000_000, AlarmState::Unacknowledged);
         // The gateway's wall clock was stepped back ten minutes before the next event.
-        let mut cleared = event("e2", 1_800_000_000_000 - 600_000, AlarmState::ReturnedUnacknowledged);
+        let mut cleared = event(
+            "e2",
+            1_800_000_000_000 - 600_000,
+            AlarmState::ReturnedUnacknowledged,
+        );
         cleared.seq = raised.seq + 1;
         s.apply_event(&raised, "c", 1).unwrap();
         assert!(matches!(
@@ -732,7 +736,11 @@ mod tests {
         let detail = s.alarm(&again.alarm_id).unwrap().unwrap();
         assert_eq!(detail.alarm.event, again);
         let order: Vec<&str> = detail.history.iter().map(|e| e.event_id.as_str()).collect();
-        assert_eq!(order, ["e0", "e1", "e2", "e3"], "history follows the sequence");
+        assert_eq!(
+            order,
+            ["e0", "e1", "e2", "e3"],
+            "history follows the sequence"
+        );
     }
 
     #[test]

@@ -101,7 +101,11 @@ impl BootCounter {
             .and_then(|t| t.trim().parse::<u64>().ok())
             .unwrap_or(0);
         let wall_s = u64::try_from(wall_ms / 1000).unwrap_or(0);
-        let from_clock = if wall_s >= PLAUSIBLE_WALL_S { wall_s } else { 0 };
+        let from_clock = if wall_s >= PLAUSIBLE_WALL_S {
+            wall_s
+        } else {
+            0
+        };
         let boot = stored.saturating_add(1).max(from_clock);
         let persisted = write_atomically(&path, format!("{boot}\n").as_bytes())
             .map_err(|e| format!("cannot store the boot counter in {}: {e}", path.display()));

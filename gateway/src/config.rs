@@ -924,7 +924,10 @@ bulding = "B1"
     #[test]
     fn ids_and_messages_that_could_push_an_alarm_event_past_one_publish_are_refused() {
         let bad = GOOD
-            .replace("id = \"smoke-B1-12-03\"", &format!("id = \"{}\"", "d".repeat(65)))
+            .replace(
+                "id = \"smoke-B1-12-03\"",
+                &format!("id = \"{}\"", "d".repeat(65)),
+            )
             .replace(
                 "message = \"Smoke detected\"",
                 &format!("message = \"{}\"", "m".repeat(70_000)),
@@ -932,7 +935,10 @@ bulding = "B1"
         let report = Config::from_toml_str(&bad, "x.toml").unwrap_err();
         let text = report.to_string();
         assert!(text.contains("65 characters long; at most 64"), "{text}");
-        assert!(text.contains("rules[0] (smoke-high).message: is 70000 characters"), "{text}");
+        assert!(
+            text.contains("rules[0] (smoke-high).message: is 70000 characters"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -16,13 +16,15 @@ use tokio::sync::mpsc;
 pub mod clock;
 pub mod config;
 pub mod influx;
+pub mod journal;
 pub mod metrics;
 pub mod modbus;
 pub mod mqtt;
+pub mod queue;
 pub mod watch;
 
 use config::Config;
-use mqtt::{LinkState, Outbox, Topics, Urgent};
+use mqtt::{LinkState, Outbox, Topics};
 use watch::Watch;
 
 /// How often on-delays are checked between polls.
@@ -72,9 +74,24 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
 
     let (client, events) = mqtt::client(&config);
     let link = Arc::new(LinkState::default());
-    let (mut news, driver) =
-        mqtt::spawn_drive(events, client.clone(), config.clone(), link.clone());
-    let outbox = Outbox::spawn(client.clone(), Topics::new(&config), link.clone());
+    let topics = Topics::new(&config);
+    // The one way out for alarm events: on disk first, then to the broker until the
+    // console confirms them.
+    let journal = journal::Journal::start(
+        &config.gateway.data_dir,
+        client.clone(),
+        topics.events.clone(),
+        link.clone(),
+    )
+    .context("starting the alarm journal")?;
+    let (mut news, driver) = mqtt::spawn_drive(
+        events,
+        client.clone(),
+        config.clone(),
+        link.clone(),
+        journal.clone(),
+    );
+    let outbox = Outbox::spawn(client.clone(), topics, link.clone());
     let counters = Arc::new(metrics::Counters::default());
     let metrics_task = match &config.metrics {
         Some(m) => {
@@ -136,7 +153,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                 for event in report.events {
                     metrics::Counters::inc(&counters.alarm_events);
                     tracing::info!(alarm_id = %event.alarm_id, state = ?event.state, value = ?event.value, "alarm transition");
-                    outbox.send(Urgent::Event(Box::new(event))).await;
+                    journal.record(event);
                 }
                 if let Some(batch) = report.readings {
                     if let Some(sink) = &influx {
@@ -148,12 +165,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
             _ = ticker.tick() => {
                 for event in watch.on_tick(clock.now()) {
                     metrics::Counters::inc(&counters.alarm_events);
-                    outbox.send(Urgent::Event(Box::new(event))).await;
-                }
-            }
-            Ok(()) = news.connections.changed() => {
-                for event in watch.latest_events() {
-                    outbox.send(Urgent::Event(Box::new(event))).await;
+                    journal.record(event);
                 }
             }
             Some(cmd) = news.commands.recv() => {
@@ -162,9 +174,9 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                 tracing::info!(command_id = %cmd.command_id, action = ?cmd.action, ok = reply.ok, error = ?reply.error, "command");
                 for event in events {
                     metrics::Counters::inc(&counters.alarm_events);
-                    outbox.send(Urgent::Event(Box::new(event))).await;
+                    journal.record(event);
                 }
-                outbox.send(Urgent::Reply(reply)).await;
+                outbox.send_reply(reply).await;
             }
         }
     }

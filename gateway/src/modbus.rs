@@ -16,8 +16,8 @@ use tokio::time::{MissedTickBehavior, timeout};
 use tokio_modbus::client::{Context, Reader};
 use tokio_modbus::{ExceptionCode, Slave};
 
-use crate::config::{DataType, DeviceConfig, PointConfig, RegisterTable};
 use crate::clock::{Clock, Stamp};
+use crate::config::{DataType, DeviceConfig, PointConfig, RegisterTable};
 
 /// Turn a point's raw registers into its scaled value. 32-bit values are high word first.
 pub fn decode(point: &PointConfig, registers: &[u16]) -> Result<f64, DecodeError> {

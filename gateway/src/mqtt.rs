@@ -6,22 +6,24 @@
 //! runtime loop. The broker publishes the retained `offline` last will when the gateway
 //! disappears without a clean disconnect.
 //!
-//! [`Outbox`] is the only sender. It has two lanes: alarm events and command replies
-//! (never dropped: a full lane makes the caller wait) and readings (dropped when full, and
-//! counted). The alarm lane always goes first.
+//! Alarm events do not pass here: the [`Journal`] keeps them on disk and publishes them
+//! until the console confirms them (receipts come in here and go straight to it).
+//! [`Outbox`] sends the rest: command replies (never dropped: a full lane makes the caller
+//! wait) and readings (dropped when full, and counted). Replies go first.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, SubscribeFilter};
 use shouwang_wire::{
-    AlarmEvent, Channel, Command, CommandReply, GatewayState, GatewayStatus, Message, ReadingBatch,
+    Channel, Command, CommandReply, GatewayState, GatewayStatus, Message, ReadingBatch, Receipt,
     SCHEMA_VERSION, topic,
 };
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::journal::Journal;
 use crate::now_ms;
 
 /// How many requests rumqttc buffers between us and its event loop.
@@ -33,26 +35,22 @@ const CLIENT_CAPACITY: usize = 256;
 /// one from reaching us at all. Whatever gets through and does not decode is counted and
 /// ignored.
 pub const MAX_INCOMING_BYTES: usize = 4 * shouwang_wire::MAX_PUBLISH_BYTES;
-/// Alarm events and replies waiting to be handed to rumqttc. When full, the runtime loop
-/// waits: an alarm is never dropped here.
-const ALARM_LANE: usize = 4096;
+/// Command replies waiting to be handed to rumqttc. When full, the runtime loop waits.
+const REPLY_LANE: usize = 256;
 /// Reading batches waiting to be handed to rumqttc. When full, new batches are dropped.
 const READING_LANE: usize = 256;
 /// The largest payload the gateway publishes: the packet limit less room for the fixed
 /// header and the topic.
 const PAYLOAD_MAX: usize = shouwang_wire::MAX_PUBLISH_BYTES - 1024;
 
-/// What the broker link tells the runtime loop. [`drive`] never waits on these channels
-/// (it is the loop that drains rumqttc's request channel, and the runtime loop may be
-/// waiting on that): commands go on a bounded channel with `try_send`, and a full one gets
-/// a "busy" reply; connections are counted on a watch channel, which never fills.
+/// What the broker link tells the runtime loop. [`drive`] never waits on this channel (it
+/// is the loop that drains rumqttc's request channel, and the runtime loop may be waiting
+/// on that): commands go on a bounded channel with `try_send`, and a full one gets a "busy"
+/// reply. Receipts go straight to the [`Journal`], whose channel never waits; connections
+/// are counted in [`LinkState::connections`].
 pub struct LinkNews {
     /// Decoded commands from the console.
     pub commands: mpsc::Receiver<Command>,
-    /// How many times the link has connected. On every change the runtime loop re-publishes
-    /// each alarm's latest event, so the console converges on the true state even if the
-    /// broker lost its queue.
-    pub connections: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Commands waiting for the runtime loop.
@@ -66,6 +64,7 @@ pub struct Topics {
     pub events: String,
     pub commands: String,
     pub replies: String,
+    pub receipts: String,
 }
 
 impl Topics {
@@ -77,6 +76,7 @@ impl Topics {
             events: t(Channel::Events),
             commands: t(Channel::Commands),
             replies: t(Channel::Replies),
+            receipts: t(Channel::Receipts),
         }
     }
 }
@@ -106,8 +106,13 @@ pub fn client(config: &Config) -> (AsyncClient, EventLoop) {
     // Outgoing: every message is built to fit (events by the config's limits, readings by
     // splitting), and rumqttc refuses a bigger one instead of sending it.
     options.set_max_packet_size(MAX_INCOMING_BYTES, shouwang_wire::MAX_PUBLISH_BYTES);
-    // Keep the session across reconnects, so QoS 1 messages in flight are resent.
-    options.set_clean_session(false);
+    // A clean session. The durable journal, not the broker's session, keeps every alarm
+    // until the console confirms it, and resends on every connection; a persistent session
+    // would only make the broker hand back, on every reconnect, a message that broke the
+    // link (a poison message), and rumqttc drops its own resend queue anyway when the
+    // broker forgot the session. Commands sent while the gateway is away are lost: they
+    // expire, and the console shows a command without an answer.
+    options.set_clean_session(true);
     options.set_last_will(LastWill::new(
         topics.status,
         status(config, GatewayState::Offline, now_ms()),
@@ -121,9 +126,14 @@ pub fn client(config: &Config) -> (AsyncClient, EventLoop) {
 #[derive(Debug, Default)]
 pub struct LinkState {
     pub connected: AtomicBool,
+    /// Connections made so far; each new one makes the journal send its pending events
+    /// again.
+    pub connections: AtomicU64,
     /// Set once the gateway said goodbye: the link closing is then expected.
     pub stopping: AtomicBool,
     pub bad_commands: AtomicU64,
+    /// Receipts that did not decode, named another gateway, or named too many events.
+    pub bad_receipts: AtomicU64,
     pub readings_dropped: AtomicU64,
 }
 
@@ -133,24 +143,11 @@ pub fn spawn_drive(
     client: AsyncClient,
     config: Arc<Config>,
     state: Arc<LinkState>,
+    journal: Journal,
 ) -> (LinkNews, tokio::task::JoinHandle<()>) {
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
-    let (connections_tx, connections) = tokio::sync::watch::channel(0u64);
-    let task = tokio::spawn(drive(
-        events,
-        client,
-        config,
-        commands_tx,
-        connections_tx,
-        state,
-    ));
-    (
-        LinkNews {
-            commands,
-            connections,
-        },
-        task,
-    )
+    let task = tokio::spawn(drive(events, client, config, commands_tx, journal, state));
+    (LinkNews { commands }, task)
 }
 
 /// Poll the event loop forever.
@@ -159,7 +156,7 @@ async fn drive(
     client: AsyncClient,
     config: Arc<Config>,
     commands: mpsc::Sender<Command>,
-    connections: tokio::sync::watch::Sender<u64>,
+    journal: Journal,
     state: Arc<LinkState>,
 ) {
     let topics = Topics::new(&config);
@@ -172,7 +169,10 @@ async fn drive(
     loop {
         if owe_subscribe {
             owe_subscribe = client
-                .try_subscribe(topics.commands.clone(), QoS::AtLeastOnce)
+                .try_subscribe_many([
+                    SubscribeFilter::new(topics.commands.clone(), QoS::AtLeastOnce),
+                    SubscribeFilter::new(topics.receipts.clone(), QoS::AtLeastOnce),
+                ])
                 .is_err();
         }
         if owe_online {
@@ -192,7 +192,23 @@ async fn drive(
                 state.connected.store(true, Ordering::Relaxed);
                 owe_subscribe = true;
                 owe_online = true;
-                connections.send_modify(|n| *n += 1);
+                state.connections.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topics.receipts => {
+                match Receipt::decode(&p.payload) {
+                    Ok(r)
+                        if r.gateway == config.gateway.id
+                            && r.events.len() <= Receipt::MAX_EVENTS =>
+                    {
+                        journal.receipt(r.events);
+                    }
+                    Ok(_) | Err(_) => {
+                        let total = state.bad_receipts.fetch_add(1, Ordering::Relaxed) + 1;
+                        if bad_log.due() {
+                            tracing::warn!(bytes = p.payload.len(), total, "ignored a bad receipt");
+                        }
+                    }
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if p.topic != topics.commands {
@@ -291,154 +307,56 @@ impl QuietLog {
     }
 }
 
-/// Something to publish on the alarm lane.
-#[derive(Debug)]
-pub enum Urgent {
-    Event(Box<AlarmEvent>),
-    Reply(CommandReply),
-}
-
-/// The alarm lane's waiting room: the most urgent first (GB 26875.1 §4.1.2.3: fire alarms
-/// before every other traffic). Order: class (alarm, supervisory, fault), then priority,
-/// then command replies; within one rank, the order they came in, so one alarm's events
-/// never overtake each other (they share class and priority). Pure.
-#[derive(Default)]
-pub struct UrgentQueue {
-    heap: std::collections::BinaryHeap<Ranked>,
-    next_seq: u64,
-}
-
-struct Ranked {
-    rank: u8,
-    seq: u64,
-    item: Urgent,
-}
-
-impl PartialEq for Ranked {
-    fn eq(&self, other: &Self) -> bool {
-        (self.rank, self.seq) == (other.rank, other.seq)
-    }
-}
-impl Eq for Ranked {}
-impl PartialOrd for Ranked {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Ranked {
-    /// Higher rank first; then lower sequence (earlier) first.
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.rank
-            .cmp(&other.rank)
-            .then_with(|| other.seq.cmp(&self.seq))
-    }
-}
-
-impl UrgentQueue {
-    fn rank(item: &Urgent) -> u8 {
-        use shouwang_wire::{Priority, SignalClass};
-        match item {
-            Urgent::Reply(_) => 0,
-            Urgent::Event(e) => {
-                let class = match e.class {
-                    SignalClass::Alarm => 3,
-                    SignalClass::Supervisory => 2,
-                    SignalClass::Fault => 1,
-                };
-                let priority = match e.priority {
-                    Priority::High => 3,
-                    Priority::Medium => 2,
-                    Priority::Low => 1,
-                };
-                class * 4 + priority
-            }
-        }
-    }
-
-    pub fn push(&mut self, item: Urgent) {
-        self.next_seq += 1;
-        self.heap.push(Ranked {
-            rank: Self::rank(&item),
-            seq: self.next_seq,
-            item,
-        });
-    }
-
-    pub fn pop(&mut self) -> Option<Urgent> {
-        self.heap.pop().map(|r| r.item)
-    }
-
-    pub fn len(&self) -> usize {
-        self.heap.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
-    }
-}
-
-/// The sending side of the two lanes.
+/// The sending side of the two lanes that are not the alarm journal: command replies
+/// (never dropped: a full lane makes the caller wait; replies are few, one per command)
+/// and readings (dropped when full, and counted). Replies go first.
 #[derive(Clone)]
 pub struct Outbox {
-    urgent: mpsc::Sender<Urgent>,
+    replies: mpsc::Sender<CommandReply>,
     readings: mpsc::Sender<ReadingBatch>,
     state: Arc<LinkState>,
 }
 
 impl Outbox {
     pub fn spawn(client: AsyncClient, topics: Topics, state: Arc<LinkState>) -> Outbox {
-        let (urgent_tx, mut urgent_rx) = mpsc::channel::<Urgent>(ALARM_LANE);
+        let (replies_tx, mut replies_rx) = mpsc::channel::<CommandReply>(REPLY_LANE);
         let (readings_tx, mut readings_rx) = mpsc::channel::<ReadingBatch>(READING_LANE);
         let link = state.clone();
         tokio::spawn(async move {
             let state = link;
-            let mut queue = UrgentQueue::default();
-            let urgent = |u: Urgent| match u {
-                Urgent::Event(e) => (topics.events.clone(), QoS::AtLeastOnce, e.encode()),
-                Urgent::Reply(r) => (topics.replies.clone(), QoS::AtLeastOnce, r.encode()),
-            };
             loop {
-                // Whatever is already waiting joins the queue, so the most urgent goes
-                // first (bounded: the queue holds at most one lane's worth).
-                while queue.len() < ALARM_LANE {
-                    match urgent_rx.try_recv() {
-                        Ok(u) => queue.push(u),
-                        Err(_) => break,
-                    }
-                }
-                let sends: Vec<(String, QoS, Vec<u8>)> = if let Some(u) = queue.pop() {
-                    vec![urgent(u)]
-                } else {
-                    tokio::select! {
-                        biased;
-                        Some(u) = urgent_rx.recv() => vec![urgent(u)],
-                        Some(r) = readings_rx.recv() => {
-                            // While the link is down, readings would only fill rumqttc's
-                            // request channel ahead of alarms, and QoS 0 is lost anyway.
-                            if !state.connected.load(Ordering::Relaxed) {
-                                state.readings_dropped.fetch_add(1, Ordering::Relaxed);
-                                continue;
-                            }
-                            // One poll of a device with very many points is split so no
-                            // publish passes the packet limit.
-                            r.split_to_fit(PAYLOAD_MAX)
-                                .into_iter()
-                                .map(|part| (topics.readings.clone(), QoS::AtMostOnce, part.encode()))
-                                .collect()
+                let sends: Vec<(String, QoS, Vec<u8>)> = tokio::select! {
+                    biased;
+                    Some(r) = replies_rx.recv() => vec![(topics.replies.clone(), QoS::AtLeastOnce, r.encode())],
+                    Some(r) = readings_rx.recv() => {
+                        // While the link is down, readings would only fill rumqttc's
+                        // request channel ahead of alarms, and QoS 0 is lost anyway.
+                        if !state.connected.load(Ordering::Relaxed) {
+                            state.readings_dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
                         }
-                        else => return,
+                        // One poll of a device with very many points is split so no
+                        // publish passes the packet limit.
+                        r.split_to_fit(PAYLOAD_MAX)
+                            .into_iter()
+                            .map(|part| (topics.readings.clone(), QoS::AtMostOnce, part.encode()))
+                            .collect()
                     }
+                    else => return,
                 };
                 for (topic, qos, payload) in sends {
                     if payload.len() > PAYLOAD_MAX {
                         // Cannot happen within the config's limits (shouwang_wire's
-                        // MAX_ID_CHARS and MAX_TEXT_CHARS; the wire crate's tests show the
-                        // largest event fits): refused here rather than by rumqttc, whose
-                        // session would hold it and drop the connection on every try.
+                        // MAX_ID_CHARS and MAX_TEXT_CHARS): refused here rather than by
+                        // rumqttc, which would drop the connection.
                         if topic == topics.readings {
                             state.readings_dropped.fetch_add(1, Ordering::Relaxed);
                         }
-                        tracing::error!(topic, bytes = payload.len(), "a message too large to publish was dropped");
+                        tracing::error!(
+                            topic,
+                            bytes = payload.len(),
+                            "a message too large to publish was dropped"
+                        );
                         continue;
                     }
                     if client.publish(topic, qos, false, payload).await.is_err() {
@@ -449,15 +367,15 @@ impl Outbox {
             }
         });
         Outbox {
-            urgent: urgent_tx,
+            replies: replies_tx,
             readings: readings_tx,
             state,
         }
     }
 
-    /// Queue an alarm event or reply. Waits while the lane is full; never drops.
-    pub async fn send(&self, item: Urgent) {
-        if self.urgent.send(item).await.is_err() {
+    /// Queue a command reply. Waits while the lane is full; never drops.
+    pub async fn send_reply(&self, reply: CommandReply) {
+        if self.replies.send(reply).await.is_err() {
             tracing::error!("outbox closed; the gateway is shutting down");
         }
     }
@@ -479,89 +397,4 @@ pub async fn announce_offline(client: &AsyncClient, config: &Config, state: &Lin
         .publish(topics.status, QoS::AtLeastOnce, true, offline)
         .await;
     let _ = client.disconnect().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shouwang_wire::{AlarmState, Place, Priority, SignalClass, TransitionKind};
-
-    fn event(id: &str, class: SignalClass, priority: Priority) -> Urgent {
-        Urgent::Event(Box::new(AlarmEvent {
-            schema: SCHEMA_VERSION,
-            event_id: id.into(),
-            boot: 1,
-            seq: 1,
-            alarm_id: format!("c:gw:{id}:r"),
-            gateway: "gw".into(),
-            device: id.into(),
-            device_kind: "smoke".into(),
-            point: None,
-            rule: "r".into(),
-            class,
-            priority,
-            transition: TransitionKind::Raised,
-            state: AlarmState::Unacknowledged,
-            active: true,
-            value: None,
-            engineering_unit: None,
-            place: Place::default(),
-            message: String::new(),
-            ts_ms: 0,
-            operator: None,
-        }))
-    }
-
-    fn id(u: Urgent) -> String {
-        match u {
-            Urgent::Event(e) => e.event_id,
-            Urgent::Reply(r) => format!("reply {}", r.command_id),
-        }
-    }
-
-    #[test]
-    fn a_fire_alarm_overtakes_faults_and_supervisory_waiting_before_it() {
-        let mut q = UrgentQueue::default();
-        q.push(event("fault-1", SignalClass::Fault, Priority::Medium));
-        q.push(Urgent::Reply(CommandReply {
-            schema: SCHEMA_VERSION,
-            command_id: "c1".into(),
-            gateway: "gw".into(),
-            ok: true,
-            error: None,
-            ts_ms: 0,
-        }));
-        q.push(event(
-            "pressure-low",
-            SignalClass::Supervisory,
-            Priority::High,
-        ));
-        q.push(event("fault-2", SignalClass::Fault, Priority::Medium));
-        q.push(event("leak", SignalClass::Alarm, Priority::Medium));
-        q.push(event("fire", SignalClass::Alarm, Priority::High));
-        let order: Vec<String> = std::iter::from_fn(|| q.pop()).map(id).collect();
-        assert_eq!(
-            order,
-            [
-                "fire",
-                "leak",
-                "pressure-low",
-                "fault-1",
-                "fault-2",
-                "reply c1"
-            ]
-        );
-        assert!(q.is_empty());
-    }
-
-    #[test]
-    fn events_of_the_same_rank_keep_their_order() {
-        let mut q = UrgentQueue::default();
-        for i in 0..100 {
-            q.push(event(&format!("e{i}"), SignalClass::Alarm, Priority::High));
-        }
-        let order: Vec<String> = std::iter::from_fn(|| q.pop()).map(id).collect();
-        let expected: Vec<String> = (0..100).map(|i| format!("e{i}")).collect();
-        assert_eq!(order, expected);
-    }
 }

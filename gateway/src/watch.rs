@@ -20,8 +20,8 @@ use shouwang_wire::{
     SCHEMA_VERSION,
 };
 
-use crate::config::{AlarmMeta, COMM_LOST_RULE, Config, POINT_FAULT_RULE};
 use crate::clock::Stamp;
+use crate::config::{AlarmMeta, COMM_LOST_RULE, Config, POINT_FAULT_RULE};
 use crate::modbus::PollOutcome;
 
 /// What one poll produced.
@@ -195,11 +195,7 @@ impl Watch {
 
     /// A command from the console. Always yields a reply; an accepted acknowledgement also
     /// yields the alarm's new state as an event, a resync every alarm's latest event.
-    pub fn on_command(
-        &mut self,
-        command: &Command,
-        now: Stamp,
-    ) -> (Vec<AlarmEvent>, CommandReply) {
+    pub fn on_command(&mut self, command: &Command, now: Stamp) -> (Vec<AlarmEvent>, CommandReply) {
         let mut reply = CommandReply {
             schema: SCHEMA_VERSION,
             command_id: command.command_id.clone(),
@@ -219,37 +215,36 @@ impl Watch {
                 ));
                 (Vec::new(), reply)
             }
-            Action::Acknowledge { alarm_id, .. } => match self
-                .engine
-                .acknowledge(alarm_id, now.mono_ms)
-            {
-                Ok(t) => {
-                    reply.ok = true;
-                    let event = self.event(t, Some(command.operator.clone()), now.wall_ms);
-                    (event.into_iter().collect(), reply)
+            Action::Acknowledge { alarm_id, .. } => {
+                match self.engine.acknowledge(alarm_id, now.mono_ms) {
+                    Ok(t) => {
+                        reply.ok = true;
+                        let event = self.event(t, Some(command.operator.clone()), now.wall_ms);
+                        (event.into_iter().collect(), reply)
+                    }
+                    Err(AckError::NothingToAcknowledge {
+                        state: AlarmState::Normal,
+                        ..
+                    }) if !self.latest.contains_key(alarm_id) => {
+                        // The console shows this alarm from before this gateway started (say,
+                        // returned-to-normal unacknowledged); since then it has been normal.
+                        // Accept, and tell the console the state it would otherwise never
+                        // learn, so the board does not keep an alarm nobody can acknowledge.
+                        reply.ok = true;
+                        let event = self.restated_normal(alarm_id, &command.operator, now);
+                        (event.into_iter().collect(), reply)
+                    }
+                    Err(e) => {
+                        reply.error = Some(match e {
+                            AckError::UnknownAlarm(id) => {
+                                format!("gateway {} has no alarm {id:?}", self.gateway)
+                            }
+                            other => other.to_string(),
+                        });
+                        (Vec::new(), reply)
+                    }
                 }
-                Err(AckError::NothingToAcknowledge {
-                    state: AlarmState::Normal,
-                    ..
-                }) if !self.latest.contains_key(alarm_id) => {
-                    // The console shows this alarm from before this gateway started (say,
-                    // returned-to-normal unacknowledged); since then it has been normal.
-                    // Accept, and tell the console the state it would otherwise never
-                    // learn, so the board does not keep an alarm nobody can acknowledge.
-                    reply.ok = true;
-                    let event = self.restated_normal(alarm_id, &command.operator, now);
-                    (event.into_iter().collect(), reply)
-                }
-                Err(e) => {
-                    reply.error = Some(match e {
-                        AckError::UnknownAlarm(id) => {
-                            format!("gateway {} has no alarm {id:?}", self.gateway)
-                        }
-                        other => other.to_string(),
-                    });
-                    (Vec::new(), reply)
-                }
-            },
+            }
             Action::Resync => {
                 reply.ok = true;
                 (self.latest_events(), reply)
@@ -462,7 +457,10 @@ message = "Smoke detected"
             panic!("the alarm must be raised at once: {events:?}")
         };
         assert_eq!(raised.state, AlarmState::Unacknowledged);
-        assert_eq!(raised.ts_ms, stepped, "the wall time is only written, not compared");
+        assert_eq!(
+            raised.ts_ms, stepped,
+            "the wall time is only written, not compared"
+        );
         // Forward by a day: the clear is not mistaken for anything older or newer.
         let cleared = w.on_poll(&poll(0.1, at(1_200, t0 + 86_400_000))).events;
         assert_eq!(cleared[0].state, AlarmState::ReturnedUnacknowledged);

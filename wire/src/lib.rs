@@ -598,7 +598,10 @@ mod tests {
         };
         assert_eq!(cmd.oversized_field(), None);
         cmd.operator = "o".repeat(MAX_TEXT_CHARS + 1);
-        assert_eq!(cmd.oversized_field(), Some(("operator", MAX_TEXT_CHARS + 1)));
+        assert_eq!(
+            cmd.oversized_field(),
+            Some(("operator", MAX_TEXT_CHARS + 1))
+        );
         cmd.operator = "li".into();
         cmd.action = Action::Acknowledge {
             alarm_id: "a".repeat(64 * 1024),

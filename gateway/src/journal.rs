@@ -1,0 +1,405 @@
+//! The alarm journal: every alarm event is written to disk before it is sent, and leaves
+//! the gateway's keeping only when the console says it has stored it.
+//!
+//! One thread owns the alarm lane's [`DiskQueue`] (`<data_dir>/alarms`). The runtime loop
+//! hands it events through [`Journal::record`], which never waits (detection never waits
+//! on delivery); the broker link hands it receipts ([`Journal::receipt`]). In each turn the
+//! thread:
+//!
+//! 1. appends every new event (one `write` each) and fsyncs them as one group: alarm
+//!    records are durable before they are sent, and a burst costs one fsync, not one per
+//!    event;
+//! 2. removes the events named by receipts from the queue (a receipt is the console's word
+//!    that it stored them; a broker's PUBACK is not, see `shared/notes/delivery-anchors.md`);
+//! 3. publishes what is due while the broker link is up: events never sent on this
+//!    connection, and events sent more than [`RESEND_AFTER`] ago without a receipt. The most
+//!    urgent first (class, then priority, then order); events that happened since the link
+//!    came up ("live") before older ones, and the older ones ("backlog": from before the
+//!    link came up, or from before a restart) at most [`BACKLOG_PER_TURN`] per turn, so a
+//!    long outage drains without holding back what happens now.
+//!
+//! # Invariants
+//! - An event is in `pending` from [`Journal::record`] until a receipt names it. Nothing
+//!   else removes it: not a PUBACK, not a reconnection, not a full disk.
+//! - An event is published only once its record is durable, or when it could not be written
+//!   at all (disk full or failing: it is then kept in memory, a fault is raised through
+//!   [`JournalHealth::disk_failing`], and it is sent anyway; an alarm is never held back
+//!   because the disk failed).
+//! - One alarm's events keep their order: they share class and priority, and ties go by
+//!   `(boot, seq)`. Receivers order by `(boot, seq)` too, so a resend never rolls back.
+//! - After a restart every event found on disk is pending again (at-least-once; the console
+//!   drops duplicates by `event_id` and sends a receipt for them too).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, QoS};
+use shouwang_wire::{AlarmEvent, EventKey, Message, Priority, SignalClass};
+
+use crate::queue::{DiskQueue, QueueLimits};
+
+/// An event sent without a receipt for this long is sent again (same `event_id`).
+pub const RESEND_AFTER: Duration = Duration::from_secs(10);
+/// How often the thread wakes when nothing happens (resend and health checks).
+const TURN: Duration = Duration::from_millis(50);
+/// At most this many backlog events are handed to the broker link per turn: 20 per 50 ms,
+/// 400 a second, about 30 times the alarm rate of a building in a storm.
+pub const BACKLOG_PER_TURN: usize = 20;
+
+/// What the runtime loop and the metrics see of the journal.
+#[derive(Debug, Default)]
+pub struct JournalHealth {
+    /// Events not yet confirmed by the console.
+    pub pending: AtomicU64,
+    /// Bytes of the alarm lane on disk.
+    pub bytes_on_disk: AtomicU64,
+    /// Age of the oldest event not yet confirmed, in ms (0 when none).
+    pub oldest_pending_ms: AtomicU64,
+    /// Events confirmed by the console since start.
+    pub confirmed: AtomicU64,
+    /// Publishes of alarm events, first sends and resends.
+    pub sends: AtomicU64,
+    /// Milliseconds from record to receipt of the last confirmed event.
+    pub last_delivery_ms: AtomicU64,
+    /// fsyncs of the alarm lane since start.
+    pub fsyncs: AtomicU64,
+    /// True while the disk refuses writes: events are kept in memory only.
+    pub disk_failing: AtomicBool,
+    /// Records found damaged at start (skipped) and bytes of torn tails cut off.
+    pub corrupt_records: AtomicU64,
+    pub torn_bytes: AtomicU64,
+}
+
+enum Input {
+    Event(Box<AlarmEvent>),
+    Receipt(Vec<EventKey>),
+}
+
+/// The handle the gateway's tasks use. Cheap to clone; the thread ends when the last
+/// handle is dropped.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Input>,
+    pub health: Arc<JournalHealth>,
+}
+
+impl Journal {
+    /// Open `<data_dir>/alarms` and start the thread. `connections` counts the broker
+    /// link's connections and `connected` says whether it is up (from [`crate::mqtt`]).
+    pub fn start(
+        data_dir: &Path,
+        client: AsyncClient,
+        events_topic: String,
+        link: Arc<crate::mqtt::LinkState>,
+    ) -> anyhow::Result<Journal> {
+        let health = Arc::new(JournalHealth::default());
+        let dir = data_dir.join("alarms");
+        let queue = match DiskQueue::open(&dir, QueueLimits::default()) {
+            Ok((queue, recovery)) => {
+                if recovery.corrupt_records > 0 || recovery.torn_bytes > 0 {
+                    tracing::warn!(
+                        corrupt_records = recovery.corrupt_records,
+                        torn_bytes = recovery.torn_bytes,
+                        "the alarm queue had damaged records; they were skipped"
+                    );
+                }
+                health
+                    .corrupt_records
+                    .store(recovery.corrupt_records, Ordering::Relaxed);
+                health
+                    .torn_bytes
+                    .store(recovery.torn_bytes, Ordering::Relaxed);
+                Some(queue)
+            }
+            Err(e) => {
+                // Alarms still flow, from memory; the fault says why the disk is not used.
+                tracing::error!(dir = %dir.display(), error = %e, "cannot open the alarm queue; alarms are kept in memory only");
+                health.disk_failing.store(true, Ordering::Relaxed);
+                None
+            }
+        };
+        let (tx, rx) = mpsc::channel();
+        let mut state = Lane::new(queue, health.clone());
+        std::thread::Builder::new()
+            .name("alarm-journal".into())
+            .spawn(move || state.run(rx, client, events_topic, link))?;
+        Ok(Journal { tx, health })
+    }
+
+    /// Keep an alarm event until the console confirms it. Never waits: the channel is
+    /// unbounded on purpose, since an alarm may be neither dropped nor hold detection back;
+    /// its length shows in `pending`.
+    pub fn record(&self, event: AlarmEvent) {
+        if self.tx.send(Input::Event(Box::new(event))).is_err() {
+            tracing::error!("the alarm journal has stopped");
+        }
+    }
+
+    /// The console stored these events.
+    pub fn receipt(&self, events: Vec<EventKey>) {
+        let _ = self.tx.send(Input::Receipt(events));
+    }
+}
+
+/// One pending event.
+struct Pending {
+    event: AlarmEvent,
+    /// Its record in the disk queue; `None` when it could not be written.
+    record: Option<u64>,
+    /// When it was recorded (monotonic), for ages and delivery latency.
+    recorded: Instant,
+    /// The connection it was last sent on and when, if it was.
+    sent: Option<(u64, Instant)>,
+    /// Recorded after the current connection came up: sent before the backlog.
+    live_since: u64,
+}
+
+/// The thread's state.
+struct Lane {
+    queue: Option<DiskQueue>,
+    health: Arc<JournalHealth>,
+    pending: BTreeMap<(u8, EventKey), Pending>,
+    /// Where each pending event is in `pending`.
+    rank_of: HashMap<EventKey, u8>,
+    /// Records appended since the last sync.
+    unsynced: bool,
+    /// The last record appended.
+    last_appended: Option<u64>,
+    /// Records up to here may be sent: the durable ones, or after a failed sync every one
+    /// appended before it (they are sent from memory rather than held back).
+    sendable_upto: Option<u64>,
+}
+
+/// Most urgent first when iterating ascending: alarm, supervisory, fault; high priority
+/// first.
+fn rank(event: &AlarmEvent) -> u8 {
+    let class = match event.class {
+        SignalClass::Alarm => 0,
+        SignalClass::Supervisory => 1,
+        SignalClass::Fault => 2,
+    };
+    let priority = match event.priority {
+        Priority::High => 0,
+        Priority::Medium => 1,
+        Priority::Low => 2,
+    };
+    class * 3 + priority
+}
+
+impl Lane {
+    fn new(mut queue: Option<DiskQueue>, health: Arc<JournalHealth>) -> Lane {
+        let mut lane = Lane {
+            queue: None,
+            health,
+            pending: BTreeMap::new(),
+            rank_of: HashMap::new(),
+            unsynced: false,
+            last_appended: None,
+            sendable_upto: queue.as_ref().and_then(DiskQueue::durable_seq),
+        };
+        // What a previous run left: pending again, as backlog.
+        if let Some(q) = queue.as_mut() {
+            let seqs: Vec<u64> = q.pending().collect();
+            for seq in seqs {
+                match q
+                    .read(seq)
+                    .map(|p| p.map(|bytes| AlarmEvent::decode(&bytes)))
+                {
+                    Ok(Some(Ok(event))) => lane.insert(event, Some(seq), 0),
+                    Ok(Some(Err(e))) => {
+                        tracing::error!(seq, error = %e, "a queued alarm record does not decode; dropped");
+                        q.ack(seq);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(seq, error = %e, "cannot read a queued alarm record");
+                    }
+                }
+            }
+            if !lane.pending.is_empty() {
+                tracing::info!(
+                    events = lane.pending.len(),
+                    "alarm events from before the restart are pending again"
+                );
+            }
+        }
+        lane.queue = queue;
+        lane
+    }
+
+    fn insert(&mut self, event: AlarmEvent, record: Option<u64>, live_since: u64) {
+        let r = rank(&event);
+        let key = event.key();
+        self.rank_of.insert(key, r);
+        self.pending.insert(
+            (r, key),
+            Pending {
+                event,
+                record,
+                recorded: Instant::now(),
+                sent: None,
+                live_since,
+            },
+        );
+    }
+
+    fn run(
+        &mut self,
+        rx: mpsc::Receiver<Input>,
+        client: AsyncClient,
+        topic: String,
+        link: Arc<crate::mqtt::LinkState>,
+    ) {
+        loop {
+            let first = match rx.recv_timeout(TURN) {
+                Ok(input) => Some(input),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.sync();
+                    return;
+                }
+            };
+            let connection = link.connections.load(Ordering::Relaxed);
+            for input in first.into_iter().chain(rx.try_iter()) {
+                match input {
+                    Input::Event(event) => self.append(*event, connection),
+                    Input::Receipt(keys) => self.confirm(&keys),
+                }
+            }
+            self.sync();
+            if link.connected.load(Ordering::Relaxed) {
+                self.publish(&client, &topic, connection);
+            }
+            self.report();
+        }
+    }
+
+    fn append(&mut self, event: AlarmEvent, connection: u64) {
+        let record = match self.queue.as_mut() {
+            Some(q) => match q.append(&event.encode()) {
+                Ok(seq) => {
+                    self.unsynced = true;
+                    self.last_appended = Some(seq);
+                    Some(seq)
+                }
+                Err(e) => {
+                    if !self.health.disk_failing.swap(true, Ordering::Relaxed) {
+                        tracing::error!(error = %e, "cannot write an alarm event to disk; keeping alarms in memory");
+                    }
+                    None
+                }
+            },
+            None => None,
+        };
+        // Live if it happened on the current connection (or while the link is down, so it
+        // goes first once the link comes back).
+        self.insert(event, record, connection);
+    }
+
+    fn sync(&mut self) {
+        if !self.unsynced {
+            return;
+        }
+        let Some(q) = self.queue.as_mut() else { return };
+        match q.sync() {
+            Ok(()) => {
+                self.unsynced = false;
+                self.sendable_upto = q.durable_seq();
+                if self.health.disk_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the alarm queue writes to disk again");
+                }
+            }
+            Err(e) => {
+                if !self.health.disk_failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, "cannot sync the alarm queue; alarms are sent from memory");
+                }
+                // Not retried here: the records are sent anyway (see the module docs).
+                self.unsynced = false;
+                self.sendable_upto = self.last_appended;
+            }
+        }
+    }
+
+    fn confirm(&mut self, keys: &[EventKey]) {
+        for key in keys {
+            let Some(r) = self.rank_of.remove(key) else {
+                continue; // already confirmed, or never ours
+            };
+            if let Some(p) = self.pending.remove(&(r, *key)) {
+                if let (Some(q), Some(seq)) = (self.queue.as_mut(), p.record) {
+                    q.ack(seq);
+                    self.unsynced = true; // lets sync() move the floor and delete segments
+                }
+                self.health.confirmed.fetch_add(1, Ordering::Relaxed);
+                self.health.last_delivery_ms.store(
+                    u64::try_from(p.recorded.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+
+    fn publish(&mut self, client: &AsyncClient, topic: &str, connection: u64) {
+        let sendable = self.sendable_upto;
+        let now = Instant::now();
+        let due = |p: &Pending| {
+            let written = p
+                .record
+                .is_none_or(|seq| sendable.is_some_and(|d| seq <= d));
+            let unsent = match p.sent {
+                None => true,
+                Some((conn, at)) => conn != connection || now.duration_since(at) >= RESEND_AFTER,
+            };
+            written && unsent
+        };
+        let mut backlog_budget = BACKLOG_PER_TURN;
+        // Two passes: live events first, then the backlog within its budget.
+        for live_pass in [true, false] {
+            for p in self.pending.values_mut() {
+                let live = p.live_since >= connection && connection > 0;
+                if live != live_pass || !due(p) {
+                    continue;
+                }
+                if !live {
+                    if backlog_budget == 0 {
+                        break;
+                    }
+                    backlog_budget -= 1;
+                }
+                match client.try_publish(topic, QoS::AtLeastOnce, false, p.event.encode()) {
+                    Ok(()) => {
+                        p.sent = Some((connection, now));
+                        self.health.sends.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // rumqttc's request channel is full: the rest waits for the next turn.
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+
+    fn report(&self) {
+        let h = &self.health;
+        h.pending
+            .store(self.pending.len() as u64, Ordering::Relaxed);
+        let oldest = self
+            .pending
+            .values()
+            .map(|p| p.recorded.elapsed())
+            .max()
+            .unwrap_or_default();
+        h.oldest_pending_ms.store(
+            u64::try_from(oldest.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if let Some(q) = &self.queue {
+            let stats = q.stats();
+            h.bytes_on_disk
+                .store(stats.bytes_on_disk, Ordering::Relaxed);
+            h.fsyncs.store(stats.fsyncs, Ordering::Relaxed);
+        }
+    }
+}
