@@ -100,13 +100,23 @@ impl Drop for Proc {
     }
 }
 
-/// Start `shouwang-gateway run` on a config text.
+/// Start `shouwang-gateway run` on a config text, in a directory of its own (a relative
+/// `data_dir` lands there).
 pub fn start_gateway(config_toml: &str) -> anyhow::Result<Proc> {
-    let dir = Arc::new(tempfile::tempdir()?);
+    start_gateway_in(Arc::new(tempfile::tempdir()?), config_toml)
+}
+
+/// Start `shouwang-gateway run` in `dir`: a gateway started again in the same directory
+/// finds the data (durable queue, boot counter) of the one before, as after a power cut.
+/// Each start's log is appended to the same file.
+pub fn start_gateway_in(dir: Arc<tempfile::TempDir>, config_toml: &str) -> anyhow::Result<Proc> {
     let config = dir.path().join("gateway.toml");
     std::fs::write(&config, config_toml)?;
     let log_path = dir.path().join("gateway.log");
-    let log = std::fs::File::create(&log_path)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
     let child = Command::new(binary("shouwang-gateway")?)
         .arg("run")
         .arg(&config)

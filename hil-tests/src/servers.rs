@@ -172,15 +172,29 @@ pub fn mosquitto() -> anyhow::Result<Server> {
     mosquitto_on(free_port())
 }
 
+/// A mosquitto broker with the packet limit docs/mosquitto/ asks for
+/// (`max_packet_size` = [`shouwang_wire::MAX_PUBLISH_BYTES`]): a client that sends a bigger
+/// packet is disconnected by the broker and its message reaches nobody.
+pub fn mosquitto_limited() -> anyhow::Result<Server> {
+    mosquitto_conf(
+        free_port(),
+        &format!("max_packet_size {}\n", shouwang_wire::MAX_PUBLISH_BYTES),
+    )
+}
+
 /// A mosquitto broker on a given port (to restart one where clients expect it).
 pub fn mosquitto_on(port: u16) -> anyhow::Result<Server> {
+    mosquitto_conf(port, "")
+}
+
+fn mosquitto_conf(port: u16, extra: &str) -> anyhow::Result<Server> {
     let bin = find_binary("mosquitto", "mosquitto")?;
     let dir = tempfile::tempdir()?;
     let conf = dir.path().join("mosquitto.conf");
     std::fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n{extra}",
             dir.path().display()
         ),
     )?;

@@ -4,6 +4,8 @@
 //!   mbpoll;
 //! - `e2e`: simulated devices -> the gateway binary -> real mosquitto -> the console binary,
 //!   VictoriaMetrics and InfluxDB 1.x, with broker restarts, crashes and network cuts;
+//! - `delivery`: the delivery path on a bad day (SIGKILL, a broker that forgot, hostile
+//!   clients);
 //! - `browser`: the alarm board in headless Chromium.
 //!
 //! Run one group with e.g. `cargo test -p shouwang-hil-tests --test hil -- e2e::`.
@@ -11,5 +13,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod browser;
+mod delivery;
 mod e2e;
 mod sim;
