@@ -29,6 +29,25 @@ const DEVICE_FAULTS: [(&str, &str); 2] = [
     (POINT_FAULT_RULE, "Device fault: a point cannot be read"),
 ];
 
+/// The gateway's fault for alarm events the console has not confirmed for longer than
+/// `[gateway] undelivered_fault_after_s`: the local warning of GB 26875.1.
+pub const UNDELIVERED_RULE: &str = "undelivered";
+/// The gateway's fault for an alarm queue that cannot write to disk (full, failing).
+pub const QUEUE_DISK_RULE: &str = "queue_disk";
+
+/// The faults the gateway raises about itself; their device is the gateway: (rule id,
+/// message).
+pub const GATEWAY_FAULTS: [(&str, &str); 2] = [
+    (
+        UNDELIVERED_RULE,
+        "Alarms not delivered: the console has not confirmed them",
+    ),
+    (
+        QUEUE_DISK_RULE,
+        "Alarm queue cannot write to disk: alarms are kept in memory only",
+    ),
+];
+
 /// A whole, validated gateway config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -55,6 +74,14 @@ pub struct GatewaySection {
     /// file's directory is taken from there. Use local storage (an SD card or SSD), not a
     /// network mount; e.g. `/var/lib/shouwang`.
     pub data_dir: std::path::PathBuf,
+    /// Raise the gateway's `undelivered` fault, and the local warning, when an alarm event
+    /// has waited this long for the console's confirmation. Default 60.
+    #[serde(default = "default_undelivered_fault_after_s")]
+    pub undelivered_fault_after_s: u64,
+}
+
+fn default_undelivered_fault_after_s() -> u64 {
+    60
 }
 
 /// `[mqtt]`: the broker alarms and readings go to.
@@ -475,6 +502,12 @@ impl Config {
         if self.gateway.data_dir.as_os_str().is_empty() {
             p.add("gateway.data_dir", "must not be empty");
         }
+        if self.gateway.undelivered_fault_after_s == 0 {
+            p.add(
+                "gateway.undelivered_fault_after_s",
+                "must be at least 1 second",
+            );
+        }
 
         p.non_empty("mqtt.host", &self.mqtt.host);
         if self.mqtt.port == 0 {
@@ -511,7 +544,11 @@ impl Config {
         for (i, rule) in self.rules.iter().enumerate() {
             let at = format!("rules[{i}] ({})", rule.id);
             p.id(&format!("{at}.id"), "rule id", &rule.id);
-            if DEVICE_FAULTS.iter().any(|(id, _)| *id == rule.id) {
+            if DEVICE_FAULTS
+                .iter()
+                .chain(GATEWAY_FAULTS.iter())
+                .any(|(id, _)| *id == rule.id)
+            {
                 p.add(
                     format!("{at}.id"),
                     format!("{:?} is reserved for the gateway's own fault", rule.id),
@@ -588,6 +625,32 @@ impl Config {
     /// (communication lost, point fault). Each spec comes with what the gateway needs to describe its alarm.
     pub fn alarm_specs(&self) -> Vec<(RuleSpec, AlarmMeta)> {
         let mut out = Vec::new();
+        for (rule, message) in GATEWAY_FAULTS {
+            let id = &self.gateway.id;
+            out.push((
+                RuleSpec {
+                    alarm_id: alarm_id(&self.gateway.community, id, id, rule),
+                    device: id.clone(),
+                    point: String::new(),
+                    class: SignalClass::Fault,
+                    priority: Priority::High,
+                    condition: Condition::External,
+                    on_delay_ms: 0,
+                },
+                AlarmMeta {
+                    device: id.clone(),
+                    device_kind: "gateway".into(),
+                    point: None,
+                    rule: rule.into(),
+                    place: Place {
+                        community: self.gateway.community.clone(),
+                        ..Place::default()
+                    },
+                    message: message.into(),
+                    engineering_unit: None,
+                },
+            ));
+        }
         for device in &self.devices {
             for (rule, message) in DEVICE_FAULTS {
                 out.push((
@@ -863,12 +926,14 @@ message = "Smoke detected"
         assert_eq!(
             ids,
             [
+                "riverside:gw-b1:gw-b1:undelivered",
+                "riverside:gw-b1:gw-b1:queue_disk",
                 "riverside:gw-b1:smoke-B1-12-03:comm_lost",
                 "riverside:gw-b1:smoke-B1-12-03:point_fault",
                 "riverside:gw-b1:smoke-B1-12-03:smoke-high"
             ]
         );
-        assert_eq!(specs[2].1.engineering_unit.as_deref(), Some("%/m"));
+        assert_eq!(specs[4].1.engineering_unit.as_deref(), Some("%/m"));
     }
 
     #[test]

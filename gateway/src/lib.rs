@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -98,9 +99,15 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
             // Checked by the config: it parses.
             let listen = m.listen.parse().context("metrics.listen")?;
             Some(
-                metrics::serve(listen, counters.clone(), link.clone(), influx.clone())
-                    .await
-                    .with_context(|| format!("serving metrics on {listen}"))?,
+                metrics::serve(
+                    listen,
+                    counters.clone(),
+                    link.clone(),
+                    journal.health.clone(),
+                    influx.clone(),
+                )
+                .await
+                .with_context(|| format!("serving metrics on {listen}"))?,
             )
         }
         None => None,
@@ -125,6 +132,10 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         "gateway running"
     );
 
+    let undelivered_limit_ms = config
+        .gateway
+        .undelivered_fault_after_s
+        .saturating_mul(1000);
     let mut ticker = tokio::time::interval(TICK);
     tokio::pin!(shutdown);
     loop {
@@ -163,8 +174,26 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                 }
             }
             _ = ticker.tick() => {
-                for event in watch.on_tick(clock.now()) {
+                let now = clock.now();
+                let mut events = watch.on_tick(now);
+                // The gateway's own faults, from the journal's health. Undelivered alarms
+                // are also the local warning (GB 26875.1): said loudly here, where someone
+                // on site can see it, since the console cannot.
+                let health = &journal.health;
+                let undelivered = health.oldest_pending_ms.load(Ordering::Relaxed) >= undelivered_limit_ms;
+                if counters.local_warning.swap(undelivered, Ordering::Relaxed) != undelivered {
+                    if undelivered {
+                        tracing::error!(pending = health.pending.load(Ordering::Relaxed), "LOCAL WARNING: alarms have not been delivered to the console");
+                    } else {
+                        tracing::info!("alarms are delivered again; local warning off");
+                    }
+                }
+                events.extend(watch.set_gateway_fault(config::UNDELIVERED_RULE, undelivered, now));
+                let disk = health.disk_failing.load(Ordering::Relaxed);
+                events.extend(watch.set_gateway_fault(config::QUEUE_DISK_RULE, disk, now));
+                for event in events {
                     metrics::Counters::inc(&counters.alarm_events);
+                    tracing::info!(alarm_id = %event.alarm_id, state = ?event.state, "alarm transition");
                     journal.record(event);
                 }
             }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::influx::{InfluxSink, InfluxStats};
+use crate::journal::JournalHealth;
 use crate::mqtt::LinkState;
 
 /// Counters the runtime loop keeps.
@@ -20,6 +21,8 @@ pub struct Counters {
     pub polls_failed: AtomicU64,
     pub alarm_events: AtomicU64,
     pub commands: AtomicU64,
+    /// True (1) while the local warning is on: alarms not delivered for too long.
+    pub local_warning: std::sync::atomic::AtomicBool,
 }
 
 impl Counters {
@@ -29,7 +32,12 @@ impl Counters {
 }
 
 /// The Prometheus text exposition of everything the gateway counts.
-pub fn render(counters: &Counters, link: &LinkState, influx: Option<&InfluxStats>) -> String {
+pub fn render(
+    counters: &Counters,
+    link: &LinkState,
+    journal: &JournalHealth,
+    influx: Option<&InfluxStats>,
+) -> String {
     const COUNTER: &str = "counter";
     const GAUGE: &str = "gauge";
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -77,6 +85,66 @@ pub fn render(counters: &Counters, link: &LinkState, influx: Option<&InfluxStats
             "1 while connected to the broker.",
             u64::from(link.connected.load(Ordering::Relaxed)),
         ),
+        (
+            "shouwang_gateway_bad_receipts_total",
+            COUNTER,
+            "Receipts that did not decode, named another gateway or too many events.",
+            get(&link.bad_receipts),
+        ),
+        (
+            "shouwang_gateway_local_warning",
+            GAUGE,
+            "1 while alarms have waited longer than undelivered_fault_after_s for the console.",
+            u64::from(counters.local_warning.load(Ordering::Relaxed)),
+        ),
+        (
+            "shouwang_gateway_alarm_queue_pending",
+            GAUGE,
+            "Alarm events kept until the console confirms them.",
+            get(&journal.pending),
+        ),
+        (
+            "shouwang_gateway_alarm_queue_bytes",
+            GAUGE,
+            "Bytes of the alarm queue on disk.",
+            get(&journal.bytes_on_disk),
+        ),
+        (
+            "shouwang_gateway_alarm_queue_oldest_age_milliseconds",
+            GAUGE,
+            "How long the oldest unconfirmed alarm event has waited.",
+            get(&journal.oldest_pending_ms),
+        ),
+        (
+            "shouwang_gateway_alarm_queue_fsyncs_total",
+            COUNTER,
+            "fsyncs of the alarm queue (one per burst of events, not per event).",
+            get(&journal.fsyncs),
+        ),
+        (
+            "shouwang_gateway_alarm_queue_disk_failing",
+            GAUGE,
+            "1 while the alarm queue cannot write to disk (alarms kept in memory).",
+            u64::from(journal.disk_failing.load(Ordering::Relaxed)),
+        ),
+        (
+            "shouwang_gateway_alarm_events_confirmed_total",
+            COUNTER,
+            "Alarm events the console confirmed it stored.",
+            get(&journal.confirmed),
+        ),
+        (
+            "shouwang_gateway_alarm_sends_total",
+            COUNTER,
+            "Publishes of alarm events, first sends and resends.",
+            get(&journal.sends),
+        ),
+        (
+            "shouwang_gateway_alarm_delivery_last_milliseconds",
+            GAUGE,
+            "From recording to the console's receipt, for the last confirmed event.",
+            get(&journal.last_delivery_ms),
+        ),
     ];
     if let Some(s) = influx {
         rows.extend([
@@ -122,25 +190,65 @@ pub fn render(counters: &Counters, link: &LinkState, influx: Option<&InfluxStats
     out
 }
 
+/// Alarm events older than this without the console's receipt make `/healthz` fail.
+const HEALTHY_OLDEST_PENDING_MS: u64 = 30_000;
+
+/// What is wrong with the gateway's delivery, in words; empty when healthy. Pure.
+pub fn health_problems(link: &LinkState, journal: &JournalHealth) -> Vec<String> {
+    let mut out = Vec::new();
+    if !link.connected.load(Ordering::Relaxed) {
+        out.push("broker: not connected".to_string());
+    }
+    let oldest = journal.oldest_pending_ms.load(Ordering::Relaxed);
+    if oldest >= HEALTHY_OLDEST_PENDING_MS {
+        out.push(format!(
+            "alarms: the oldest unconfirmed event has waited {} s",
+            oldest / 1000
+        ));
+    }
+    if journal.disk_failing.load(Ordering::Relaxed) {
+        out.push("alarm queue: cannot write to disk; alarms kept in memory".to_string());
+    }
+    out
+}
+
 /// Serve `/metrics` and `/healthz` on `listen` until the task is dropped.
 pub async fn serve(
     listen: SocketAddr,
     counters: Arc<Counters>,
     link: Arc<LinkState>,
+    journal: Arc<JournalHealth>,
     influx: Option<InfluxSink>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    let journal_m = journal.clone();
+    let link_h = link.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
                 let stats = influx.as_ref().map(InfluxSink::stats);
-                let body = render(&counters, &link, stats.as_ref());
+                let body = render(&counters, &link, &journal_m, stats.as_ref());
                 async move { ([("content-type", "text/plain; version=0.0.4")], body) }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route(
+            "/healthz",
+            get(move || {
+                let problems = health_problems(&link_h, &journal);
+                async move {
+                    if problems.is_empty() {
+                        (axum::http::StatusCode::OK, "ok\n".to_string())
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            problems.join("\n") + "\n",
+                        )
+                    }
+                }
+            }),
+        );
     tracing::info!(%listen, "metrics on /metrics");
     Ok(tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
@@ -160,7 +268,8 @@ mod tests {
         Counters::inc(&counters.polls_ok);
         let link = LinkState::default();
         link.readings_dropped.fetch_add(3, Ordering::Relaxed);
-        let text = render(&counters, &link, None);
+        let journal = JournalHealth::default();
+        let text = render(&counters, &link, &journal, None);
         assert!(text.contains(
             "# TYPE shouwang_gateway_polls_total counter\nshouwang_gateway_polls_total 2\n"
         ));
@@ -171,7 +280,21 @@ mod tests {
             batches_dropped: 7,
             ..InfluxStats::default()
         };
-        let text = render(&counters, &link, Some(&stats));
+        let text = render(&counters, &link, &journal, Some(&stats));
         assert!(text.contains("shouwang_influx_batches_dropped_total 7\n"));
+    }
+
+    #[test]
+    fn health_names_each_problem_and_is_empty_when_all_is_well() {
+        let link = LinkState::default();
+        let journal = JournalHealth::default();
+        assert_eq!(health_problems(&link, &journal), ["broker: not connected"]);
+        link.connected.store(true, Ordering::Relaxed);
+        assert!(health_problems(&link, &journal).is_empty());
+        journal.oldest_pending_ms.store(45_000, Ordering::Relaxed);
+        journal.disk_failing.store(true, Ordering::Relaxed);
+        let problems = health_problems(&link, &journal);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("45 s"));
     }
 }

@@ -50,6 +50,7 @@ struct DeviceState {
 
 pub struct Watch {
     gateway: String,
+    community: String,
     engine: Engine,
     meta: HashMap<String, AlarmMeta>,
     devices: Vec<DeviceState>,
@@ -104,6 +105,7 @@ impl Watch {
             .collect();
         Ok(Watch {
             gateway: config.gateway.id.clone(),
+            community: config.gateway.community.clone(),
             engine,
             meta,
             devices,
@@ -187,6 +189,16 @@ impl Watch {
     /// Time passes: on-delays may run out.
     pub fn on_tick(&mut self, now: Stamp) -> Vec<AlarmEvent> {
         let transitions = self.engine.tick(now.mono_ms);
+        transitions
+            .into_iter()
+            .filter_map(|t| self.event(t, None, now.wall_ms))
+            .collect()
+    }
+
+    /// One of the gateway's own faults ([`crate::config::GATEWAY_FAULTS`]) is active or not.
+    pub fn set_gateway_fault(&mut self, rule: &str, active: bool, now: Stamp) -> Vec<AlarmEvent> {
+        let id = shouwang_wire::alarm_id(&self.community, &self.gateway, &self.gateway, rule);
+        let transitions = self.external(&id, active, now.mono_ms);
         transitions
             .into_iter()
             .filter_map(|t| self.event(t, None, now.wall_ms))
@@ -303,7 +315,7 @@ impl Watch {
         self.engine
             .set_external(alarm_id, active, None, ts_ms)
             .unwrap_or_else(|e| {
-                tracing::error!(alarm_id, error = %e, "comm-lost alarm missing from the engine");
+                tracing::error!(alarm_id, error = %e, "built-in fault missing from the engine");
                 Vec::new()
             })
     }
@@ -478,6 +490,22 @@ message = "Smoke detected"
             }
         }
         assert_eq!(seqs, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn the_gateways_own_fault_is_raised_once_and_cleared_with_the_gateway_as_its_device() {
+        let mut w = watch();
+        let raised = w.set_gateway_fault("undelivered", true, Stamp::at(1_000));
+        assert_eq!(raised.len(), 1);
+        assert_eq!(raised[0].alarm_id, "c:gw:gw:undelivered");
+        assert_eq!(raised[0].device_kind, "gateway");
+        assert_eq!(raised[0].class, SignalClass::Fault);
+        assert!(
+            w.set_gateway_fault("undelivered", true, Stamp::at(2_000))
+                .is_empty()
+        );
+        let cleared = w.set_gateway_fault("undelivered", false, Stamp::at(3_000));
+        assert_eq!(cleared[0].state, AlarmState::ReturnedUnacknowledged);
     }
 
     #[test]
