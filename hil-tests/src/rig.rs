@@ -110,6 +110,15 @@ pub fn start_gateway(config_toml: &str) -> anyhow::Result<Proc> {
 /// finds the data (durable queue, boot counter) of the one before, as after a power cut.
 /// Each start's log is appended to the same file.
 pub fn start_gateway_in(dir: Arc<tempfile::TempDir>, config_toml: &str) -> anyhow::Result<Proc> {
+    start_gateway_with(dir, config_toml, &[])
+}
+
+/// Like [`start_gateway_in`], with extra environment variables (e.g. libfaketime's).
+pub fn start_gateway_with(
+    dir: Arc<tempfile::TempDir>,
+    config_toml: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<Proc> {
     let config = dir.path().join("gateway.toml");
     std::fs::write(&config, config_toml)?;
     let log_path = dir.path().join("gateway.log");
@@ -120,6 +129,7 @@ pub fn start_gateway_in(dir: Arc<tempfile::TempDir>, config_toml: &str) -> anyho
     let child = Command::new(binary("shouwang-gateway")?)
         .arg("run")
         .arg(&config)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "info,shouwang_gateway=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -330,6 +340,14 @@ impl Drop for Listener {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// This machine's wall clock, ms since the Unix epoch.
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Poll `probe` until it returns `Some`, or fail after `limit` naming `what`.

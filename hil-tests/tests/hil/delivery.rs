@@ -345,3 +345,336 @@ async fn a_two_megabyte_message_on_a_broker_without_limits_costs_the_gateway_one
     )
     .await;
 }
+
+/// The board's current view of one alarm, or `None`.
+async fn alarm_view(http: &reqwest::Client, console: &str, alarm_id: &str) -> Option<Value> {
+    http.get(format!("{console}/api/alarms/{alarm_id}"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+/// Wait until the board shows `alarm_id` in `state`.
+async fn wait_state(
+    http: &reqwest::Client,
+    console: &rig::ConsoleProc,
+    gateway: &rig::Proc,
+    alarm_id: &str,
+    state: &str,
+    limit: Duration,
+) {
+    eventually(
+        &format!("{alarm_id} {state} on the board"),
+        limit,
+        || async {
+            alarm_view(http, &console.url, alarm_id)
+                .await
+                .filter(|a| a["state"] == state)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n--- gateway\n{}\n--- console\n{}",
+            gateway.log(),
+            console.proc.log()
+        )
+    });
+}
+
+/// A small tmpfs, unmounted on drop: a disk that fills up.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: usize) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}")])
+            .arg("tmpfs")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (CI and scripts/test run as root)"
+        );
+        SmallDisk { path, _dir: dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_keeps_alarms_flowing_from_memory_and_shows_as_a_fault_until_space_returns() {
+    let disk = SmallDisk::mount(256 * 1024);
+    let broker = servers::mosquitto().unwrap();
+    let console = rig::start_console(broker.port()).unwrap();
+    let smoke = smoke_sim().await;
+    let config = rig::gateway_config("gw-f", broker.port(), smoke.local_addr(), None, "").replace(
+        "data_dir = \"data\"",
+        &format!("data_dir = \"{}\"", disk.path.display()),
+    );
+    let gateway = rig::start_gateway(&config).unwrap();
+    let http = servers::http_client();
+    let smoke_alarm = "riverside:gw-f:smoke-B1-12-03:smoke-high";
+    let disk_fault = "riverside:gw-f:gw-f:queue_disk";
+    smoke.set_u16(0, 400);
+    wait_state(
+        &http,
+        &console,
+        &gateway,
+        smoke_alarm,
+        "unacknowledged",
+        Duration::from_secs(20),
+    )
+    .await;
+
+    // The disk fills up (another program's log, say).
+    let filler = disk.path.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 512 * 1024]);
+    let cut = Instant::now();
+    smoke.set_u16(0, 20);
+    wait_state(
+        &http,
+        &console,
+        &gateway,
+        smoke_alarm,
+        "returned_unacknowledged",
+        Duration::from_secs(10),
+    )
+    .await;
+    println!(
+        "an alarm clear written to a full disk reached the board in {:?}",
+        cut.elapsed()
+    );
+    wait_state(
+        &http,
+        &console,
+        &gateway,
+        disk_fault,
+        "unacknowledged",
+        Duration::from_secs(10),
+    )
+    .await;
+    smoke.set_u16(0, 400);
+    wait_state(
+        &http,
+        &console,
+        &gateway,
+        smoke_alarm,
+        "unacknowledged",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // Space comes back: the next event is written, and the fault clears.
+    std::fs::remove_file(&filler).unwrap();
+    smoke.set_u16(0, 20);
+    wait_state(
+        &http,
+        &console,
+        &gateway,
+        smoke_alarm,
+        "returned_unacknowledged",
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_state(
+        &http,
+        &console,
+        &gateway,
+        disk_fault,
+        "returned_unacknowledged",
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_queue_tail_is_skipped_and_counted_and_the_alarms_before_it_still_arrive() {
+    let broker = servers::mosquitto().unwrap();
+    let port = broker.port();
+    let smoke = smoke_sim().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let config = rig::gateway_config("gw-c", port, smoke.local_addr(), None, "");
+    // No console yet: nothing is confirmed, so the events stay in the queue.
+    let mut gateway = rig::start_gateway_in(dir.clone(), &config).unwrap();
+    let listener = rig::Listener::start(port, "shouwang/v1/+/gw-c/events")
+        .await
+        .unwrap();
+    smoke.set_u16(0, 400);
+    listener
+        .wait_for("the raise on the broker", Duration::from_secs(20), |h| {
+            Some(h.at)
+        })
+        .await
+        .unwrap();
+    gateway.kill();
+
+    // A power cut tore the last write: garbage after the last record.
+    let queue = dir.path().join("data").join("alarms");
+    let segment = std::fs::read_dir(&queue)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "q"))
+        .max()
+        .expect("a segment file");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes.extend_from_slice(&[0xA5; 37]);
+    std::fs::write(&segment, bytes).unwrap();
+
+    let console = rig::start_console(port).unwrap();
+    let gateway = rig::start_gateway_in(dir.clone(), &config).unwrap();
+    let http = servers::http_client();
+    let alarm = "riverside:gw-c:smoke-B1-12-03:smoke-high";
+    wait_state(
+        &http,
+        &console,
+        &gateway,
+        alarm,
+        "unacknowledged",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        gateway.log().contains("damaged records"),
+        "{}",
+        gateway.log()
+    );
+    // And the path goes on.
+    smoke.set_u16(0, 20);
+    wait_state(
+        &http,
+        &console,
+        &gateway,
+        alarm,
+        "returned_unacknowledged",
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+/// libfaketime, from Debian's `faketime` package.
+fn libfaketime() -> String {
+    let candidates = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    ];
+    candidates
+        .iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .map(|p| p.to_string())
+        .expect("libfaketime missing: apt-get install -y faketime (scripts/test does)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wall_clock_steps_back_and_forward_neither_delay_nor_hide_nor_freeze_an_alarm() {
+    let broker = servers::mosquitto().unwrap();
+    let console = rig::start_console(broker.port()).unwrap();
+    let smoke = smoke_sim().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    // The gateway's wall clock comes from this file, read on every call; the monotonic
+    // clock stays real, as on a Pi whose NTP steps the time.
+    let offset = dir.path().join("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let env = [
+        ("LD_PRELOAD", libfaketime()),
+        ("FAKETIME_TIMESTAMP_FILE", offset.display().to_string()),
+        ("FAKETIME_NO_CACHE", "1".to_string()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
+    ];
+    let config = rig::gateway_config("gw-t", broker.port(), smoke.local_addr(), None, "");
+    let gateway = rig::start_gateway_with(dir.clone(), &config, &env).unwrap();
+    let http = servers::http_client();
+    let alarm = "riverside:gw-t:smoke-B1-12-03:smoke-high";
+    smoke.set_u16(0, 400);
+    wait_state(
+        &http,
+        &console,
+        &gateway,
+        alarm,
+        "unacknowledged",
+        Duration::from_secs(20),
+    )
+    .await;
+    smoke.set_u16(0, 20);
+    wait_state(
+        &http,
+        &console,
+        &gateway,
+        alarm,
+        "returned_unacknowledged",
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // NTP steps the clock back ten minutes: the next fire is neither ignored nor delayed,
+    // and the board does not keep the older state because of its later timestamp.
+    std::fs::write(&offset, "-10m\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fire = Instant::now();
+    smoke.set_u16(0, 400);
+    wait_state(
+        &http,
+        &console,
+        &gateway,
+        alarm,
+        "unacknowledged",
+        Duration::from_secs(2),
+    )
+    .await;
+    println!(
+        "a fire after the clock stepped back 10 min: on the board in {:?}",
+        fire.elapsed()
+    );
+    let shown = alarm_view(&http, &console.url, alarm).await.unwrap();
+    let stepped = shown["ts_ms"].as_i64().unwrap();
+    let real = shouwang_hil_tests::rig::wall_ms();
+    assert!(
+        (real - 600_000 - stepped).abs() < 60_000,
+        "the event carries the gateway's (stepped) wall time: {stepped} vs {real}"
+    );
+
+    // And forward two days: the clear is not taken for anything else either.
+    std::fs::write(&offset, "+2d\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    smoke.set_u16(0, 20);
+    wait_state(
+        &http,
+        &console,
+        &gateway,
+        alarm,
+        "returned_unacknowledged",
+        Duration::from_secs(2),
+    )
+    .await;
+    // A Pi that boots in 1970 and is corrected later.
+    std::fs::write(&offset, "@1970-01-02 00:00:00\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    smoke.set_u16(0, 400);
+    wait_state(
+        &http,
+        &console,
+        &gateway,
+        alarm,
+        "unacknowledged",
+        Duration::from_secs(2),
+    )
+    .await;
+}
