@@ -112,8 +112,25 @@ async fn page() -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE))
 }
 
-async fn healthz(State(app): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "mqtt_connected": app.mqtt_connected() }))
+async fn healthz(State(app): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    let failing = app
+        .metrics
+        .store_failing
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let healthy = app.mqtt_connected() && failing == 0;
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(json!({
+            "status": if healthy { "ok" } else { "failing" },
+            "mqtt_connected": app.mqtt_connected(),
+            "store_failures_in_a_row": failing,
+        })),
+    )
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {

@@ -29,6 +29,9 @@ use crate::store::{EventOutcome, StoreError};
 /// Pause between reconnection attempts.
 pub const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
+/// After this many messages in a row that could not be stored, reconnect to the broker.
+const STORE_FAILURES_BEFORE_RECONNECT: u64 = 3;
+
 /// Requests (publishes, acks, subscribes) that may wait for the event loop.
 const REQUEST_CAPACITY: usize = 256;
 
@@ -131,14 +134,29 @@ pub async fn run(mut eventloop: EventLoop, client: AsyncClient, state: AppState)
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 match handle(&state, &publish).await {
                     Ok(()) => {
+                        state.metrics.store_failing.store(0, Ordering::Relaxed);
                         if let Err(error) = client.try_ack(&publish) {
                             // The broker redelivers it after the next reconnect.
                             tracing::warn!(%error, topic = %publish.topic, "cannot queue the ack");
                         }
                     }
                     Err(error) => {
-                        // Not acked: the broker keeps it and redelivers it on reconnect.
-                        tracing::error!(%error, topic = %publish.topic, "cannot store a message");
+                        // Not acked and no receipt: the broker redelivers it on reconnect,
+                        // and the gateway sends it again when no receipt comes.
+                        Metrics::inc(&state.metrics.store_failures);
+                        let in_a_row =
+                            state.metrics.store_failing.fetch_add(1, Ordering::Relaxed) + 1;
+                        tracing::error!(%error, topic = %publish.topic, in_a_row, "CONSOLE ALARM: cannot store a message");
+                        if in_a_row % STORE_FAILURES_BEFORE_RECONNECT == 0 {
+                            // Unacknowledged messages hold the broker's in-flight slots for
+                            // us; a new connection makes it deliver them again.
+                            tracing::warn!(
+                                "reconnecting so the broker delivers the unstored messages again"
+                            );
+                            state.mqtt_connected.store(false, Ordering::Relaxed);
+                            eventloop.clean();
+                            tokio::time::sleep(RECONNECT_DELAY).await;
+                        }
                     }
                 }
             }

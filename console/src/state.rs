@@ -161,6 +161,10 @@ pub struct Metrics {
     pub command_replies_unknown: AtomicU64,
     pub commands_sent: AtomicU64,
     pub stream_lagged: AtomicU64,
+    /// Messages that could not be stored (not acknowledged to the broker, no receipt).
+    pub store_failures: AtomicU64,
+    /// Store failures in a row, now; 0 once a message is stored again.
+    pub store_failing: AtomicU64,
 }
 
 impl Metrics {
@@ -169,7 +173,12 @@ impl Metrics {
     }
 
     pub fn render(&self, mqtt_connected: bool) -> String {
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
+            (
+                "shouwang_console_store_failures_total",
+                "Messages that could not be stored: not acknowledged, no receipt, delivered again.",
+                &self.store_failures,
+            ),
             (
                 "shouwang_console_mqtt_messages_received_total",
                 "MQTT messages received on the subscribed channels.",

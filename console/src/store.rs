@@ -17,7 +17,8 @@
 //!   *connected*, so timestamps cannot order `online` against `offline`; MQTT's per-topic
 //!   ordering does.
 //! - Every write is one transaction, so a crash leaves either the whole event (history and
-//!   state) or none of it.
+//!   state) or none of it. `synchronous = FULL`: a committed event survives a power cut,
+//!   which the receipt sent to the gateway after the commit relies on.
 //!
 //! # On disk (schema version 2, `PRAGMA user_version`; version 1 is migrated on open)
 //!
@@ -169,7 +170,11 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on a power cut
+        // (not corrupt them). The console tells the gateway it stored an event (a receipt)
+        // right after the commit, and the gateway then deletes its copy, so a commit must
+        // be on disk before that: one fsync per transaction.
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if found > SCHEMA_VERSION {
