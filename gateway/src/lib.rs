@@ -18,6 +18,7 @@ pub mod influx;
 pub mod metrics;
 pub mod modbus;
 pub mod mqtt;
+pub mod mqtt_auth;
 pub mod watch;
 
 use config::Config;

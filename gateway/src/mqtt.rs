@@ -92,6 +92,7 @@ pub fn client(config: &Config) -> (AsyncClient, EventLoop) {
         .clone()
         .unwrap_or_else(|| format!("shouwang-gateway-{}", config.gateway.id));
     let mut options = MqttOptions::new(id, config.mqtt.host.clone(), config.mqtt.port);
+    config.mqtt.auth.apply(&mut options); // account and TLS, loaded with the config (mqtt_auth.rs)
     options.set_keep_alive(Duration::from_secs(config.mqtt.keep_alive_s));
     // Keep the session across reconnects, so QoS 1 messages in flight are resent.
     options.set_clean_session(false);

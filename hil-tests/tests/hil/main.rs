@@ -4,12 +4,15 @@
 //!   mbpoll;
 //! - `e2e`: simulated devices -> the gateway binary -> real mosquitto -> the console binary,
 //!   VictoriaMetrics and InfluxDB 1.x, with broker restarts, crashes and network cuts;
-//! - `browser`: the alarm board in headless Chromium.
+//! - `browser`: the alarm board in headless Chromium;
+//! - `auth`: the broker set up as `docs/mosquitto/` says (accounts, ACL, TLS) against the
+//!   gateway binary and clients that try what the ACL forbids.
 //!
 //! Run one group with e.g. `cargo test -p shouwang-hil-tests --test hil -- e2e::`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod browser;
 mod e2e;
 mod sim;
