@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, bail};
+use shouwang_broker_auth::BrokerAuth;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -41,6 +42,9 @@ pub struct ConsoleConfig {
     /// The MQTT client id. The session is persistent (clean_session=false), so QoS 1 events
     /// published while the console is away are delivered when it comes back with this id.
     pub mqtt_client_id: String,
+    /// The console's account on the broker (`console` with `docs/mosquitto/`) and TLS,
+    /// already loaded. `BrokerAuth::default()`: no account, plain TCP.
+    pub mqtt_auth: BrokerAuth,
     /// The SQLite file; created if missing.
     pub db_path: PathBuf,
     /// Operator named on an acknowledgement whose request names none.
@@ -118,7 +122,12 @@ pub async fn start(cfg: ConsoleConfig) -> anyhow::Result<RunningConsole> {
         .with_context(|| format!("binding {}", cfg.listen))?;
     let local_addr = listener.local_addr()?;
 
-    let (client, eventloop) = mqtt::client(&cfg.mqtt_host, cfg.mqtt_port, &cfg.mqtt_client_id);
+    let (client, eventloop) = mqtt::client(
+        &cfg.mqtt_host,
+        cfg.mqtt_port,
+        &cfg.mqtt_client_id,
+        &cfg.mqtt_auth,
+    );
     let (shutdown, shutdown_rx) = watch::channel(false);
     let state = AppState {
         store,

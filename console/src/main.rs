@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use shouwang_broker_auth::{AuthSettings, BrokerAuth, Setting, TlsFiles};
 use shouwang_console::{ConsoleConfig, start};
 
 #[derive(Debug, Parser)]
@@ -33,6 +34,55 @@ struct Args {
     /// Operator named on acknowledgements that name none.
     #[arg(long, default_value = "operator")]
     operator: String,
+    /// The console's account on the broker (`console` with docs/mosquitto/acl).
+    #[arg(long, value_name = "NAME")]
+    mqtt_username: Option<String>,
+    /// File holding the account's password (one trailing line ending is ignored). A file,
+    /// not a flag, so the password stays out of the process list.
+    #[arg(long, value_name = "FILE", requires = "mqtt_username")]
+    mqtt_password_file: Option<PathBuf>,
+    /// Connect with TLS, trusting only the CA certificate(s) in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    mqtt_ca: Option<PathBuf>,
+    /// The console's client certificate (PEM), for a broker with `require_certificate true`.
+    #[arg(long, value_name = "FILE", requires_all = ["mqtt_ca", "mqtt_key"])]
+    mqtt_cert: Option<PathBuf>,
+    /// The private key of --mqtt-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "mqtt_cert")]
+    mqtt_key: Option<PathBuf>,
+    /// The name the broker's certificate must carry, if not the host in --mqtt.
+    #[arg(long, value_name = "NAME", requires = "mqtt_ca")]
+    mqtt_server_name: Option<String>,
+}
+
+/// Read the --mqtt-* credential and TLS files; every problem, each with its flag.
+fn broker_auth(args: &Args) -> anyhow::Result<BrokerAuth> {
+    let settings = AuthSettings {
+        username: args.mqtt_username.clone(),
+        password: None,
+        password_file: args.mqtt_password_file.clone(),
+        tls: args.mqtt_ca.as_ref().map(|ca| TlsFiles {
+            ca_file: ca.clone(),
+            cert_file: args.mqtt_cert.clone(),
+            key_file: args.mqtt_key.clone(),
+            server_name: args.mqtt_server_name.clone(),
+        }),
+    };
+    BrokerAuth::load(&settings).map_err(|problems| {
+        let flag = |s| match s {
+            Setting::Username => "--mqtt-username",
+            Setting::Password | Setting::PasswordFile => "--mqtt-password-file",
+            Setting::CaFile => "--mqtt-ca",
+            Setting::CertFile => "--mqtt-cert",
+            Setting::KeyFile => "--mqtt-key",
+            Setting::ServerName => "--mqtt-server-name",
+        };
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|p| format!("  {}: {}", flag(p.setting), p.message))
+            .collect();
+        anyhow::anyhow!("the broker settings have problems:\n{}", lines.join("\n"))
+    })
 }
 
 /// Split `HOST:PORT`; the host may be a bracketed IPv6 address.
@@ -62,11 +112,13 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let (mqtt_host, mqtt_port) = broker(&args.mqtt)?;
+    let mqtt_auth = broker_auth(&args)?;
     let console = start(ConsoleConfig {
         listen: args.listen,
         mqtt_host,
         mqtt_port,
         mqtt_client_id: args.client_id,
+        mqtt_auth,
         db_path: args.db,
         operator_default: args.operator,
     })

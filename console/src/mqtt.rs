@@ -53,8 +53,14 @@ pub const SUBSCRIBED: [Channel; 4] = [
 ];
 
 /// The client and event loop for the console, not yet connected.
-pub fn client(host: &str, port: u16, client_id: &str) -> (AsyncClient, EventLoop) {
+pub fn client(
+    host: &str,
+    port: u16,
+    client_id: &str,
+    auth: &shouwang_broker_auth::BrokerAuth,
+) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(client_id, host, port);
+    auth.apply(&mut opts); // account and TLS, loaded by main from the --mqtt-* flags
     opts.set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(15))

@@ -64,6 +64,7 @@ impl TestConsole {
             mqtt_host: "127.0.0.1".into(),
             mqtt_port: port,
             mqtt_client_id: client_id.clone(),
+            mqtt_auth: Default::default(),
             db_path: db.path().join("console.db"),
             operator_default: DEFAULT_OPERATOR.into(),
         })

@@ -137,6 +137,7 @@ impl RunningDemo {
             mqtt_host: "127.0.0.1".into(),
             mqtt_port: options.mqtt_port,
             mqtt_client_id: "shouwang-demo-console".into(),
+            mqtt_auth: Default::default(), // the embedded broker has no accounts
             db_path,
             operator_default: "demo".into(),
         })

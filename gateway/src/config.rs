@@ -16,6 +16,8 @@ use shouwang_rules::{Condition, Priority, RuleSpec, SignalClass};
 use shouwang_wire::{MAX_ID_CHARS, MAX_TEXT_CHARS, Place, alarm_id, forbidden_id_char};
 
 use crate::influx::InfluxConfig;
+pub use crate::mqtt_auth::MqttTls;
+use shouwang_broker_auth::{BrokerAuth, Password};
 
 /// The rule id the gateway uses for each device's communication-lost fault.
 pub const COMM_LOST_RULE: &str = "comm_lost";
@@ -100,6 +102,26 @@ pub struct MqttSection {
     pub keep_alive_s: u64,
     /// MQTT client id. Default `shouwang-gateway-<gateway id>`.
     pub client_id: Option<String>,
+    /// The gateway's account on the broker. With the broker set up as in
+    /// `docs/mosquitto/`, this must be the gateway's id (`[gateway] id`): the broker lets an
+    /// account write only the topics of the gateway with its name, and drops anything else
+    /// without telling the gateway. Absent: no account (only a broker that allows anonymous
+    /// clients accepts that).
+    pub username: Option<String>,
+    /// The account's password. Never logged. Prefer `password_file`, which keeps the secret
+    /// out of this file; give one or the other, not both.
+    pub password: Option<Password>,
+    /// A file that holds the password, e.g. `/etc/shouwang/mqtt-password` readable only by
+    /// the gateway's user. One trailing line ending is ignored. Read when the config is
+    /// loaded, so `shouwang-gateway check` reports a file it cannot read.
+    pub password_file: Option<std::path::PathBuf>,
+    /// `[mqtt.tls]`: connect to the broker with TLS (then set `port`, usually 8883). Absent:
+    /// plain TCP, for a broker on the same machine or network only.
+    pub tls: Option<MqttTls>,
+    /// The credentials and TLS above, loaded and checked with the rest of the config: the
+    /// broker link uses these and never reads a file itself.
+    #[serde(skip)]
+    pub auth: BrokerAuth,
 }
 
 impl Default for MqttSection {
@@ -109,6 +131,11 @@ impl Default for MqttSection {
             port: default_mqtt_port(),
             keep_alive_s: default_keep_alive_s(),
             client_id: None,
+            username: None,
+            password: None,
+            password_file: None,
+            tls: None,
+            auth: BrokerAuth::default(),
         }
     }
 }
@@ -467,6 +494,15 @@ impl Config {
             );
         }
 
+        // Reads the password file, the CA, the client certificate and key; reports what is
+        // wrong with them with the rest.
+        let mqtt = mqtt.map(|mut m| {
+            match crate::mqtt_auth::load(&m) {
+                Ok(auth) => m.auth = auth,
+                Err(found) => found.into_iter().for_each(|(f, msg)| problems.add(f, msg)),
+            }
+            m
+        });
         let (Some(gateway), Some(mqtt), Some(influx), Some(metrics)) =
             (gateway, mqtt, influx, metrics)
         else {
@@ -1004,6 +1040,53 @@ bulding = "B1"
             text.contains("rules[0] (smoke-high).message: is 70000 characters"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn broker_credentials_and_tls_problems_are_reported_with_their_fields() {
+        let bad = GOOD.replace(
+            "[[devices]]",
+            r#"[mqtt]
+port = 8883
+username = "gw-b1"
+password = "inline"
+password_file = "/nonexistent/password"
+
+[mqtt.tls]
+ca_file = "/nonexistent/ca.crt"
+cert_file = "/nonexistent/gw-b1.crt"
+
+[[devices]]"#,
+        );
+        let report = Config::from_toml_str(&bad, "x.toml").unwrap_err();
+        let text = report.to_string();
+        let fields: Vec<&str> = report.problems.iter().map(|p| p.field.as_str()).collect();
+        assert!(fields.contains(&"mqtt.password_file"), "{text}");
+        assert!(fields.contains(&"mqtt.tls.key_file"), "{text}");
+        assert!(
+            text.contains("mqtt.tls.ca_file: cannot read /nonexistent/ca.crt"),
+            "{text}"
+        );
+        assert!(!text.contains("inline"), "the password leaked: {text}");
+    }
+
+    #[test]
+    fn a_password_from_a_file_is_loaded_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "hunter2\n").unwrap();
+        let good = GOOD.replace(
+            "[[devices]]",
+            &format!(
+                "[mqtt]\nusername = \"gw-b1\"\npassword_file = {:?}\n\n[[devices]]",
+                file.display().to_string()
+            ),
+        );
+        let c = Config::from_toml_str(&good, "x.toml").unwrap();
+        assert_eq!(c.mqtt.auth.username.as_deref(), Some("gw-b1"));
+        assert_eq!(c.mqtt.auth.password.as_ref().unwrap().expose(), "hunter2");
+        assert!(c.mqtt.auth.tls.is_none());
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod journal;
 pub mod metrics;
 pub mod modbus;
 pub mod mqtt;
+pub mod mqtt_auth;
 pub mod queue;
 pub mod watch;
 

@@ -102,6 +102,7 @@ pub fn client(config: &Config) -> (AsyncClient, EventLoop) {
         .clone()
         .unwrap_or_else(|| format!("shouwang-gateway-{}", config.gateway.id));
     let mut options = MqttOptions::new(id, config.mqtt.host.clone(), config.mqtt.port);
+    config.mqtt.auth.apply(&mut options); // account and TLS, loaded with the config (mqtt_auth.rs)
     options.set_keep_alive(Duration::from_secs(config.mqtt.keep_alive_s));
     // Outgoing: every message is built to fit (events by the config's limits, readings by
     // splitting), and rumqttc refuses a bigger one instead of sending it.

@@ -18,6 +18,8 @@ pub struct Server {
     name: &'static str,
     child: Child,
     port: u16,
+    /// A second listener with TLS, for brokers that have one.
+    tls_port: Option<u16>,
     dir: tempfile::TempDir,
     /// How it was started, for [`Server::restart`].
     program: PathBuf,
@@ -27,6 +29,11 @@ pub struct Server {
 impl Server {
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The TLS listener's port, for a broker started with one ([`mosquitto_secured`]).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -78,7 +85,11 @@ impl Server {
                     self.log()
                 );
             }
-            if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok() {
+            let listening = |port: u16| {
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            };
+            if listening(self.port) && self.tls_port.is_none_or(listening) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -158,6 +169,7 @@ fn spawn(
         name,
         child,
         port,
+        tls_port: None,
         dir,
         program: program.to_path_buf(),
         args: args.to_vec(),
@@ -205,6 +217,100 @@ fn mosquitto_conf(port: u16, extra: &str) -> anyhow::Result<Server> {
         port,
         dir,
     )
+}
+
+/// What a secured broker is given: its accounts and its TLS identity.
+pub struct BrokerSecrets<'a> {
+    /// (account, password) pairs, put in a password file with `mosquitto_passwd`.
+    pub accounts: &'a [(&'a str, &'a str)],
+    /// PEM of the CA that signed the clients' certificates (and the broker's).
+    pub ca_pem: &'a str,
+    /// PEM of the broker's certificate and its private key.
+    pub cert_pem: &'a str,
+    pub key_pem: &'a str,
+}
+
+/// mosquitto set up as the docs say a production broker is: `docs/mosquitto/shouwang.conf`
+/// with only its two ports (a free one each, on loopback) and its two directories (this
+/// server's temporary one) replaced, and `docs/mosquitto/acl` word for word. So a test
+/// against it tests the documented setup, and the docs cannot drift from what is tested.
+///
+/// [`Server::port`] is the plain loopback listener (1883 in the docs), [`Server::tls_port`]
+/// the TLS one (8883, with `require_certificate true`).
+pub fn mosquitto_secured(secrets: &BrokerSecrets<'_>) -> anyhow::Result<Server> {
+    let bin = find_binary("mosquitto", "mosquitto")?;
+    let passwd_bin = find_binary("mosquitto_passwd", "mosquitto")?;
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/mosquitto");
+    let dir = tempfile::tempdir()?;
+    let at = |name: &str| dir.path().join(name);
+
+    std::fs::copy(docs.join("acl"), at("acl")).context("copying docs/mosquitto/acl")?;
+    std::fs::write(at("ca.crt"), secrets.ca_pem)?;
+    std::fs::write(at("broker.crt"), secrets.cert_pem)?;
+    std::fs::write(at("broker.key"), secrets.key_pem)?;
+    for (i, (user, password)) in secrets.accounts.iter().enumerate() {
+        let mut cmd = Command::new(&passwd_bin);
+        cmd.arg("-b");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let out = cmd
+            .arg(at("passwd"))
+            .arg(user)
+            .arg(password)
+            .stdin(Stdio::null())
+            .output()
+            .context("running mosquitto_passwd")?;
+        if !out.status.success() {
+            bail!(
+                "mosquitto_passwd {user}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    let port = free_port();
+    let tls_port = free_port();
+    let documented = std::fs::read_to_string(docs.join("shouwang.conf"))
+        .context("reading docs/mosquitto/shouwang.conf")?;
+    let here = format!("{}/", dir.path().display());
+    let mut conf = documented;
+    for (from, to) in [
+        ("/etc/mosquitto/shouwang/", here.clone()),
+        ("/var/lib/mosquitto/", here.clone()),
+        (
+            "\nlistener 8883\n",
+            format!("\nlistener {tls_port} 127.0.0.1\n"),
+        ),
+        (
+            "\nlistener 1883 127.0.0.1\n",
+            format!("\nlistener {port} 127.0.0.1\n"),
+        ),
+    ] {
+        if !conf.contains(from) {
+            bail!("docs/mosquitto/shouwang.conf no longer has {from:?}, which the tests replace");
+        }
+        conf = conf.replace(from, &to);
+    }
+    // As root, mosquitto would switch to the `mosquitto` user, which cannot read this
+    // root-owned temporary directory. Without root this line does nothing.
+    conf.push_str("\n# Test only: stay the user that started it.\nuser root\n");
+    let conf_path = at("mosquitto.conf");
+    std::fs::write(&conf_path, conf)?;
+
+    let args = vec!["-c".to_string(), conf_path.display().to_string()];
+    let child = launch(&bin, &args, dir.path())?;
+    let mut server = Server {
+        name: "mosquitto (secured)",
+        child,
+        port,
+        tls_port: Some(tls_port),
+        dir,
+        program: bin,
+        args,
+    };
+    server.wait_listening()?;
+    Ok(server)
 }
 
 /// A single-node VictoriaMetrics that accepts InfluxDB line protocol on `/write` and

@@ -6,12 +6,15 @@
 //!   VictoriaMetrics and InfluxDB 1.x, with broker restarts, crashes and network cuts;
 //! - `delivery`: the delivery path on a bad day (SIGKILL, a broker that forgot, hostile
 //!   clients);
-//! - `browser`: the alarm board in headless Chromium.
+//! - `browser`: the alarm board in headless Chromium;
+//! - `auth`: the broker set up as `docs/mosquitto/` says (accounts, ACL, TLS) against the
+//!   gateway binary and clients that try what the ACL forbids.
 //!
 //! Run one group with e.g. `cargo test -p shouwang-hil-tests --test hil -- e2e::`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod browser;
 mod delivery;
 mod e2e;
