@@ -192,10 +192,11 @@ pub struct DeviceConfig {
     /// How long one request may take before it counts as failed, in ms. Default 1000.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// After this many failed polls in a row, raise the device's communication-lost fault.
-    /// Default 3.
-    #[serde(default = "default_comm_loss_after")]
-    pub comm_loss_after: u32,
+    /// Raise the device's communication-lost fault when it has not answered for this many
+    /// seconds (measured on the monotonic clock, so a poller that stalls is caught too, not
+    /// only polls that fail). Default 30; at most 100 (GB 50166).
+    #[serde(default = "default_comm_loss_after_s")]
+    pub comm_loss_after_s: u64,
     /// The values read from the device.
     #[serde(default)]
     pub points: Vec<PointConfig>,
@@ -221,9 +222,13 @@ fn default_poll_interval_ms() -> u64 {
 fn default_timeout_ms() -> u64 {
     1000
 }
-fn default_comm_loss_after() -> u32 {
-    3
+fn default_comm_loss_after_s() -> u64 {
+    30
 }
+
+/// The longest a device may be silent before its communication-lost fault, in seconds: the
+/// fault-report limit of GB 50166.
+pub const COMM_LOSS_MAX_S: u64 = 100;
 
 /// Which Modbus register table a point lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -860,8 +865,11 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
         if d.timeout_ms == 0 {
             p.add(format!("{at}.timeout_ms"), "must be at least 1 ms");
         }
-        if d.comm_loss_after == 0 {
-            p.add(format!("{at}.comm_loss_after"), "must be at least 1");
+        if d.comm_loss_after_s == 0 || d.comm_loss_after_s > COMM_LOSS_MAX_S {
+            p.add(
+                format!("{at}.comm_loss_after_s"),
+                format!("must be between 1 and {COMM_LOSS_MAX_S} seconds (GB 50166)"),
+            );
         }
         let mut names = BTreeSet::new();
         for (j, pt) in d.points.iter().enumerate() {

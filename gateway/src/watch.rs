@@ -24,6 +24,10 @@ use crate::clock::Stamp;
 use crate::config::{AlarmMeta, COMM_LOST_RULE, Config, POINT_FAULT_RULE};
 use crate::modbus::PollOutcome;
 
+/// Polls in a row with a point the device refuses before its `point_fault` is raised: one
+/// bad answer is not yet a fault.
+const POINT_FAULT_AFTER_POLLS: u32 = 3;
+
 /// What one poll produced.
 #[derive(Debug, Default, PartialEq)]
 pub struct PollReport {
@@ -37,9 +41,10 @@ struct DeviceState {
     id: String,
     kind: String,
     place: Place,
-    comm_loss_after: u32,
-    /// Failed polls in a row.
-    failures: u32,
+    /// Silence longer than this raises `comm_lost` (monotonic ms).
+    comm_loss_after_ms: i64,
+    /// When the device last answered (monotonic ms; the gateway's start until it has).
+    last_answer_ms: i64,
     comm_lost_alarm: String,
     /// Polls in a row in which some point could not be read.
     point_failures: u32,
@@ -81,8 +86,9 @@ impl Watch {
                 id: d.id.clone(),
                 kind: d.kind.clone(),
                 place: d.place(&config.gateway.community),
-                comm_loss_after: d.comm_loss_after,
-                failures: 0,
+                comm_loss_after_ms: i64::try_from(d.comm_loss_after_s.saturating_mul(1000))
+                    .unwrap_or(i64::MAX),
+                last_answer_ms: 0,
                 comm_lost_alarm: shouwang_wire::alarm_id(
                     &config.gateway.community,
                     &config.gateway.id,
@@ -124,14 +130,14 @@ impl Watch {
         let mut transitions = Vec::new();
         match &outcome.result {
             Err(_) => {
-                device.failures = device.failures.saturating_add(1);
-                if device.failures >= device.comm_loss_after {
+                let silent = outcome.at.mono_ms.saturating_sub(device.last_answer_ms);
+                if silent >= device.comm_loss_after_ms {
                     let id = device.comm_lost_alarm.clone();
                     transitions.extend(self.external(&id, true, outcome.at.mono_ms));
                 }
             }
             Ok(polled) => {
-                device.failures = 0;
+                device.last_answer_ms = device.last_answer_ms.max(outcome.at.mono_ms);
                 let batch = ReadingBatch {
                     schema: SCHEMA_VERSION,
                     gateway: self.gateway.clone(),
@@ -155,7 +161,7 @@ impl Watch {
                     false
                 } else {
                     device.point_failures = device.point_failures.saturating_add(1);
-                    device.point_failures >= device.comm_loss_after
+                    device.point_failures >= POINT_FAULT_AFTER_POLLS
                 };
                 let device_id = device.id.clone();
                 let comm_lost = device.comm_lost_alarm.clone();
@@ -186,9 +192,20 @@ impl Watch {
         report
     }
 
-    /// Time passes: on-delays may run out.
+    /// Time passes: on-delays may run out, and devices silent for too long (whether their
+    /// polls fail or never come, as from a stalled poller) lose communication.
     pub fn on_tick(&mut self, now: Stamp) -> Vec<AlarmEvent> {
-        let transitions = self.engine.tick(now.mono_ms);
+        let silent: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|d| now.mono_ms.saturating_sub(d.last_answer_ms) >= d.comm_loss_after_ms)
+            .map(|d| d.comm_lost_alarm.clone())
+            .collect();
+        let mut transitions = Vec::new();
+        for id in silent {
+            transitions.extend(self.external(&id, true, now.mono_ms));
+        }
+        transitions.extend(self.engine.tick(now.mono_ms));
         transitions
             .into_iter()
             .filter_map(|t| self.event(t, None, now.wall_ms))
@@ -379,7 +396,7 @@ floor = "12"
 unit = "03"
 transport = "tcp"
 address = "127.0.0.1:1"
-comm_loss_after = 2
+comm_loss_after_s = 2
 
 [[devices.points]]
 name = "obscuration"
@@ -526,6 +543,30 @@ message = "Smoke detected"
     }
 
     #[test]
+    fn a_device_whose_poller_stalls_loses_communication_by_time_alone() {
+        let mut w = watch();
+        w.on_poll(&good(0.2, 1_000));
+        // No outcome at all after that: no failed poll to count, only silence.
+        assert!(w.on_tick(Stamp::at(2_900)).is_empty());
+        let lost = w.on_tick(Stamp::at(3_000));
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!(lost[0].rule, "comm_lost");
+        assert!(w.on_tick(Stamp::at(4_000)).is_empty(), "raised once");
+        let back = w.on_poll(&good(0.2, 5_000)).events;
+        assert_eq!(back[0].state, AlarmState::ReturnedUnacknowledged);
+    }
+
+    #[test]
+    fn the_silence_limit_is_checked_by_the_config_against_gb_50166() {
+        let bad = CONFIG.replace("comm_loss_after_s = 2", "comm_loss_after_s = 101");
+        let report = Config::from_toml_str(&bad, "t").unwrap_err();
+        assert!(
+            report.to_string().contains("between 1 and 100 seconds"),
+            "{report}"
+        );
+    }
+
+    #[test]
     fn a_point_the_device_keeps_refusing_becomes_a_device_fault_and_clears_when_it_reads() {
         let mut w = watch();
         let refused = |ts_ms| PollOutcome {
@@ -540,6 +581,7 @@ message = "Smoke detected"
             }),
         };
         assert!(w.on_poll(&refused(1_000)).events.is_empty());
+        assert!(w.on_poll(&refused(1_500)).events.is_empty());
         let fault = w.on_poll(&refused(2_000)).events;
         assert_eq!(fault.len(), 1, "{fault:?}");
         assert_eq!(fault[0].rule, "point_fault");

@@ -452,7 +452,7 @@ transport = "tcp"
 address = "{smoke}"
 poll_interval_ms = 100
 timeout_ms = 300
-comm_loss_after = 3
+comm_loss_after_s = 1
 
 [[devices.points]]
 name = "obscuration"
