@@ -109,6 +109,8 @@ pub async fn run(mut eventloop: EventLoop, client: AsyncClient, state: AppState)
         .map(|c| SubscribeFilter::new(shouwang_wire::topic_filter_all(*c), QoS::AtLeastOnce))
         .collect();
     let mut failures: u64 = 0;
+    // Messages not stored since the last reconnection we forced.
+    let mut unstored_since_reconnect: u64 = 0;
     let mut last_loud: Option<std::time::Instant> = None;
     loop {
         match eventloop.poll().await {
@@ -153,7 +155,9 @@ pub async fn run(mut eventloop: EventLoop, client: AsyncClient, state: AppState)
                         let in_a_row =
                             state.metrics.store_failing.fetch_add(1, Ordering::Relaxed) + 1;
                         tracing::error!(%error, topic = %publish.topic, in_a_row, "CONSOLE ALARM: cannot store a message");
-                        if in_a_row % STORE_FAILURES_BEFORE_RECONNECT == 0 {
+                        unstored_since_reconnect += 1;
+                        if unstored_since_reconnect >= STORE_FAILURES_BEFORE_RECONNECT {
+                            unstored_since_reconnect = 0;
                             // Unacknowledged messages hold the broker's in-flight slots for
                             // us; a new connection makes it deliver them again.
                             tracing::warn!(
