@@ -19,12 +19,15 @@
 //! - `acked`, 12 bytes: `floor: u64 LE | crc: u32 LE` (CRC-32/IEEE of the eight floor
 //!   bytes). Every seq below the floor has been acknowledged by the receiver (or shed) and
 //!   is never delivered again. It is rewritten atomically: `acked.tmp` is written and
-//!   fsynced, renamed over `acked`, and the directory fsynced. A missing file means floor 0.
+//!   fsynced, then renamed over `acked`, and the directory is fsynced before that `sync`
+//!   returns (after a shed in `append`, by the next `sync`). A missing file means floor 0.
 //!
 //! # Invariants
 //! - Seqs strictly increase: within a segment, from one segment to the next, and across
-//!   restarts. [`DiskQueue::open`] continues after the highest of: the seqs found on disk,
-//!   the open segment's name, and the floor. A seq is never handed out twice, except that
+//!   restarts. [`DiskQueue::open`] continues after the highest seq found on disk, at or
+//!   after the floor, and at or after the open segment's name (after it when that segment
+//!   holds any bytes, so the next segment's name is new). A seq is never handed out twice,
+//!   except that
 //!   a record lost in a crash *before it was synced* may see its seq given to a later
 //!   record; callers that send only durable records ([`DiskQueue::durable_seq`]) never sent
 //!   the lost one. A failed append uses up its seq.
@@ -33,7 +36,8 @@
 //!   Appends reach the file at once (one `write` per record, no user-space buffer), so an
 //!   I/O error belongs to the record being appended and to no earlier one.
 //! - Nothing is deleted before the receiver acknowledged it, except on the readings lane
-//!   when it is full (below), and every such loss is counted.
+//!   when it is full (below) and records whose bytes fail their checks; every such loss is
+//!   counted.
 //! - Acknowledgements ([`DiskQueue::ack`]) live in memory. The floor, the lowest seq not yet
 //!   acknowledged, is written to `acked` by `sync` when it has moved, and before segments
 //!   are deleted. After a crash, records acknowledged above the last written floor come
@@ -65,17 +69,23 @@
 //! - an unreadable `acked` file is reported (`ack_floor_lost`) and read as floor 0: every
 //!   record still on disk is delivered again;
 //! - records below the floor are acknowledged; segments left with nothing unacknowledged,
-//!   other than the last, are deleted. Stray files (`acked.tmp`, anything not named like a
-//!   segment) are left alone, except `acked.tmp`, which is removed;
+//!   other than the last, are deleted. A leftover `acked.tmp` (a crash while the floor was
+//!   written) is removed; files not named like a segment are left alone;
 //! - every segment kept and the directory are fsynced, so what was found is durable.
+//!
+//! # Costs
+//! A sync that has new records to cover costs one fdatasync (two just after a new segment
+//! was started, plus a directory fsync). When acknowledgements moved the floor it also
+//! writes `acked`: one more fsync for `acked.tmp` and one for the directory. A sync with
+//! nothing new costs nothing. [`QueueStats::fsyncs`] counts them all.
 //!
 //! # Known limits
 //! - If an fdatasync fails, Linux may already have dropped the pages it could not write and
 //!   will not report that again. `sync` returns the error, and the next append starts a new
 //!   segment, but the records written between the last good sync and the failure count as
-//!   durable after the next good sync although they might not be (as in Vector; PostgreSQL
-//!   restarts instead). They are still delivered: holding an alarm back for ever would be
-//!   worse. Treat a sync error as a failing disk.
+//!   durable after the next good sync although they might not be (PostgreSQL crashes and
+//!   replays its log instead). They are still delivered: holding an alarm back for ever
+//!   would be worse. Treat a sync error as a failing disk.
 
 mod segment;
 #[cfg(test)]
@@ -802,8 +812,7 @@ impl DiskQueue {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Write `floor` to `acked` atomically: `acked.tmp`, fsync, rename. The directory is
-    /// fsynced by the caller's next [`sync_dir`](Self::sync_dir).
+    /// Write `floor` to `acked` atomically: `acked.tmp`, fsync, rename.
     fn write_floor(&mut self, floor: u64) -> Result<(), QueueError> {
         let tmp = self.dir.join(ACKED_TMP);
         let mut bytes = floor.to_le_bytes().to_vec();
@@ -817,7 +826,10 @@ impl DiskQueue {
             .map_err(io_error("writing", &tmp))?;
         let acked = self.dir.join(ACKED);
         fs::rename(&tmp, &acked).map_err(io_error("renaming", &acked))?;
-        self.dir_unsynced = true;
+        // No directory fsync for the rename alone: if a power cut loses it, the old floor
+        // comes back and more records are delivered again (at-least-once), never fewer.
+        // That saves one fsync per commit on an SD card. A segment deletion fsyncs the
+        // directory, and with it this rename.
         self.floor_on_disk = floor;
         Ok(())
     }

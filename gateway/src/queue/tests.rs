@@ -756,7 +756,7 @@ impl Model {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// Random appends, syncs, acks, crashes and power cuts against the model above. The
     /// segments are tiny, so records roll over, segments are created and deleted often.
@@ -835,7 +835,7 @@ enum BoundedOp {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// On the readings lane the segment files never take more than `max_bytes`, what is
     /// shed is the oldest and is counted exactly, and what is kept reads back intact.
