@@ -19,8 +19,10 @@
 //! - `acked`, 12 bytes: `floor: u64 LE | crc: u32 LE` (CRC-32/IEEE of the eight floor
 //!   bytes). Every seq below the floor has been acknowledged by the receiver (or shed) and
 //!   is never delivered again. It is rewritten atomically: `acked.tmp` is written and
-//!   fsynced, then renamed over `acked`, and the directory is fsynced before that `sync`
-//!   returns (after a shed in `append`, by the next `sync`). A missing file means floor 0.
+//!   fsynced, then renamed over `acked`. The directory is not fsynced for that rename alone
+//!   (only when segments are created or deleted): a power cut that loses the rename brings
+//!   back an older floor, so more records are delivered again, never fewer. A missing file
+//!   means floor 0.
 //!
 //! # Invariants
 //! - Seqs strictly increase: within a segment, from one segment to the next, and across
@@ -76,7 +78,7 @@
 //! # Costs
 //! A sync that has new records to cover costs one fdatasync (two just after a new segment
 //! was started, plus a directory fsync). When acknowledgements moved the floor it also
-//! writes `acked`: one more fsync for `acked.tmp` and one for the directory. A sync with
+//! writes `acked`: one more fsync, for `acked.tmp`. A sync with
 //! nothing new costs nothing. [`QueueStats::fsyncs`] counts them all.
 //!
 //! # Known limits
