@@ -292,6 +292,7 @@ async fn acknowledge(
         command_id: uuid::Uuid::now_v7().to_string(),
         operator: operator.clone(),
         ts_ms: now_ms(),
+        ttl_ms: Some(shouwang_wire::COMMAND_TTL_MS),
         action: Action::Acknowledge {
             alarm_id: alarm_id.clone(),
             // What the operator saw, or else what this console shows now.

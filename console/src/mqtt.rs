@@ -285,6 +285,7 @@ fn ask_for_resync(state: &AppState, community: &str, gateway: &str) {
         command_id: uuid::Uuid::now_v7().to_string(),
         operator: "console".into(),
         ts_ms: now_ms(),
+        ttl_ms: Some(shouwang_wire::COMMAND_TTL_MS),
         action: Action::Resync,
     };
     let topic = shouwang_wire::topic(community, gateway, Channel::Commands);

@@ -37,9 +37,19 @@ pub const UNDELIVERED_RULE: &str = "undelivered";
 /// The gateway's fault for an alarm queue that cannot write to disk (full, failing).
 pub const QUEUE_DISK_RULE: &str = "queue_disk";
 
+/// The gateway's fault for a wall clock far from the console's (learned from receipts):
+/// the times it writes on events and readings are wrong, though nothing it decides is.
+pub const CLOCK_OFF_RULE: &str = "clock_off";
+/// How far the gateway's wall clock may be from the console's before [`CLOCK_OFF_RULE`].
+pub const CLOCK_OFF_AFTER_MS: i64 = 5 * 60 * 1000;
+
 /// The faults the gateway raises about itself; their device is the gateway: (rule id,
 /// message).
-pub const GATEWAY_FAULTS: [(&str, &str); 2] = [
+pub const GATEWAY_FAULTS: [(&str, &str); 3] = [
+    (
+        CLOCK_OFF_RULE,
+        "Gateway clock is more than 5 minutes off the console's: times shown from it are wrong",
+    ),
     (
         UNDELIVERED_RULE,
         "Alarms not delivered: the console has not confirmed them",
@@ -970,6 +980,7 @@ message = "Smoke detected"
         assert_eq!(
             ids,
             [
+                "riverside:gw-b1:gw-b1:clock_off",
                 "riverside:gw-b1:gw-b1:undelivered",
                 "riverside:gw-b1:gw-b1:queue_disk",
                 "riverside:gw-b1:smoke-B1-12-03:comm_lost",
@@ -977,7 +988,7 @@ message = "Smoke detected"
                 "riverside:gw-b1:smoke-B1-12-03:smoke-high"
             ]
         );
-        assert_eq!(specs[4].1.engineering_unit.as_deref(), Some("%/m"));
+        assert_eq!(specs[5].1.engineering_unit.as_deref(), Some("%/m"));
     }
 
     #[test]

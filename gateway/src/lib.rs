@@ -190,6 +190,10 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                     }
                 }
                 events.extend(watch.set_gateway_fault(config::UNDELIVERED_RULE, undelivered, now));
+                let clock_off = link
+                    .clock_offset()
+                    .is_some_and(|offset| offset.saturating_abs() > config::CLOCK_OFF_AFTER_MS);
+                events.extend(watch.set_gateway_fault(config::CLOCK_OFF_RULE, clock_off, now));
                 let disk = health.disk_failing.load(Ordering::Relaxed);
                 events.extend(watch.set_gateway_fault(config::QUEUE_DISK_RULE, disk, now));
                 for event in events {

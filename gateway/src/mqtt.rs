@@ -124,7 +124,7 @@ pub fn client(config: &Config) -> (AsyncClient, EventLoop) {
 }
 
 /// Whether the broker link is up, for logs and tests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LinkState {
     pub connected: AtomicBool,
     /// Connections made so far; each new one makes the journal send its pending events
@@ -135,7 +135,35 @@ pub struct LinkState {
     pub bad_commands: AtomicU64,
     /// Receipts that did not decode, named another gateway, or named too many events.
     pub bad_receipts: AtomicU64,
+    /// The console's clock minus ours, in ms, from the last receipt (within the network's
+    /// latency); [`CLOCK_UNKNOWN`] until one came.
+    pub clock_offset_ms: std::sync::atomic::AtomicI64,
     pub readings_dropped: AtomicU64,
+}
+
+/// [`LinkState::clock_offset_ms`] before any receipt told us the console's time.
+pub const CLOCK_UNKNOWN: i64 = i64::MIN;
+
+impl Default for LinkState {
+    fn default() -> Self {
+        LinkState {
+            connected: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            bad_commands: AtomicU64::new(0),
+            bad_receipts: AtomicU64::new(0),
+            clock_offset_ms: std::sync::atomic::AtomicI64::new(CLOCK_UNKNOWN),
+            readings_dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LinkState {
+    /// The console's clock minus ours, once known.
+    pub fn clock_offset(&self) -> Option<i64> {
+        let offset = self.clock_offset_ms.load(Ordering::Relaxed);
+        (offset != CLOCK_UNKNOWN).then_some(offset)
+    }
 }
 
 /// Start [`drive`]; returns what it will report.
@@ -201,6 +229,9 @@ async fn drive(
                         if r.gateway == config.gateway.id
                             && r.events.len() <= Receipt::MAX_EVENTS =>
                     {
+                        state
+                            .clock_offset_ms
+                            .store(r.ts_ms.saturating_sub(now_ms()), Ordering::Relaxed);
                         journal.receipt(r.events);
                     }
                     Ok(_) | Err(_) => {
@@ -240,7 +271,28 @@ async fn drive(
                         );
                         Err(format!("its {field} is {len} characters long"))
                     }
-                    None => Ok(cmd),
+                    None => match cmd.expired_by_ms(now_ms(), state.clock_offset()) {
+                        Some(late) => {
+                            let refused = CommandReply {
+                                schema: SCHEMA_VERSION,
+                                command_id: cmd.command_id.clone(),
+                                gateway: config.gateway.id.clone(),
+                                ok: false,
+                                error: Some(format!(
+                                    "refused: the command expired {late} ms before it arrived; look at the alarm again"
+                                )),
+                                ts_ms: now_ms(),
+                            };
+                            let _ = client.try_publish(
+                                topics.replies.clone(),
+                                QoS::AtLeastOnce,
+                                false,
+                                refused.encode(),
+                            );
+                            Err(format!("it expired {late} ms before it arrived"))
+                        }
+                        None => Ok(cmd),
+                    },
                 });
                 match decoded {
                     Ok(cmd) => match commands.try_send(cmd) {

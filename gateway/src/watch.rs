@@ -600,6 +600,7 @@ message = "Smoke detected"
             command_id: "c1".into(),
             operator: "wang".into(),
             ts_ms: 1_500,
+            ttl_ms: None,
             action: Action::Acknowledge {
                 alarm_id: "c:gw:smoke-1:smoke-high".into(),
                 event_id: Some("boot-1".into()),
@@ -632,6 +633,7 @@ message = "Smoke detected"
             command_id: "c4".into(),
             operator: "wang".into(),
             ts_ms: 3_100,
+            ttl_ms: None,
             action: Action::Acknowledge {
                 alarm_id: "c:gw:smoke-1:smoke-high".into(),
                 event_id: Some("boot-1".into()),
@@ -661,6 +663,7 @@ message = "Smoke detected"
             command_id: "c5".into(),
             operator: "wang".into(),
             ts_ms: 100,
+            ttl_ms: None,
             action: Action::Acknowledge {
                 alarm_id: "c:gw:smoke-1:smoke-high".into(),
                 event_id: Some("old-boot-7".into()),
@@ -692,6 +695,7 @@ message = "Smoke detected"
             command_id: "c3".into(),
             operator: "console".into(),
             ts_ms: 5_000,
+            ttl_ms: None,
             action: Action::Resync,
         };
         let (events, reply) = w.on_command(&cmd, Stamp::at(5_000));
@@ -712,6 +716,7 @@ message = "Smoke detected"
             command_id: "c2".into(),
             operator: "wang".into(),
             ts_ms: 0,
+            ttl_ms: None,
             action: Action::Acknowledge {
                 alarm_id: "c:gw:nope:x".into(),
                 event_id: None,

@@ -279,12 +279,33 @@ pub struct Command {
     pub command_id: String,
     /// Who asked, as shown in the alarm's history.
     pub operator: String,
+    /// When the console sent it, by the console's clock.
     pub ts_ms: i64,
+    /// How long the command holds, from `ts_ms`. A gateway refuses it once older than this
+    /// (judged on the console's clock, as the gateway learns it from receipts), so an
+    /// acknowledgement delayed in transit never acts on a screen the operator left long ago.
+    /// Absent: no expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
     #[serde(flatten)]
     pub action: Action,
 }
 
+/// How long the console's commands hold ([`Command::ttl_ms`]).
+pub const COMMAND_TTL_MS: u64 = 30_000;
+
 impl Command {
+    /// How many ms past its expiry the command is, when the gateway's wall clock reads
+    /// `gateway_wall_ms` and is `clock_offset_ms` behind the console's (console minus
+    /// gateway), if known. `None`: not expired, or it cannot be judged (no expiry, or the
+    /// offset is not known yet: the gateway's own clock may be years off).
+    pub fn expired_by_ms(&self, gateway_wall_ms: i64, clock_offset_ms: Option<i64>) -> Option<i64> {
+        let ttl = i64::try_from(self.ttl_ms?).unwrap_or(i64::MAX);
+        let console_now = gateway_wall_ms.saturating_add(clock_offset_ms?);
+        let late = console_now.saturating_sub(self.ts_ms).saturating_sub(ttl);
+        (late > 0).then_some(late)
+    }
+
     /// The first field of this command that is longer than the contract allows, with its
     /// length: such a command is refused, since its fields would be echoed into events and
     /// replies and could push them past [`MAX_PUBLISH_BYTES`].
@@ -464,6 +485,7 @@ mod tests {
             command_id: "c1".into(),
             operator: "li".into(),
             ts_ms: 5,
+            ttl_ms: None,
             action: Action::Acknowledge {
                 alarm_id: "gw:dev:rule".into(),
                 event_id: None,
@@ -585,12 +607,42 @@ mod tests {
     }
 
     #[test]
+    fn a_command_expires_on_the_consoles_clock_whatever_the_gateways_reads() {
+        let cmd = Command {
+            schema: SCHEMA_VERSION,
+            command_id: "c1".into(),
+            operator: "li".into(),
+            ts_ms: 1_800_000_000_000,
+            ttl_ms: Some(30_000),
+            action: Action::Resync,
+        };
+        // A gateway in 1970 that knows it is behind: judged right.
+        let behind = 1_800_000_000_000 - 100;
+        assert_eq!(cmd.expired_by_ms(100, Some(behind)), None);
+        assert_eq!(cmd.expired_by_ms(100 + 40_000, Some(behind)), Some(10_000));
+        // A gateway a day ahead: not mistaken for stale.
+        let ahead = -86_400_000;
+        assert_eq!(
+            cmd.expired_by_ms(1_800_000_001_000 + 86_400_000, Some(ahead)),
+            None
+        );
+        // No offset known yet, or no ttl: cannot be judged, so not refused.
+        assert_eq!(cmd.expired_by_ms(i64::MAX, None), None);
+        let forever = Command {
+            ttl_ms: None,
+            ..cmd
+        };
+        assert_eq!(forever.expired_by_ms(i64::MAX, Some(0)), None);
+    }
+
+    #[test]
     fn a_command_with_an_oversized_field_is_named() {
         let mut cmd = Command {
             schema: SCHEMA_VERSION,
             command_id: "c1".into(),
             operator: "li".into(),
             ts_ms: 5,
+            ttl_ms: None,
             action: Action::Acknowledge {
                 alarm_id: "a:b:c:d".into(),
                 event_id: None,

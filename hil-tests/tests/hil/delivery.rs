@@ -651,6 +651,17 @@ async fn wall_clock_steps_back_and_forward_neither_delay_nor_hide_nor_freeze_an_
         "the event carries the gateway's (stepped) wall time: {stepped} vs {real}"
     );
 
+    // The console's receipts tell the gateway how far off its clock is: reported as a fault.
+    wait_state(
+        &http,
+        &console,
+        &gateway,
+        "riverside:gw-t:gw-t:clock_off",
+        "unacknowledged",
+        Duration::from_secs(5),
+    )
+    .await;
+
     // And forward two days: the clear is not taken for anything else either.
     std::fs::write(&offset, "+2d\n").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
