@@ -246,6 +246,24 @@ async fn drive(
                 if p.topic != topics.commands {
                     continue;
                 }
+                // Refuse a command with a reply, without waiting (this loop drains the
+                // channel that a waiting publish would need).
+                let refuse = |command_id: String, why: String| {
+                    let reply = CommandReply {
+                        schema: SCHEMA_VERSION,
+                        command_id,
+                        gateway: config.gateway.id.clone(),
+                        ok: false,
+                        error: Some(why),
+                        ts_ms: now_ms(),
+                    };
+                    let _ = client.try_publish(
+                        topics.replies.clone(),
+                        QoS::AtLeastOnce,
+                        false,
+                        reply.encode(),
+                    );
+                };
                 let decoded = Command::decode(&p.payload).map_err(|e| e.to_string());
                 let decoded = decoded.and_then(|cmd| match cmd.oversized_field() {
                     // Too long to echo back: nobody to answer.
@@ -253,41 +271,17 @@ async fn drive(
                         Err(format!("its command_id is {len} characters long"))
                     }
                     Some((field, len)) => {
-                        let refused = CommandReply {
-                            schema: SCHEMA_VERSION,
-                            command_id: cmd.command_id.clone(),
-                            gateway: config.gateway.id.clone(),
-                            ok: false,
-                            error: Some(format!(
-                                "refused: {field} is {len} characters long, more than a command may carry"
-                            )),
-                            ts_ms: now_ms(),
-                        };
-                        let _ = client.try_publish(
-                            topics.replies.clone(),
-                            QoS::AtLeastOnce,
-                            false,
-                            refused.encode(),
+                        refuse(
+                            cmd.command_id,
+                            format!("refused: {field} is {len} characters long, more than a command may carry"),
                         );
                         Err(format!("its {field} is {len} characters long"))
                     }
                     None => match cmd.expired_by_ms(now_ms(), state.clock_offset()) {
                         Some(late) => {
-                            let refused = CommandReply {
-                                schema: SCHEMA_VERSION,
-                                command_id: cmd.command_id.clone(),
-                                gateway: config.gateway.id.clone(),
-                                ok: false,
-                                error: Some(format!(
-                                    "refused: the command expired {late} ms before it arrived; look at the alarm again"
-                                )),
-                                ts_ms: now_ms(),
-                            };
-                            let _ = client.try_publish(
-                                topics.replies.clone(),
-                                QoS::AtLeastOnce,
-                                false,
-                                refused.encode(),
+                            refuse(
+                                cmd.command_id,
+                                format!("refused: the command expired {late} ms before it arrived; look at the alarm again"),
                             );
                             Err(format!("it expired {late} ms before it arrived"))
                         }
@@ -299,20 +293,7 @@ async fn drive(
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(cmd)) => {
                             tracing::warn!(command_id = %cmd.command_id, "too many commands waiting; refused one");
-                            let busy = CommandReply {
-                                schema: SCHEMA_VERSION,
-                                command_id: cmd.command_id,
-                                gateway: config.gateway.id.clone(),
-                                ok: false,
-                                error: Some("the gateway is busy; try again".into()),
-                                ts_ms: now_ms(),
-                            };
-                            let _ = client.try_publish(
-                                topics.replies.clone(),
-                                QoS::AtLeastOnce,
-                                false,
-                                busy.encode(),
-                            );
+                            refuse(cmd.command_id, "the gateway is busy; try again".into());
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => return,
                     },

@@ -131,6 +131,37 @@ async fn every_transition_raised_while_the_broker_was_down_reaches_the_console_o
     assert_eq!(ids.len(), 8);
 }
 
+/// A console, a smoke detector and a gateway on the broker at `port`, once the console
+/// shows the gateway online.
+async fn online(port: u16, gateway_id: &str) -> (rig::ConsoleProc, SimDevice, rig::Proc) {
+    let console = rig::start_console(port).unwrap();
+    let smoke = smoke_sim().await;
+    let config = rig::gateway_config(gateway_id, port, smoke.local_addr(), None, "");
+    let gateway = rig::start_gateway(&config).unwrap();
+    let http = servers::http_client();
+    eventually(
+        "the gateway online at the console",
+        Duration::from_secs(20),
+        || async {
+            let list: Value = http
+                .get(format!("{}/api/gateways", console.url))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            list.as_array()?
+                .iter()
+                .any(|g| g["gateway"] == gateway_id && g["state"] == "online")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    (console, smoke, gateway)
+}
+
 /// A client of the broker's that owes nothing to anyone: clean session, no limits.
 async fn hostile(port: u16) -> AsyncClient {
     let mut options =
@@ -208,40 +239,9 @@ async fn a_hostile_client_publishing_garbage_on_every_topic_silences_neither_the
  {
     // The broker as docs/mosquitto/ sets it up: packets past 256 KiB are refused.
     let broker = servers::mosquitto_limited().unwrap();
-    let port = broker.port();
-    let mut console = rig::start_console(port).unwrap();
-    let smoke = smoke_sim().await;
-    let mut gateway = rig::start_gateway(&rig::gateway_config(
-        "gw-h",
-        port,
-        smoke.local_addr(),
-        None,
-        "",
-    ))
-    .unwrap();
-    let http = servers::http_client();
-    eventually(
-        "the gateway online at the console",
-        Duration::from_secs(20),
-        || async {
-            let list: Value = http
-                .get(format!("{}/api/gateways", console.url))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            list.as_array()?
-                .iter()
-                .any(|g| g["gateway"] == "gw-h" && g["state"] == "online")
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    let (mut console, smoke, mut gateway) = online(broker.port(), "gw-h").await;
 
-    let abuser = hostile(port).await;
+    let abuser = hostile(broker.port()).await;
     let started = Instant::now();
     for channel in [
         "commands", "receipts", "events", "readings", "replies", "status",
@@ -291,39 +291,8 @@ async fn a_two_megabyte_message_on_a_broker_without_limits_costs_the_gateway_one
  {
     // A broker left at mosquitto's defaults (no packet limit) lets anything through.
     let broker = servers::mosquitto().unwrap();
-    let port = broker.port();
-    let mut console = rig::start_console(port).unwrap();
-    let smoke = smoke_sim().await;
-    let mut gateway = rig::start_gateway(&rig::gateway_config(
-        "gw-b",
-        port,
-        smoke.local_addr(),
-        None,
-        "",
-    ))
-    .unwrap();
-    let http = servers::http_client();
-    eventually(
-        "the gateway online at the console",
-        Duration::from_secs(20),
-        || async {
-            let list: Value = http
-                .get(format!("{}/api/gateways", console.url))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            list.as_array()?
-                .iter()
-                .any(|g| g["gateway"] == "gw-b" && g["state"] == "online")
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
-    let abuser = hostile(port).await;
+    let (mut console, smoke, mut gateway) = online(broker.port(), "gw-b").await;
+    let abuser = hostile(broker.port()).await;
     let big = vec![b'x'; 2 * 1024 * 1024];
     for channel in ["commands", "events", "status"] {
         abuser
