@@ -12,7 +12,8 @@
 //! 2. removes the events named by receipts from the queue (a receipt is the console's word
 //!    that it stored them; a broker's PUBACK is not, see `shared/notes/delivery-anchors.md`);
 //! 3. publishes what is due while the broker link is up: events never sent on this
-//!    connection, and events sent more than [`RESEND_AFTER`] ago without a receipt. The most
+//!    connection, and events without a receipt sent 2, 4, 8 then every 10 s ago
+//!    ([`FIRST_RESEND_AFTER`] doubling up to [`RESEND_AFTER`]). The most
 //!    urgent first (class, then priority, then order); events that happened since the link
 //!    came up ("live") before older ones, and the older ones ("backlog": from before the
 //!    link came up, or from before a restart) at most [`BACKLOG_PER_TURN`] per turn, so a
@@ -41,8 +42,20 @@ use shouwang_wire::{AlarmEvent, EventKey, Message, Priority, SignalClass};
 
 use crate::queue::{DiskQueue, QueueLimits};
 
-/// An event sent without a receipt for this long is sent again (same `event_id`).
+/// An event sent without a receipt is sent again (same `event_id`) after this long, then
+/// after twice as long each time, up to [`RESEND_AFTER`]: a console that was still
+/// reconnecting to a broker that restarted hears it within seconds, and a console that is
+/// away for long costs one resend per event every 10 s.
+pub const FIRST_RESEND_AFTER: Duration = Duration::from_secs(2);
+/// The longest wait between two sends of an unconfirmed event.
 pub const RESEND_AFTER: Duration = Duration::from_secs(10);
+
+/// How long to wait for a receipt after the `sends`-th send of an event on one connection.
+fn resend_after(sends: u32) -> Duration {
+    FIRST_RESEND_AFTER
+        .saturating_mul(1 << sends.saturating_sub(1).min(8))
+        .min(RESEND_AFTER)
+}
 /// How often the thread wakes when nothing happens (resend and health checks).
 const TURN: Duration = Duration::from_millis(50);
 /// At most this many backlog events are handed to the broker link per turn: 20 per 50 ms,
@@ -151,8 +164,8 @@ struct Pending {
     record: Option<u64>,
     /// When it was recorded (monotonic), for ages and delivery latency.
     recorded: Instant,
-    /// The connection it was last sent on and when, if it was.
-    sent: Option<(u64, Instant)>,
+    /// The connection it was last sent on, when, and how many times on that connection.
+    sent: Option<(u64, Instant, u32)>,
     /// Recorded after the current connection came up: sent before the backlog.
     live_since: u64,
 }
@@ -351,7 +364,9 @@ impl Lane {
                 .is_none_or(|seq| sendable.is_some_and(|d| seq <= d));
             let unsent = match p.sent {
                 None => true,
-                Some((conn, at)) => conn != connection || now.duration_since(at) >= RESEND_AFTER,
+                Some((conn, at, sends)) => {
+                    conn != connection || now.duration_since(at) >= resend_after(sends)
+                }
             };
             written && unsent
         };
@@ -371,7 +386,11 @@ impl Lane {
                 }
                 match client.try_publish(topic, QoS::AtLeastOnce, false, p.event.encode()) {
                     Ok(()) => {
-                        p.sent = Some((connection, now));
+                        let sends = match p.sent {
+                            Some((conn, _, n)) if conn == connection => n.saturating_add(1),
+                            _ => 1,
+                        };
+                        p.sent = Some((connection, now, sends));
                         self.health.sends.fetch_add(1, Ordering::Relaxed);
                     }
                     // rumqttc's request channel is full: the rest waits for the next turn.
@@ -401,5 +420,41 @@ impl Lane {
                 .store(stats.bytes_on_disk, Ordering::Relaxed);
             h.fsyncs.store(stats.fsyncs, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unconfirmed_event_is_sent_again_after_2_4_8_then_every_10_seconds() {
+        let waits: Vec<u64> = (1..=6).map(|n| resend_after(n).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 8, 10, 10, 10]);
+        assert_eq!(resend_after(u32::MAX), RESEND_AFTER);
+    }
+
+    #[test]
+    fn fire_alarms_rank_before_supervisory_before_faults_and_high_before_low() {
+        let mut event = AlarmEvent::decode(
+            br#"{"schema":1,"event_id":"e","boot":1,"seq":1,"alarm_id":"c:g:d:r","gateway":"g",
+            "device":"d","device_kind":"smoke","point":null,"rule":"r","class":"fault",
+            "priority":"low","transition":"raised","state":"unacknowledged","active":true,
+            "value":null,"engineering_unit":null,"place":{"community":"c","building":"B1",
+            "floor":"1","unit":"1"},"message":"m","ts_ms":0,"operator":null}"#,
+        )
+        .unwrap();
+        let fault_low = rank(&event);
+        event.class = SignalClass::Supervisory;
+        event.priority = Priority::High;
+        let supervisory_high = rank(&event);
+        event.class = SignalClass::Alarm;
+        event.priority = Priority::Low;
+        let alarm_low = rank(&event);
+        event.priority = Priority::High;
+        let alarm_high = rank(&event);
+        assert!(alarm_high < alarm_low);
+        assert!(alarm_low < supervisory_high);
+        assert!(supervisory_high < fault_low);
     }
 }
