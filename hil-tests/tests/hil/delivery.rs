@@ -416,40 +416,57 @@ async fn a_full_disk_keeps_alarms_flowing_from_memory_and_shows_as_a_fault_until
     // The disk fills up (another program's log, say).
     let filler = disk.path.join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 512 * 1024]);
-    let cut = Instant::now();
-    smoke.set_u16(0, 20);
-    wait_state(
-        &http,
-        &console,
-        &gateway,
-        smoke_alarm,
-        "returned_unacknowledged",
-        Duration::from_secs(10),
-    )
-    .await;
-    println!(
-        "an alarm clear written to a full disk reached the board in {:?}",
-        cut.elapsed()
+    // tmpfs hands out whole pages: the first events may still fit in the queue file's last
+    // page. Fire and clear until one does not; every transition must reach the board
+    // whether it was written or not, and the fault must show.
+    let mut fault_shown = false;
+    for round in 0..20 {
+        let (value, state) = if round % 2 == 0 {
+            (20, "returned_unacknowledged")
+        } else {
+            (400, "unacknowledged")
+        };
+        let cut = Instant::now();
+        smoke.set_u16(0, value);
+        wait_state(
+            &http,
+            &console,
+            &gateway,
+            smoke_alarm,
+            state,
+            Duration::from_secs(10),
+        )
+        .await;
+        if round == 0 {
+            println!(
+                "an alarm clear on a full disk reached the board in {:?}",
+                cut.elapsed()
+            );
+        }
+        let fault = alarm_view(&http, &console.url, disk_fault).await;
+        if fault.is_some_and(|a| a["state"] == "unacknowledged") {
+            fault_shown = true;
+            // End with the smoke alarm raised, as the rest of the test expects.
+            if state != "unacknowledged" {
+                smoke.set_u16(0, 400);
+                wait_state(
+                    &http,
+                    &console,
+                    &gateway,
+                    smoke_alarm,
+                    "unacknowledged",
+                    Duration::from_secs(10),
+                )
+                .await;
+            }
+            break;
+        }
+    }
+    assert!(
+        fault_shown,
+        "no queue_disk fault on a full disk:\n{}",
+        gateway.log()
     );
-    wait_state(
-        &http,
-        &console,
-        &gateway,
-        disk_fault,
-        "unacknowledged",
-        Duration::from_secs(10),
-    )
-    .await;
-    smoke.set_u16(0, 400);
-    wait_state(
-        &http,
-        &console,
-        &gateway,
-        smoke_alarm,
-        "unacknowledged",
-        Duration::from_secs(10),
-    )
-    .await;
 
     // Space comes back: the next event is written, and the fault clears.
     std::fs::remove_file(&filler).unwrap();
