@@ -129,14 +129,15 @@ pub async fn start(cfg: ConsoleConfig) -> anyhow::Result<RunningConsole> {
         &cfg.mqtt_auth,
     );
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let metrics = Arc::new(Metrics::default());
     let state = AppState {
         store,
         readings: Arc::new(LiveReadings::default()),
         stream: broadcast::channel(STREAM_CAPACITY).0,
         mqtt: client.clone(),
-        receipts: receipts::Receipts::spawn(client.clone()),
+        receipts: receipts::Receipts::spawn(client.clone(), metrics.clone()),
         mqtt_connected: Arc::new(AtomicBool::new(false)),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         operator_default: cfg.operator_default.as_str().into(),
         shutdown: shutdown_rx.clone(),
     };

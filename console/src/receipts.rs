@@ -26,18 +26,15 @@ const QUEUE: usize = 8192;
 #[derive(Clone)]
 pub struct Receipts {
     tx: mpsc::Sender<(String, String, EventKey)>,
-    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    metrics: std::sync::Arc<crate::state::Metrics>,
 }
 
 impl Receipts {
-    /// Start the batching task on `client`.
-    pub fn spawn(client: AsyncClient) -> Receipts {
+    /// Start the batching task on `client`; drops are counted in `metrics`.
+    pub fn spawn(client: AsyncClient, metrics: std::sync::Arc<crate::state::Metrics>) -> Receipts {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(rx, client));
-        Receipts {
-            tx,
-            dropped: Default::default(),
-        }
+        Receipts { tx, metrics }
     }
 
     /// The event `key` of `gateway` in `community` is stored. Never waits.
@@ -47,14 +44,8 @@ impl Receipts {
             .try_send((community.to_string(), gateway.to_string(), key))
             .is_err()
         {
-            self.dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::state::Metrics::inc(&self.metrics.receipts_dropped);
         }
-    }
-
-    /// Keys dropped because the queue was full (their events will be resent).
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -165,6 +165,8 @@ pub struct Metrics {
     pub store_failures: AtomicU64,
     /// Store failures in a row, now; 0 once a message is stored again.
     pub store_failing: AtomicU64,
+    /// Receipt keys dropped because the receipt queue was full (the events come again).
+    pub receipts_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -173,7 +175,12 @@ impl Metrics {
     }
 
     pub fn render(&self, mqtt_connected: bool) -> String {
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
+            (
+                "shouwang_console_receipts_dropped_total",
+                "Receipt keys dropped because the receipt queue was full (the gateway resends those events).",
+                &self.receipts_dropped,
+            ),
             (
                 "shouwang_console_store_failures_total",
                 "Messages that could not be stored: not acknowledged, no receipt, delivered again.",

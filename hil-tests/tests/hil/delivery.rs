@@ -14,6 +14,7 @@ use serde_json::Value;
 use shouwang_hil_tests::rig::{self, eventually};
 use shouwang_hil_tests::servers;
 use shouwang_hil_tests::sim::SimDevice;
+use shouwang_wire::Message;
 
 async fn smoke_sim() -> SimDevice {
     let smoke = SimDevice::start("127.0.0.1:0".parse().unwrap())
@@ -283,6 +284,41 @@ async fn a_hostile_client_publishing_garbage_on_every_topic_silences_neither_the
         gateway.log().contains("ignored a bad command"),
         "{}",
         gateway.log()
+    );
+
+    // A command that spent two minutes in transit (30 s is all it holds) is refused with a
+    // reply saying so, judged on the console's clock the gateway learned from receipts.
+    let replies = rig::Listener::start(broker.port(), "shouwang/v1/riverside/gw-h/replies")
+        .await
+        .unwrap();
+    let stale = format!(
+        r#"{{"schema":1,"command_id":"stale-1","operator":"li","ts_ms":{},"ttl_ms":30000,"action":"acknowledge","alarm_id":"riverside:gw-h:smoke-B1-12-03:smoke-high"}}"#,
+        rig::wall_ms() - 120_000
+    );
+    abuser
+        .publish(
+            "shouwang/v1/riverside/gw-h/commands",
+            QoS::AtLeastOnce,
+            false,
+            stale.into_bytes(),
+        )
+        .await
+        .unwrap();
+    let reply = replies
+        .wait_for("the stale command's reply", Duration::from_secs(5), |h| {
+            shouwang_wire::CommandReply::decode(&h.payload)
+                .ok()
+                .filter(|r| r.command_id == "stale-1")
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    assert!(!reply.ok);
+    assert!(
+        reply
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("expired")),
+        "{reply:?}"
     );
 }
 
