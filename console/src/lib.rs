@@ -27,6 +27,7 @@ pub mod http;
 pub mod mqtt;
 pub mod own_alarms;
 pub mod receipts;
+pub mod snapshot;
 pub mod state;
 pub mod store;
 
@@ -136,6 +137,7 @@ pub async fn start(cfg: ConsoleConfig) -> anyhow::Result<RunningConsole> {
         stream: broadcast::channel(STREAM_CAPACITY).0,
         mqtt: client.clone(),
         receipts: receipts::Receipts::spawn(client.clone(), metrics.clone()),
+        snapshots: Arc::default(),
         mqtt_connected: Arc::new(AtomicBool::new(false)),
         metrics,
         operator_default: cfg.operator_default.as_str().into(),

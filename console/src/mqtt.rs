@@ -1,6 +1,7 @@
 //! The console's MQTT side: one task that owns the rumqttc event loop.
 //!
-//! - Subscribes (QoS 1) to every gateway's status, readings, events and replies, again on
+//! - Subscribes (QoS 1) to every gateway's status, readings, events, replies and snapshots
+//!   ([`crate::snapshot`]), again on
 //!   every ConnAck (the broker may have lost the session).
 //! - Persistent session (`clean_session = false`) with **manual acks**: a QoS 1 message is
 //!   acknowledged to the broker only after it is stored, so an event is never lost between
@@ -20,7 +21,7 @@ use rumqttc::{
 use shouwang_rules::AlarmInput;
 use shouwang_wire::{
     Action, AlarmEvent, Channel, Command, CommandReply, GatewayState, GatewayStatus, Message,
-    ReadingBatch, SCHEMA_VERSION, TopicName, WireError,
+    ReadingBatch, SCHEMA_VERSION, Snapshot, TopicName, WireError,
 };
 
 use crate::state::{AppState, Metrics, ReadingUpdate, StreamKind};
@@ -45,11 +46,12 @@ const REQUEST_CAPACITY: usize = 256;
 const MAX_INCOMING_BYTES: usize = 268_435_455;
 
 /// The channels the console listens to.
-pub const SUBSCRIBED: [Channel; 4] = [
+pub const SUBSCRIBED: [Channel; 5] = [
     Channel::Status,
     Channel::Readings,
     Channel::Events,
     Channel::Replies,
+    Channel::Snapshot,
 ];
 
 /// The client and event loop for the console, not yet connected.
@@ -75,6 +77,7 @@ pub enum Inbound {
     Readings(ReadingBatch),
     Status(GatewayStatus),
     Reply(CommandReply),
+    Snapshot(Snapshot),
 }
 
 /// Why a message was dropped.
@@ -84,6 +87,8 @@ pub enum DecodeError {
     Wire(#[from] WireError),
     #[error("the console does not listen on the {0} channel")]
     Channel(&'static str),
+    #[error("a snapshot on the topic of gateway {topic:?} says it is from gateway {inside:?}")]
+    SnapshotGateway { topic: String, inside: String },
 }
 
 /// Understand one message by its topic and payload.
@@ -94,6 +99,18 @@ pub fn decode(topic: &str, payload: &[u8]) -> Result<(TopicName, Inbound), Decod
         Channel::Readings => Inbound::Readings(ReadingBatch::decode(payload)?),
         Channel::Status => Inbound::Status(GatewayStatus::decode(payload)?),
         Channel::Replies => Inbound::Reply(CommandReply::decode(payload)?),
+        Channel::Snapshot => {
+            let snapshot = Snapshot::decode(payload)?;
+            // A snapshot can take alarms off the board: it must come from the gateway whose
+            // topic it is on (the broker's ACL lets a gateway write only its own topics).
+            if snapshot.gateway != name.gateway {
+                return Err(DecodeError::SnapshotGateway {
+                    topic: name.gateway,
+                    inside: snapshot.gateway,
+                });
+            }
+            Inbound::Snapshot(snapshot)
+        }
         channel @ (Channel::Commands | Channel::Receipts) => {
             return Err(DecodeError::Channel(channel.as_str()));
         }
@@ -251,6 +268,9 @@ async fn handle(state: &AppState, publish: &Publish) -> Result<(), StoreError> {
             crate::own_alarms::apply(state, &topic.community, &status.gateway, input, None).await?;
             state.publish(StreamKind::Gateway, &status);
         }
+        Inbound::Snapshot(snapshot) => {
+            reconcile(state, &topic.community, &topic.gateway, snapshot, now).await?;
+        }
         Inbound::Reply(reply) => {
             let stored = reply.clone();
             let settled = state
@@ -272,6 +292,50 @@ async fn handle(state: &AppState, publish: &Publish) -> Result<(), StoreError> {
             state.publish(StreamKind::Reply, &reply);
         }
     }
+    Ok(())
+}
+
+/// Store a snapshot part's events, and once the snapshot is whole, restate normal the
+/// alarms it shows the gateway no longer has (see [`crate::snapshot`]).
+async fn reconcile(
+    state: &AppState,
+    community: &str,
+    gateway: &str,
+    snapshot: Snapshot,
+    now: i64,
+) -> Result<(), StoreError> {
+    let added = match state.snapshots.lock() {
+        Ok(mut assemblies) => assemblies.add(community, gateway, &snapshot),
+        Err(poisoned) => poisoned.into_inner().add(community, gateway, &snapshot),
+    };
+    let complete = match added {
+        Ok(complete) => complete,
+        Err(error) => {
+            Metrics::inc(&state.metrics.mqtt_messages_rejected);
+            tracing::warn!(%gateway, %error, "snapshot part refused");
+            return Ok(());
+        }
+    };
+    for event in snapshot.events {
+        let key = event.key();
+        store_event(state, event, community, now).await?;
+        state.receipts.note(community, gateway, key);
+    }
+    let Some(complete) = complete else {
+        return Ok(());
+    };
+    let (c, g) = (community.to_string(), gateway.to_string());
+    let open = state.store.call(move |s| s.open_alarms_of(&c, &g)).await?;
+    let mut restated = 0;
+    for current in open {
+        if let Some(reason) = complete.verdict(&current.alarm_id, current.state, current.key()) {
+            let event = crate::snapshot::reconciled_event(&current, reason, complete.position, now);
+            tracing::info!(alarm_id = %event.alarm_id, ?reason, "alarm restated normal by the gateway's snapshot");
+            store_event(state, event, community, now).await?;
+            restated += 1;
+        }
+    }
+    tracing::info!(%gateway, snapshot_id = %snapshot.snapshot_id, restated, "gateway snapshot reconciled");
     Ok(())
 }
 

@@ -31,6 +31,8 @@ pub struct AppState {
     pub mqtt: rumqttc::AsyncClient,
     /// Tells gateways which of their events are stored.
     pub receipts: crate::receipts::Receipts,
+    /// Gateways' snapshots being assembled, part by part.
+    pub snapshots: Arc<Mutex<crate::snapshot::Assemblies>>,
     /// True while connected to the broker and subscribed.
     pub mqtt_connected: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,

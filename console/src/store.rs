@@ -360,6 +360,26 @@ impl Store {
         Ok(out)
     }
 
+    /// The current event of every alarm of one gateway (`<community>:<gateway>:...`) that
+    /// is not normal: what a snapshot reconciles.
+    pub fn open_alarms_of(
+        &self,
+        community: &str,
+        gateway: &str,
+    ) -> Result<Vec<AlarmEvent>, StoreError> {
+        let prefix = format!("{community}:{gateway}:");
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT json FROM alarms
+             WHERE substr(alarm_id, 1, length(?1)) = ?1 AND state <> 'normal'",
+        )?;
+        let rows = stmt.query_map(params![prefix], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for json in rows {
+            out.push(serde_json::from_str(&json?)?);
+        }
+        Ok(out)
+    }
+
     /// One alarm and where acknowledgements for it go.
     pub fn ack_target(&self, alarm_id: &str) -> Result<Option<AckTarget>, StoreError> {
         let row = self
@@ -915,5 +935,22 @@ mod tests {
         assert!(matches!(outcome, EventOutcome::Current(_)));
         drop(handle);
         stopped.await.ok();
+    }
+
+    #[test]
+    fn the_open_alarms_of_one_gateway_are_found_by_id_prefix_only() {
+        let (_dir, mut s) = store();
+        let mut a = event("a", 1, AlarmState::Unacknowledged);
+        a.alarm_id = "c:g_1:d:r".into();
+        let mut b = event("b", 2, AlarmState::Unacknowledged);
+        b.alarm_id = "c:gx1:d:r".into(); // `_` must not match as a wildcard
+        let mut n = event("n", 3, AlarmState::Normal);
+        n.alarm_id = "c:g_1:d:n".into();
+        for e in [&a, &b, &n] {
+            s.apply_event(e, "c", 1).unwrap();
+        }
+        let open = s.open_alarms_of("c", "g_1").unwrap();
+        let ids: Vec<&str> = open.iter().map(|e| e.alarm_id.as_str()).collect();
+        assert_eq!(ids, ["c:g_1:d:r"]);
     }
 }

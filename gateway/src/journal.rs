@@ -30,9 +30,13 @@
 //!   `(boot, seq)`. Receivers order by `(boot, seq)` too, so a resend never rolls back.
 //! - After a restart every event found on disk is pending again (at-least-once; the console
 //!   drops duplicates by `event_id` and sends a receipt for them too).
+//! - Each alarm's latest event is kept in [`crate::alarm_state`]'s file. A receipt deletes
+//!   an event from the queue only once that file holds the alarm's state as of that event
+//!   (the deletes wait for the next save, at most [`STATE_SAVE_EVERY`]), so after a crash
+//!   the file plus the queue hold every alarm's latest state.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -56,6 +60,10 @@ fn resend_after(sends: u32) -> Duration {
         .saturating_mul(1 << sends.saturating_sub(1).min(8))
         .min(RESEND_AFTER)
 }
+/// The alarm state file is written at most this often while alarms change (an SD card is
+/// not worn by one write per event); receipts wait for it.
+pub const STATE_SAVE_EVERY: Duration = Duration::from_secs(1);
+
 /// How often the thread wakes when nothing happens (resend and health checks).
 const TURN: Duration = Duration::from_millis(50);
 /// At most this many backlog events are handed to the broker link per turn: 20 per 50 ms,
@@ -84,6 +92,9 @@ pub struct JournalHealth {
     /// Records found damaged at start (skipped) and bytes of torn tails cut off.
     pub corrupt_records: AtomicU64,
     pub torn_bytes: AtomicU64,
+    /// Writes of the alarm state file, and whether the last one failed.
+    pub state_saves: AtomicU64,
+    pub state_failing: AtomicBool,
 }
 
 enum Input {
@@ -100,14 +111,20 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Open `<data_dir>/alarms` and start the thread. `connections` counts the broker
-    /// link's connections and `connected` says whether it is up (from [`crate::mqtt`]).
+    /// Open `<data_dir>/alarms` and the alarm state file, and start the thread. `link`
+    /// says whether the broker link is up and counts its connections (from
+    /// [`crate::mqtt`]). `known` is the config's alarm ids: the state of any other alarm
+    /// (its device or rule was removed) is forgotten.
+    ///
+    /// Returns the journal and each known alarm's latest event from before this start (the
+    /// state file merged with the events still queued), for [`crate::watch::Watch::restore`].
     pub fn start(
         data_dir: &Path,
         client: AsyncClient,
         events_topic: String,
         link: Arc<crate::mqtt::LinkState>,
-    ) -> anyhow::Result<Journal> {
+        known: &HashSet<String>,
+    ) -> anyhow::Result<(Journal, Vec<AlarmEvent>)> {
         let health = Arc::new(JournalHealth::default());
         let dir = data_dir.join("alarms");
         let queue = match DiskQueue::open(&dir, QueueLimits::default()) {
@@ -135,11 +152,13 @@ impl Journal {
             }
         };
         let (tx, rx) = mpsc::channel();
-        let mut state = Lane::new(queue, health.clone());
+        let mut state = Lane::new(queue, health.clone(), data_dir, known);
+        let mut restored: Vec<AlarmEvent> = state.latest.values().cloned().collect();
+        restored.sort_by_key(AlarmEvent::key);
         std::thread::Builder::new()
             .name("alarm-journal".into())
             .spawn(move || state.run(rx, client, events_topic, link))?;
-        Ok(Journal { tx, health })
+        Ok((Journal { tx, health }, restored))
     }
 
     /// Keep an alarm event until the console confirms it. Never waits: the channel is
@@ -184,6 +203,14 @@ struct Lane {
     /// Records up to here may be sent: the durable ones, or after a failed sync every one
     /// appended before it (they are sent from memory rather than held back).
     sendable_upto: Option<u64>,
+    /// Where the alarm state file is.
+    data_dir: PathBuf,
+    /// Each alarm's latest event: what the state file holds once `state_dirty` is false.
+    latest: HashMap<String, AlarmEvent>,
+    state_dirty: bool,
+    state_saved: Option<Instant>,
+    /// Records the console confirmed, deleted from the queue after the next state save.
+    confirmed_records: Vec<u64>,
 }
 
 /// Most urgent first when iterating ascending: alarm, supervisory, fault; high priority
@@ -203,7 +230,12 @@ fn rank(event: &AlarmEvent) -> u8 {
 }
 
 impl Lane {
-    fn new(mut queue: Option<DiskQueue>, health: Arc<JournalHealth>) -> Lane {
+    fn new(
+        mut queue: Option<DiskQueue>,
+        health: Arc<JournalHealth>,
+        data_dir: &Path,
+        known: &HashSet<String>,
+    ) -> Lane {
         let mut lane = Lane {
             queue: None,
             health,
@@ -212,7 +244,29 @@ impl Lane {
             unsynced: false,
             last_appended: None,
             sendable_upto: queue.as_ref().and_then(DiskQueue::durable_seq),
+            data_dir: data_dir.to_path_buf(),
+            latest: HashMap::new(),
+            state_dirty: false,
+            state_saved: None,
+            confirmed_records: Vec::new(),
         };
+        match crate::alarm_state::load(data_dir) {
+            Ok(loaded) => {
+                if loaded.bad_lines > 0 {
+                    tracing::warn!(
+                        lines = loaded.bad_lines,
+                        "the alarm state file had damaged lines; those alarms start normal"
+                    );
+                }
+                for event in loaded.events {
+                    crate::alarm_state::merge(&mut lane.latest, event);
+                }
+            }
+            Err(e) => {
+                // The console's reconciliation (the snapshot) puts the board right.
+                tracing::error!(error = %e, "cannot read the alarm state; every alarm starts normal");
+            }
+        }
         // What a previous run left: pending again, as backlog.
         if let Some(q) = queue.as_mut() {
             let seqs: Vec<u64> = q.pending().collect();
@@ -221,7 +275,14 @@ impl Lane {
                     .read(seq)
                     .map(|p| p.map(|bytes| AlarmEvent::decode(&bytes)))
                 {
-                    Ok(Some(Ok(event))) => lane.insert(event, Some(seq), 0),
+                    Ok(Some(Ok(event))) => {
+                        // Newer than the file: the file must catch up before the
+                        // record may leave the queue.
+                        if crate::alarm_state::merge(&mut lane.latest, event.clone()) {
+                            lane.state_dirty = true;
+                        }
+                        lane.insert(event, Some(seq), 0);
+                    }
                     Ok(Some(Err(e))) => {
                         tracing::error!(seq, error = %e, "a queued alarm record does not decode; dropped");
                         q.ack(seq);
@@ -240,6 +301,15 @@ impl Lane {
             }
         }
         lane.queue = queue;
+        let before = lane.latest.len();
+        lane.latest.retain(|id, _| known.contains(id));
+        if lane.latest.len() != before {
+            tracing::info!(
+                alarms = before - lane.latest.len(),
+                "forgot the state of alarms no longer in the config"
+            );
+            lane.state_dirty = true;
+        }
         lane
     }
 
@@ -271,6 +341,7 @@ impl Lane {
                 Ok(input) => Some(input),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.save_state(true);
                     self.sync();
                     return;
                 }
@@ -282,6 +353,7 @@ impl Lane {
                     Input::Receipt(keys) => self.confirm(&keys),
                 }
             }
+            self.save_state(false);
             self.sync();
             if link.connected.load(Ordering::Relaxed) {
                 self.publish(&client, &topic, connection);
@@ -307,6 +379,9 @@ impl Lane {
             },
             None => None,
         };
+        if crate::alarm_state::merge(&mut self.latest, event.clone()) {
+            self.state_dirty = true;
+        }
         // Live if it happened on the current connection (or while the link is down, so it
         // goes first once the link comes back).
         self.insert(event, record, connection);
@@ -342,9 +417,8 @@ impl Lane {
                 continue; // already confirmed, or never ours
             };
             if let Some(p) = self.pending.remove(&(r, *key)) {
-                if let (Some(q), Some(seq)) = (self.queue.as_mut(), p.record) {
-                    q.ack(seq);
-                    self.unsynced = true; // lets sync() move the floor and delete segments
+                if let Some(seq) = p.record {
+                    self.confirmed_records.push(seq);
                 }
                 self.health.confirmed.fetch_add(1, Ordering::Relaxed);
                 self.health.last_delivery_ms.store(
@@ -352,6 +426,48 @@ impl Lane {
                     Ordering::Relaxed,
                 );
             }
+        }
+    }
+
+    /// Write the alarm state file if alarms changed and the last write is at least
+    /// [`STATE_SAVE_EVERY`] old (or `now`), then delete the confirmed records it covers.
+    fn save_state(&mut self, now: bool) {
+        if self.state_dirty {
+            let due = now
+                || self
+                    .state_saved
+                    .is_none_or(|at| at.elapsed() >= STATE_SAVE_EVERY);
+            if !due {
+                return;
+            }
+            self.state_saved = Some(Instant::now());
+            match crate::alarm_state::save(&self.data_dir, self.latest.values()) {
+                Ok(()) => {
+                    self.state_dirty = false;
+                    self.health.state_saves.fetch_add(1, Ordering::Relaxed);
+                    if self.health.state_failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!("the alarm state is written to disk again");
+                    }
+                }
+                Err(e) => {
+                    // The queue keeps the confirmed records meanwhile: they are the state.
+                    if !self.health.state_failing.swap(true, Ordering::Relaxed) {
+                        tracing::error!(error = %e, "cannot write the alarm state; confirmed events stay queued");
+                    }
+                    return;
+                }
+            }
+        }
+        if self.confirmed_records.is_empty() {
+            return;
+        }
+        if let Some(q) = self.queue.as_mut() {
+            for seq in self.confirmed_records.drain(..) {
+                q.ack(seq);
+            }
+            self.unsynced = true; // lets sync() move the floor and delete segments
+        } else {
+            self.confirmed_records.clear();
         }
     }
 
@@ -456,5 +572,79 @@ mod tests {
         assert!(alarm_high < alarm_low);
         assert!(alarm_low < supervisory_high);
         assert!(supervisory_high < fault_low);
+    }
+
+    fn event(alarm: &str, seq: u64) -> AlarmEvent {
+        let mut e = AlarmEvent::decode(
+            br#"{"schema":1,"event_id":"e","boot":1,"seq":1,"alarm_id":"c:g:d:r","gateway":"g",
+            "device":"d","device_kind":"smoke","point":null,"rule":"r","class":"alarm",
+            "priority":"high","transition":"raised","state":"unacknowledged","active":true,
+            "value":3.0,"engineering_unit":null,"place":{"community":"c","building":"B1",
+            "floor":"1","unit":"1"},"message":"m","ts_ms":0,"operator":null}"#,
+        )
+        .unwrap();
+        e.alarm_id = alarm.into();
+        e.seq = seq;
+        e.event_id = format!("1-{seq}");
+        e
+    }
+
+    fn lane(dir: &Path, known: &[&str]) -> Lane {
+        let (queue, _) = DiskQueue::open(&dir.join("alarms"), QueueLimits::default()).unwrap();
+        let known = known.iter().map(|s| s.to_string()).collect();
+        Lane::new(Some(queue), Arc::default(), dir, &known)
+    }
+
+    #[test]
+    fn confirmed_events_leave_the_queue_only_once_the_state_file_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = lane(dir.path(), &["a", "b"]);
+        l.append(event("a", 1), 1);
+        l.append(event("b", 2), 1);
+        l.sync();
+        l.save_state(false); // the first save is due at once
+        l.append(event("a", 3), 1);
+        l.sync();
+        l.confirm(&[
+            EventKey { boot: 1, seq: 1 },
+            EventKey { boot: 1, seq: 2 },
+            EventKey { boot: 1, seq: 3 },
+        ]);
+        // Saved less than STATE_SAVE_EVERY ago: the deletes wait, the records stay queued.
+        l.save_state(false);
+        assert_eq!(l.confirmed_records.len(), 3);
+        assert_eq!(l.queue.as_ref().unwrap().pending().count(), 3);
+        drop(l); // a crash now: the file has a@1 and b@2, the queue a@3
+        let l = lane(dir.path(), &["a", "b"]);
+        assert_eq!(l.latest["a"].seq, 3);
+        assert_eq!(l.latest["b"].seq, 2);
+
+        // Saving at shutdown deletes them; the file alone then holds the state.
+        let mut l = l;
+        let keys: Vec<EventKey> = l.rank_of.keys().copied().collect();
+        l.confirm(&keys);
+        l.save_state(true);
+        l.sync();
+        assert_eq!(l.queue.as_ref().unwrap().pending().count(), 0);
+        drop(l);
+        let l = lane(dir.path(), &["a", "b"]);
+        assert!(l.pending.is_empty());
+        assert_eq!(l.latest["a"].seq, 3);
+    }
+
+    #[test]
+    fn the_state_of_an_alarm_removed_from_the_config_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = lane(dir.path(), &["a", "gone"]);
+        l.append(event("a", 1), 1);
+        l.append(event("gone", 2), 1);
+        l.save_state(true);
+        drop(l);
+        let mut l = lane(dir.path(), &["a"]);
+        assert!(l.latest.contains_key("a"));
+        assert!(!l.latest.contains_key("gone"));
+        l.save_state(true);
+        let saved = crate::alarm_state::load(dir.path()).unwrap();
+        assert_eq!(saved.events.len(), 1);
     }
 }

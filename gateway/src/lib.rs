@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
+pub mod alarm_state;
 pub mod clock;
 pub mod config;
 pub mod influx;
@@ -60,7 +61,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         tracing::error!(boot = boot.boot, error = %why, "boot counter not stored; event order after the next restart may be wrong");
     }
     let boot_id = uuid::Uuid::now_v7().simple().to_string();
-    let mut watch = Watch::new(&config, boot_id, boot.boot).map_err(|errors| {
+    let mut watch = Watch::new(&config, boot_id.clone(), boot.boot).map_err(|errors| {
         let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!("the rules do not compile: {}", list.join("; "))
     })?;
@@ -79,13 +80,27 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     let topics = Topics::new(&config);
     // The one way out for alarm events: on disk first, then to the broker until the
     // console confirms them.
-    let journal = journal::Journal::start(
+    let known = config
+        .alarm_specs()
+        .into_iter()
+        .map(|(spec, _)| spec.alarm_id)
+        .collect();
+    let (journal, restored) = journal::Journal::start(
         &config.gateway.data_dir,
         client.clone(),
         topics.events.clone(),
         link.clone(),
+        &known,
     )
     .context("starting the alarm journal")?;
+    // Every alarm resumes where it was: nothing raised twice, nothing forgotten.
+    let restored = watch.restore(restored);
+    if restored > 0 {
+        tracing::info!(
+            alarms = restored,
+            "alarm states restored from before the restart"
+        );
+    }
     let (mut news, driver) = mqtt::spawn_drive(
         events,
         client.clone(),
@@ -133,6 +148,17 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         "gateway running"
     );
 
+    // The snapshot is owed after the first full poll cycle (so it states what the field
+    // says now, not only what was restored) and after every resync the console asks for;
+    // at the latest once the slowest device's silence would have raised its comm loss.
+    let mut snapshot_owed = true;
+    let mut snapshots = 0u64;
+    let snapshot_by_ms = config
+        .devices
+        .iter()
+        .map(|d| d.comm_loss_after_s.saturating_mul(1000))
+        .max()
+        .map_or(0, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
     let undelivered_limit_ms = config
         .gateway
         .undelivered_fault_after_s
@@ -194,17 +220,29 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                     .clock_offset()
                     .is_some_and(|offset| offset.saturating_abs() > config::CLOCK_OFF_AFTER_MS);
                 events.extend(watch.set_gateway_fault(config::CLOCK_OFF_RULE, clock_off, now));
-                let disk = health.disk_failing.load(Ordering::Relaxed);
+                let disk = health.disk_failing.load(Ordering::Relaxed)
+                    || health.state_failing.load(Ordering::Relaxed);
                 events.extend(watch.set_gateway_fault(config::QUEUE_DISK_RULE, disk, now));
                 for event in events {
                     metrics::Counters::inc(&counters.alarm_events);
                     tracing::info!(alarm_id = %event.alarm_id, state = ?event.state, "alarm transition");
                     journal.record(event);
                 }
+                if snapshot_owed && (watch.first_cycle_done() || now.mono_ms >= snapshot_by_ms) {
+                    snapshot_owed = false;
+                    snapshots += 1;
+                    let id = format!("{boot_id}-s{snapshots}");
+                    let parts = watch.snapshot(&id, now.wall_ms, mqtt::PAYLOAD_MAX);
+                    tracing::info!(snapshot_id = %id, parts = parts.len(), "alarm snapshot");
+                    outbox.send_snapshot(parts).await;
+                }
             }
             Some(cmd) = news.commands.recv() => {
                 metrics::Counters::inc(&counters.commands);
                 let (events, reply) = watch.on_command(&cmd, clock.now());
+                if matches!(cmd.action, shouwang_wire::Action::Resync) {
+                    snapshot_owed = true;
+                }
                 tracing::info!(command_id = %cmd.command_id, action = ?cmd.action, ok = reply.ok, error = ?reply.error, "command");
                 for event in events {
                     metrics::Counters::inc(&counters.alarm_events);

@@ -128,6 +128,18 @@ pub fn render(
             u64::from(journal.disk_failing.load(Ordering::Relaxed)),
         ),
         (
+            "shouwang_gateway_alarm_state_saves_total",
+            COUNTER,
+            "Writes of the alarm state file (each alarm's latest event, for restarts).",
+            get(&journal.state_saves),
+        ),
+        (
+            "shouwang_gateway_alarm_state_failing",
+            GAUGE,
+            "1 while the alarm state file cannot be written (confirmed events stay queued).",
+            u64::from(journal.state_failing.load(Ordering::Relaxed)),
+        ),
+        (
             "shouwang_gateway_alarm_events_confirmed_total",
             COUNTER,
             "Alarm events the console confirmed it stored.",
@@ -208,6 +220,9 @@ pub fn health_problems(link: &LinkState, journal: &JournalHealth) -> Vec<String>
     }
     if journal.disk_failing.load(Ordering::Relaxed) {
         out.push("alarm queue: cannot write to disk; alarms kept in memory".to_string());
+    }
+    if journal.state_failing.load(Ordering::Relaxed) {
+        out.push("alarm state: cannot write to disk; a restart would not know it".to_string());
     }
     out
 }

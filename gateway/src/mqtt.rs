@@ -18,7 +18,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, SubscribeFilter};
 use shouwang_wire::{
     Channel, Command, CommandReply, GatewayState, GatewayStatus, Message, ReadingBatch, Receipt,
-    SCHEMA_VERSION, topic,
+    SCHEMA_VERSION, Snapshot, topic,
 };
 use tokio::sync::mpsc;
 
@@ -41,7 +41,7 @@ const REPLY_LANE: usize = 256;
 const READING_LANE: usize = 256;
 /// The largest payload the gateway publishes: the packet limit less room for the fixed
 /// header and the topic.
-const PAYLOAD_MAX: usize = shouwang_wire::MAX_PUBLISH_BYTES - 1024;
+pub const PAYLOAD_MAX: usize = shouwang_wire::MAX_PUBLISH_BYTES - 1024;
 
 /// What the broker link tells the runtime loop. [`drive`] never waits on this channel (it
 /// is the loop that drains rumqttc's request channel, and the runtime loop may be waiting
@@ -65,6 +65,7 @@ pub struct Topics {
     pub commands: String,
     pub replies: String,
     pub receipts: String,
+    pub snapshot: String,
 }
 
 impl Topics {
@@ -77,6 +78,7 @@ impl Topics {
             commands: t(Channel::Commands),
             replies: t(Channel::Replies),
             receipts: t(Channel::Receipts),
+            snapshot: t(Channel::Snapshot),
         }
     }
 }
@@ -341,19 +343,26 @@ impl QuietLog {
     }
 }
 
-/// The sending side of the two lanes that are not the alarm journal: command replies
-/// (never dropped: a full lane makes the caller wait; replies are few, one per command)
-/// and readings (dropped when full, and counted). Replies go first.
+/// What the replies lane carries: answers to the console.
+enum Answer {
+    Reply(CommandReply),
+    Snapshot(Vec<Snapshot>),
+}
+
+/// The sending side of the two lanes that are not the alarm journal: answers to the
+/// console, command replies and snapshots (never dropped: a full lane makes the caller
+/// wait; they are few, one per command or resync) and readings (dropped when full, and
+/// counted). Answers go first.
 #[derive(Clone)]
 pub struct Outbox {
-    replies: mpsc::Sender<CommandReply>,
+    replies: mpsc::Sender<Answer>,
     readings: mpsc::Sender<ReadingBatch>,
     state: Arc<LinkState>,
 }
 
 impl Outbox {
     pub fn spawn(client: AsyncClient, topics: Topics, state: Arc<LinkState>) -> Outbox {
-        let (replies_tx, mut replies_rx) = mpsc::channel::<CommandReply>(REPLY_LANE);
+        let (replies_tx, mut replies_rx) = mpsc::channel::<Answer>(REPLY_LANE);
         let (readings_tx, mut readings_rx) = mpsc::channel::<ReadingBatch>(READING_LANE);
         let link = state.clone();
         tokio::spawn(async move {
@@ -361,7 +370,13 @@ impl Outbox {
             loop {
                 let sends: Vec<(String, QoS, Vec<u8>)> = tokio::select! {
                     biased;
-                    Some(r) = replies_rx.recv() => vec![(topics.replies.clone(), QoS::AtLeastOnce, r.encode())],
+                    Some(answer) = replies_rx.recv() => match answer {
+                        Answer::Reply(r) => vec![(topics.replies.clone(), QoS::AtLeastOnce, r.encode())],
+                        Answer::Snapshot(parts) => parts
+                            .iter()
+                            .map(|p| (topics.snapshot.clone(), QoS::AtLeastOnce, p.encode()))
+                            .collect(),
+                    },
                     Some(r) = readings_rx.recv() => {
                         // While the link is down, readings would only fill rumqttc's
                         // request channel ahead of alarms, and QoS 0 is lost anyway.
@@ -409,7 +424,14 @@ impl Outbox {
 
     /// Queue a command reply. Waits while the lane is full; never drops.
     pub async fn send_reply(&self, reply: CommandReply) {
-        if self.replies.send(reply).await.is_err() {
+        if self.replies.send(Answer::Reply(reply)).await.is_err() {
+            tracing::error!("outbox closed; the gateway is shutting down");
+        }
+    }
+
+    /// Queue the parts of a snapshot. Waits while the lane is full; never drops.
+    pub async fn send_snapshot(&self, parts: Vec<Snapshot>) {
+        if self.replies.send(Answer::Snapshot(parts)).await.is_err() {
             tracing::error!("outbox closed; the gateway is shutting down");
         }
     }

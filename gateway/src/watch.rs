@@ -8,6 +8,10 @@
 //! (`<boot id>-<sequence>`, unique because the boot id is new at every start), and the
 //! `(boot, seq)` pair that orders every event this gateway ever sent (see [`crate::clock`]).
 //!
+//! After a restart, [`Watch::restore`] puts every alarm back in the state it had (from
+//! [`crate::alarm_state`]), so nothing is raised twice; [`Watch::snapshot`] states every
+//! alarm for the console once the first poll cycle is done ([`Watch::first_cycle_done`]).
+//!
 //! Time comes in as a [`Stamp`]: the rule engine runs on its monotonic part only, so a
 //! wall clock stepped back or forward neither delays nor hides an alarm; the wall part is
 //! only written on events and readings for people to read.
@@ -16,8 +20,8 @@ use std::collections::HashMap;
 
 use shouwang_rules::{AckError, Engine, RuleError, Transition};
 use shouwang_wire::{
-    Action, AlarmEvent, AlarmState, Command, CommandReply, Place, PointValue, ReadingBatch,
-    SCHEMA_VERSION,
+    Action, AlarmEvent, AlarmState, Command, CommandReply, EventKey, Place, PointValue,
+    ReadingBatch, SCHEMA_VERSION, Snapshot,
 };
 
 use crate::clock::Stamp;
@@ -51,6 +55,8 @@ struct DeviceState {
     point_fault_alarm: String,
     /// Engineering unit per point name.
     units: HashMap<String, Option<String>>,
+    /// Whether a poll of it has ended (answered or not) since the gateway started.
+    polled: bool,
 }
 
 pub struct Watch {
@@ -63,9 +69,8 @@ pub struct Watch {
     /// This start's boot counter: events are ordered by `(boot, seq)`.
     boot: u64,
     next_seq: u64,
-    /// Each alarm's latest event, re-sent on every (re)connection: receivers drop the
-    /// duplicates by `event_id`, and a broker that lost its queue still ends up with the
-    /// true state. Bounded by the number of alarms.
+    /// Each alarm's latest event (restored ones included): what a snapshot states, and
+    /// what an acknowledgement is checked against. Bounded by the number of alarms.
     latest: HashMap<String, AlarmEvent>,
 }
 
@@ -107,6 +112,7 @@ impl Watch {
                     .iter()
                     .map(|p| (p.name.clone(), p.engineering_unit.clone()))
                     .collect(),
+                polled: false,
             })
             .collect();
         Ok(Watch {
@@ -122,11 +128,67 @@ impl Watch {
         })
     }
 
+    /// Put alarms back in the state their latest event from before this start says (see
+    /// [`crate::journal::Journal::start`]). Events of alarms this config does not have are
+    /// skipped. Makes no event: the console has these already, and the first poll moves
+    /// each alarm on from there. Returns how many alarms were restored.
+    pub fn restore(&mut self, events: Vec<AlarmEvent>) -> usize {
+        let mut restored = 0;
+        for event in events {
+            if !self.meta.contains_key(&event.alarm_id) {
+                continue;
+            }
+            if self
+                .engine
+                .restore(&event.alarm_id, event.state, event.value)
+                .is_ok()
+            {
+                restored += 1;
+                self.latest.insert(event.alarm_id.clone(), event);
+            }
+        }
+        restored
+    }
+
+    /// Whether every device has had a poll end since the gateway started: its alarms then
+    /// reflect the field, not only what was restored.
+    pub fn first_cycle_done(&self) -> bool {
+        self.devices.iter().all(|d| d.polled)
+    }
+
+    /// Every alarm of this gateway and its latest event, split into parts of at most
+    /// `max_bytes` (see [`Snapshot`]).
+    pub fn snapshot(&self, snapshot_id: &str, wall_ms: i64, max_bytes: usize) -> Vec<Snapshot> {
+        let mut events = Vec::new();
+        let mut quiet = Vec::new();
+        for alarm in self.engine.alarms() {
+            let id = &alarm.spec.alarm_id;
+            match self.latest.get(id) {
+                Some(event) => events.push(event.clone()),
+                None => quiet.push(id.clone()),
+            }
+        }
+        let position = EventKey {
+            boot: self.boot,
+            seq: self.next_seq,
+        };
+        Snapshot::split(
+            &self.gateway,
+            snapshot_id,
+            position,
+            events,
+            quiet,
+            wall_ms,
+            max_bytes,
+        )
+    }
+
     pub fn on_poll(&mut self, outcome: &PollOutcome) -> PollReport {
         let mut report = PollReport::default();
         let Some(device) = self.devices.get_mut(outcome.device) else {
             return report;
         };
+        device.polled = true;
         let mut transitions = Vec::new();
         match &outcome.result {
             Err(_) => {
@@ -223,7 +285,8 @@ impl Watch {
     }
 
     /// A command from the console. Always yields a reply; an accepted acknowledgement also
-    /// yields the alarm's new state as an event, a resync every alarm's latest event.
+    /// yields the alarm's new state as an event. A resync is answered with a snapshot,
+    /// which the runtime loop sends ([`Watch::snapshot`]).
     pub fn on_command(&mut self, command: &Command, now: Stamp) -> (Vec<AlarmEvent>, CommandReply) {
         let mut reply = CommandReply {
             schema: SCHEMA_VERSION,
@@ -251,18 +314,6 @@ impl Watch {
                         let event = self.event(t, Some(command.operator.clone()), now.wall_ms);
                         (event.into_iter().collect(), reply)
                     }
-                    Err(AckError::NothingToAcknowledge {
-                        state: AlarmState::Normal,
-                        ..
-                    }) if !self.latest.contains_key(alarm_id) => {
-                        // The console shows this alarm from before this gateway started (say,
-                        // returned-to-normal unacknowledged); since then it has been normal.
-                        // Accept, and tell the console the state it would otherwise never
-                        // learn, so the board does not keep an alarm nobody can acknowledge.
-                        reply.ok = true;
-                        let event = self.restated_normal(alarm_id, &command.operator, now);
-                        (event.into_iter().collect(), reply)
-                    }
                     Err(e) => {
                         reply.error = Some(match e {
                             AckError::UnknownAlarm(id) => {
@@ -276,28 +327,9 @@ impl Watch {
             }
             Action::Resync => {
                 reply.ok = true;
-                (self.latest_events(), reply)
+                (Vec::new(), reply)
             }
         }
-    }
-
-    /// An `acknowledged` event saying the alarm is normal, for an alarm the engine holds
-    /// as normal and this gateway has not reported since it started.
-    fn restated_normal(
-        &mut self,
-        alarm_id: &str,
-        operator: &str,
-        now: Stamp,
-    ) -> Option<AlarmEvent> {
-        let transition = Transition {
-            alarm_id: alarm_id.to_string(),
-            kind: shouwang_wire::TransitionKind::Acknowledged,
-            state: AlarmState::Normal,
-            active: false,
-            value: None,
-            ts_ms: now.mono_ms,
-        };
-        self.event(transition, Some(operator.to_string()), now.wall_ms)
     }
 
     /// Whether the alarm has had an event after `seen`. An alarm this gateway has sent no
@@ -316,13 +348,6 @@ impl Watch {
                 .latest
                 .get(alarm_id)
                 .is_some_and(|latest| latest.event_id != seen)
-    }
-
-    /// Each alarm's latest event, in the order they happened (by sequence).
-    pub fn latest_events(&self) -> Vec<AlarmEvent> {
-        let mut events: Vec<AlarmEvent> = self.latest.values().cloned().collect();
-        events.sort_by_key(|e| (e.boot, e.seq));
-        events
     }
 
     fn external(&mut self, alarm_id: &str, active: bool, ts_ms: i64) -> Vec<Transition> {
@@ -655,41 +680,113 @@ message = "Smoke detected"
         assert_eq!(events[0].state, AlarmState::Acknowledged);
     }
 
-    #[test]
-    fn acknowledging_an_alarm_left_over_from_before_a_restart_confirms_it_is_normal() {
-        let mut w = watch(); // a fresh start: the console still shows the alarm from before
-        let cmd = Command {
+    fn ack(alarm: &str, seen: &str) -> Command {
+        Command {
             schema: SCHEMA_VERSION,
             command_id: "c5".into(),
             operator: "wang".into(),
             ts_ms: 100,
             ttl_ms: None,
             action: Action::Acknowledge {
-                alarm_id: "c:gw:smoke-1:smoke-high".into(),
-                event_id: Some("old-boot-7".into()),
+                alarm_id: alarm.into(),
+                event_id: Some(seen.into()),
             },
-        };
-        let (events, reply) = w.on_command(&cmd, Stamp::at(100));
+        }
+    }
+
+    /// A watch that ran, then a new one restored from its latest events, as after a restart.
+    fn restarted(before: &Watch) -> Watch {
+        let config = Config::from_toml_str(CONFIG, "t").unwrap();
+        let mut after = Watch::new(&config, "boot2".into(), 8).unwrap();
+        let latest: Vec<AlarmEvent> = before.latest.values().cloned().collect();
+        assert_eq!(after.restore(latest.clone()), latest.len());
+        after
+    }
+
+    #[test]
+    fn a_raised_alarm_still_active_after_a_restart_is_not_raised_again() {
+        let mut w = watch();
+        w.on_poll(&good(3.0, 1_000_000));
+        let mut after = restarted(&w);
+        // The new process's monotonic clock starts again near zero.
+        let report = after.on_poll(&good(3.2, 50));
+        assert!(report.events.is_empty(), "{:?}", report.events);
+        // The raise seen before the restart can still be acknowledged by its event id.
+        let (events, reply) =
+            after.on_command(&ack("c:gw:smoke-1:smoke-high", "boot-1"), Stamp::at(60));
         assert!(reply.ok, "{reply:?}");
-        let [event] = events.as_slice() else {
-            panic!("{events:?}")
+        assert_eq!(events[0].state, AlarmState::Acknowledged);
+        assert_eq!((events[0].boot, events[0].seq), (8, 1));
+    }
+
+    #[test]
+    fn an_acknowledged_alarm_that_cleared_during_a_restart_returns_to_normal_on_the_first_poll() {
+        let mut w = watch();
+        w.on_poll(&good(3.0, 1_000));
+        let (_, reply) = w.on_command(&ack("c:gw:smoke-1:smoke-high", "boot-1"), Stamp::at(1_100));
+        assert!(reply.ok);
+        let mut after = restarted(&w);
+        let report = after.on_poll(&good(0.1, 10));
+        let [event] = report.events.as_slice() else {
+            panic!("{:?}", report.events)
         };
         assert_eq!(event.state, AlarmState::Normal);
-        assert_eq!(event.transition, TransitionKind::Acknowledged);
-        assert!(!event.active);
-        // Once the gateway has said something about it, a second ack is refused as usual.
-        let (again, reply) = w.on_command(&cmd, Stamp::at(200));
-        assert!(again.is_empty());
+        assert_eq!(event.transition, TransitionKind::Cleared);
+    }
+
+    #[test]
+    fn a_returned_alarm_from_before_a_restart_is_acknowledged_as_usual() {
+        let mut w = watch();
+        w.on_poll(&good(3.0, 1_000));
+        w.on_poll(&good(0.1, 2_000));
+        let mut after = restarted(&w);
+        let (events, reply) =
+            after.on_command(&ack("c:gw:smoke-1:smoke-high", "boot-2"), Stamp::at(10));
+        assert!(reply.ok, "{reply:?}");
+        assert_eq!(events[0].state, AlarmState::Normal);
+        assert_eq!(events[0].transition, TransitionKind::Acknowledged);
+    }
+
+    #[test]
+    fn an_ack_for_a_normal_alarm_the_gateway_never_raised_is_refused() {
+        let mut w = watch();
+        let (events, reply) =
+            w.on_command(&ack("c:gw:smoke-1:smoke-high", "old-7"), Stamp::at(100));
+        assert!(events.is_empty());
         assert!(!reply.ok);
     }
 
     #[test]
-    fn a_resync_sends_each_alarms_latest_event_again_with_the_same_id() {
+    fn the_snapshot_after_the_first_poll_cycle_names_every_alarm_once() {
+        let mut w = watch();
+        assert!(!w.first_cycle_done());
+        w.on_poll(&good(3.0, 1_000)); // boot-1: raised
+        assert!(w.first_cycle_done());
+        let parts = w.snapshot("s1", 5, 256 * 1024);
+        let [part] = parts.as_slice() else {
+            panic!("{parts:?}")
+        };
+        assert_eq!((part.boot, part.seq), (7, 1));
+        let events: Vec<&str> = part.events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(events, ["boot-1"]);
+        let mut all: Vec<String> = part
+            .events
+            .iter()
+            .map(|e| e.alarm_id.clone())
+            .chain(part.quiet.iter().cloned())
+            .collect();
+        let count = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), count, "an alarm named twice");
+        assert!(all.contains(&"c:gw:smoke-1:comm_lost".to_string()));
+        assert!(all.contains(&"c:gw:gw:undelivered".to_string()));
+    }
+
+    #[test]
+    fn a_resync_is_answered_ok_and_leaves_the_events_to_the_snapshot() {
         let mut w = watch();
         w.on_poll(&good(3.0, 1_000));
-        w.on_poll(&good(0.1, 2_000));
-        w.on_poll(&failed(3_000));
-        w.on_poll(&failed(4_000));
         let cmd = Command {
             schema: SCHEMA_VERSION,
             command_id: "c3".into(),
@@ -700,12 +797,7 @@ message = "Smoke detected"
         };
         let (events, reply) = w.on_command(&cmd, Stamp::at(5_000));
         assert!(reply.ok);
-        let ids: Vec<(&str, &str)> = events
-            .iter()
-            .map(|e| (e.rule.as_str(), e.event_id.as_str()))
-            .collect();
-        // The smoke alarm's clear (event 2) and the comm loss (event 3), oldest first.
-        assert_eq!(ids, [("smoke-high", "boot-2"), ("comm_lost", "boot-3")]);
+        assert!(events.is_empty());
     }
 
     #[test]

@@ -264,6 +264,30 @@ impl Engine {
             })
     }
 
+    /// Put an alarm back in the state it had before the gateway restarted, with the last
+    /// value it applied. Forgets any pending raise and the time of the last input: time
+    /// here is monotonic and starts again with the process, so the next reading or setting
+    /// is applied whatever its `ts_ms`. Makes no transition: the alarm was in this state
+    /// already, and the next input moves it on by the table (a condition that cleared
+    /// meanwhile clears it; one still active raises nothing new).
+    pub fn restore(
+        &mut self,
+        alarm_id: &str,
+        state: AlarmState,
+        last_value: Option<f64>,
+    ) -> Result<(), RuleError> {
+        let alarm = self
+            .by_id
+            .get(alarm_id)
+            .and_then(|&index| self.alarms.get_mut(index))
+            .ok_or_else(|| RuleError::UnknownAlarm(alarm_id.to_owned()))?;
+        alarm.state = state;
+        alarm.last_value = last_value.filter(|v| v.is_finite());
+        alarm.raise_pending_since_ms = None;
+        alarm.last_input_ms = None;
+        Ok(())
+    }
+
     /// The alarm with this id, if there is one.
     pub fn alarm(&self, alarm_id: &str) -> Option<AlarmView<'_>> {
         let &index = self.by_id.get(alarm_id)?;

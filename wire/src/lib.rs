@@ -79,16 +79,19 @@ pub enum Channel {
     Replies,
     /// [`Receipt`] from the console to the gateway: which events it has stored. QoS 1.
     Receipts,
+    /// [`Snapshot`] from the gateway: every alarm it has and its state. QoS 1.
+    Snapshot,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 6] = [
+    pub const ALL: [Channel; 7] = [
         Channel::Status,
         Channel::Readings,
         Channel::Events,
         Channel::Commands,
         Channel::Replies,
         Channel::Receipts,
+        Channel::Snapshot,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -99,6 +102,7 @@ impl Channel {
             Channel::Commands => "commands",
             Channel::Replies => "replies",
             Channel::Receipts => "receipts",
+            Channel::Snapshot => "snapshot",
         }
     }
 }
@@ -398,6 +402,112 @@ impl Receipt {
     pub const MAX_EVENTS: usize = 1000;
 }
 
+/// One part of a gateway's statement of every alarm it has, sent after its first full poll
+/// cycle since it started and whenever the console asks for a resync. A receiver holds the
+/// whole statement once it has parts `1..=parts` of one `snapshot_id`.
+///
+/// Every event up to `(boot, seq)` is reflected in it: an alarm with an event is listed with
+/// its latest one in `events`; an alarm with none yet (normal since the gateway has known
+/// it) is named in `quiet`. An alarm of this gateway that is in neither list of any part is
+/// no longer in its config. A receiver reconciles only what it holds from before
+/// `(boot, seq)`, so an event newer than the snapshot is never undone by it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub schema: u32,
+    pub gateway: String,
+    /// Unique per snapshot; its parts share it.
+    pub snapshot_id: String,
+    /// This part's number, from 1.
+    pub part: u32,
+    /// How many parts the snapshot has, at most [`Snapshot::MAX_PARTS`].
+    pub parts: u32,
+    /// The order key of the last event the gateway had made when it took the snapshot.
+    pub boot: u64,
+    pub seq: u64,
+    /// The latest event of each alarm that has one.
+    pub events: Vec<AlarmEvent>,
+    /// Alarms with no event: normal.
+    pub quiet: Vec<String>,
+    /// The gateway's wall clock, for display.
+    pub ts_ms: i64,
+}
+
+impl Snapshot {
+    /// The most parts a snapshot may have: 256 parts of up to [`MAX_PUBLISH_BYTES`] hold
+    /// far more alarms than one gateway watches.
+    pub const MAX_PARTS: u32 = 256;
+
+    /// Whether this part is well formed: `1 <= part <= parts <= MAX_PARTS`.
+    pub fn part_ok(&self) -> bool {
+        self.part >= 1 && self.part <= self.parts && self.parts <= Self::MAX_PARTS
+    }
+
+    /// The parts of one snapshot, each encoding to at most `max_bytes` (unless a single
+    /// event is larger, which config checks prevent). `snapshot_id`, `boot`, `seq`,
+    /// `ts_ms` and `gateway` go on every part.
+    pub fn split(
+        gateway: &str,
+        snapshot_id: &str,
+        position: EventKey,
+        events: Vec<AlarmEvent>,
+        quiet: Vec<String>,
+        ts_ms: i64,
+        max_bytes: usize,
+    ) -> Vec<Snapshot> {
+        let empty = Snapshot {
+            schema: SCHEMA_VERSION,
+            gateway: gateway.to_string(),
+            snapshot_id: snapshot_id.to_string(),
+            part: u32::MAX,
+            parts: u32::MAX,
+            boot: position.boot,
+            seq: position.seq,
+            events: Vec::new(),
+            quiet: Vec::new(),
+            ts_ms,
+        };
+        enum Item {
+            Event(Box<AlarmEvent>),
+            Quiet(String),
+        }
+        // The envelope plus each item encoded and its separator.
+        let base = empty.encode().len();
+        let mut parts = vec![empty.clone()];
+        let mut size = base;
+        let items = events
+            .into_iter()
+            .map(|e| Item::Event(Box::new(e)))
+            .chain(quiet.into_iter().map(Item::Quiet));
+        for item in items {
+            let bytes = match &item {
+                Item::Event(event) => event.encode().len(),
+                Item::Quiet(id) => serde_json::to_string(id).map_or(id.len() * 6 + 2, |s| s.len()),
+            };
+            let started = parts
+                .last()
+                .is_some_and(|p| !(p.events.is_empty() && p.quiet.is_empty()));
+            if started && size + bytes + 1 > max_bytes {
+                parts.push(empty.clone());
+                size = base;
+            }
+            size += bytes + 1;
+            if let Some(last) = parts.last_mut() {
+                match item {
+                    Item::Event(event) => last.events.push(*event),
+                    Item::Quiet(id) => last.quiet.push(id),
+                }
+            }
+        }
+        let count = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+        for (i, part) in parts.iter_mut().enumerate() {
+            part.part = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            part.parts = count;
+        }
+        parts
+    }
+}
+
 /// A message of this contract: it knows its name and carries a schema version.
 pub trait Message: Serialize + DeserializeOwned {
     const KIND: &'static str;
@@ -450,6 +560,7 @@ message!(GatewayStatus, "gateway status");
 message!(Command, "command");
 message!(CommandReply, "command reply");
 message!(Receipt, "receipt");
+message!(Snapshot, "snapshot");
 
 #[cfg(test)]
 mod tests {
@@ -669,5 +780,78 @@ mod tests {
         assert_eq!(alarm_owner(&id), Some(("riverside", "gw-1")));
         assert_eq!(alarm_owner(":gw:x:y"), None);
         assert_eq!(alarm_owner("riverside"), None);
+    }
+
+    fn snapshot_event(n: u64) -> AlarmEvent {
+        let mut e = AlarmEvent::decode(
+            br#"{"schema":1,"event_id":"e","boot":1,"seq":1,"alarm_id":"c:g:d:r","gateway":"g",
+            "device":"d","device_kind":"smoke","point":null,"rule":"r","class":"alarm",
+            "priority":"high","transition":"raised","state":"unacknowledged","active":true,
+            "value":null,"engineering_unit":null,"place":{"community":"c","building":"B1",
+            "floor":"1","unit":"1"},"message":"m","ts_ms":0,"operator":null}"#,
+        )
+        .unwrap();
+        e.event_id = format!("e-{n}");
+        e.seq = n;
+        e.alarm_id = format!("c:g:d{n}:r");
+        e
+    }
+
+    #[test]
+    fn a_snapshot_splits_into_numbered_parts_that_each_fit_and_lose_nothing() {
+        let events: Vec<AlarmEvent> = (1..=500).map(snapshot_event).collect();
+        let quiet: Vec<String> = (0..3000).map(|n| format!("c:g:q{n}:r")).collect();
+        let max = 64 * 1024;
+        let parts = Snapshot::split(
+            "g",
+            "s1",
+            EventKey { boot: 1, seq: 500 },
+            events.clone(),
+            quiet.clone(),
+            7,
+            max,
+        );
+        assert!(parts.len() > 2, "{} parts", parts.len());
+        let count = u32::try_from(parts.len()).unwrap();
+        for (i, p) in parts.iter().enumerate() {
+            assert!(
+                p.encode().len() <= max,
+                "part {} is {} bytes",
+                i + 1,
+                p.encode().len()
+            );
+            assert_eq!(p.part, u32::try_from(i + 1).unwrap());
+            assert_eq!(p.parts, count);
+            assert!(p.part_ok());
+            assert_eq!((p.boot, p.seq, p.ts_ms), (1, 500, 7));
+            assert_eq!(Snapshot::decode(&p.encode()).unwrap(), *p);
+        }
+        let all_events: Vec<AlarmEvent> = parts.iter().flat_map(|p| p.events.clone()).collect();
+        let all_quiet: Vec<String> = parts.iter().flat_map(|p| p.quiet.clone()).collect();
+        assert_eq!(all_events, events);
+        assert_eq!(all_quiet, quiet);
+    }
+
+    #[test]
+    fn an_empty_snapshot_is_one_part_and_bad_part_numbers_are_caught() {
+        let parts = Snapshot::split(
+            "g",
+            "s",
+            EventKey { boot: 2, seq: 0 },
+            vec![],
+            vec![],
+            0,
+            1024,
+        );
+        assert_eq!(parts.len(), 1);
+        assert_eq!((parts[0].part, parts[0].parts), (1, 1));
+        let mut bad = parts[0].clone();
+        bad.part = 0;
+        assert!(!bad.part_ok());
+        bad.part = 2;
+        assert!(!bad.part_ok());
+        bad.parts = Snapshot::MAX_PARTS + 1;
+        bad.part = 1;
+        assert!(!bad.part_ok());
     }
 }

@@ -18,4 +18,5 @@ mod auth;
 mod browser;
 mod delivery;
 mod e2e;
+mod restart;
 mod sim;

@@ -871,3 +871,50 @@ fn spec_errors_name_the_alarm_in_their_message() {
         "alarm `smoke`: the deadband must not be negative (it is -1)"
     );
 }
+
+// ---- restoring after a restart ---------------------------------------------------------
+
+#[test]
+fn a_restored_raised_alarm_whose_condition_still_holds_raises_nothing_new() {
+    let mut engine = engine(vec![smoke("smoke", 0)]);
+    engine
+        .restore("smoke", AlarmState::Acknowledged, Some(12.0))
+        .unwrap();
+    // The new process's monotonic clock starts near zero, far before the old one's times.
+    assert!(smoke_reading(&mut engine, 13.0, 5).is_empty());
+    assert_eq!(state(&engine, "smoke"), AlarmState::Acknowledged);
+    assert_eq!(engine.alarm("smoke").unwrap().last_value, Some(13.0));
+}
+
+#[test]
+fn a_restored_acknowledged_alarm_whose_condition_cleared_returns_to_normal() {
+    let mut engine = engine(vec![smoke("smoke", 0)]);
+    engine
+        .restore("smoke", AlarmState::Acknowledged, Some(12.0))
+        .unwrap();
+    assert_eq!(
+        smoke_reading(&mut engine, 1.0, 5),
+        vec![transition(
+            "smoke",
+            TransitionKind::Cleared,
+            AlarmState::Normal,
+            false,
+            Some(1.0),
+            5
+        )]
+    );
+}
+
+#[test]
+fn a_restored_returned_alarm_can_be_acknowledged_and_restoring_an_unknown_alarm_fails() {
+    let mut engine = engine(vec![smoke("smoke", 0)]);
+    engine
+        .restore("smoke", AlarmState::ReturnedUnacknowledged, None)
+        .unwrap();
+    let ack = engine.acknowledge("smoke", 1).unwrap();
+    assert_eq!(ack.state, AlarmState::Normal);
+    assert!(matches!(
+        engine.restore("nope", AlarmState::Normal, None),
+        Err(RuleError::UnknownAlarm(_))
+    ));
+}
