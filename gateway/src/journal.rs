@@ -64,6 +64,9 @@ fn resend_after(sends: u32) -> Duration {
 /// not worn by one write per event); receipts wait for it.
 pub const STATE_SAVE_EVERY: Duration = Duration::from_secs(1);
 
+/// How often events kept in memory only are tried on the disk again.
+const REWRITE_EVERY: Duration = Duration::from_secs(5);
+
 /// How often the thread wakes when nothing happens (resend and health checks).
 const TURN: Duration = Duration::from_millis(50);
 /// At most this many backlog events are handed to the broker link per turn: 20 per 50 ms,
@@ -209,6 +212,8 @@ struct Lane {
     latest: HashMap<String, AlarmEvent>,
     state_dirty: bool,
     state_saved: Option<Instant>,
+    /// When events kept in memory only were last tried on the disk again.
+    rewrite_tried: Option<Instant>,
     /// Records the console confirmed, deleted from the queue after the next state save.
     confirmed_records: Vec<u64>,
 }
@@ -248,6 +253,7 @@ impl Lane {
             latest: HashMap::new(),
             state_dirty: false,
             state_saved: None,
+            rewrite_tried: None,
             confirmed_records: Vec::new(),
         };
         match crate::alarm_state::load(data_dir) {
@@ -353,6 +359,7 @@ impl Lane {
                     Input::Receipt(keys) => self.confirm(&keys),
                 }
             }
+            self.rewrite_memory_only();
             self.save_state(false);
             self.sync();
             if link.connected.load(Ordering::Relaxed) {
@@ -385,6 +392,35 @@ impl Lane {
         // Live if it happened on the current connection (or while the link is down, so it
         // goes first once the link comes back).
         self.insert(event, record, connection);
+    }
+
+    /// Events kept in memory only (the disk refused them) are written again once the disk
+    /// may take them (tried every [`REWRITE_EVERY`]), so a restart after the disk came back
+    /// does not lose them.
+    fn rewrite_memory_only(&mut self) {
+        if !self.health.disk_failing.load(Ordering::Relaxed)
+            || self
+                .rewrite_tried
+                .is_some_and(|at| at.elapsed() < REWRITE_EVERY)
+        {
+            return;
+        }
+        self.rewrite_tried = Some(Instant::now());
+        let Some(q) = self.queue.as_mut() else {
+            return;
+        };
+        for p in self.pending.values_mut().filter(|p| p.record.is_none()) {
+            match q.append(&p.event.encode()) {
+                Ok(seq) => {
+                    p.record = Some(seq);
+                    self.unsynced = true;
+                    self.last_appended = Some(seq);
+                }
+                Err(_) => return, // still full: try again later
+            }
+        }
+        // Nothing was left in memory only: the next sync says whether the disk is back.
+        self.unsynced = true;
     }
 
     fn sync(&mut self) {

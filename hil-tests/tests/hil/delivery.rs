@@ -504,23 +504,24 @@ async fn a_full_disk_keeps_alarms_flowing_from_memory_and_shows_as_a_fault_until
         gateway.log()
     );
 
-    // Space comes back: the next event is written, and the fault clears.
+    // Space comes back: with no new event at all, what was kept in memory is written to
+    // the disk again (so a restart would not lose it) and the fault clears.
     std::fs::remove_file(&filler).unwrap();
+    wait_state(
+        &http,
+        &console,
+        &gateway,
+        disk_fault,
+        "returned_unacknowledged",
+        Duration::from_secs(15),
+    )
+    .await;
     smoke.set_u16(0, 20);
     wait_state(
         &http,
         &console,
         &gateway,
         smoke_alarm,
-        "returned_unacknowledged",
-        Duration::from_secs(10),
-    )
-    .await;
-    wait_state(
-        &http,
-        &console,
-        &gateway,
-        disk_fault,
         "returned_unacknowledged",
         Duration::from_secs(10),
     )
