@@ -90,6 +90,22 @@ pub struct GatewaySection {
     /// has waited this long for the console's confirmation. Default 60.
     #[serde(default = "default_undelivered_fault_after_s")]
     pub undelivered_fault_after_s: u64,
+    /// What lets an alarm event leave the durable queue. Default `console`.
+    #[serde(default)]
+    pub alarm_confirmation: AlarmConfirmation,
+}
+
+/// `[gateway] alarm_confirmation`: whose word takes an alarm event out of the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlarmConfirmation {
+    /// The Shouwang console's receipt, sent once it has stored the event. The only proof
+    /// that the event reached a control room.
+    #[default]
+    Console,
+    /// The broker's PUBACK, for sites whose alarms go to another receiver. Weaker: see
+    /// [`crate::broker_confirm`] for what a PUBACK does not promise.
+    Broker,
 }
 
 fn default_undelivered_fault_after_s() -> u64 {

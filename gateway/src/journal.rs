@@ -105,6 +105,27 @@ enum Input {
     Receipt(Vec<EventKey>),
 }
 
+/// Where the journal publishes alarm events.
+pub enum Outlet {
+    /// The gateway's broker link; the console's receipts confirm events (the default).
+    Client(AsyncClient),
+    /// A connection of their own, on which the broker's PUBACK confirms them
+    /// (`alarm_confirmation = "broker"`, see [`crate::broker_confirm`]).
+    Broker(crate::broker_confirm::BrokerLink),
+}
+
+impl Outlet {
+    /// Hand one event to the link; `false` when it cannot take it now.
+    fn try_publish(&self, topic: &str, key: EventKey, payload: Vec<u8>) -> bool {
+        match self {
+            Outlet::Client(client) => client
+                .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                .is_ok(),
+            Outlet::Broker(link) => link.try_publish(topic, key, payload),
+        }
+    }
+}
+
 /// The handle the gateway's tasks use. Cheap to clone; the thread ends when the last
 /// handle is dropped.
 #[derive(Clone)]
@@ -123,7 +144,7 @@ impl Journal {
     /// state file merged with the events still queued), for [`crate::watch::Watch::restore`].
     pub fn start(
         data_dir: &Path,
-        client: AsyncClient,
+        client: Outlet,
         events_topic: String,
         link: Arc<crate::mqtt::LinkState>,
         known: &HashSet<String>,
@@ -338,7 +359,7 @@ impl Lane {
     fn run(
         &mut self,
         rx: mpsc::Receiver<Input>,
-        client: AsyncClient,
+        client: Outlet,
         topic: String,
         link: Arc<crate::mqtt::LinkState>,
     ) {
@@ -507,7 +528,7 @@ impl Lane {
         }
     }
 
-    fn publish(&mut self, client: &AsyncClient, topic: &str, connection: u64) {
+    fn publish(&mut self, client: &Outlet, topic: &str, connection: u64) {
         let sendable = self.sendable_upto;
         let now = Instant::now();
         let due = |p: &Pending| {
@@ -536,18 +557,17 @@ impl Lane {
                     }
                     backlog_budget -= 1;
                 }
-                match client.try_publish(topic, QoS::AtLeastOnce, false, p.event.encode()) {
-                    Ok(()) => {
-                        let sends = match p.sent {
-                            Some((conn, _, n)) if conn == connection => n.saturating_add(1),
-                            _ => 1,
-                        };
-                        p.sent = Some((connection, now, sends));
-                        self.health.sends.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // rumqttc's request channel is full: the rest waits for the next turn.
-                    Err(_) => return,
+                if !client.try_publish(topic, p.event.key(), p.event.encode()) {
+                    // rumqttc's request channel is full (or the link just went down): the
+                    // rest waits for the next turn.
+                    return;
                 }
+                let sends = match p.sent {
+                    Some((conn, _, n)) if conn == connection => n.saturating_add(1),
+                    _ => 1,
+                };
+                p.sent = Some((connection, now, sends));
+                self.health.sends.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

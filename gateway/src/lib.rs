@@ -15,6 +15,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 
 pub mod alarm_state;
+pub mod broker_confirm;
 pub mod clock;
 pub mod config;
 pub mod influx;
@@ -85,14 +86,30 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         .into_iter()
         .map(|(spec, _)| spec.alarm_id)
         .collect();
+    // Whose word takes an event out of the queue: the console's receipt, or (a site's
+    // choice, with its limits) the broker's PUBACK on a connection of the journal's own.
+    let (outlet, outlet_link, pubacks) = match config.gateway.alarm_confirmation {
+        config::AlarmConfirmation::Console => {
+            (journal::Outlet::Client(client.clone()), link.clone(), None)
+        }
+        config::AlarmConfirmation::Broker => {
+            let (alarm_client, alarm_events) = broker_confirm::connection(&config);
+            let (broker_link, acks, _task) = broker_confirm::spawn(alarm_client, alarm_events);
+            let state = broker_link.state.clone();
+            (journal::Outlet::Broker(broker_link), state, Some(acks))
+        }
+    };
     let (journal, restored) = journal::Journal::start(
         &config.gateway.data_dir,
-        client.clone(),
+        outlet,
         topics.events.clone(),
-        link.clone(),
+        outlet_link,
         &known,
     )
     .context("starting the alarm journal")?;
+    if let Some(acks) = pubacks {
+        broker_confirm::confirm_into(acks, journal.clone());
+    }
     // Every alarm resumes where it was: nothing raised twice, nothing forgotten.
     let restored = watch.restore(restored);
     if restored > 0 {

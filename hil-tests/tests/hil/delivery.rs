@@ -712,3 +712,97 @@ async fn wall_clock_steps_back_and_forward_neither_delay_nor_hide_nor_freeze_an_
     )
     .await;
 }
+
+/// The value of one metric on the gateway's `/metrics`, when it answers.
+async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<u64> {
+    let text = http.get(url).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_broker_confirmation_the_brokers_puback_empties_the_queue_without_any_console() {
+    let broker = servers::mosquitto().unwrap();
+    let port = broker.port();
+    // Another receiver than the console: a persistent session, as the docs ask for.
+    let receiver =
+        rig::Listener::start_persistent(port, "shouwang/v1/+/gw-b/events", "other-receiver")
+            .await
+            .unwrap();
+    let smoke = smoke_sim().await;
+    let metrics_port = servers::free_port();
+    let config = rig::gateway_config(
+        "gw-b",
+        port,
+        smoke.local_addr(),
+        None,
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+    )
+    .replace(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\nalarm_confirmation = \"broker\"",
+    );
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut gateway = rig::start_gateway_in(dir.clone(), &config).unwrap();
+    let http = servers::http_client();
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+
+    // Raised, cleared, raised: three transitions, no console anywhere.
+    for value in [400, 20, 400] {
+        let before = receiver.heard().len();
+        smoke.set_u16(0, value);
+        eventually(
+            "the transition at the receiver",
+            Duration::from_secs(20),
+            || async { (receiver.heard().len() > before).then_some(()) },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    }
+    let confirmed = eventually(
+        "the queue emptied by PUBACKs",
+        Duration::from_secs(10),
+        || async {
+            let pending = metric(&http, &url, "shouwang_gateway_alarm_queue_pending").await?;
+            let confirmed =
+                metric(&http, &url, "shouwang_gateway_alarm_events_confirmed_total").await?;
+            (pending == 0 && confirmed >= 3).then_some(confirmed)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    println!("{confirmed} alarm events confirmed by the broker's PUBACK");
+
+    // Confirmed means gone once the alarm state file holds them (written at most once a
+    // second; until then a confirmed event stays queued and a restart sends it again, same
+    // event_id): a restart then sends none of them again.
+    tokio::time::sleep(Duration::from_millis(1500)).await; // journal::STATE_SAVE_EVERY + room
+    let heard = receiver.heard().len();
+    gateway.kill();
+    let gateway = rig::start_gateway_in(dir.clone(), &config).unwrap();
+    eventually(
+        "the restarted gateway connected",
+        Duration::from_secs(10),
+        || async {
+            metric(&http, &url, "shouwang_gateway_mqtt_connected")
+                .await
+                .filter(|c| *c == 1)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    tokio::time::sleep(Duration::from_secs(3)).await; // past the first resend
+    let ids: std::collections::HashSet<String> = receiver
+        .heard()
+        .iter()
+        .filter_map(|h| shouwang_wire::AlarmEvent::decode(&h.payload).ok())
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(
+        receiver.heard().len(),
+        heard,
+        "a confirmed event was sent again after the restart\n{}",
+        gateway.log()
+    );
+    assert_eq!(ids.len(), 3, "{ids:?}");
+}
