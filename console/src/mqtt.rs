@@ -27,6 +27,42 @@ use shouwang_wire::{
 use crate::state::{AppState, Metrics, ReadingUpdate, StreamKind};
 use crate::store::{EventOutcome, StoreError};
 
+/// Logs about what peers send, which a peer can make us repeat at any rate, at most once
+/// per [`QuietLog::PERIOD_MS`].
+static BAD_INPUT_LOG: QuietLog = QuietLog::new();
+
+/// A log line at most once per period, for messages a peer can make us repeat at any rate.
+pub struct QuietLog {
+    last_ms: std::sync::atomic::AtomicI64,
+}
+
+impl QuietLog {
+    pub const PERIOD_MS: i64 = 10_000;
+
+    pub const fn new() -> QuietLog {
+        QuietLog {
+            last_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Whether a line may be logged now (and, if so, the period starts again).
+    pub fn due(&self, now_ms: i64) -> bool {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due =
+            last == i64::MIN || now_ms.saturating_sub(last) >= Self::PERIOD_MS || now_ms < last;
+        due && self
+            .last_ms
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+impl Default for QuietLog {
+    fn default() -> Self {
+        QuietLog::new()
+    }
+}
+
 /// Pause between reconnection attempts.
 pub const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
@@ -217,19 +253,25 @@ async fn handle(state: &AppState, publish: &Publish) -> Result<(), StoreError> {
         Ok(decoded) => decoded,
         Err(error) => {
             Metrics::inc(&state.metrics.mqtt_messages_rejected);
-            tracing::warn!(
-                topic = %publish.topic,
-                reason = %error,
-                bytes = publish.payload.len(),
-                "dropping a message that does not decode"
-            );
+            let total = state.metrics.mqtt_messages_rejected.load(Ordering::Relaxed);
+            // A hostile client can send thousands a second: one line per period, with the
+            // count (shouwang_console_mqtt_messages_rejected_total has them all).
+            if BAD_INPUT_LOG.due(now_ms()) {
+                tracing::warn!(
+                    topic = %publish.topic,
+                    reason = %error,
+                    bytes = publish.payload.len(),
+                    total,
+                    "dropping a message that does not decode"
+                );
+            }
             return Ok(());
         }
     };
     let now = now_ms();
     match inbound {
         Inbound::Event(event) => {
-            if event.gateway != topic.gateway {
+            if event.gateway != topic.gateway && BAD_INPUT_LOG.due(now) {
                 // Kept anyway: an alarm must get through even from a misconfigured gateway.
                 tracing::warn!(
                     topic = %publish.topic,
@@ -312,7 +354,9 @@ async fn reconcile(
         Ok(complete) => complete,
         Err(error) => {
             Metrics::inc(&state.metrics.mqtt_messages_rejected);
-            tracing::warn!(%gateway, %error, "snapshot part refused");
+            if BAD_INPUT_LOG.due(now) {
+                tracing::warn!(%gateway, %error, "snapshot part refused");
+            }
             return Ok(());
         }
     };
@@ -448,5 +492,16 @@ mod tests {
             decode("shouwang/v1/riverside/gw-1/replies", &reply.encode()).unwrap();
         assert_eq!(topic.community, "riverside");
         assert_eq!(inbound, Inbound::Reply(reply));
+    }
+
+    #[test]
+    fn a_quiet_log_lets_one_line_through_per_period_and_survives_a_clock_step_back() {
+        let log = QuietLog::new();
+        assert!(log.due(1_000));
+        assert!(!log.due(1_001));
+        assert!(!log.due(10_999));
+        assert!(log.due(11_000));
+        // The wall clock stepped back: not silenced for the length of the step.
+        assert!(log.due(5_000));
     }
 }
