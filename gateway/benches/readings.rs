@@ -76,10 +76,10 @@ fn footprint() {
     let on_disk = HEADER_BYTES + RECORD_HEADER_BYTES + encoded.text.len();
     println!(
         "footprint: one reading (one line, {} B of line protocol) takes {on_disk} B on disk \
-         ({HEADER_BYTES} B frame + {RECORD_HEADER_BYTES} B record header); 64 MiB hold {} readings, {:.1} days of the demo",
+         ({HEADER_BYTES} B frame + {RECORD_HEADER_BYTES} B record header); 64 MiB hold {} readings, {:.1} hours of the demo",
         encoded.text.len(),
         (64u64 << 20) / on_disk as u64,
-        (64u64 << 20) as f64 / on_disk as f64 / DEMO_BATCHES_PER_S as f64 / 86_400.0
+        (64u64 << 20) as f64 / on_disk as f64 / DEMO_BATCHES_PER_S as f64 / 3600.0
     );
 }
 
@@ -198,8 +198,12 @@ async fn drain_rate() {
     };
     let start = Instant::now();
     let (sink, _task) = InfluxSink::spawn(config(vm.url()), d.path()).unwrap();
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    let restored = sink.stats();
+    // Written before the first body is cut: `queued` shows the restored backlog.
+    let mut restored = sink.stats();
+    while restored.queued == 0 && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        restored = sink.stats();
+    }
     println!(
         "drain: restarted on a backlog: {} batches, {} B on disk",
         restored.queued, restored.disk.bytes

@@ -352,7 +352,11 @@ mod tests {
                     seed ^= seed << 13;
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
-                    if seed.is_multiple_of(3) { b'\n' } else { seed as u8 }
+                    if seed.is_multiple_of(3) {
+                        b'\n'
+                    } else {
+                        seed as u8
+                    }
                 })
                 .collect();
             let _ = decode_record(&bytes);
