@@ -37,6 +37,11 @@ pub const UNDELIVERED_RULE: &str = "undelivered";
 /// The gateway's fault for an alarm queue that cannot write to disk (full, failing).
 pub const QUEUE_DISK_RULE: &str = "queue_disk";
 
+/// The gateway's fault for readings shed from the line-protocol writer's disk queue (full,
+/// or older than `queue_max_age_s`): raised at the first shed, cleared once none was shed
+/// for 10 minutes ([`crate::influx::SHED_FAULT_HOLD`]). Alarms are never shed.
+pub const READINGS_SHED_RULE: &str = "readings_shed";
+
 /// The gateway's fault for a wall clock far from the console's (learned from receipts):
 /// the times it writes on events and readings are wrong, though nothing it decides is.
 pub const CLOCK_OFF_RULE: &str = "clock_off";
@@ -45,7 +50,7 @@ pub const CLOCK_OFF_AFTER_MS: i64 = 5 * 60 * 1000;
 
 /// The faults the gateway raises about itself; their device is the gateway: (rule id,
 /// message).
-pub const GATEWAY_FAULTS: [(&str, &str); 3] = [
+pub const GATEWAY_FAULTS: [(&str, &str); 4] = [
     (
         CLOCK_OFF_RULE,
         "Gateway clock is more than 5 minutes off the console's: times shown from it are wrong",
@@ -57,6 +62,10 @@ pub const GATEWAY_FAULTS: [(&str, &str); 3] = [
     (
         QUEUE_DISK_RULE,
         "Alarm queue cannot write to disk: alarms are kept in memory only",
+    ),
+    (
+        READINGS_SHED_RULE,
+        "Readings shed: the time-series store was away longer than the readings queue holds",
     ),
 ];
 
@@ -999,12 +1008,13 @@ message = "Smoke detected"
                 "riverside:gw-b1:gw-b1:clock_off",
                 "riverside:gw-b1:gw-b1:undelivered",
                 "riverside:gw-b1:gw-b1:queue_disk",
+                "riverside:gw-b1:gw-b1:readings_shed",
                 "riverside:gw-b1:smoke-B1-12-03:comm_lost",
                 "riverside:gw-b1:smoke-B1-12-03:point_fault",
                 "riverside:gw-b1:smoke-B1-12-03:smoke-high"
             ]
         );
-        assert_eq!(specs[5].1.engineering_unit.as_deref(), Some("%/m"));
+        assert_eq!(specs[6].1.engineering_unit.as_deref(), Some("%/m"));
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
 
     let (influx, influx_task) = match &config.influx {
         Some(cfg) => {
-            let (sink, task) = influx::InfluxSink::spawn(cfg.clone())
+            let (sink, task) = influx::InfluxSink::spawn(cfg.clone(), &config.gateway.data_dir)
                 .context("starting the line-protocol writer")?;
             (Some(sink), Some(task))
         }
@@ -240,6 +240,8 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                 let disk = health.disk_failing.load(Ordering::Relaxed)
                     || health.state_failing.load(Ordering::Relaxed);
                 events.extend(watch.set_gateway_fault(config::QUEUE_DISK_RULE, disk, now));
+                let shed = influx.as_ref().is_some_and(influx::InfluxSink::shed_recently);
+                events.extend(watch.set_gateway_fault(config::READINGS_SHED_RULE, shed, now));
                 for event in events {
                     metrics::Counters::inc(&counters.alarm_events);
                     tracing::info!(alarm_id = %event.alarm_id, state = ?event.state, "alarm transition");

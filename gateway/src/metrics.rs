@@ -187,8 +187,50 @@ pub fn render(
             (
                 "shouwang_influx_queued_batches",
                 GAUGE,
-                "Reading batches waiting to be written.",
+                "Reading batches waiting to be written (on disk or in memory).",
                 s.queued as u64,
+            ),
+            (
+                "shouwang_influx_batches_shed_total",
+                COUNTER,
+                "Reading batches shed, oldest first, from the readings queue on disk: over queue_max_bytes or older than queue_max_age_s.",
+                s.batches_shed,
+            ),
+            (
+                "shouwang_influx_lines_shed_total",
+                COUNTER,
+                "Lines of the shed reading batches.",
+                s.lines_shed,
+            ),
+            (
+                "shouwang_influx_lines_abandoned_total",
+                COUNTER,
+                "Lines held only in memory when the writer stopped with the server away.",
+                s.lines_abandoned,
+            ),
+            (
+                "shouwang_influx_queue_bytes",
+                GAUGE,
+                "Bytes of the readings queue on disk.",
+                s.disk.bytes,
+            ),
+            (
+                "shouwang_influx_queue_fsyncs_total",
+                COUNTER,
+                "fsyncs of the readings queue (at most about two per sync_interval_ms).",
+                s.disk.fsyncs,
+            ),
+            (
+                "shouwang_influx_queue_corrupt_records_total",
+                COUNTER,
+                "Records of the readings queue skipped because their bytes failed their checks.",
+                s.disk.corrupt_records,
+            ),
+            (
+                "shouwang_influx_queue_disk_failing",
+                GAUGE,
+                "1 while the readings queue cannot write to disk (readings held in memory, up to queue_max_batches).",
+                u64::from(s.disk.failing),
             ),
         ]);
     }
@@ -293,10 +335,25 @@ mod tests {
         assert!(!text.contains("shouwang_influx"));
         let stats = InfluxStats {
             batches_dropped: 7,
+            batches_shed: 4,
+            lines_shed: 9,
+            disk: crate::influx::DiskFigures {
+                bytes: 4096,
+                failing: true,
+                ..Default::default()
+            },
             ..InfluxStats::default()
         };
         let text = render(&counters, &link, &journal, Some(&stats));
-        assert!(text.contains("shouwang_influx_batches_dropped_total 7\n"));
+        for row in [
+            "shouwang_influx_batches_dropped_total 7\n",
+            "shouwang_influx_batches_shed_total 4\n",
+            "shouwang_influx_lines_shed_total 9\n",
+            "shouwang_influx_queue_bytes 4096\n",
+            "shouwang_influx_queue_disk_failing 1\n",
+        ] {
+            assert!(text.contains(row), "{row}");
+        }
     }
 
     #[test]

@@ -182,7 +182,8 @@ fn expected(b: &ReadingBatch, point: &str, extra: &[(&str, &str)]) -> BTreeMap<S
 #[tokio::test]
 async fn readings_reach_victoria_metrics_over_the_v1_api_with_every_tag() {
     let vm = servers::victoria_metrics().unwrap();
-    let (sink, _task) = InfluxSink::spawn(v1(vm.url(), "shouwang")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _task) = InfluxSink::spawn(v1(vm.url(), "shouwang"), dir.path()).unwrap();
     let t0 = now_ms() - 10_000;
     let smoke = batch(
         "smoke-1",
@@ -232,7 +233,8 @@ async fn readings_reach_victoria_metrics_over_the_v1_api_with_every_tag() {
 #[tokio::test]
 async fn backslashes_and_separators_in_names_arrive_unchanged_in_victoria_metrics() {
     let vm = servers::victoria_metrics().unwrap();
-    let (sink, _task) = InfluxSink::spawn(v1(vm.url(), "shouwang")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _task) = InfluxSink::spawn(v1(vm.url(), "shouwang"), dir.path()).unwrap();
     let t0 = now_ms() - 10_000;
     let names = [
         r"c:\temp",
@@ -273,7 +275,8 @@ async fn readings_reach_victoria_metrics_over_the_v2_api() {
         flush_interval_ms: 50,
         ..InfluxConfig::new(vm.url(), InfluxApi::V2)
     };
-    let (sink, _task) = InfluxSink::spawn(cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _task) = InfluxSink::spawn(cfg, dir.path()).unwrap();
     let t0 = now_ms() - 5_000;
     let leak = batch(
         "leak-3",
@@ -301,7 +304,8 @@ async fn readings_reach_influxdb_1_as_float_fields_with_every_tag() {
     servers::influx1_create_database(&influx, "shouwang")
         .await
         .unwrap();
-    let (sink, _task) = InfluxSink::spawn(v1(influx.url(), "shouwang")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _task) = InfluxSink::spawn(v1(influx.url(), "shouwang"), dir.path()).unwrap();
     let t0 = now_ms() - 10_000;
     let b = batch(
         "smoke-1",
@@ -382,7 +386,8 @@ async fn readings_reach_influxdb_1_as_float_fields_with_every_tag() {
 async fn readings_written_while_the_server_is_down_arrive_once_it_comes_up() {
     let port = servers::free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let (sink, _task) = InfluxSink::spawn(v1(url.clone(), "shouwang")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _task) = InfluxSink::spawn(v1(url.clone(), "shouwang"), dir.path()).unwrap();
     let t0 = now_ms() - 60_000;
     let b = |i: i64| {
         batch(
@@ -423,7 +428,8 @@ async fn readings_written_while_the_server_is_down_arrive_once_it_comes_up() {
 #[tokio::test]
 async fn a_missing_database_is_counted_and_named_and_its_readings_are_dropped() {
     let influx = servers::influxdb1().unwrap();
-    let (sink, _task) = InfluxSink::spawn(v1(influx.url(), "nodb")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _task) = InfluxSink::spawn(v1(influx.url(), "nodb"), dir.path()).unwrap();
     sink.push(batch(
         "smoke-1",
         "smoke",
@@ -459,7 +465,8 @@ async fn dropping_the_last_handle_writes_what_is_queued_before_the_task_ends() {
         flush_interval_ms: 600_000,
         ..v1(vm.url(), "shouwang")
     };
-    let (sink, task) = InfluxSink::spawn(cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, task) = InfluxSink::spawn(cfg, dir.path()).unwrap();
     let t0 = now_ms() - 5_000;
     let other = sink.clone();
     sink.push(batch(
@@ -478,4 +485,48 @@ async fn dropping_the_last_handle_writes_what_is_queued_before_the_task_ends() {
     tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
     let series = vm_series(&vm.url(), 1, 1).await;
     assert_eq!(series[0].2, vec![t0]);
+}
+
+#[tokio::test]
+async fn readings_left_on_disk_when_the_writer_stopped_are_sent_by_the_next_one() {
+    let port = servers::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ms() - 60_000;
+    let b = |i: i64| {
+        batch(
+            "smoke-1",
+            "smoke",
+            place("riverside", "B1", "12", "03"),
+            t0 + i * 1000,
+            &[("obscuration", i as f64)],
+        )
+    };
+    // The server is away; the writer stops with four batches it could not deliver.
+    let (sink, task) = InfluxSink::spawn(v1(url.clone(), "shouwang"), dir.path()).unwrap();
+    for i in 0..4 {
+        sink.push(b(i));
+    }
+    stats_until(&sink, "a failed write", |s| s.write_errors >= 1).await;
+    let before = sink.stats();
+    assert!(before.disk.bytes > 0, "{before:?}");
+    drop(sink);
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The next writer on the same data directory sends them, with the new ones after.
+    let _vm = tokio::task::spawn_blocking(move || servers::victoria_metrics_on(port))
+        .await
+        .unwrap()
+        .unwrap();
+    let (sink, _task) = InfluxSink::spawn(v1(url.clone(), "shouwang"), dir.path()).unwrap();
+    sink.push(b(4));
+    let series = vm_series(&url, 1, 5).await;
+    let (_, values, ts) = &series[0];
+    assert_eq!(values, &[0.0, 1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(ts, &(0..5).map(|i| t0 + i * 1000).collect::<Vec<_>>());
+    let after = stats_until(&sink, "5 lines written", |s| s.lines_written == 5).await;
+    assert_eq!((after.lines_abandoned, after.batches_shed), (0, 0));
 }

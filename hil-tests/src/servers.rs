@@ -59,6 +59,13 @@ impl Server {
     /// Stop it the polite way (SIGTERM, as a service restart does) and start it again on the
     /// same port with the same data directory.
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.start_again()
+    }
+
+    /// Stop it the polite way (SIGTERM, as a service stop does; killed after 10 s), keeping
+    /// its data directory for [`Server::start_again`].
+    pub fn stop(&mut self) -> anyhow::Result<()> {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -71,6 +78,11 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
+    }
+
+    /// Start a stopped (or killed) server again on the same port with the same data.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
         self.child = launch(&self.program, &self.args, self.dir.path())?;
         self.wait_listening()
     }

@@ -167,6 +167,16 @@ impl SimDevice {
             .store(count.min(ADDRESS_SPACE as u32), Ordering::SeqCst);
     }
 
+    /// Make holding register `register` count the requests: before each request is
+    /// answered it is set to that request's number (1 for the first, wrapping at 65536),
+    /// so every poll reads a value of its own and a test can tell which polls reached a
+    /// store. `None` stops counting.
+    pub fn count_requests_in(&self, register: Option<u16>) {
+        self.bank
+            .counter
+            .store(register.map_or(NO_COUNTER, u32::from), Ordering::SeqCst);
+    }
+
     /// Requests answered so far, with data or with an exception. A request that was not
     /// answered because the device was not responding does not count.
     pub fn requests_served(&self) -> u64 {
@@ -202,7 +212,13 @@ struct RegisterBank {
     forced_exception: Mutex<Option<ExceptionCode>>,
     /// Requests answered, for tests that check the gateway really polled.
     served: AtomicU64,
+    /// The register that counts requests ([`SimDevice::count_requests_in`]), or
+    /// [`NO_COUNTER`].
+    counter: AtomicU32,
 }
+
+/// No register counts requests.
+const NO_COUNTER: u32 = u32::MAX;
 
 impl RegisterBank {
     fn new() -> Self {
@@ -212,6 +228,7 @@ impl RegisterBank {
             responding: AtomicBool::new(true),
             forced_exception: Mutex::new(None),
             served: AtomicU64::new(0),
+            counter: AtomicU32::new(NO_COUNTER),
         }
     }
 
@@ -257,6 +274,12 @@ impl RegisterBank {
     fn answer(&self, request: Request<'_>) -> Option<Result<Response, ExceptionCode>> {
         if !self.responding.load(Ordering::SeqCst) {
             return None;
+        }
+        if let Ok(register) = usize::try_from(self.counter.load(Ordering::SeqCst))
+            && register < ADDRESS_SPACE
+        {
+            let number = self.served.load(Ordering::SeqCst).wrapping_add(1);
+            self.words()[register] = number as u16;
         }
         let forced = *self
             .forced_exception

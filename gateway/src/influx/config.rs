@@ -51,10 +51,33 @@ pub struct InfluxConfig {
     /// soon as the writer is free. Default 1000.
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
-    /// Most reading batches (one poll of one device each) kept while the server is away.
-    /// When full, the oldest batch is dropped and counted. Default 10000.
+    /// Most reading batches (one poll of one device each) held in memory: those not yet
+    /// written to the queue on disk, and all of them while the disk cannot take them
+    /// (then the oldest is dropped and counted in `batches_dropped`). Readings on disk
+    /// are bounded by `queue_max_bytes` instead. Default 10000.
     #[serde(default = "default_queue_max_batches")]
     pub queue_max_batches: usize,
+    /// Most bytes the readings queue on disk (`<data_dir>/readings`) may take while the
+    /// server is away, 65536 (64 KiB) to 17179869184 (16 GiB). When full, the oldest
+    /// readings are shed (a whole segment file, a sixteenth of this, at a time), counted
+    /// in `batches_shed` and `lines_shed`, and the gateway raises its `readings_shed`
+    /// fault. Default 67108864 (64 MiB, small next to any SD card): a one-point reading
+    /// takes about 190 bytes on disk, so this holds about 340 000 readings, some two hours
+    /// of the demo's 45 a second. Raise it to ride out longer outages.
+    #[serde(default = "default_queue_max_bytes")]
+    pub queue_max_bytes: u64,
+    /// Readings older than this, in seconds, by their own timestamp on the gateway's
+    /// clock, are shed like those over `queue_max_bytes`. At least 60. Default 604800
+    /// (7 days).
+    #[serde(default = "default_queue_max_age_s")]
+    pub queue_max_age_s: u64,
+    /// Longest a reading written to the disk queue waits for its fsync, in milliseconds,
+    /// 1 to 60000: readings taken since the last sync are what a power cut can lose. One
+    /// fsync covers everything written since the one before, so an SD card sees at most
+    /// one (plus one for the delivered mark) per interval, however many readings arrive.
+    /// Default 1000.
+    #[serde(default = "default_sync_interval_ms")]
+    pub sync_interval_ms: u64,
     /// Longest one write request may take, connecting included, in milliseconds.
     /// Default 5000.
     #[serde(default = "default_timeout_ms")]
@@ -84,6 +107,20 @@ fn default_queue_max_batches() -> usize {
 fn default_timeout_ms() -> u64 {
     5000
 }
+fn default_queue_max_bytes() -> u64 {
+    64 << 20
+}
+fn default_queue_max_age_s() -> u64 {
+    7 * 24 * 3600
+}
+fn default_sync_interval_ms() -> u64 {
+    1000
+}
+
+/// Smallest `queue_max_bytes`: sixteen segments of 4 KiB.
+pub const MIN_QUEUE_BYTES: u64 = 64 << 10;
+/// Largest `queue_max_bytes`: 16 GiB, far beyond what a gateway's card should hold.
+const MAX_QUEUE_BYTES: u64 = 16 << 30;
 
 impl InfluxConfig {
     /// A config with the given server and API and every other field at its default.
@@ -100,6 +137,9 @@ impl InfluxConfig {
             batch_max_lines: default_batch_max_lines(),
             flush_interval_ms: default_flush_interval_ms(),
             queue_max_batches: default_queue_max_batches(),
+            queue_max_bytes: default_queue_max_bytes(),
+            queue_max_age_s: default_queue_max_age_s(),
+            sync_interval_ms: default_sync_interval_ms(),
             timeout_ms: default_timeout_ms(),
         }
     }
@@ -198,6 +238,20 @@ impl InfluxConfig {
         if self.queue_max_batches == 0 {
             add("queue_max_batches", "must be at least 1".into());
         }
+        if !(MIN_QUEUE_BYTES..=MAX_QUEUE_BYTES).contains(&self.queue_max_bytes) {
+            add(
+                "queue_max_bytes",
+                format!("must be from {MIN_QUEUE_BYTES} (64 KiB) to {MAX_QUEUE_BYTES} (16 GiB)"),
+            );
+        }
+        if self.queue_max_age_s < 60 {
+            add("queue_max_age_s", "must be at least 60".into());
+        } else if self.queue_max_age_s > 10 * 365 * 24 * 3600 {
+            add("queue_max_age_s", "must be at most 10 years".into());
+        }
+        if !(1..=60_000).contains(&self.sync_interval_ms) {
+            add("sync_interval_ms", "must be from 1 to 60000".into());
+        }
         if self.timeout_ms == 0 {
             add("timeout_ms", "must be at least 1".into());
         }
@@ -221,6 +275,9 @@ impl fmt::Debug for InfluxConfig {
             .field("batch_max_lines", &self.batch_max_lines)
             .field("flush_interval_ms", &self.flush_interval_ms)
             .field("queue_max_batches", &self.queue_max_batches)
+            .field("queue_max_bytes", &self.queue_max_bytes)
+            .field("queue_max_age_s", &self.queue_max_age_s)
+            .field("sync_interval_ms", &self.sync_interval_ms)
             .field("timeout_ms", &self.timeout_ms)
             .finish()
     }
@@ -347,6 +404,14 @@ mod tests {
             ),
             (5000, 1000, 10_000, 5000)
         );
+        assert_eq!(
+            (
+                cfg.queue_max_bytes,
+                cfg.queue_max_age_s,
+                cfg.sync_interval_ms
+            ),
+            (64 << 20, 604_800, 1000)
+        );
         assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
     }
 
@@ -403,6 +468,33 @@ mod tests {
                 "timeout_ms"
             ]
         );
+    }
+
+    #[test]
+    fn queue_bounds_outside_their_range_are_refused_by_name() {
+        let cfg = InfluxConfig {
+            queue_max_bytes: 1000,
+            queue_max_age_s: 59,
+            sync_interval_ms: 0,
+            ..v1()
+        };
+        assert_eq!(
+            fields(&cfg),
+            ["queue_max_bytes", "queue_max_age_s", "sync_interval_ms"]
+        );
+        let huge = InfluxConfig {
+            queue_max_bytes: 1 << 40,
+            sync_interval_ms: 60_001,
+            ..v1()
+        };
+        assert_eq!(fields(&huge), ["queue_max_bytes", "sync_interval_ms"]);
+        let edges = InfluxConfig {
+            queue_max_bytes: MIN_QUEUE_BYTES,
+            queue_max_age_s: 60,
+            sync_interval_ms: 60_000,
+            ..v1()
+        };
+        assert_eq!(edges.problems(), vec![]);
     }
 
     #[test]

@@ -3,19 +3,26 @@
 //!
 //! [`InfluxSink::push`] encodes a batch on the caller's thread, puts it in the shared
 //! [`WriteQueue`] under a mutex held for a few instructions (never across an `.await`) and
-//! wakes the task. The task loops: ask the queue what is due, cut a body, gzip it, POST
-//! it, and record the outcome. A body that fails with no answer, a 5xx or a 429 is sent
-//! again, byte for byte, after a backoff, while new batches keep queueing (bounded, oldest
-//! shed first). A body refused with any other status is dropped, counted and its error
-//! logged once per distinct message: see [`Verdict::Reject`] for why it is not retried.
+//! wakes the task; it never touches the disk. The task first reads back what the readings
+//! lane on disk (`<data_dir>/readings`, [`Spool`]) held from before the start, then loops:
+//! store what arrived on disk (one `write` per batch, on a blocking thread), shed what is
+//! too old, fsync when the sync interval is up, then ask the queue what is due, cut a body,
+//! read it back, gzip it, POST it, and record the outcome. Records leave the disk only when
+//! their body was answered 2xx (or refused for good). A body that fails with no answer, a
+//! 5xx or a 429 is sent again, byte for byte, after a backoff, while new batches keep
+//! being stored (bounded by bytes, oldest shed first). A body refused with any other status
+//! is dropped, counted and its error logged once per distinct message: see
+//! [`Verdict::Reject`] for why it is not retried.
 //!
 //! When the last [`InfluxSink`] handle is dropped the task writes what is queued at once
-//! and ends. If the server cannot take it then, the rest is abandoned and counted instead of
-//! holding the gateway's shutdown for minutes.
+//! and ends. If the server cannot take it then, what is on disk stays there for the next
+//! start, and what was only in memory is abandoned and counted, instead of holding the
+//! gateway's shutdown for minutes.
 
 use std::error::Error as _;
 use std::hash::BuildHasher;
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -30,7 +37,10 @@ use tokio::task::JoinHandle;
 
 use super::config::{Auth, InfluxConfig, WriteTarget};
 use super::encode::encode_batch;
-use super::queue::{Backoff, Body, InfluxStats, Limits, SeenErrors, Step, Verdict, WriteQueue};
+use super::queue::{
+    Backoff, Body, InfluxStats, Limits, SeenErrors, Step, Stored, Verdict, WriteQueue,
+};
+use super::spool::Spool;
 
 /// How much of a refusal's body is kept for the error message.
 const ERROR_BODY_MAX_BYTES: usize = 4096;
@@ -102,8 +112,12 @@ impl std::fmt::Debug for InfluxSink {
 
 impl InfluxSink {
     /// Check the config, build the HTTP client and start the writer task on the current
-    /// tokio runtime.
-    pub fn spawn(cfg: InfluxConfig) -> Result<(InfluxSink, JoinHandle<()>), InfluxError> {
+    /// tokio runtime. Readings wait in `<data_dir>/readings` until the server takes them;
+    /// the task opens it (and reads back what it holds) before its first write.
+    pub fn spawn(
+        cfg: InfluxConfig,
+        data_dir: &Path,
+    ) -> Result<(InfluxSink, JoinHandle<()>), InfluxError> {
         let target = WriteTarget::new(&cfg).map_err(InfluxError::Config)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| InfluxError::NoRuntime)?;
         // The workspace builds reqwest without a built-in crypto provider (ring only).
@@ -119,8 +133,10 @@ impl InfluxSink {
         let shared = Arc::new(Shared {
             queue: Mutex::new(WriteQueue::new(Limits {
                 batch_max_lines: cfg.batch_max_lines,
-                queue_max_batches: cfg.queue_max_batches,
+                memory_max_batches: cfg.queue_max_batches,
                 flush_interval: Duration::from_millis(cfg.flush_interval_ms),
+                sync_interval: Duration::from_millis(cfg.sync_interval_ms),
+                max_age: Duration::from_secs(cfg.queue_max_age_s),
             })),
             wake: Notify::new(),
             closing: AtomicBool::new(false),
@@ -130,7 +146,8 @@ impl InfluxSink {
             target,
             timeout,
         };
-        let task = runtime.spawn(run(shared.clone(), writer));
+        let lane = (data_dir.join("readings"), cfg.queue_max_bytes);
+        let task = runtime.spawn(run(shared.clone(), writer, lane));
         let sink = InfluxSink {
             _open: Arc::new(OpenHandles(shared.clone())),
             shared,
@@ -138,18 +155,178 @@ impl InfluxSink {
         Ok((sink, task))
     }
 
-    /// Queue one batch for writing. Never blocks, never fails: when the queue is full the
-    /// oldest waiting batch is dropped and counted (readings are telemetry; alarms never
-    /// come here). NaN and infinite values are skipped and counted.
+    /// Queue one batch for writing. Never blocks, never fails, never touches the disk
+    /// (the task stores it): when `queue_max_batches` are held in memory the oldest is
+    /// dropped and counted (readings are telemetry; alarms never come here). NaN and
+    /// infinite values are skipped and counted.
     pub fn push(&self, batch: ReadingBatch) {
         let encoded = encode_batch(&batch);
-        self.shared.queue().push(encoded, now());
+        self.shared.queue().push(encoded, batch.ts_ms, now());
         self.shared.wake.notify_one();
     }
 
     /// What the writer has done so far.
     pub fn stats(&self) -> InfluxStats {
         self.shared.queue().stats()
+    }
+
+    /// Whether readings were shed (too old, or the disk queue full) in the last
+    /// [`SHED_FAULT_HOLD`](super::queue::SHED_FAULT_HOLD): the gateway's `readings_shed`
+    /// fault.
+    pub fn shed_recently(&self) -> bool {
+        self.shared.queue().shed_recently(now())
+    }
+}
+
+/// The task's handle on the readings lane on disk. Only the task uses it, one operation
+/// at a time, each on a blocking thread; the mutex is never contended, it only lets the
+/// blocking closure borrow the lane.
+struct Lane {
+    spool: Arc<Mutex<Spool>>,
+}
+
+fn lock(spool: &Mutex<Spool>) -> MutexGuard<'_, Spool> {
+    // Spool methods leave it consistent at every point a panic could come from (the
+    // queue's own invariant), so a poisoned lock still holds a usable lane.
+    spool.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Lane {
+    /// Open the lane and put what it holds back in the queue, oldest first.
+    async fn open(shared: &Shared, dir: PathBuf, max_bytes: u64) -> Lane {
+        let fallback = dir.clone();
+        let opened = tokio::task::spawn_blocking(move || Spool::open(&dir, max_bytes)).await;
+        let spool = match opened {
+            Ok((spool, restored)) => {
+                let now = now();
+                let mut q = shared.queue();
+                for r in restored {
+                    q.restored(r.seq, r.lines, r.ts_ms, now);
+                }
+                q.set_disk(spool.figures());
+                spool
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "bug: opening the readings queue panicked; readings are held in memory only");
+                Spool::in_memory(&fallback)
+            }
+        };
+        Lane {
+            spool: Arc::new(Mutex::new(spool)),
+        }
+    }
+
+    /// Run `f` on the lane on a blocking thread.
+    async fn on_disk<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Spool) -> T + Send + 'static,
+    ) -> Option<T> {
+        let spool = self.spool.clone();
+        match tokio::task::spawn_blocking(move || f(&mut lock(&spool))).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "bug: a readings queue operation panicked");
+                None
+            }
+        }
+    }
+
+    /// Store what arrived, shed what is too old, and sync if it is time (or `closing`).
+    async fn tend(&self, shared: &Shared, closing: bool) {
+        let arrived = shared.queue().take_arrived();
+        if !arrived.is_empty() {
+            let batches = arrived.len();
+            let stored = self
+                .on_disk(move |spool| {
+                    let shed_before = spool.records_shed();
+                    let seqs: Vec<Option<u64>> = arrived.iter().map(|a| spool.append(a)).collect();
+                    (arrived, seqs, spool.records_shed() > shed_before)
+                })
+                .await;
+            let now = now();
+            match stored {
+                Some((arrived, seqs, shed)) => {
+                    let spool = lock(&self.spool);
+                    let mut q = shared.queue();
+                    for (a, seq) in arrived.into_iter().zip(seqs) {
+                        q.stored(a, seq, now);
+                    }
+                    if shed {
+                        q.forget_shed(|seq| spool.is_pending(seq), now);
+                    }
+                    q.set_disk(spool.figures());
+                }
+                None => tracing::error!(batches, "readings lost to the bug above"),
+            }
+        }
+        let now = now();
+        let expired = shared.queue().expire(crate::clock::wall_ms(), now);
+        if !expired.is_empty() {
+            lock(&self.spool).ack(&expired);
+            shared.queue().acked(now);
+        }
+        let due = {
+            let q = shared.queue();
+            q.sync_due(now) || (closing && q.unsynced())
+        };
+        if due
+            && let Some(figures) = self
+                .on_disk(|spool| {
+                    spool.sync();
+                    spool.figures()
+                })
+                .await
+        {
+            let mut q = shared.queue();
+            q.synced();
+            q.set_disk(figures);
+        }
+    }
+
+    /// The text of a body: its memory parts as they are, its disk parts read back. Parts
+    /// that cannot be read (damaged) leave the body, counted.
+    async fn read_body(&self, shared: &Shared, body: Body) -> String {
+        let read = self
+            .on_disk(move |spool| {
+                let mut text = String::new();
+                let mut lost = Vec::new();
+                for part in body.parts {
+                    match part {
+                        Stored::Memory(t) => text.push_str(&t),
+                        Stored::Disk(seq) => match spool.read(seq) {
+                            Some(t) => text.push_str(&t),
+                            None => lost.push(seq),
+                        },
+                    }
+                }
+                (text, lost, spool.figures())
+            })
+            .await;
+        let mut q = shared.queue();
+        match read {
+            Some((text, lost, figures)) => {
+                for seq in lost {
+                    q.lost_from_body(seq);
+                }
+                q.set_disk(figures);
+                text
+            }
+            None => {
+                // Settle the body as refused rather than leave it in flight.
+                let seqs = q.rejected("reading the body back from disk failed".into());
+                drop(q);
+                lock(&self.spool).ack(&seqs);
+                String::new()
+            }
+        }
+    }
+
+    /// The body in flight is settled: its records leave the disk queue.
+    fn settled(&self, shared: &Shared, seqs: &[u64]) {
+        if !seqs.is_empty() {
+            lock(&self.spool).ack(seqs);
+            shared.queue().acked(now());
+        }
     }
 }
 
@@ -166,23 +343,28 @@ fn jitter() -> f64 {
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
-async fn run(shared: Arc<Shared>, writer: Writer) {
+async fn run(shared: Arc<Shared>, writer: Writer, (dir, max_bytes): (PathBuf, u64)) {
+    let lane = Lane::open(&shared, dir, max_bytes).await;
     let mut backoff = Backoff::default();
     let mut seen = SeenErrors::new(SEEN_ERRORS);
     loop {
         let closing = shared.closing.load(Ordering::Acquire);
+        lane.tend(&shared, closing).await;
         let step = shared.queue().next_step(now(), closing);
         match step {
             Step::Flush => {
                 let Some(body) = shared.queue().cut_body() else {
                     continue;
                 };
-                if !deliver(&shared, &writer, body, &mut backoff, &mut seen).await {
+                let text = lane.read_body(&shared, body).await;
+                if !deliver(&shared, &writer, &lane, text, &mut backoff, &mut seen).await {
                     let lost = shared.queue().abandon();
+                    lane.tend(&shared, true).await;
                     tracing::warn!(
                         url = %writer.target.url,
-                        lines = lost,
-                        "stopping with readings the server could not take; they are lost"
+                        lines_lost = lost,
+                        bytes_on_disk = shared.queue().stats().disk.bytes,
+                        "stopping with readings the server could not take; those on disk are sent after the next start"
                     );
                     return;
                 }
@@ -213,29 +395,42 @@ async fn run(shared: Arc<Shared>, writer: Writer) {
 }
 
 /// Send one body until the server takes it or refuses it for good; either way the body is
-/// settled in the queue and this returns true. Returns false, with the body still in
-/// flight, when the writer is closing and the server could not take it.
+/// settled in the queue (and its records acknowledged on disk) and this returns true.
+/// Returns false, with the body still in flight, when the writer is closing and the server
+/// could not take it. While it waits to retry, arriving batches are stored and the lane
+/// synced.
 async fn deliver(
     shared: &Shared,
     writer: &Writer,
-    body: Body,
+    lane: &Lane,
+    text: String,
     backoff: &mut Backoff,
     seen: &mut SeenErrors,
 ) -> bool {
-    let gz = match gzip(&body.text) {
+    let lines = text.bytes().filter(|b| *b == b'\n').count();
+    if text.is_empty() {
+        // Everything in it was lost on disk (counted): nothing to send.
+        let seqs = shared.queue().written();
+        lane.settled(shared, &seqs);
+        return true;
+    }
+    let gz = match gzip(&text) {
         Ok(gz) => gz,
         Err(e) => {
             // Compressing into memory cannot fail short of a bug in flate2; keep going.
-            shared
+            let seqs = shared
                 .queue()
                 .rejected(format!("compressing the request body: {e}"));
+            lane.settled(shared, &seqs);
             return true;
         }
     };
+    drop(text);
     loop {
         match writer.send(gz.clone()).await {
             Ok(()) => {
-                shared.queue().written();
+                let seqs = shared.queue().written();
+                lane.settled(shared, &seqs);
                 if backoff.failures() > 0 {
                     tracing::info!(
                         url = %writer.target.url,
@@ -250,16 +445,17 @@ async fn deliver(
                 verdict: Verdict::Reject,
                 message,
             }) => {
-                shared.queue().rejected(message.clone());
+                let seqs = shared.queue().rejected(message.clone());
+                lane.settled(shared, &seqs);
                 if seen.first_time(&message) {
                     tracing::warn!(
                         url = %writer.target.url,
-                        lines = body.lines,
+                        lines,
                         error = %message,
                         "server refused readings; dropping them (sending them again would fail the same way)"
                     );
                 } else {
-                    tracing::debug!(lines = body.lines, error = %message, "server refused readings");
+                    tracing::debug!(lines, error = %message, "server refused readings");
                 }
                 return true;
             }
@@ -281,15 +477,24 @@ async fn deliver(
                 }
                 let deadline = tokio::time::Instant::now() + delay;
                 loop {
+                    // Wake for the retry, for pushes (to store them) and for the sync.
+                    let wake_at = shared
+                        .queue()
+                        .sync_at()
+                        .map_or(deadline, |at| deadline.min(at.into()));
                     tokio::select! {
-                        () = tokio::time::sleep_until(deadline) => break,
-                        () = shared.wake.notified() => {
-                            // Pushes wake us too; only closing cuts the wait short (for one
-                            // last try).
-                            if shared.closing.load(Ordering::Acquire) {
-                                break;
-                            }
-                        }
+                        () = tokio::time::sleep_until(wake_at) => {}
+                        () = shared.wake.notified() => {}
+                    }
+                    let closing = shared.closing.load(Ordering::Acquire);
+                    lane.tend(shared, closing).await;
+                    if !shared.queue().in_flight() {
+                        // Its records were shed (the disk queue filled up): counted, done.
+                        return true;
+                    }
+                    // Only closing cuts the wait short (for one last try).
+                    if closing || tokio::time::Instant::now() >= deadline {
+                        break;
                     }
                 }
             }
@@ -456,7 +661,7 @@ mod tests {
         let mut cfg = InfluxConfig::new("http://127.0.0.1:1", crate::influx::InfluxApi::V1);
         cfg.db = Some("x".into());
         assert!(matches!(
-            InfluxSink::spawn(cfg),
+            InfluxSink::spawn(cfg, Path::new("/nonexistent")),
             Err(InfluxError::NoRuntime)
         ));
     }
@@ -467,7 +672,9 @@ mod tests {
             batch_max_lines: 0,
             ..InfluxConfig::new("http://127.0.0.1:1", crate::influx::InfluxApi::V1)
         };
-        let err = InfluxSink::spawn(cfg).err().unwrap();
+        let err = InfluxSink::spawn(cfg, Path::new("/nonexistent"))
+            .err()
+            .unwrap();
         let text = err.to_string();
         assert!(
             text.contains("db: required") && text.contains("batch_max_lines"),

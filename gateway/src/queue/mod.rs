@@ -583,6 +583,17 @@ impl DiskQueue {
         self.pending -= 1;
     }
 
+    /// Whether `seq` is still to be delivered: appended, and neither acknowledged nor shed.
+    /// The readings lane asks after an append that shed, to forget what it no longer holds.
+    pub fn is_pending(&self, seq: u64) -> bool {
+        let Some((_, seg)) = self.segments.range(..=seq).next_back() else {
+            return false;
+        };
+        seg.slots
+            .binary_search_by_key(&seq, |s| s.seq)
+            .is_ok_and(|i| !seg.slots[i].acked)
+    }
+
     /// Unacknowledged seqs, oldest first. Records appended but not yet synced are included;
     /// compare with [`durable_seq`](Self::durable_seq) to send only durable ones.
     pub fn pending(&self) -> impl Iterator<Item = u64> + '_ {

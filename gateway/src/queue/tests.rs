@@ -419,6 +419,25 @@ fn the_readings_lane_sheds_its_oldest_segments_and_stays_under_its_bound() {
 }
 
 #[test]
+fn is_pending_says_whether_a_record_is_still_to_be_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let per_record = frame(reading(0).len());
+    let bounded = QueueLimits {
+        segment_max_bytes: 2 * per_record,
+        max_bytes: Some(4 * per_record),
+    };
+    let (mut q, _) = open(dir.path(), bounded);
+    for i in 0..6 {
+        q.append(&reading(i)).unwrap();
+    }
+    q.ack(4);
+    // 0 and 1 were shed with their segment, 4 acknowledged, 6 never appended.
+    let answers: Vec<bool> = (0..7).map(|seq| q.is_pending(seq)).collect();
+    assert_eq!(answers, [false, false, true, true, false, true, false]);
+    assert!(!q.is_pending(u64::MAX));
+}
+
+#[test]
 fn a_full_readings_lane_frees_acknowledged_segments_before_shedding_anything() {
     let dir = tempfile::tempdir().unwrap();
     let per_record = frame(reading(0).len());
@@ -875,8 +894,12 @@ proptest! {
             prop_assert_eq!(&kept, &expected);
             let gone: Vec<u64> = waiting.keys().take(waiting.len() - kept.len()).copied().collect();
             for seq in gone {
+                prop_assert!(!q.is_pending(seq), "shed record {} still pending", seq);
                 waiting.remove(&seq);
                 shed += 1;
+            }
+            for &seq in &kept {
+                prop_assert!(q.is_pending(seq));
             }
             let stats = q.stats();
             prop_assert_eq!(stats.records_shed, shed);

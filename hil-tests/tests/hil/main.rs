@@ -8,7 +8,9 @@
 //!   clients);
 //! - `browser`: the alarm board in headless Chromium;
 //! - `auth`: the broker set up as `docs/mosquitto/` says (accounts, ACL, TLS) against the
-//!   gateway binary and clients that try what the ACL forbids.
+//!   gateway binary and clients that try what the ACL forbids;
+//! - `readings`: the readings queue on disk against a store that goes away, a gateway
+//!   killed meanwhile, and a queue too small for the outage.
 //!
 //! Run one group with e.g. `cargo test -p shouwang-hil-tests --test hil -- e2e::`.
 
@@ -18,5 +20,6 @@ mod auth;
 mod browser;
 mod delivery;
 mod e2e;
+mod readings;
 mod restart;
 mod sim;
