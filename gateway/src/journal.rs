@@ -84,6 +84,9 @@ pub struct JournalHealth {
     /// Records found damaged at start (skipped) and bytes of torn tails cut off.
     pub corrupt_records: AtomicU64,
     pub torn_bytes: AtomicU64,
+    /// Beaten every turn of the thread, and marked ended when the thread ends (or
+    /// panics): the supervisor watches it (see `supervise.rs`).
+    pub heartbeat: crate::supervise::Heartbeat,
 }
 
 enum Input {
@@ -136,9 +139,13 @@ impl Journal {
         };
         let (tx, rx) = mpsc::channel();
         let mut state = Lane::new(queue, health.clone());
+        let heartbeat = health.heartbeat.clone();
         std::thread::Builder::new()
             .name("alarm-journal".into())
-            .spawn(move || state.run(rx, client, events_topic, link))?;
+            .spawn(move || {
+                let _ended = heartbeat.end_on_drop();
+                state.run(rx, client, events_topic, link)
+            })?;
         Ok(Journal { tx, health })
     }
 
@@ -267,6 +274,7 @@ impl Lane {
         link: Arc<crate::mqtt::LinkState>,
     ) {
         loop {
+            self.health.heartbeat.beat();
             let first = match rx.recv_timeout(TURN) {
                 Ok(input) => Some(input),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
