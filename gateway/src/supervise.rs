@@ -27,6 +27,9 @@
 //!   least once per keep-alive with a ping, and a connect attempt is bounded by its 5 s
 //!   timeout plus our 1 s pause); the journal 30 s (one fsync on a slow SD card can take
 //!   seconds).
+//!   A poller beats before each poll, so one that waits that long on a full poll queue
+//!   (the runtime loop not keeping up) counts as stalled too: restarting it does no harm,
+//!   and the runtime loop falling that far behind is worth a fault.
 //! - **Why aborting a stalled poller is safe**: a poller holds nothing but its Modbus
 //!   connection and its interval. Alarm state lives in the watch; an outcome it was sending
 //!   is either in the channel or not sent at all (`mpsc::Sender::send` is cancel-safe). A
@@ -469,6 +472,11 @@ async fn keep<F, Fut>(
 {
     let mut failures_in_row = 0u32;
     loop {
+        if stopping.load(Ordering::Relaxed) {
+            // Stopped while waiting for a restart.
+            status.up.store(false, Ordering::Relaxed);
+            return;
+        }
         status.heartbeat.beat();
         status.up.store(true, Ordering::Relaxed);
         let started = Instant::now();
@@ -762,5 +770,28 @@ mod tests {
             .expect("the keeper ends with its task")
             .unwrap();
         assert_eq!(snapshot_of(&tasks, MQTT_TASK).restarts, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_waiting_for_its_restart_is_not_restarted_after_stop() {
+        let supervisor = Supervisor::default();
+        let runs = Arc::new(AtomicU32::new(0));
+        let counted = runs.clone();
+        let keeper = supervisor.spawn(
+            "modbus/a",
+            Duration::from_secs(60),
+            OnStall::Restart,
+            move |_| {
+                counted.fetch_add(1, Ordering::Relaxed);
+                async { panic!("fails at once") }
+            },
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        supervisor.stop();
+        tokio::time::timeout(Duration::from_secs(2), keeper)
+            .await
+            .expect("the keeper ends after its backoff")
+            .unwrap();
+        assert_eq!(runs.load(Ordering::Relaxed), 1);
     }
 }
