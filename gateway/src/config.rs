@@ -48,9 +48,14 @@ pub const CLOCK_OFF_RULE: &str = "clock_off";
 /// How far the gateway's wall clock may be from the console's before [`CLOCK_OFF_RULE`].
 pub const CLOCK_OFF_AFTER_MS: i64 = 5 * 60 * 1000;
 
+/// The gateway's fault for one of its own tasks (a device's poller, the broker link, the
+/// alarm journal) that failed or stalled: active while one is down or stalled, or failed
+/// within the last 10 minutes (see `supervise.rs`).
+pub const TASK_FAILED_RULE: &str = "task_failed";
+
 /// The faults the gateway raises about itself; their device is the gateway: (rule id,
 /// message).
-pub const GATEWAY_FAULTS: [(&str, &str); 4] = [
+pub const GATEWAY_FAULTS: [(&str, &str); 5] = [
     (
         CLOCK_OFF_RULE,
         "Gateway clock is more than 5 minutes off the console's: times shown from it are wrong",
@@ -66,6 +71,10 @@ pub const GATEWAY_FAULTS: [(&str, &str); 4] = [
     (
         READINGS_SHED_RULE,
         "Readings shed: the time-series store was away longer than the readings queue holds",
+    ),
+    (
+        TASK_FAILED_RULE,
+        "A gateway task failed or stalled and was restarted: see the gateway's /healthz and log",
     ),
 ];
 
@@ -99,6 +108,16 @@ pub struct GatewaySection {
     /// has waited this long for the console's confirmation. Default 60.
     #[serde(default = "default_undelivered_fault_after_s")]
     pub undelivered_fault_after_s: u64,
+    /// The local warning of GB 26875.1 on a relay: the BCM GPIO number (2 to 27; e.g. 17 is
+    /// pin 11 of the 40-pin header) the gateway drives while alarms cannot be delivered
+    /// (see `undelivered_fault_after_s`), the broker link has been down as long, or the
+    /// alarm journal has stopped. Needs a gateway built with `--features rpi`. Absent: the
+    /// local warning is a log line and the metric `shouwang_gateway_local_warning`.
+    pub local_warning_gpio: Option<u8>,
+    /// Drive `local_warning_gpio` low while warning (relay boards with an active-low
+    /// input). Default false: high while warning.
+    #[serde(default)]
+    pub local_warning_active_low: bool,
     /// What lets an alarm event leave the durable queue. Default `console`.
     #[serde(default)]
     pub alarm_confirmation: AlarmConfirmation,
@@ -116,6 +135,10 @@ pub enum AlarmConfirmation {
     /// [`crate::broker_confirm`] for what a PUBACK does not promise.
     Broker,
 }
+
+/// The BCM GPIO numbers of the 40-pin header that `local_warning_gpio` may name. 0 and 1
+/// are left to the HAT ID EEPROM.
+pub const LOCAL_WARNING_GPIOS: std::ops::RangeInclusive<u8> = 2..=27;
 
 fn default_undelivered_fault_after_s() -> u64 {
     60
@@ -584,6 +607,25 @@ impl Config {
                 "must be at least 1 second",
             );
         }
+        match self.gateway.local_warning_gpio {
+            Some(_) if !cfg!(feature = "rpi") => p.add(
+                "gateway.local_warning_gpio",
+                "this gateway was built without GPIO support: build it with `--features rpi`, or remove the key to have the local warning in the log and metrics only",
+            ),
+            Some(pin) if !LOCAL_WARNING_GPIOS.contains(&pin) => p.add(
+                "gateway.local_warning_gpio",
+                format!(
+                    "GPIO {pin} is not a free pin of the 40-pin header: give a BCM number from {} to {} (e.g. 17, header pin 11)",
+                    LOCAL_WARNING_GPIOS.start(),
+                    LOCAL_WARNING_GPIOS.end()
+                ),
+            ),
+            None if self.gateway.local_warning_active_low => p.add(
+                "gateway.local_warning_active_low",
+                "only means something with local_warning_gpio; set that too, or remove this",
+            ),
+            _ => {}
+        }
 
         p.non_empty("mqtt.host", &self.mqtt.host);
         if self.mqtt.port == 0 {
@@ -1009,12 +1051,58 @@ message = "Smoke detected"
                 "riverside:gw-b1:gw-b1:undelivered",
                 "riverside:gw-b1:gw-b1:queue_disk",
                 "riverside:gw-b1:gw-b1:readings_shed",
+                "riverside:gw-b1:gw-b1:task_failed",
                 "riverside:gw-b1:smoke-B1-12-03:comm_lost",
                 "riverside:gw-b1:smoke-B1-12-03:point_fault",
                 "riverside:gw-b1:smoke-B1-12-03:smoke-high"
             ]
         );
-        assert_eq!(specs[6].1.engineering_unit.as_deref(), Some("%/m"));
+        assert_eq!(specs[7].1.engineering_unit.as_deref(), Some("%/m"));
+    }
+
+    fn local_warning_problems(keys: &str) -> Vec<(String, String)> {
+        let text = GOOD.replace(
+            "data_dir = \"data\"",
+            &format!("data_dir = \"data\"\n{keys}"),
+        );
+        match Config::from_toml_str(&text, "c.toml") {
+            Ok(_) => Vec::new(),
+            Err(report) => report
+                .problems
+                .into_iter()
+                .map(|p| (p.field, p.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_local_warning_relay_needs_the_rpi_build_and_a_header_pin() {
+        let problems = local_warning_problems("local_warning_gpio = 17");
+        if cfg!(feature = "rpi") {
+            assert!(problems.is_empty(), "{problems:?}");
+        } else {
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].0, "gateway.local_warning_gpio");
+            assert!(problems[0].1.contains("--features rpi"), "{problems:?}");
+        }
+        if cfg!(feature = "rpi") {
+            for pin in [0, 1, 28, 255] {
+                let problems = local_warning_problems(&format!("local_warning_gpio = {pin}"));
+                assert_eq!(problems.len(), 1, "{pin}: {problems:?}");
+                assert_eq!(problems[0].0, "gateway.local_warning_gpio");
+                assert!(
+                    problems[0].1.contains(&format!("GPIO {pin} ")),
+                    "{problems:?}"
+                );
+                assert!(problems[0].1.contains("from 2 to 27"), "{problems:?}");
+            }
+        }
+        let problems = local_warning_problems("local_warning_active_low = true");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "gateway.local_warning_active_low");
+        assert!(local_warning_problems("local_warning_active_low = false").is_empty());
+        let problems = local_warning_problems("local_warning_gpio = -1");
+        assert_eq!(problems[0].0, "gateway", "{problems:?}");
     }
 
     #[test]

@@ -98,6 +98,9 @@ pub struct JournalHealth {
     /// Writes of the alarm state file, and whether the last one failed.
     pub state_saves: AtomicU64,
     pub state_failing: AtomicBool,
+    /// Beaten every turn of the thread, and marked ended when the thread ends (or
+    /// panics): the supervisor watches it (see `supervise.rs`).
+    pub heartbeat: crate::supervise::Heartbeat,
 }
 
 enum Input {
@@ -179,9 +182,13 @@ impl Journal {
         let mut state = Lane::new(queue, health.clone(), data_dir, known);
         let mut restored: Vec<AlarmEvent> = state.latest.values().cloned().collect();
         restored.sort_by_key(AlarmEvent::key);
+        let heartbeat = health.heartbeat.clone();
         std::thread::Builder::new()
             .name("alarm-journal".into())
-            .spawn(move || state.run(rx, client, events_topic, link))?;
+            .spawn(move || {
+                let _ended = heartbeat.end_on_drop();
+                state.run(rx, client, events_topic, link)
+            })?;
         Ok((Journal { tx, health }, restored))
     }
 
@@ -364,6 +371,7 @@ impl Lane {
         link: Arc<crate::mqtt::LinkState>,
     ) {
         loop {
+            self.health.heartbeat.beat();
             let first = match rx.recv_timeout(TURN) {
                 Ok(input) => Some(input),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,

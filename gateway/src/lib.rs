@@ -20,11 +20,13 @@ pub mod clock;
 pub mod config;
 pub mod influx;
 pub mod journal;
+pub mod local_output;
 pub mod metrics;
 pub mod modbus;
 pub mod mqtt;
 pub mod mqtt_auth;
 pub mod queue;
+pub mod supervise;
 pub mod watch;
 
 use config::Config;
@@ -76,6 +78,9 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         None => (None, None),
     };
 
+    // Restarts the pollers and the broker link when they fail or stall; watches the journal.
+    let supervisor = supervise::Supervisor::default();
+    let tasks = supervisor.tasks();
     let (client, events) = mqtt::client(&config);
     let link = Arc::new(LinkState::default());
     let topics = Topics::new(&config);
@@ -118,12 +123,18 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
             "alarm states restored from before the restart"
         );
     }
+    let journal_watch = supervisor.watch_thread(
+        supervise::JOURNAL_TASK,
+        journal.health.heartbeat.clone(),
+        supervise::JOURNAL_STALL_AFTER,
+    );
     let (mut news, driver) = mqtt::spawn_drive(
         events,
         client.clone(),
         config.clone(),
         link.clone(),
         journal.clone(),
+        &supervisor,
     );
     let outbox = Outbox::spawn(client.clone(), topics, link.clone());
     let counters = Arc::new(metrics::Counters::default());
@@ -138,6 +149,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                     link.clone(),
                     journal.health.clone(),
                     influx.clone(),
+                    tasks.clone(),
                 )
                 .await
                 .with_context(|| format!("serving metrics on {listen}"))?,
@@ -149,12 +161,13 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     let (poll_tx, mut poll_rx) = mpsc::channel(POLL_QUEUE);
     let mut pollers = Vec::new();
     for (i, device) in config.devices.iter().enumerate() {
-        pollers.push(tokio::spawn(modbus::poll_device(
-            i,
-            device.clone(),
-            clock,
-            poll_tx.clone(),
-        )));
+        let (device, tx) = (device.clone(), poll_tx.clone());
+        pollers.push(supervisor.spawn(
+            format!("modbus/{}", device.id),
+            modbus::stall_after(&device),
+            supervise::OnStall::Restart,
+            move |heartbeat| modbus::poll_device(i, device.clone(), clock, tx.clone(), heartbeat),
+        ));
     }
     drop(poll_tx);
     tracing::info!(
@@ -180,6 +193,10 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         .gateway
         .undelivered_fault_after_s
         .saturating_mul(1000);
+    let mut local_warning = local_output::LocalWarning::new(
+        Duration::from_secs(config.gateway.undelivered_fault_after_s),
+        local_output::from_config(&config.gateway)?,
+    );
     let mut ticker = tokio::time::interval(TICK);
     tokio::pin!(shutdown);
     loop {
@@ -220,19 +237,22 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
             _ = ticker.tick() => {
                 let now = clock.now();
                 let mut events = watch.on_tick(now);
-                // The gateway's own faults, from the journal's health. Undelivered alarms
-                // are also the local warning (GB 26875.1): said loudly here, where someone
-                // on site can see it, since the console cannot.
+                // The gateway's own faults, from the journal's health and its tasks.
+                // A failing transmission path is also the local warning (GB 26875.1,
+                // local_output.rs), where someone on site can see it, since the console
+                // cannot.
                 let health = &journal.health;
-                let undelivered = health.oldest_pending_ms.load(Ordering::Relaxed) >= undelivered_limit_ms;
-                if counters.local_warning.swap(undelivered, Ordering::Relaxed) != undelivered {
-                    if undelivered {
-                        tracing::error!(pending = health.pending.load(Ordering::Relaxed), "LOCAL WARNING: alarms have not been delivered to the console");
-                    } else {
-                        tracing::info!("alarms are delivered again; local warning off");
-                    }
-                }
+                let oldest_pending_ms = health.oldest_pending_ms.load(Ordering::Relaxed);
+                let undelivered = oldest_pending_ms >= undelivered_limit_ms;
+                let warning = local_warning.update(local_output::PathState {
+                    mono_ms: now.mono_ms,
+                    broker_connected: link.connected.load(Ordering::Relaxed),
+                    oldest_pending_ms,
+                    journal_running: tasks.running(supervise::JOURNAL_TASK),
+                });
+                counters.local_warning.store(warning, Ordering::Relaxed);
                 events.extend(watch.set_gateway_fault(config::UNDELIVERED_RULE, undelivered, now));
+                events.extend(watch.set_gateway_fault(config::TASK_FAILED_RULE, tasks.fault_active(), now));
                 let clock_off = link
                     .clock_offset()
                     .is_some_and(|offset| offset.saturating_abs() > config::CLOCK_OFF_AFTER_MS);
@@ -277,6 +297,9 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     if let Some(task) = metrics_task {
         task.abort();
     }
+    // Tasks that end from here on are done, not failed.
+    supervisor.stop();
+    journal_watch.abort();
     mqtt::announce_offline(&client, &config, &link).await;
     // The writer flushes what it holds once its last handle is gone.
     drop(influx);

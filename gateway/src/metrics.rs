@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::influx::{InfluxSink, InfluxStats};
 use crate::journal::JournalHealth;
 use crate::mqtt::LinkState;
+use crate::supervise::{TaskSnapshot, Tasks};
 
 /// Counters the runtime loop keeps.
 #[derive(Debug, Default)]
@@ -21,7 +22,8 @@ pub struct Counters {
     pub polls_failed: AtomicU64,
     pub alarm_events: AtomicU64,
     pub commands: AtomicU64,
-    /// True (1) while the local warning is on: alarms not delivered for too long.
+    /// True (1) while the local warning is on: alarms not delivered, or the broker link
+    /// down, for too long, or the alarm journal stopped (see `local_output.rs`).
     pub local_warning: std::sync::atomic::AtomicBool,
 }
 
@@ -37,6 +39,7 @@ pub fn render(
     link: &LinkState,
     journal: &JournalHealth,
     influx: Option<&InfluxStats>,
+    tasks: &[TaskSnapshot],
 ) -> String {
     const COUNTER: &str = "counter";
     const GAUGE: &str = "gauge";
@@ -94,7 +97,7 @@ pub fn render(
         (
             "shouwang_gateway_local_warning",
             GAUGE,
-            "1 while alarms have waited longer than undelivered_fault_after_s for the console.",
+            "1 while the local warning is on: alarms unconfirmed or the broker link down for longer than undelivered_fault_after_s, or the alarm journal stopped.",
             u64::from(counters.local_warning.load(Ordering::Relaxed)),
         ),
         (
@@ -241,14 +244,62 @@ pub fn render(
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
+    // One series per supervised task. Task names are `mqtt`, `alarm-journal` and
+    // `modbus/<device id>`; device ids are checked by the config to need no escaping.
+    // (name, type, help, value of one task)
+    type PerTask = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&TaskSnapshot) -> u64,
+    );
+    let per_task: [PerTask; 4] = [
+        (
+            "shouwang_gateway_task_restarts_total",
+            COUNTER,
+            "Times a supervised task failed (ended, panicked, or stalled and was aborted) and was restarted; for the alarm journal, found ended.",
+            |t| t.restarts,
+        ),
+        (
+            "shouwang_gateway_task_stalls_total",
+            COUNTER,
+            "Times a supervised task went without a turn for longer than it may.",
+            |t| t.stalls,
+        ),
+        (
+            "shouwang_gateway_task_stalled",
+            GAUGE,
+            "1 while a supervised task is stalled.",
+            |t| u64::from(t.stalled),
+        ),
+        (
+            "shouwang_gateway_task_up",
+            GAUGE,
+            "1 while a supervised task runs; 0 while it waits for a restart or has ended.",
+            |t| u64::from(t.up),
+        ),
+    ];
+    if !tasks.is_empty() {
+        for (name, kind, help, value) in per_task {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for t in tasks {
+                let _ = writeln!(out, "{name}{{task=\"{}\"}} {}", t.name, value(t));
+            }
+        }
+    }
     out
 }
 
 /// Alarm events older than this without the console's receipt make `/healthz` fail.
 const HEALTHY_OLDEST_PENDING_MS: u64 = 30_000;
 
-/// What is wrong with the gateway's delivery, in words; empty when healthy. Pure.
-pub fn health_problems(link: &LinkState, journal: &JournalHealth) -> Vec<String> {
+/// What is wrong with the gateway's delivery and its tasks, in words; empty when healthy.
+/// Pure.
+pub fn health_problems(
+    link: &LinkState,
+    journal: &JournalHealth,
+    tasks: &[TaskSnapshot],
+) -> Vec<String> {
     let mut out = Vec::new();
     if !link.connected.load(Ordering::Relaxed) {
         out.push("broker: not connected".to_string());
@@ -266,6 +317,7 @@ pub fn health_problems(link: &LinkState, journal: &JournalHealth) -> Vec<String>
     if journal.state_failing.load(Ordering::Relaxed) {
         out.push("alarm state: cannot write to disk; a restart would not know it".to_string());
     }
+    out.extend(tasks.iter().filter_map(TaskSnapshot::problem));
     out
 }
 
@@ -276,24 +328,32 @@ pub async fn serve(
     link: Arc<LinkState>,
     journal: Arc<JournalHealth>,
     influx: Option<InfluxSink>,
+    tasks: Arc<Tasks>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let journal_m = journal.clone();
     let link_h = link.clone();
+    let tasks_h = tasks.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
                 let stats = influx.as_ref().map(InfluxSink::stats);
-                let body = render(&counters, &link, &journal_m, stats.as_ref());
+                let body = render(
+                    &counters,
+                    &link,
+                    &journal_m,
+                    stats.as_ref(),
+                    &tasks.snapshot(),
+                );
                 async move { ([("content-type", "text/plain; version=0.0.4")], body) }
             }),
         )
         .route(
             "/healthz",
             get(move || {
-                let problems = health_problems(&link_h, &journal);
+                let problems = health_problems(&link_h, &journal, &tasks_h.snapshot());
                 async move {
                     if problems.is_empty() {
                         (axum::http::StatusCode::OK, "ok\n".to_string())
@@ -326,7 +386,7 @@ mod tests {
         let link = LinkState::default();
         link.readings_dropped.fetch_add(3, Ordering::Relaxed);
         let journal = JournalHealth::default();
-        let text = render(&counters, &link, &journal, None);
+        let text = render(&counters, &link, &journal, None, &[]);
         assert!(text.contains(
             "# TYPE shouwang_gateway_polls_total counter\nshouwang_gateway_polls_total 2\n"
         ));
@@ -344,7 +404,7 @@ mod tests {
             },
             ..InfluxStats::default()
         };
-        let text = render(&counters, &link, &journal, Some(&stats));
+        let text = render(&counters, &link, &journal, Some(&stats), &[]);
         for row in [
             "shouwang_influx_batches_dropped_total 7\n",
             "shouwang_influx_batches_shed_total 4\n",
@@ -360,13 +420,63 @@ mod tests {
     fn health_names_each_problem_and_is_empty_when_all_is_well() {
         let link = LinkState::default();
         let journal = JournalHealth::default();
-        assert_eq!(health_problems(&link, &journal), ["broker: not connected"]);
+        assert_eq!(
+            health_problems(&link, &journal, &[]),
+            ["broker: not connected"]
+        );
         link.connected.store(true, Ordering::Relaxed);
-        assert!(health_problems(&link, &journal).is_empty());
+        assert!(health_problems(&link, &journal, &[]).is_empty());
         journal.oldest_pending_ms.store(45_000, Ordering::Relaxed);
         journal.disk_failing.store(true, Ordering::Relaxed);
-        let problems = health_problems(&link, &journal);
+        let problems = health_problems(&link, &journal, &[]);
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("45 s"));
+    }
+
+    fn task(name: &str, up: bool, stalled: bool, restarts: u64) -> TaskSnapshot {
+        TaskSnapshot {
+            name: name.into(),
+            restarts,
+            stalls: u64::from(stalled),
+            up,
+            stalled,
+            last_failure_ms: None,
+        }
+    }
+
+    #[test]
+    fn health_names_each_stalled_or_down_task_and_not_the_ones_that_run() {
+        let link = LinkState::default();
+        link.connected.store(true, Ordering::Relaxed);
+        let journal = JournalHealth::default();
+        let tasks = [
+            task("mqtt", true, false, 3),
+            task("modbus/smoke-B1-12-03", true, true, 0),
+            task("alarm-journal", false, false, 1),
+        ];
+        let problems = health_problems(&link, &journal, &tasks);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("modbus/smoke-B1-12-03: stalled"));
+        assert!(problems[1].contains("alarm-journal: down"));
+    }
+
+    #[test]
+    fn each_task_has_its_restarts_and_stalled_state_as_labelled_series() {
+        let tasks = [
+            task("mqtt", true, false, 3),
+            task("modbus/smoke-1", true, true, 0),
+        ];
+        let text = render(
+            &Counters::default(),
+            &LinkState::default(),
+            &JournalHealth::default(),
+            None,
+            &tasks,
+        );
+        assert!(text.contains("# TYPE shouwang_gateway_task_restarts_total counter\n"));
+        assert!(text.contains("shouwang_gateway_task_restarts_total{task=\"mqtt\"} 3\n"));
+        assert!(text.contains("shouwang_gateway_task_stalled{task=\"modbus/smoke-1\"} 1\n"));
+        assert!(text.contains("shouwang_gateway_task_stalled{task=\"mqtt\"} 0\n"));
+        assert!(text.contains("shouwang_gateway_task_up{task=\"mqtt\"} 1\n"));
     }
 }

@@ -18,6 +18,7 @@ use tokio_modbus::{ExceptionCode, Slave};
 
 use crate::clock::{Clock, Stamp};
 use crate::config::{DataType, DeviceConfig, PointConfig, RegisterTable};
+use crate::supervise::Heartbeat;
 
 /// Turn a point's raw registers into its scaled value. 32-bit values are high word first.
 pub fn decode(point: &PointConfig, registers: &[u16]) -> Result<f64, DecodeError> {
@@ -90,11 +91,14 @@ pub struct PolledValues {
 }
 
 /// Poll one device forever, sending each outcome on `out`. Returns when `out` closes.
+/// Beats `heartbeat` once per poll (see [`stall_after`]); every call starts with a fresh
+/// connection, so a supervisor restarting it gets one.
 pub async fn poll_device(
     index: usize,
     device: DeviceConfig,
     clock: Clock,
     out: mpsc::Sender<PollOutcome>,
+    heartbeat: Heartbeat,
 ) {
     let period = Duration::from_millis(device.poll_interval_ms);
     let mut ticker = tokio::time::interval(period);
@@ -102,6 +106,7 @@ pub async fn poll_device(
     let mut link: Option<Context> = None;
     loop {
         ticker.tick().await;
+        heartbeat.beat();
         let result = poll_once(&device, &mut link).await;
         if result.is_err() {
             // Start from a fresh connection next time: a half-dead socket can keep failing.
@@ -116,6 +121,17 @@ pub async fn poll_device(
             return;
         }
     }
+}
+
+/// How long [`poll_device`] may go without a beat before its supervisor deems it stalled:
+/// three poll intervals plus the longest turn (a connect and one request per point, each
+/// bounded by `timeout_ms`) plus a second of slack.
+pub fn stall_after(device: &DeviceConfig) -> Duration {
+    let requests = u32::try_from(device.points.len().saturating_add(1)).unwrap_or(u32::MAX);
+    Duration::from_millis(device.poll_interval_ms)
+        .saturating_mul(3)
+        .saturating_add(Duration::from_millis(device.timeout_ms).saturating_mul(requests))
+        .saturating_add(Duration::from_secs(1))
 }
 
 async fn poll_once(

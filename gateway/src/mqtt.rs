@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::journal::Journal;
 use crate::now_ms;
+use crate::supervise::{Heartbeat, OnStall, Supervisor};
 
 /// How many requests rumqttc buffers between us and its event loop.
 const CLIENT_CAPACITY: usize = 256;
@@ -168,27 +169,70 @@ impl LinkState {
     }
 }
 
-/// Start [`drive`]; returns what it will report.
+/// How long [`drive`] may go without a turn before its supervisor aborts and restarts it:
+/// rumqttc wakes it at least once per keep-alive (a ping), and a connect attempt takes at
+/// most its 5 s timeout plus our 1 s pause.
+pub fn stall_after(config: &Config) -> Duration {
+    Duration::from_secs(config.mqtt.keep_alive_s)
+        .saturating_mul(3)
+        .saturating_add(Duration::from_secs(10))
+}
+
+/// Start [`drive`] under `supervisor` (task [`crate::supervise::MQTT_TASK`]); returns
+/// what it will report, and the keeper's handle. The event loop outlives each run of the
+/// driver, so the clients handed out stay valid; a restarted driver cleans it first, which
+/// drops the connection and starts a new one.
 pub fn spawn_drive(
     events: EventLoop,
     client: AsyncClient,
     config: Arc<Config>,
     state: Arc<LinkState>,
     journal: Journal,
+    supervisor: &Supervisor,
 ) -> (LinkNews, tokio::task::JoinHandle<()>) {
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
-    let task = tokio::spawn(drive(events, client, config, commands_tx, journal, state));
+    let events = Arc::new(tokio::sync::Mutex::new(events));
+    let mut first_run = true;
+    let task = supervisor.spawn(
+        crate::supervise::MQTT_TASK,
+        stall_after(&config),
+        OnStall::Restart,
+        move |heartbeat| {
+            let restarted = !std::mem::replace(&mut first_run, false);
+            let (events, client, config) = (events.clone(), client.clone(), config.clone());
+            let (commands, journal, state) = (commands_tx.clone(), journal.clone(), state.clone());
+            async move {
+                // The previous run is gone (the supervisor waits for it), so is its lock.
+                let mut events = events.lock_owned().await;
+                if restarted {
+                    events.clean();
+                    state.connected.store(false, Ordering::Relaxed);
+                }
+                drive(
+                    &mut events,
+                    client,
+                    config,
+                    commands,
+                    journal,
+                    state,
+                    heartbeat,
+                )
+                .await;
+            }
+        },
+    );
     (LinkNews { commands }, task)
 }
 
-/// Poll the event loop forever.
+/// Poll the event loop forever, beating `heartbeat` every turn.
 async fn drive(
-    mut events: EventLoop,
+    events: &mut EventLoop,
     client: AsyncClient,
     config: Arc<Config>,
     commands: mpsc::Sender<Command>,
     journal: Journal,
     state: Arc<LinkState>,
+    heartbeat: Heartbeat,
 ) {
     let topics = Topics::new(&config);
     // Owed to the broker after a connection: retried on every turn of the loop until
@@ -198,6 +242,7 @@ async fn drive(
     let mut owe_online = false;
     let mut bad_log = QuietLog::default();
     loop {
+        heartbeat.beat();
         if owe_subscribe {
             owe_subscribe = client
                 .try_subscribe_many([
