@@ -9,7 +9,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, Publish, QoS};
 use shouwang_demo::building::{self, KINDS, building_config, short_place, trigger_point};
 use shouwang_demo::{DemoOptions, RunningDemo, broker};
-use shouwang_gateway::modbus::decode;
+use shouwang_gateway::sources::modbus::decode;
 use shouwang_hil_tests::servers::{free_port, http_client};
 use shouwang_hil_tests::sim::SimDevice;
 use shouwang_wire::{AlarmEvent, Channel, Message as _, TransitionKind, topic_filter_all};

@@ -7,8 +7,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use shouwang_gateway::config::Config;
-use shouwang_gateway::influx::encode_batch;
-use shouwang_gateway::modbus::{PollOutcome, PolledValues, decode};
+use shouwang_gateway::sinks::influx::encode_batch;
+use shouwang_gateway::sources::modbus::decode;
+use shouwang_gateway::sources::{PollOutcome, PolledValues};
 use shouwang_gateway::watch::Watch;
 
 fn demo_config() -> Config {

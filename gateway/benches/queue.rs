@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
-use shouwang_gateway::queue::{DiskQueue, QueueLimits};
+use shouwang_gateway::sinks::queue::{DiskQueue, QueueLimits};
 use shouwang_wire::{
     AlarmEvent, AlarmState, Message, Place, PointValue, Priority, ReadingBatch, SCHEMA_VERSION,
     SignalClass, TransitionKind,

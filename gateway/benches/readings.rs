@@ -14,11 +14,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use shouwang_gateway::influx::{
+use shouwang_gateway::sinks::influx::{
     InfluxApi, InfluxConfig, InfluxSink, RECORD_HEADER_BYTES, encode_batch, encode_record,
     lane_limits,
 };
-use shouwang_gateway::queue::{DiskQueue, HEADER_BYTES};
+use shouwang_gateway::sinks::queue::{DiskQueue, HEADER_BYTES};
 use shouwang_hil_tests::servers;
 use shouwang_wire::{Place, PointValue, ReadingBatch, SCHEMA_VERSION};
 use tempfile::TempDir;
@@ -117,7 +117,7 @@ async fn demo_load(
     url: String,
     data_dir: &Path,
     seconds: u64,
-) -> shouwang_gateway::influx::InfluxStats {
+) -> shouwang_gateway::sinks::influx::InfluxStats {
     let (sink, _task) = InfluxSink::spawn(config(url), data_dir).unwrap();
     let every = Duration::from_micros(1_000_000 / DEMO_BATCHES_PER_S);
     let mut tick = tokio::time::interval(every);

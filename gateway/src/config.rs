@@ -15,8 +15,8 @@ use serde::Deserialize;
 use shouwang_rules::{Condition, Priority, RuleSpec, SignalClass};
 use shouwang_wire::{MAX_ID_CHARS, MAX_TEXT_CHARS, Place, alarm_id, forbidden_id_char};
 
-use crate::influx::InfluxConfig;
-pub use crate::mqtt_auth::MqttTls;
+use crate::sinks::influx::InfluxConfig;
+pub use crate::sinks::mqtt::auth::MqttTls;
 use shouwang_broker_auth::{BrokerAuth, Password};
 
 /// The rule id the gateway uses for each device's communication-lost fault.
@@ -39,7 +39,7 @@ pub const QUEUE_DISK_RULE: &str = "queue_disk";
 
 /// The gateway's fault for readings shed from the line-protocol writer's disk queue (full,
 /// or older than `queue_max_age_s`): raised at the first shed, cleared once none was shed
-/// for 10 minutes ([`crate::influx::SHED_FAULT_HOLD`]). Alarms are never shed.
+/// for 10 minutes ([`crate::sinks::influx::SHED_FAULT_HOLD`]). Alarms are never shed.
 pub const READINGS_SHED_RULE: &str = "readings_shed";
 
 /// The gateway's fault for a wall clock far from the console's (learned from receipts):
@@ -132,7 +132,7 @@ pub enum AlarmConfirmation {
     #[default]
     Console,
     /// The broker's PUBACK, for sites whose alarms go to another receiver. Weaker: see
-    /// [`crate::broker_confirm`] for what a PUBACK does not promise.
+    /// [`crate::sinks::broker_confirm`] for what a PUBACK does not promise.
     Broker,
 }
 
@@ -560,7 +560,7 @@ impl Config {
         // Reads the password file, the CA, the client certificate and key; reports what is
         // wrong with them with the rest.
         let mqtt = mqtt.map(|mut m| {
-            match crate::mqtt_auth::load(&m) {
+            match crate::sinks::mqtt::auth::load(&m) {
                 Ok(auth) => m.auth = auth,
                 Err(found) => found.into_iter().for_each(|(f, msg)| problems.add(f, msg)),
             }

@@ -14,23 +14,19 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-pub mod alarm_state;
-pub mod broker_confirm;
 pub mod clock;
 pub mod config;
-pub mod influx;
-pub mod journal;
-pub mod local_output;
+pub mod emit;
 pub mod metrics;
-pub mod modbus;
-pub mod mqtt;
-pub mod mqtt_auth;
-pub mod queue;
+pub mod sinks;
+pub mod sources;
 pub mod supervise;
 pub mod watch;
 
 use config::Config;
-use mqtt::{LinkState, Outbox, Topics};
+use sinks::mqtt::{LinkState, Outbox, Topics};
+use sinks::{broker_confirm, influx, journal, local_output, mqtt};
+use sources::modbus;
 use watch::Watch;
 
 /// How often on-delays are checked between polls.
@@ -138,6 +134,12 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     );
     let outbox = Outbox::spawn(client.clone(), topics, link.clone());
     let counters = Arc::new(metrics::Counters::default());
+    let emit = emit::Emit {
+        journal: journal.clone(),
+        influx: influx.clone(),
+        outbox,
+        counters: counters.clone(),
+    };
     let metrics_task = match &config.metrics {
         Some(m) => {
             // Checked by the config: it parses.
@@ -222,16 +224,9 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                     }
                 }
                 let report = watch.on_poll(&outcome);
-                for event in report.events {
-                    metrics::Counters::inc(&counters.alarm_events);
-                    tracing::info!(alarm_id = %event.alarm_id, state = ?event.state, value = ?event.value, "alarm transition");
-                    journal.record(event);
-                }
+                emit.alarms(report.events);
                 if let Some(batch) = report.readings {
-                    if let Some(sink) = &influx {
-                        sink.push(batch.clone());
-                    }
-                    outbox.send_readings(batch);
+                    emit.readings(batch);
                 }
             }
             _ = ticker.tick() => {
@@ -262,18 +257,14 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                 events.extend(watch.set_gateway_fault(config::QUEUE_DISK_RULE, disk, now));
                 let shed = influx.as_ref().is_some_and(influx::InfluxSink::shed_recently);
                 events.extend(watch.set_gateway_fault(config::READINGS_SHED_RULE, shed, now));
-                for event in events {
-                    metrics::Counters::inc(&counters.alarm_events);
-                    tracing::info!(alarm_id = %event.alarm_id, state = ?event.state, "alarm transition");
-                    journal.record(event);
-                }
+                emit.alarms(events);
                 if snapshot_owed && (watch.first_cycle_done() || now.mono_ms >= snapshot_by_ms) {
                     snapshot_owed = false;
                     snapshots += 1;
                     let id = format!("{boot_id}-s{snapshots}");
                     let parts = watch.snapshot(&id, now.wall_ms, mqtt::PAYLOAD_MAX);
                     tracing::info!(snapshot_id = %id, parts = parts.len(), "alarm snapshot");
-                    outbox.send_snapshot(parts).await;
+                    emit.snapshot(parts).await;
                 }
             }
             Some(cmd) = news.commands.recv() => {
@@ -283,11 +274,8 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                     snapshot_owed = true;
                 }
                 tracing::info!(command_id = %cmd.command_id, action = ?cmd.action, ok = reply.ok, error = ?reply.error, "command");
-                for event in events {
-                    metrics::Counters::inc(&counters.alarm_events);
-                    journal.record(event);
-                }
-                outbox.send_reply(reply).await;
+                emit.alarms(events);
+                emit.reply(reply).await;
             }
         }
     }
@@ -302,6 +290,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     journal_watch.abort();
     mqtt::announce_offline(&client, &config, &link).await;
     // The writer flushes what it holds once its last handle is gone.
+    drop(emit);
     drop(influx);
     if let Some(task) = influx_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;

@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::influx::{InfluxSink, InfluxStats};
-use crate::journal::JournalHealth;
-use crate::mqtt::LinkState;
+use crate::sinks::influx::{InfluxSink, InfluxStats};
+use crate::sinks::journal::JournalHealth;
+use crate::sinks::mqtt::LinkState;
 use crate::supervise::{TaskSnapshot, Tasks};
 
 /// Counters the runtime loop keeps.
@@ -397,7 +397,7 @@ mod tests {
             batches_dropped: 7,
             batches_shed: 4,
             lines_shed: 9,
-            disk: crate::influx::DiskFigures {
+            disk: crate::sinks::influx::DiskFigures {
                 bytes: 4096,
                 failing: true,
                 ..Default::default()

@@ -10,8 +10,8 @@
 //!
 //! | task | name | when it ends or panics | when it stalls |
 //! |---|---|---|---|
-//! | a device's poller ([`crate::modbus::poll_device`]) | `modbus/<device id>` | restarted | aborted and restarted |
-//! | the broker link ([`crate::mqtt`]'s driver) | `mqtt` | restarted | aborted and restarted |
+//! | a device's poller ([`crate::sources::modbus::poll_device`]) | `modbus/<device id>` | restarted | aborted and restarted |
+//! | the broker link ([`crate::sinks::mqtt`]'s driver) | `mqtt` | restarted | aborted and restarted |
 //! | the alarm journal (a std thread) | `alarm-journal` | reported, not restarted | reported |
 //!
 //! - **Restart**: after 1 s, then twice as long after every further failure up to 30 s
@@ -35,7 +35,7 @@
 //!   is either in the channel or not sent at all (`mpsc::Sender::send` is cancel-safe). A
 //!   restarted poller opens a fresh connection, which is what a wedged one needs.
 //! - **Why aborting a stalled broker link is safe**: the rumqttc `EventLoop` outlives the
-//!   driver (it is kept behind a mutex by [`crate::mqtt::spawn_drive`]) and is cleaned on
+//!   driver (it is kept behind a mutex by [`crate::sinks::mqtt::spawn_drive`]) and is cleaned on
 //!   every restart, so the next run opens a new connection on the same request channel (the
 //!   journal's and outbox's clients stay valid). Nothing is lost that is not retried: the
 //!   journal sends every unconfirmed alarm again on a new connection, readings are
@@ -47,7 +47,7 @@
 //!   record read back from disk. It is the one way out for alarms, so its death is made
 //!   loud instead: the fault (which the console may never see, since the journal carries
 //!   it), `/healthz` 503 naming it, the error log and the local warning output
-//!   ([`crate::local_output`]). Restarting the whole process (systemd `Restart=`) reopens
+//!   ([`crate::sinks::local_output`]). Restarting the whole process (systemd `Restart=`) reopens
 //!   its queue from disk.
 //!
 //! # The `task_failed` fault

@@ -9,7 +9,7 @@
 //! `(boot, seq)` pair that orders every event this gateway ever sent (see [`crate::clock`]).
 //!
 //! After a restart, [`Watch::restore`] puts every alarm back in the state it had (from
-//! [`crate::alarm_state`]), so nothing is raised twice; [`Watch::snapshot`] states every
+//! [`crate::sinks::alarm_state`]), so nothing is raised twice; [`Watch::snapshot`] states every
 //! alarm for the console once the first poll cycle is done ([`Watch::first_cycle_done`]).
 //!
 //! Time comes in as a [`Stamp`]: the rule engine runs on its monotonic part only, so a
@@ -26,7 +26,7 @@ use shouwang_wire::{
 
 use crate::clock::Stamp;
 use crate::config::{AlarmMeta, COMM_LOST_RULE, Config, POINT_FAULT_RULE};
-use crate::modbus::PollOutcome;
+use crate::sources::PollOutcome;
 
 /// Polls in a row with a point the device refuses before its `point_fault` is raised: one
 /// bad answer is not yet a fault.
@@ -129,7 +129,7 @@ impl Watch {
     }
 
     /// Put alarms back in the state their latest event from before this start says (see
-    /// [`crate::journal::Journal::start`]). Events of alarms this config does not have are
+    /// [`crate::sinks::journal::Journal::start`]). Events of alarms this config does not have are
     /// skipped. Makes no event: the console has these already, and the first poll moves
     /// each alarm on from there. Returns how many alarms were restored.
     pub fn restore(&mut self, events: Vec<AlarmEvent>) -> usize {
@@ -404,7 +404,7 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modbus::{LinkError, PolledValues};
+    use crate::sources::{LinkError, PolledValues};
     use shouwang_wire::{SignalClass, TransitionKind};
 
     const CONFIG: &str = r#"
@@ -599,7 +599,7 @@ message = "Smoke detected"
             at: Stamp::at(ts_ms),
             result: Ok(PolledValues {
                 values: vec![],
-                faults: vec![crate::modbus::PointFault {
+                faults: vec![crate::sources::PointFault {
                     point: "obscuration".into(),
                     reason: "exception".into(),
                 }],

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use shouwang_gateway::influx::{InfluxApi, InfluxConfig, InfluxSink, InfluxStats};
+use shouwang_gateway::sinks::influx::{InfluxApi, InfluxConfig, InfluxSink, InfluxStats};
 use shouwang_hil_tests::servers::{self, Server};
 use shouwang_wire::{Place, PointValue, ReadingBatch, SCHEMA_VERSION};
 

@@ -11,6 +11,8 @@
 //! [`Outbox`] sends the rest: command replies (never dropped: a full lane makes the caller
 //! wait) and readings (dropped when full, and counted). Replies go first.
 
+pub mod auth;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,8 +25,8 @@ use shouwang_wire::{
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::journal::Journal;
 use crate::now_ms;
+use crate::sinks::journal::Journal;
 use crate::supervise::{Heartbeat, OnStall, Supervisor};
 
 /// How many requests rumqttc buffers between us and its event loop.

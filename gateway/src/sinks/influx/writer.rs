@@ -658,7 +658,7 @@ mod tests {
 
     #[test]
     fn spawning_outside_a_runtime_is_an_error_not_a_panic() {
-        let mut cfg = InfluxConfig::new("http://127.0.0.1:1", crate::influx::InfluxApi::V1);
+        let mut cfg = InfluxConfig::new("http://127.0.0.1:1", crate::sinks::influx::InfluxApi::V1);
         cfg.db = Some("x".into());
         assert!(matches!(
             InfluxSink::spawn(cfg, Path::new("/nonexistent")),
@@ -670,7 +670,7 @@ mod tests {
     fn spawning_with_a_bad_config_lists_every_problem() {
         let cfg = InfluxConfig {
             batch_max_lines: 0,
-            ..InfluxConfig::new("http://127.0.0.1:1", crate::influx::InfluxApi::V1)
+            ..InfluxConfig::new("http://127.0.0.1:1", crate::sinks::influx::InfluxApi::V1)
         };
         let err = InfluxSink::spawn(cfg, Path::new("/nonexistent"))
             .err()

@@ -8,8 +8,8 @@
 //! ([`crate::clock::write_atomically`]: a temporary file, fsync, rename, fsync of the
 //! directory), so a power cut leaves the old file or the new one, never a mix.
 //!
-//! The [`crate::journal`] owns it: it sees every event, writes the file at most once per
-//! [`crate::journal::STATE_SAVE_EVERY`] while something changed, and lets the console's
+//! The [`crate::sinks::journal`] owns it: it sees every event, writes the file at most once per
+//! [`crate::sinks::journal::STATE_SAVE_EVERY`] while something changed, and lets the console's
 //! receipts delete events from the alarm queue only once the file holds them. So after a
 //! crash the state is the file plus the events still in the queue ([`merge`]), and nothing
 //! the console confirmed is missing from both.

@@ -16,7 +16,8 @@ use tokio::time::{MissedTickBehavior, timeout};
 use tokio_modbus::client::{Context, Reader};
 use tokio_modbus::{ExceptionCode, Slave};
 
-use crate::clock::{Clock, Stamp};
+use super::{LinkError, PointFault, PollOutcome, PolledValues};
+use crate::clock::Clock;
 use crate::config::{DataType, DeviceConfig, PointConfig, RegisterTable};
 use crate::supervise::Heartbeat;
 
@@ -49,45 +50,6 @@ pub enum DecodeError {
     WrongLength { expected: usize, got: usize },
     #[error("the registers hold NaN or infinity (a sensor fault)")]
     NotFinite,
-}
-
-/// Why one poll of a device failed as a whole.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum LinkError {
-    #[error("cannot resolve {0}")]
-    Resolve(String),
-    #[error("connect to {addr} failed: {reason}")]
-    Connect { addr: String, reason: String },
-    #[error("no answer within {0} ms")]
-    Timeout(u64),
-    #[error("transport error: {0}")]
-    Transport(String),
-}
-
-/// One point that the device refused or sent nonsense for, while the link was fine.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PointFault {
-    pub point: String,
-    pub reason: String,
-}
-
-/// The result of one poll of one device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PollOutcome {
-    /// Index into `Config::devices`.
-    pub device: usize,
-    /// When the poll finished.
-    pub at: Stamp,
-    pub result: Result<PolledValues, LinkError>,
-}
-
-/// The values one good poll produced.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct PolledValues {
-    /// (point name, scaled value), in config order.
-    pub values: Vec<(String, f64)>,
-    /// Points the device answered for with an exception or a value that would not decode.
-    pub faults: Vec<PointFault>,
 }
 
 /// Poll one device forever, sending each outcome on `out`. Returns when `out` closes.

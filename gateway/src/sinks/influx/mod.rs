@@ -10,7 +10,7 @@
 //!   due, when the disk is synced, what is shed, which answers are retried and how long to
 //!   back off, and the counters ([`InfluxStats`]). No I/O, time is an argument.
 //! - `spool`: the readings lane on disk, `<data_dir>/readings`: one record per batch in a
-//!   [`DiskQueue`](crate::queue::DiskQueue), bounded by bytes. Synchronous file I/O.
+//!   [`DiskQueue`](crate::sinks::queue::DiskQueue), bounded by bytes. Synchronous file I/O.
 //! - `writer`: [`InfluxSink`] and its task, the only place with HTTP, `select!` and
 //!   timeouts; it runs the spool on blocking threads.
 //! - [`config`]: the `[influx]` section ([`InfluxConfig`]) and its checks.

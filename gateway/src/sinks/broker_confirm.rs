@@ -22,7 +22,7 @@
 //! on which the journal is the only publisher: its publishes reach the wire in the order
 //! it made them, each announced by an `Outgoing::Publish(pkid)` event, so a FIFO of event
 //! keys ([`Book`]) tells which event has which packet id, and the PUBACK of that packet id
-//! confirms it ([`crate::journal::Journal::receipt`]).
+//! confirms it ([`crate::sinks::journal::Journal::receipt`]).
 //!
 //! The FIFO must never fall out of step with the wire. rumqttc drops what it had not sent
 //! when a connection fails (the broker answers a clean session with `session_present =
@@ -41,8 +41,8 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS}
 use shouwang_wire::EventKey;
 
 use crate::config::Config;
-use crate::journal::Journal;
-use crate::mqtt::LinkState;
+use crate::sinks::journal::Journal;
+use crate::sinks::mqtt::LinkState;
 
 /// Which event each publish on the alarm connection carries, in wire order.
 #[derive(Debug, Default)]
@@ -129,7 +129,7 @@ pub fn connection(config: &Config) -> (AsyncClient, EventLoop) {
     config.mqtt.auth.apply(&mut options);
     options.set_keep_alive(Duration::from_secs(config.mqtt.keep_alive_s));
     options.set_max_packet_size(
-        crate::mqtt::MAX_INCOMING_BYTES,
+        crate::sinks::mqtt::MAX_INCOMING_BYTES,
         shouwang_wire::MAX_PUBLISH_BYTES,
     );
     options.set_clean_session(true);

@@ -7,7 +7,7 @@
 //! pure.
 //!
 //! # Record format
-//! The queue frames and checksums each record (see `crate::queue`); inside, one reading
+//! The queue frames and checksums each record (see `crate::sinks::queue`); inside, one reading
 //! batch: `version: u8 (1) | lines: u32 LE | ts_ms: i64 LE | line protocol (UTF-8)`, a
 //! 13-byte header. `ts_ms` is the batch's own timestamp, by which it ages
 //! (`queue_max_age_s`); `lines` is checked against the text's line count when read back.
@@ -29,7 +29,7 @@
 use std::path::{Path, PathBuf};
 
 use super::queue::{Arrived, DiskFigures};
-use crate::queue::{DiskQueue, QueueError, QueueLimits};
+use crate::sinks::queue::{DiskQueue, QueueError, QueueLimits};
 
 /// The record format's version byte.
 const VERSION: u8 = 1;

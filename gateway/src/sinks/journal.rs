@@ -30,7 +30,7 @@
 //!   `(boot, seq)`. Receivers order by `(boot, seq)` too, so a resend never rolls back.
 //! - After a restart every event found on disk is pending again (at-least-once; the console
 //!   drops duplicates by `event_id` and sends a receipt for them too).
-//! - Each alarm's latest event is kept in [`crate::alarm_state`]'s file. A receipt deletes
+//! - Each alarm's latest event is kept in [`crate::sinks::alarm_state`]'s file. A receipt deletes
 //!   an event from the queue only once that file holds the alarm's state as of that event
 //!   (the deletes wait for the next save, at most [`STATE_SAVE_EVERY`]), so after a crash
 //!   the file plus the queue hold every alarm's latest state.
@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, QoS};
 use shouwang_wire::{AlarmEvent, EventKey, Message, Priority, SignalClass};
 
-use crate::queue::{DiskQueue, QueueLimits};
+use crate::sinks::queue::{DiskQueue, QueueLimits};
 
 /// An event sent without a receipt is sent again (same `event_id`) after this long, then
 /// after twice as long each time, up to [`RESEND_AFTER`]: a console that was still
@@ -113,8 +113,8 @@ pub enum Outlet {
     /// The gateway's broker link; the console's receipts confirm events (the default).
     Client(AsyncClient),
     /// A connection of their own, on which the broker's PUBACK confirms them
-    /// (`alarm_confirmation = "broker"`, see [`crate::broker_confirm`]).
-    Broker(crate::broker_confirm::BrokerLink),
+    /// (`alarm_confirmation = "broker"`, see [`crate::sinks::broker_confirm`]).
+    Broker(crate::sinks::broker_confirm::BrokerLink),
 }
 
 impl Outlet {
@@ -140,7 +140,7 @@ pub struct Journal {
 impl Journal {
     /// Open `<data_dir>/alarms` and the alarm state file, and start the thread. `link`
     /// says whether the broker link is up and counts its connections (from
-    /// [`crate::mqtt`]). `known` is the config's alarm ids: the state of any other alarm
+    /// [`crate::sinks::mqtt`]). `known` is the config's alarm ids: the state of any other alarm
     /// (its device or rule was removed) is forgotten.
     ///
     /// Returns the journal and each known alarm's latest event from before this start (the
@@ -149,7 +149,7 @@ impl Journal {
         data_dir: &Path,
         client: Outlet,
         events_topic: String,
-        link: Arc<crate::mqtt::LinkState>,
+        link: Arc<crate::sinks::mqtt::LinkState>,
         known: &HashSet<String>,
     ) -> anyhow::Result<(Journal, Vec<AlarmEvent>)> {
         let health = Arc::new(JournalHealth::default());
@@ -284,7 +284,7 @@ impl Lane {
             rewrite_tried: None,
             confirmed_records: Vec::new(),
         };
-        match crate::alarm_state::load(data_dir) {
+        match crate::sinks::alarm_state::load(data_dir) {
             Ok(loaded) => {
                 if loaded.bad_lines > 0 {
                     tracing::warn!(
@@ -293,7 +293,7 @@ impl Lane {
                     );
                 }
                 for event in loaded.events {
-                    crate::alarm_state::merge(&mut lane.latest, event);
+                    crate::sinks::alarm_state::merge(&mut lane.latest, event);
                 }
             }
             Err(e) => {
@@ -312,7 +312,7 @@ impl Lane {
                     Ok(Some(Ok(event))) => {
                         // Newer than the file: the file must catch up before the
                         // record may leave the queue.
-                        if crate::alarm_state::merge(&mut lane.latest, event.clone()) {
+                        if crate::sinks::alarm_state::merge(&mut lane.latest, event.clone()) {
                             lane.state_dirty = true;
                         }
                         lane.insert(event, Some(seq), 0);
@@ -368,7 +368,7 @@ impl Lane {
         rx: mpsc::Receiver<Input>,
         client: Outlet,
         topic: String,
-        link: Arc<crate::mqtt::LinkState>,
+        link: Arc<crate::sinks::mqtt::LinkState>,
     ) {
         loop {
             self.health.heartbeat.beat();
@@ -415,7 +415,7 @@ impl Lane {
             },
             None => None,
         };
-        if crate::alarm_state::merge(&mut self.latest, event.clone()) {
+        if crate::sinks::alarm_state::merge(&mut self.latest, event.clone()) {
             self.state_dirty = true;
         }
         // Live if it happened on the current connection (or while the link is down, so it
@@ -506,7 +506,7 @@ impl Lane {
                 return;
             }
             self.state_saved = Some(Instant::now());
-            match crate::alarm_state::save(&self.data_dir, self.latest.values()) {
+            match crate::sinks::alarm_state::save(&self.data_dir, self.latest.values()) {
                 Ok(()) => {
                     self.state_dirty = false;
                     self.health.state_saves.fetch_add(1, Ordering::Relaxed);
@@ -708,7 +708,7 @@ mod tests {
         assert!(l.latest.contains_key("a"));
         assert!(!l.latest.contains_key("gone"));
         l.save_state(true);
-        let saved = crate::alarm_state::load(dir.path()).unwrap();
+        let saved = crate::sinks::alarm_state::load(dir.path()).unwrap();
         assert_eq!(saved.events.len(), 1);
     }
 }

@@ -1,0 +1,51 @@
+//! Sources: where readings come from. Each source turns its field bus into the one shape
+//! the watch takes, a [`PollOutcome`] per device per poll (values, refused points, or a
+//! link that failed), stamped on both clocks, and decides nothing about alarms.
+//!
+//! - [`modbus`]: Modbus TCP devices, one polling loop per device.
+//!
+//! A new source (an RTU bus, MQTT sensors, GPIO dry contacts) is a module here that sends
+//! `PollOutcome`s on the runtime loop's channel; nothing else changes.
+
+use crate::clock::Stamp;
+
+pub mod modbus;
+
+/// Why one poll of a device failed as a whole.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    #[error("connect to {addr} failed: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("no answer within {0} ms")]
+    Timeout(u64),
+    #[error("transport error: {0}")]
+    Transport(String),
+}
+
+/// One point that the device refused or sent nonsense for, while the link was fine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointFault {
+    pub point: String,
+    pub reason: String,
+}
+
+/// The result of one poll of one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollOutcome {
+    /// Index into `Config::devices`.
+    pub device: usize,
+    /// When the poll finished.
+    pub at: Stamp,
+    pub result: Result<PolledValues, LinkError>,
+}
+
+/// The values one good poll produced.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PolledValues {
+    /// (point name, scaled value), in config order.
+    pub values: Vec<(String, f64)>,
+    /// Points the device answered for with an exception or a value that would not decode.
+    pub faults: Vec<PointFault>,
+}
