@@ -222,6 +222,7 @@ async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<u64> {
 /// The gateway's `/metrics`.
 struct GatewayMetrics {
     http: reqwest::Client,
+    port: u16,
     url: String,
 }
 
@@ -229,6 +230,7 @@ impl GatewayMetrics {
     fn on(port: u16) -> GatewayMetrics {
         GatewayMetrics {
             http: servers::http_client(),
+            port,
             url: format!("http://127.0.0.1:{port}/metrics"),
         }
     }
@@ -404,6 +406,21 @@ impl Site {
     }
 }
 
+/// How long after `since` the gateway's metrics first say its broker link is down, looked
+/// at every 20 ms (two minutes at most: past that, the cut went unnoticed).
+async fn link_down_after(metrics: GatewayMetrics, since: Instant) -> Duration {
+    loop {
+        if metrics.get("shouwang_gateway_mqtt_connected").await == Some(0) {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(120),
+            "the gateway did not notice the cut in two minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// First arrival of each event on the broker, per alarm, in (boot, seq) order: what the
 /// console hears first is never older than what it heard before.
 fn assert_first_arrivals_in_order(listener: &rig::Listener, alarm_ids: &[String]) {
@@ -466,6 +483,10 @@ async fn cut_and_mend(mode: LinkMode, gateway_id: &str, keep_alive_s: Option<u64
     let accepted = link.accepted();
     link.set(mode);
     let cut = Instant::now();
+    let link_down = tokio::spawn(link_down_after(
+        GatewayMetrics::on(site.gateway_metrics.port),
+        cut,
+    ));
     // Two transitions of each alarm right away: in a black hole they are sent into it.
     building.flip().await;
     building.flip().await;
@@ -477,7 +498,11 @@ async fn cut_and_mend(mode: LinkMode, gateway_id: &str, keep_alive_s: Option<u64
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", site.logs()));
-    println!("{mode:?}: the gateway noticed the cut after {noticed:?}");
+    let down = link_down.await.unwrap();
+    println!(
+        "{mode:?}: the gateway saw its broker link down {down:?} after the cut (keep-alive {}), and connected again after {noticed:?}",
+        keep_alive_s.map_or("5 s, the default".to_string(), |s| format!("{s} s"))
+    );
     // Three more while it is cut off, then the rest of the cut.
     for _ in 0..3 {
         building.flip().await;
@@ -624,6 +649,98 @@ fn reached(samples: &[(Duration, u64, u64, u64)], n: u64, column: usize) -> Opti
         .map(|s| s.0)
 }
 
+/// An alarm event of a made-up gateway `gw-direct`, one of 50 alarms, alternately raised
+/// and cleared: what a gateway sends, without a gateway's pacing.
+fn direct_event(i: u64) -> Vec<u8> {
+    let raised = (i / 50) % 2 == 0;
+    let alarm = i % 50;
+    let event = serde_json::json!({
+        "schema": 1, "event_id": format!("direct-{}-{i}", std::process::id()), "boot": 1,
+        "seq": i + 1, "alarm_id": format!("riverside:gw-direct:smoke-D{alarm}:r0"),
+        "gateway": "gw-direct", "device": format!("smoke-D{alarm}"), "device_kind": "smoke",
+        "point": "p0", "rule": "r0", "class": "alarm", "priority": "high",
+        "transition": if raised { "raised" } else { "cleared" },
+        "state": if raised { "unacknowledged" } else { "returned_unacknowledged" },
+        "active": raised, "value": if raised { 1.0 } else { 0.0 }, "engineering_unit": null,
+        "place": {"community": "riverside", "building": "B1", "floor": "1", "unit": "01"},
+        "message": "Smoke detected", "ts_ms": rig::wall_ms(), "operator": null,
+    });
+    let bytes = serde_json::to_vec(&event).unwrap();
+    AlarmEvent::decode(&bytes).expect("a valid alarm event");
+    bytes
+}
+
+/// The console's own ingest rate: `n` events published straight to the broker as fast as
+/// a QoS 1 client can, and how long until the console stored them all: (published, stored).
+/// `Err` says how far it got if it stalls (no new event stored for 20 s). Keep `n` under
+/// mosquitto's `max_queued_messages` (1000 per client by default): past it the broker drops
+/// what the console has not taken yet, and this publisher, unlike a gateway, never resends.
+async fn console_capacity(
+    broker_port: u16,
+    console: &rig::ConsoleProc,
+    n: u64,
+) -> Result<(Duration, Duration), String> {
+    let board = Board::of(console);
+    let publisher = rig::Listener::start(broker_port, "shouwang/v1/riverside/gw-direct/receipts")
+        .await
+        .unwrap();
+    let stored = "shouwang_console_alarm_events_stored_total";
+    let base = board.metric(stored).await.unwrap();
+    let start = Instant::now();
+    for i in 0..n {
+        publisher
+            .client
+            .publish(
+                "shouwang/v1/riverside/gw-direct/events",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                direct_event(i),
+            )
+            .await
+            .unwrap();
+    }
+    let published = start.elapsed();
+    let (mut last, mut moved) = (0, Instant::now());
+    loop {
+        let now = board.metric(stored).await.unwrap_or(base) - base;
+        if now >= n {
+            return Ok((published, start.elapsed()));
+        }
+        if now > last {
+            (last, moved) = (now, Instant::now());
+        } else if moved.elapsed() > Duration::from_secs(20) {
+            let log = console.proc.log();
+            // Is it deaf, or were the rest lost on the way? One more event tells.
+            publisher
+                .client
+                .publish(
+                    "shouwang/v1/riverside/gw-direct/events",
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    direct_event(n),
+                )
+                .await
+                .unwrap();
+            let heard = eventually("one more event", Duration::from_secs(10), || async {
+                (board.metric(stored).await? > base + now).then_some(())
+            })
+            .await
+            .is_ok();
+            return Err(format!(
+                "the console stalled: {now} of {n} events stored {:?} after the burst began, none for 20 s; one more event published then was {}; \"cannot queue the ack\" {} times in its log's tail:\n{log}",
+                start.elapsed(),
+                if heard {
+                    "stored"
+                } else {
+                    "not stored within 10 s"
+                },
+                log.matches("cannot queue the ack").count(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a check: prints the backlog drain rate against the live rate"]
 async fn drain_rate_of_a_backlog_against_the_live_rate() {
@@ -722,6 +839,19 @@ async fn drain_rate_of_a_backlog_against_the_live_rate() {
         samples.last().map(|s| s.2).unwrap_or(0) as f64 / n as f64,
         site.duplicates_dropped().await
     );
+    let burst = n.min(900);
+    match console_capacity(broker.port(), &site.console, burst).await {
+        Ok((published, stored_all)) => println!(
+            "  the console alone: {burst} events published straight to the broker in {published:?}, all stored after {stored_all:?} = {:.0} events/s; \"cannot queue the ack\" {} times in its log's tail",
+            burst as f64 / stored_all.as_secs_f64(),
+            site.console
+                .proc
+                .log()
+                .matches("cannot queue the ack")
+                .count()
+        ),
+        Err(e) => println!("  the console alone: {}", e.lines().next().unwrap_or("")),
+    }
     // A coarse time line, one line per 250 ms: where the events are.
     let mut next = Duration::ZERO;
     for (t, stored, sends, confirmed) in &samples {
