@@ -652,7 +652,7 @@ fn reached(samples: &[(Duration, u64, u64, u64)], n: u64, column: usize) -> Opti
 /// An alarm event of a made-up gateway `gw-direct`, one of 50 alarms, alternately raised
 /// and cleared: what a gateway sends, without a gateway's pacing.
 fn direct_event(i: u64) -> Vec<u8> {
-    let raised = (i / 50) % 2 == 0;
+    let raised = (i / 50).is_multiple_of(2);
     let alarm = i % 50;
     let event = serde_json::json!({
         "schema": 1, "event_id": format!("direct-{}-{i}", std::process::id()), "boot": 1,
