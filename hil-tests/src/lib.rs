@@ -1,8 +1,10 @@
 //! Shouwang's hardware-in-the-loop kit: a Modbus device simulator, the real servers that
 //! tests run against (mosquitto, VictoriaMetrics, InfluxDB 1.x), a headless Chromium to look
-//! at the console with, and the end-to-end tests under `tests/`.
+//! at the console with, a proxy that cuts and black-holes a link, and the end-to-end tests
+//! under `tests/`.
 
 pub mod browser;
+pub mod proxy;
 pub mod rig;
 pub mod servers;
 pub mod sim;

@@ -350,6 +350,13 @@ pub fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Whether the long fault variants were asked for (`SHOUWANG_LONG_FAULTS=1`): cuts that
+/// last an hour, storms that last minutes. Every long variant reads the flag here, so one
+/// setting switches all of them; default runs stay short enough for CI.
+pub fn long_faults() -> bool {
+    std::env::var("SHOUWANG_LONG_FAULTS").is_ok_and(|v| v == "1")
+}
+
 /// Poll `probe` until it returns `Some`, or fail after `limit` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> anyhow::Result<T>
 where

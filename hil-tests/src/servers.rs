@@ -81,8 +81,13 @@ impl Server {
         Ok(())
     }
 
-    /// Start a stopped (or killed) server again on the same port with the same data.
+    /// Start it again after [`Server::stop`] or [`Server::kill`], on the same port with the
+    /// same directory: a broker back from a crash finds whatever it had saved there, and
+    /// nothing else.
     pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_none() {
+            bail!("{} is still running; kill it first", self.name);
+        }
         self.child = launch(&self.program, &self.args, self.dir.path())?;
         self.wait_listening()
     }
@@ -209,6 +214,36 @@ pub fn mosquitto_limited() -> anyhow::Result<Server> {
 /// A mosquitto broker on a given port (to restart one where clients expect it).
 pub fn mosquitto_on(port: u16) -> anyhow::Result<Server> {
     mosquitto_conf(port, "")
+}
+
+/// A mosquitto broker that keeps everything in memory only (mosquitto's default,
+/// `persistence false`): killed, it comes back knowing no session and no queued message.
+pub fn mosquitto_in_memory() -> anyhow::Result<Server> {
+    let bin = find_binary("mosquitto", "mosquitto")?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )?;
+    spawn(
+        "mosquitto (in memory)",
+        &bin,
+        &["-c".into(), conf.display().to_string()],
+        port,
+        dir,
+    )
+}
+
+/// A mosquitto broker that persists (as [`mosquitto`]) and saves its state to disk every
+/// `autosave_interval_s` seconds as well as on shutdown (docs/mosquitto/ says 10 s): killed
+/// with SIGKILL, it comes back with its last save.
+pub fn mosquitto_saving_every(autosave_interval_s: u32) -> anyhow::Result<Server> {
+    mosquitto_conf(
+        free_port(),
+        &format!("autosave_interval {autosave_interval_s}\n"),
+    )
 }
 
 fn mosquitto_conf(port: u16, extra: &str) -> anyhow::Result<Server> {

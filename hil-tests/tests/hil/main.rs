@@ -6,6 +6,9 @@
 //!   VictoriaMetrics and InfluxDB 1.x, with broker restarts, crashes and network cuts;
 //! - `delivery`: the delivery path on a bad day (SIGKILL, a broker that forgot, hostile
 //!   clients);
+//! - `network`: the link to the broker cut or black-holed (through a proxy) and the broker
+//!   killed in an alarm storm, with and without persistence; a harness that measures how
+//!   fast a backlog drains;
 //! - `browser`: the alarm board in headless Chromium;
 //! - `auth`: the broker set up as `docs/mosquitto/` says (accounts, ACL, TLS) against the
 //!   gateway binary and clients that try what the ACL forbids;
@@ -20,6 +23,7 @@ mod auth;
 mod browser;
 mod delivery;
 mod e2e;
+mod network;
 mod readings;
 mod restart;
 mod sim;

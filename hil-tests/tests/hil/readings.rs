@@ -19,16 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shouwang_hil_tests::rig::{self, eventually};
+use shouwang_hil_tests::rig::{self, eventually, long_faults};
 use shouwang_hil_tests::servers;
 use shouwang_hil_tests::sim::SimDevice;
 use shouwang_wire::Channel;
-
-/// Whether the long fault variants run (`SHOUWANG_LONG_FAULTS=1`): outages of an hour
-/// instead of a minute and a half. Not in `.ci/run`; README has the command.
-fn long_faults() -> bool {
-    std::env::var("SHOUWANG_LONG_FAULTS").is_ok_and(|v| !v.is_empty() && v != "0")
-}
 
 /// A device whose register 0 counts the requests it answers.
 async fn counting_meter() -> SimDevice {
