@@ -165,9 +165,15 @@ pub async fn run(mut eventloop: EventLoop, client: AsyncClient, state: AppState)
     // Messages not stored since the last reconnection we forced.
     let mut unstored_since_reconnect: u64 = 0;
     let mut last_loud: Option<std::time::Instant> = None;
+    // Stored messages whose ack rumqttc could not take yet, oldest first.
+    let mut owed_acks: std::collections::VecDeque<Publish> = std::collections::VecDeque::new();
     loop {
+        pay_acks(&client, &mut owed_acks);
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                // Packet ids of the last connection mean nothing on this one: the broker
+                // sends those messages again, and they are acked then.
+                owed_acks.clear();
                 failures = 0;
                 last_loud = None;
                 Metrics::inc(&state.metrics.mqtt_connections);
@@ -196,10 +202,13 @@ pub async fn run(mut eventloop: EventLoop, client: AsyncClient, state: AppState)
                 match handle(&state, &publish).await {
                     Ok(()) => {
                         state.metrics.store_failing.store(0, Ordering::Relaxed);
-                        if let Err(error) = client.try_ack(&publish) {
-                            // The broker redelivers it after the next reconnect.
-                            tracing::warn!(%error, topic = %publish.topic, "cannot queue the ack");
-                        }
+                        // rumqttc's request channel may be full in a burst (this loop is
+                        // what drains it): the ack waits in `owed_acks`, tried again
+                        // before every poll. Dropping it would hold one of the broker's
+                        // in-flight slots for us until the next reconnect; enough of
+                        // them and the broker sends us nothing more.
+                        owed_acks.push_back(publish);
+                        pay_acks(&client, &mut owed_acks);
                     }
                     Err(error) => {
                         // Not acked and no receipt: the broker redelivers it on reconnect,
@@ -242,6 +251,16 @@ pub async fn run(mut eventloop: EventLoop, client: AsyncClient, state: AppState)
                 tokio::time::sleep(RECONNECT_DELAY).await;
             }
         }
+    }
+}
+
+/// Hand rumqttc the acks it has room for, oldest first.
+fn pay_acks(client: &AsyncClient, owed: &mut std::collections::VecDeque<Publish>) {
+    while let Some(publish) = owed.front() {
+        if client.try_ack(publish).is_err() {
+            return;
+        }
+        owed.pop_front();
     }
 }
 

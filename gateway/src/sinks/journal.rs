@@ -16,8 +16,10 @@
 //!    ([`FIRST_RESEND_AFTER`] doubling up to [`RESEND_AFTER`]). The most
 //!    urgent first (class, then priority, then order); events that happened since the link
 //!    came up ("live") before older ones, and the older ones ("backlog": from before the
-//!    link came up, or from before a restart) at most [`BACKLOG_PER_TURN`] per turn, so a
-//!    long outage drains without holding back what happens now.
+//!    link came up, or from before a restart) at most [`BACKLOG_PER_TURN`] per turn and
+//!    [`BACKLOG_WINDOW`] awaiting their receipt at once, so a long outage drains as fast as
+//!    the console stores (the window clocks it by receipts) without holding back what
+//!    happens now, and a slow console is not buried in resends.
 //!
 //! # Invariants
 //! - An event is in `pending` from [`Journal::record`] until a receipt names it. Nothing
@@ -69,9 +71,13 @@ const REWRITE_EVERY: Duration = Duration::from_secs(5);
 
 /// How often the thread wakes when nothing happens (resend and health checks).
 const TURN: Duration = Duration::from_millis(50);
-/// At most this many backlog events are handed to the broker link per turn: 20 per 50 ms,
-/// 400 a second, about 30 times the alarm rate of a building in a storm.
-pub const BACKLOG_PER_TURN: usize = 20;
+/// At most this many backlog events are handed to the broker link per turn (up to 2000 a
+/// second): a live event queued behind them in rumqttc waits for at most this many
+/// publishes (about 60 KB, half a second on a 1 Mbit/s uplink).
+pub const BACKLOG_PER_TURN: usize = 100;
+/// At most this many backlog events are sent on one connection and not yet confirmed: the
+/// backlog drains at the pace the console stores it, not faster.
+pub const BACKLOG_WINDOW: usize = 500;
 
 /// What the runtime loop and the metrics see of the journal.
 #[derive(Debug, Default)]
@@ -551,17 +557,33 @@ impl Lane {
             };
             written && unsent
         };
+        let is_live = |p: &Pending| p.live_since >= connection && connection > 0;
+        let awaiting = self
+            .pending
+            .values()
+            .filter(|p| !is_live(p) && p.sent.is_some_and(|(conn, _, _)| conn == connection))
+            .count();
+        // Resends of events already in the window take only the turn's budget; events not
+        // yet sent on this connection need room in the window too.
+        let mut window_room = BACKLOG_WINDOW.saturating_sub(awaiting);
         let mut backlog_budget = BACKLOG_PER_TURN;
         // Two passes: live events first, then the backlog within its budget.
         for live_pass in [true, false] {
             for p in self.pending.values_mut() {
-                let live = p.live_since >= connection && connection > 0;
+                let live = is_live(p);
                 if live != live_pass || !due(p) {
                     continue;
                 }
                 if !live {
                     if backlog_budget == 0 {
                         break;
+                    }
+                    let in_window = p.sent.is_some_and(|(conn, _, _)| conn == connection);
+                    if !in_window {
+                        if window_room == 0 {
+                            continue;
+                        }
+                        window_room -= 1;
                     }
                     backlog_budget -= 1;
                 }
@@ -710,5 +732,37 @@ mod tests {
         l.save_state(true);
         let saved = crate::sinks::alarm_state::load(dir.path()).unwrap();
         assert_eq!(saved.events.len(), 1);
+    }
+
+    #[test]
+    fn a_backlog_drains_at_most_a_turns_budget_at_a_time_and_within_its_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = lane(dir.path(), &["a"]);
+        for seq in 1..=1000 {
+            l.append(event("a", seq), 0); // recorded before connection 1: backlog
+        }
+        l.sync();
+        let options = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
+        let (client, _eventloop) = AsyncClient::new(options, 10_000);
+        let outlet = Outlet::Client(client);
+        l.publish(&outlet, "t", 1);
+        assert_eq!(l.health.sends.load(Ordering::Relaxed), BACKLOG_PER_TURN as u64);
+        for _ in 0..20 {
+            l.publish(&outlet, "t", 1);
+        }
+        // No receipt came: no more than the window is out.
+        assert_eq!(l.health.sends.load(Ordering::Relaxed), BACKLOG_WINDOW as u64);
+        // Receipts open the window again.
+        let keys: Vec<EventKey> = (1..=200).map(|seq| EventKey { boot: 1, seq }).collect();
+        l.confirm(&keys);
+        for _ in 0..5 {
+            l.publish(&outlet, "t", 1);
+        }
+        assert_eq!(l.health.sends.load(Ordering::Relaxed), BACKLOG_WINDOW as u64 + 200);
+        // A live event goes at once, window or not.
+        l.append(event("a", 1001), 1);
+        l.sync();
+        l.publish(&outlet, "t", 1);
+        assert_eq!(l.health.sends.load(Ordering::Relaxed), BACKLOG_WINDOW as u64 + 201);
     }
 }
