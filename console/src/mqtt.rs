@@ -23,6 +23,7 @@ use shouwang_wire::{
     Action, AlarmEvent, Channel, Command, CommandReply, GatewayState, GatewayStatus, Message,
     ReadingBatch, SCHEMA_VERSION, Snapshot, TopicName, WireError,
 };
+use tokio::sync::mpsc;
 
 use crate::state::{AppState, Metrics, ReadingUpdate, StreamKind};
 use crate::store::{EventOutcome, StoreError};
@@ -154,26 +155,226 @@ pub fn decode(topic: &str, payload: &[u8]) -> Result<(TopicName, Inbound), Decod
     Ok((name, inbound))
 }
 
-/// Poll the event loop forever. Returns only if the client side is gone, which cannot happen
-/// while `state` holds the client.
-pub async fn run(mut eventloop: EventLoop, client: AsyncClient, state: AppState) {
+/// Alarm events being stored, at most this many at once (the broker's in-flight window
+/// for the console, 20 by default in mosquitto, is normally the smaller bound).
+const MAX_IN_FLIGHT: usize = 256;
+/// Polled MQTT events waiting for the handler.
+const PUMP_CAPACITY: usize = 64;
+
+/// The one task that polls rumqttc's event loop, and only that: each poll runs to its end
+/// (rumqttc does not promise that an interrupted poll loses nothing), and what it yields
+/// goes to [`run`] over a channel, which `run` can wait on beside the store. After a failed
+/// connection it waits [`RECONNECT_DELAY`]; when `run` asks (`reconnect`), it drops the
+/// connection first so the broker delivers the unstored messages again.
+async fn pump(
+    mut eventloop: EventLoop,
+    out: mpsc::Sender<Result<Event, rumqttc::ConnectionError>>,
+    reconnect: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    loop {
+        if reconnect.swap(false, Ordering::Relaxed) {
+            eventloop.clean();
+            tokio::time::sleep(RECONNECT_DELAY).await;
+        }
+        let polled = eventloop.poll().await;
+        let failed = polled.is_err();
+        let done = matches!(polled, Err(rumqttc::ConnectionError::RequestsDone));
+        if out.send(polled).await.is_err() || done {
+            return;
+        }
+        if failed {
+            tokio::time::sleep(RECONNECT_DELAY).await;
+        }
+    }
+}
+
+/// One alarm event handed to the store, not yet committed.
+struct InFlight {
+    publish: Publish,
+    community: String,
+    gateway: String,
+    event_id: String,
+    key: shouwang_wire::EventKey,
+    /// The connection it came on: its ack means nothing on another.
+    connection: u64,
+    stored: tokio::sync::oneshot::Receiver<Result<EventOutcome, StoreError>>,
+}
+
+/// What [`run`] keeps between messages.
+struct Inbox {
+    client: AsyncClient,
+    state: AppState,
+    reconnect: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Connections made so far.
+    connection: u64,
+    /// Messages not stored since the last reconnection we forced.
+    unstored_since_reconnect: u64,
+    /// Stored messages whose ack rumqttc could not take yet, oldest first.
+    owed_acks: std::collections::VecDeque<Publish>,
+    /// Alarm events being stored, oldest first.
+    in_flight: std::collections::VecDeque<InFlight>,
+}
+
+impl Inbox {
+    /// A message is stored (or needs no storing): ack it to the broker. rumqttc's request
+    /// channel may be full in a burst: the ack waits in `owed_acks`, tried again before
+    /// every wait. Dropping it would hold one of the broker's in-flight slots for us until
+    /// the next reconnect; enough of them and the broker sends us nothing more.
+    fn stored(&mut self, publish: Publish, connection: u64) {
+        self.state.metrics.store_failing.store(0, Ordering::Relaxed);
+        if connection == self.connection {
+            self.owed_acks.push_back(publish);
+        }
+        pay_acks(&self.client, &mut self.owed_acks);
+    }
+
+    /// A message could not be stored: no ack and no receipt, so the broker delivers it
+    /// again after a reconnect and the gateway sends it again when no receipt comes.
+    fn unstored(&mut self, topic: &str, error: &StoreError) {
+        Metrics::inc(&self.state.metrics.store_failures);
+        let in_a_row = self
+            .state
+            .metrics
+            .store_failing
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        tracing::error!(%error, topic, in_a_row, "CONSOLE ALARM: cannot store a message");
+        self.unstored_since_reconnect += 1;
+        if self.unstored_since_reconnect >= STORE_FAILURES_BEFORE_RECONNECT {
+            self.unstored_since_reconnect = 0;
+            // Unacknowledged messages hold the broker's in-flight slots for us; a new
+            // connection makes it deliver them again.
+            tracing::warn!("reconnecting so the broker delivers the unstored messages again");
+            self.state.mqtt_connected.store(false, Ordering::Relaxed);
+            self.reconnect.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The oldest event in flight was committed (or not).
+    fn settle(&mut self, f: InFlight, result: Result<EventOutcome, StoreError>) {
+        match result {
+            Ok(outcome) => {
+                report_outcome(&self.state, &f.event_id, outcome);
+                // Stored (or already held): the gateway may let go of it.
+                self.state.receipts.note(&f.community, &f.gateway, f.key);
+                self.stored(f.publish, f.connection);
+            }
+            Err(error) => self.unstored(&f.publish.topic, &error),
+        }
+    }
+
+    /// Wait for every event in flight, in order.
+    async fn settle_all(&mut self) {
+        while let Some(mut f) = self.in_flight.pop_front() {
+            let result = (&mut f.stored)
+                .await
+                .map_err(|_| StoreError::Closed)
+                .and_then(|r| r);
+            self.settle(f, result);
+        }
+    }
+
+    /// One message from the broker. Alarm events go to the store without waiting for the
+    /// commit, so a burst is stored in few transactions; anything else waits for the
+    /// events before it and is handled in place.
+    async fn publish(&mut self, publish: Publish) {
+        Metrics::inc(&self.state.metrics.mqtt_messages_received);
+        if let Ok((topic, Inbound::Event(event))) = decode(&publish.topic, &publish.payload) {
+            let now = now_ms();
+            if event.gateway != topic.gateway && BAD_INPUT_LOG.due(now) {
+                // Kept anyway: an alarm must get through even from a misconfigured gateway.
+                tracing::warn!(
+                    topic = %publish.topic,
+                    gateway = %event.gateway,
+                    alarm_id = %event.alarm_id,
+                    "alarm event names another gateway than its topic"
+                );
+            }
+            let (key, event_id) = (event.key(), event.event_id.clone());
+            match self
+                .state
+                .store
+                .submit_event(event, topic.community.clone(), now)
+                .await
+            {
+                Ok(stored) => self.in_flight.push_back(InFlight {
+                    publish,
+                    community: topic.community,
+                    gateway: topic.gateway,
+                    event_id,
+                    key,
+                    connection: self.connection,
+                    stored,
+                }),
+                Err(error) => self.unstored(&publish.topic, &error),
+            }
+            return;
+        }
+        self.settle_all().await;
+        match handle(&self.state, &publish).await {
+            Ok(()) => {
+                let connection = self.connection;
+                self.stored(publish, connection);
+            }
+            Err(error) => self.unstored(&publish.topic, &error),
+        }
+    }
+}
+
+/// Handle what the broker sends, forever: alarm events stored in groups (one transaction
+/// for the events that arrive together), each acked to the broker and receipted to its
+/// gateway only once committed. Returns only if the client side is gone, which cannot
+/// happen while `state` holds the client.
+pub async fn run(eventloop: EventLoop, client: AsyncClient, state: AppState) {
     let filters: Vec<SubscribeFilter> = SUBSCRIBED
         .iter()
         .map(|c| SubscribeFilter::new(shouwang_wire::topic_filter_all(*c), QoS::AtLeastOnce))
         .collect();
+    let reconnect = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, mut polled) = mpsc::channel(PUMP_CAPACITY);
+    tokio::spawn(pump(eventloop, tx, reconnect.clone()));
+    let mut inbox = Inbox {
+        client: client.clone(),
+        state: state.clone(),
+        reconnect,
+        connection: 0,
+        unstored_since_reconnect: 0,
+        owed_acks: std::collections::VecDeque::new(),
+        in_flight: std::collections::VecDeque::new(),
+    };
     let mut failures: u64 = 0;
-    // Messages not stored since the last reconnection we forced.
-    let mut unstored_since_reconnect: u64 = 0;
     let mut last_loud: Option<std::time::Instant> = None;
-    // Stored messages whose ack rumqttc could not take yet, oldest first.
-    let mut owed_acks: std::collections::VecDeque<Publish> = std::collections::VecDeque::new();
+    enum Next {
+        Stored(Result<EventOutcome, StoreError>),
+        Polled(Result<Event, rumqttc::ConnectionError>),
+    }
     loop {
-        pay_acks(&client, &mut owed_acks);
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+        pay_acks(&client, &mut inbox.owed_acks);
+        let room = inbox.in_flight.len() < MAX_IN_FLIGHT;
+        let next = tokio::select! {
+            biased;
+            stored = async {
+                match inbox.in_flight.front_mut() {
+                    Some(f) => (&mut f.stored).await.map_err(|_| StoreError::Closed).and_then(|r| r),
+                    None => std::future::pending().await,
+                }
+            } => Next::Stored(stored),
+            event = polled.recv(), if room => match event {
+                Some(event) => Next::Polled(event),
+                None => return,
+            },
+        };
+        match next {
+            Next::Stored(result) => {
+                if let Some(f) = inbox.in_flight.pop_front() {
+                    inbox.settle(f, result);
+                }
+            }
+            Next::Polled(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
                 // Packet ids of the last connection mean nothing on this one: the broker
                 // sends those messages again, and they are acked then.
-                owed_acks.clear();
+                inbox.connection += 1;
+                inbox.owed_acks.clear();
                 failures = 0;
                 last_loud = None;
                 Metrics::inc(&state.metrics.mqtt_connections);
@@ -185,7 +386,7 @@ pub async fn run(mut eventloop: EventLoop, client: AsyncClient, state: AppState)
                     tracing::error!(%error, "cannot queue the subscription");
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+            Next::Polled(Ok(Event::Incoming(Packet::SubAck(ack)))) => {
                 let refused = ack
                     .return_codes
                     .iter()
@@ -198,42 +399,11 @@ pub async fn run(mut eventloop: EventLoop, client: AsyncClient, state: AppState)
                 }
                 state.mqtt_connected.store(true, Ordering::Relaxed);
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                match handle(&state, &publish).await {
-                    Ok(()) => {
-                        state.metrics.store_failing.store(0, Ordering::Relaxed);
-                        // rumqttc's request channel may be full in a burst (this loop is
-                        // what drains it): the ack waits in `owed_acks`, tried again
-                        // before every poll. Dropping it would hold one of the broker's
-                        // in-flight slots for us until the next reconnect; enough of
-                        // them and the broker sends us nothing more.
-                        owed_acks.push_back(publish);
-                        pay_acks(&client, &mut owed_acks);
-                    }
-                    Err(error) => {
-                        // Not acked and no receipt: the broker redelivers it on reconnect,
-                        // and the gateway sends it again when no receipt comes.
-                        Metrics::inc(&state.metrics.store_failures);
-                        let in_a_row =
-                            state.metrics.store_failing.fetch_add(1, Ordering::Relaxed) + 1;
-                        tracing::error!(%error, topic = %publish.topic, in_a_row, "CONSOLE ALARM: cannot store a message");
-                        unstored_since_reconnect += 1;
-                        if unstored_since_reconnect >= STORE_FAILURES_BEFORE_RECONNECT {
-                            unstored_since_reconnect = 0;
-                            // Unacknowledged messages hold the broker's in-flight slots for
-                            // us; a new connection makes it deliver them again.
-                            tracing::warn!(
-                                "reconnecting so the broker delivers the unstored messages again"
-                            );
-                            state.mqtt_connected.store(false, Ordering::Relaxed);
-                            eventloop.clean();
-                            tokio::time::sleep(RECONNECT_DELAY).await;
-                        }
-                    }
-                }
+            Next::Polled(Ok(Event::Incoming(Packet::Publish(publish)))) => {
+                inbox.publish(publish).await;
             }
-            Ok(_) => {}
-            Err(error) => {
+            Next::Polled(Ok(_)) => {}
+            Next::Polled(Err(error)) => {
                 state.mqtt_connected.store(false, Ordering::Relaxed);
                 failures += 1;
                 // Loud on the first failure, then once a minute, so a broker outage does
@@ -248,7 +418,6 @@ pub async fn run(mut eventloop: EventLoop, client: AsyncClient, state: AppState)
                 if let rumqttc::ConnectionError::RequestsDone = error {
                     return;
                 }
-                tokio::time::sleep(RECONNECT_DELAY).await;
             }
         }
     }
@@ -267,7 +436,6 @@ fn pay_acks(client: &AsyncClient, owed: &mut std::collections::VecDeque<Publish>
 /// Decode, store and fan out one message. `Err` only when it could not be stored; a message
 /// that does not decode is logged, counted and dropped (`Ok`).
 async fn handle(state: &AppState, publish: &Publish) -> Result<(), StoreError> {
-    Metrics::inc(&state.metrics.mqtt_messages_received);
     let (topic, inbound) = match decode(&publish.topic, &publish.payload) {
         Ok(decoded) => decoded,
         Err(error) => {
@@ -432,12 +600,17 @@ pub async fn store_event(
     topic_community: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    let community = topic_community.to_string();
     let event_id = event.event_id.clone();
     let outcome = state
         .store
-        .call(move |s| s.apply_event(&event, &community, now))
+        .apply_event(event, topic_community.to_string(), now)
         .await?;
+    report_outcome(state, &event_id, outcome);
+    Ok(())
+}
+
+/// Count and log what storing an event did, and push a new current state to every page.
+fn report_outcome(state: &AppState, event_id: &str, outcome: EventOutcome) {
     match outcome {
         EventOutcome::Duplicate => {
             Metrics::inc(&state.metrics.alarm_events_duplicate);
@@ -459,7 +632,6 @@ pub async fn store_event(
             state.publish(StreamKind::Alarm, &view);
         }
     }
-    Ok(())
 }
 
 /// The console clock, ms since the Unix epoch.

@@ -252,85 +252,27 @@ impl Store {
         topic_community: &str,
         received_ms: i64,
     ) -> Result<EventOutcome, StoreError> {
-        let json = String::from_utf8_lossy(&event.encode()).into_owned();
-        let community = if event.place.community.is_empty() {
-            topic_community
-        } else {
-            event.place.community.as_str()
-        };
+        let mut outcomes = self.apply_events(&[(event, topic_community, received_ms)])?;
+        outcomes.pop().ok_or(StoreError::Closed)
+    }
+
+    /// Store several events in one transaction: one commit, so one fsync, for a burst
+    /// (group commit). Each is judged as [`Store::apply_event`] would, in the order given;
+    /// either all are stored or none is.
+    pub fn apply_events(
+        &mut self,
+        events: &[(&AlarmEvent, &str, i64)],
+    ) -> Result<Vec<EventOutcome>, StoreError> {
         // IMMEDIATE: take the write lock first, so `arrival` is computed and used atomically.
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let arrival: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(arrival), 0) + 1 FROM events",
-            [],
-            |r| r.get(0),
-        )?;
-        let inserted = tx.execute(
-            "INSERT INTO events (event_id, arrival, alarm_id, ts_ms, received_ms, json, boot, seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (event_id) DO NOTHING",
-            params![
-                event.event_id,
-                arrival,
-                event.alarm_id,
-                event.ts_ms,
-                received_ms,
-                json,
-                sql_u64(event.boot),
-                sql_u64(event.seq)
-            ],
-        )?;
-        if inserted == 0 {
-            tx.commit()?;
-            return Ok(EventOutcome::Duplicate);
+        let mut outcomes = Vec::with_capacity(events.len());
+        for (event, topic_community, received_ms) in events {
+            outcomes.push(apply_in(&tx, event, topic_community, *received_ms)?);
         }
-        // `arrival` only grows, so "(boot, seq, arrival) is newer" reduces to "(boot, seq)
-        // is not older".
-        let current = tx.execute(
-            "INSERT INTO alarms
-                (alarm_id, state, ts_ms, arrival, community, updated_ms, json, raised_ms,
-                 boot, seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT (alarm_id) DO UPDATE SET
-                state = excluded.state, ts_ms = excluded.ts_ms, arrival = excluded.arrival,
-                community = excluded.community, updated_ms = excluded.updated_ms,
-                json = excluded.json,
-                raised_ms = COALESCE(excluded.raised_ms, alarms.raised_ms),
-                boot = excluded.boot, seq = excluded.seq
-             WHERE (excluded.boot, excluded.seq) >= (alarms.boot, alarms.seq)",
-            params![
-                event.alarm_id,
-                state_name(event.state),
-                event.ts_ms,
-                arrival,
-                community,
-                received_ms,
-                json,
-                (event.transition == TransitionKind::Raised).then_some(event.ts_ms),
-                sql_u64(event.boot),
-                sql_u64(event.seq)
-            ],
-        )?;
-        let raised_ms: Option<i64> = if current == 0 {
-            None
-        } else {
-            tx.query_row(
-                "SELECT raised_ms FROM alarms WHERE alarm_id = ?1",
-                params![event.alarm_id],
-                |r| r.get(0),
-            )?
-        };
         tx.commit()?;
-        if current == 0 {
-            return Ok(EventOutcome::Late);
-        }
-        Ok(EventOutcome::Current(Box::new(AlarmView {
-            event: event.clone(),
-            updated_ms: received_ms,
-            raised_ms,
-        })))
+        Ok(outcomes)
     }
 
     /// Current alarms, newest first by `(ts_ms, arrival)`; those in state `normal` only when
@@ -550,13 +492,150 @@ impl Store {
     }
 }
 
+/// One event, inside the caller's transaction (see [`Store::apply_event`]).
+fn apply_in(
+    tx: &rusqlite::Transaction<'_>,
+    event: &AlarmEvent,
+    topic_community: &str,
+    received_ms: i64,
+) -> Result<EventOutcome, StoreError> {
+    let json = String::from_utf8_lossy(&event.encode()).into_owned();
+    let community = if event.place.community.is_empty() {
+        topic_community
+    } else {
+        event.place.community.as_str()
+    };
+    let arrival: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(arrival), 0) + 1 FROM events",
+        [],
+        |r| r.get(0),
+    )?;
+    let inserted = tx.execute(
+        "INSERT INTO events (event_id, arrival, alarm_id, ts_ms, received_ms, json, boot, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (event_id) DO NOTHING",
+        params![
+            event.event_id,
+            arrival,
+            event.alarm_id,
+            event.ts_ms,
+            received_ms,
+            json,
+            sql_u64(event.boot),
+            sql_u64(event.seq)
+        ],
+    )?;
+    if inserted == 0 {
+        return Ok(EventOutcome::Duplicate);
+    }
+    // `arrival` only grows, so "(boot, seq, arrival) is newer" reduces to "(boot, seq)
+    // is not older".
+    let current = tx.execute(
+        "INSERT INTO alarms
+            (alarm_id, state, ts_ms, arrival, community, updated_ms, json, raised_ms,
+             boot, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (alarm_id) DO UPDATE SET
+            state = excluded.state, ts_ms = excluded.ts_ms, arrival = excluded.arrival,
+            community = excluded.community, updated_ms = excluded.updated_ms,
+            json = excluded.json,
+            raised_ms = COALESCE(excluded.raised_ms, alarms.raised_ms),
+            boot = excluded.boot, seq = excluded.seq
+         WHERE (excluded.boot, excluded.seq) >= (alarms.boot, alarms.seq)",
+        params![
+            event.alarm_id,
+            state_name(event.state),
+            event.ts_ms,
+            arrival,
+            community,
+            received_ms,
+            json,
+            (event.transition == TransitionKind::Raised).then_some(event.ts_ms),
+            sql_u64(event.boot),
+            sql_u64(event.seq)
+        ],
+    )?;
+    let raised_ms: Option<i64> = if current == 0 {
+        None
+    } else {
+        tx.query_row(
+            "SELECT raised_ms FROM alarms WHERE alarm_id = ?1",
+            params![event.alarm_id],
+            |r| r.get(0),
+        )?
+    };
+    if current == 0 {
+        return Ok(EventOutcome::Late);
+    }
+    Ok(EventOutcome::Current(Box::new(AlarmView {
+        event: event.clone(),
+        updated_ms: received_ms,
+        raised_ms,
+    })))
+}
+
 /// SQLite integers are signed: sequences past `i64::MAX` (never reached in practice)
 /// are stored as the largest value rather than wrapping to negative.
 fn sql_u64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-type Job = Box<dyn FnOnce(&mut Store) + Send>;
+/// Work for the store thread.
+enum Job {
+    Call(Box<dyn FnOnce(&mut Store) + Send>),
+    /// One event to store; events queued together are stored in one transaction.
+    Event(Box<EventJob>),
+}
+
+struct EventJob {
+    event: AlarmEvent,
+    community: String,
+    received_ms: i64,
+    reply: oneshot::Sender<Result<EventOutcome, StoreError>>,
+}
+
+/// The most events one transaction stores.
+const MAX_EVENT_BATCH: usize = 256;
+
+/// Store `first` and the events queued right behind it in one transaction (one fsync).
+/// Returns the job found behind them that is not an event, if any.
+fn store_events(
+    store: &mut Store,
+    first: Box<EventJob>,
+    rx: &mut mpsc::Receiver<Job>,
+) -> Option<Job> {
+    let mut batch = vec![first];
+    let mut after = None;
+    while batch.len() < MAX_EVENT_BATCH {
+        match rx.try_recv() {
+            Ok(Job::Event(e)) => batch.push(e),
+            Ok(other) => {
+                after = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let items: Vec<(&AlarmEvent, &str, i64)> = batch
+        .iter()
+        .map(|e| (&e.event, e.community.as_str(), e.received_ms))
+        .collect();
+    match store.apply_events(&items) {
+        Ok(outcomes) => {
+            for (job, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = job.reply.send(Ok(outcome));
+            }
+        }
+        // Nothing of the batch was stored: one by one, so one bad event fails alone.
+        Err(_) => {
+            for job in batch {
+                let result = store.apply_event(&job.event, &job.community, job.received_ms);
+                let _ = job.reply.send(result);
+            }
+        }
+    }
+    after
+}
 
 /// An async handle to a [`Store`] running on its own thread. Cheap to clone.
 #[derive(Clone)]
@@ -575,8 +654,15 @@ impl StoreHandle {
             .spawn(move || {
                 // Dropped when this thread ends, even by a panic: that wakes `stopped_rx`.
                 let _stopped = stopped_tx;
-                while let Some(job) = rx.blocking_recv() {
-                    job(&mut store);
+                let mut next = None;
+                loop {
+                    let Some(job) = next.take().or_else(|| rx.blocking_recv()) else {
+                        break;
+                    };
+                    match job {
+                        Job::Call(f) => f(&mut store),
+                        Job::Event(first) => next = store_events(&mut store, first, &mut rx),
+                    }
                 }
             })?;
         Ok((StoreHandle { jobs }, stopped_rx))
@@ -589,11 +675,42 @@ impl StoreHandle {
         F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |store| {
+        let job = Job::Call(Box::new(move |store| {
             // The caller may have gone away (HTTP client hung up); nothing to do then.
             let _ = tx.send(f(store));
-        });
+        }));
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queue one alarm event for the store thread, which stores the events queued together
+    /// in one transaction (group commit: one fsync for a burst). Waits only for room in the
+    /// queue; the receiver yields the outcome once it is committed.
+    pub async fn submit_event(
+        &self,
+        event: AlarmEvent,
+        community: String,
+        received_ms: i64,
+    ) -> Result<oneshot::Receiver<Result<EventOutcome, StoreError>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Event(Box::new(EventJob {
+            event,
+            community,
+            received_ms,
+            reply,
+        }));
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Store one alarm event (with whatever else is queued) and wait until it is committed.
+    pub async fn apply_event(
+        &self,
+        event: AlarmEvent,
+        community: String,
+        received_ms: i64,
+    ) -> Result<EventOutcome, StoreError> {
+        let rx = self.submit_event(event, community, received_ms).await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 }
@@ -952,5 +1069,49 @@ mod tests {
         let open = s.open_alarms_of("c", "g_1").unwrap();
         let ids: Vec<&str> = open.iter().map(|e| e.alarm_id.as_str()).collect();
         assert_eq!(ids, ["c:g_1:d:r"]);
+    }
+
+    #[tokio::test]
+    async fn events_queued_together_are_stored_in_one_transaction_each_judged_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("console.db")).unwrap();
+        let (handle, _stopped) = StoreHandle::spawn(store).unwrap();
+        // Hold the store thread so the events queue up behind this call.
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let held = handle.clone();
+        let blocker = tokio::spawn(async move {
+            held.call(move |_| {
+                let _ = go_rx.recv();
+                Ok(())
+            })
+            .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let raised = event("e1", 1000, AlarmState::Unacknowledged);
+        let cleared = event("e2", 2000, AlarmState::ReturnedUnacknowledged);
+        let mut receivers = Vec::new();
+        for e in [raised.clone(), cleared, raised] {
+            receivers.push(handle.submit_event(e, "riverside".into(), 1).await.unwrap());
+        }
+        go_tx.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        let mut outcomes = Vec::new();
+        for rx in receivers {
+            outcomes.push(rx.await.unwrap().unwrap());
+        }
+        assert!(
+            matches!(outcomes[0], EventOutcome::Current(_)),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[1], EventOutcome::Current(_)),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[2], EventOutcome::Duplicate),
+            "{outcomes:?}"
+        );
+        let state = handle.call(|s| s.alarms(true)).await.unwrap();
+        assert_eq!(state[0].event.event_id, "e2");
     }
 }
