@@ -132,7 +132,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         journal.clone(),
         &supervisor,
     );
-    let outbox = Outbox::spawn(client.clone(), topics, link.clone());
+    let (outbox, outbox_task) = Outbox::spawn(client.clone(), topics, link.clone(), &supervisor);
     let counters = Arc::new(metrics::Counters::default());
     let emit = emit::Emit {
         journal: journal.clone(),
@@ -258,6 +258,10 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                 let shed = influx.as_ref().is_some_and(influx::InfluxSink::shed_recently);
                 events.extend(watch.set_gateway_fault(config::READINGS_SHED_RULE, shed, now));
                 emit.alarms(events);
+                // An answer the outbox gave up on may have been a snapshot (mqtt/mod.rs).
+                if emit.outbox.take_answer_lost() {
+                    snapshot_owed = true;
+                }
                 if snapshot_owed && (watch.first_cycle_done() || now.mono_ms >= snapshot_by_ms) {
                     snapshot_owed = false;
                     snapshots += 1;
@@ -297,5 +301,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     }
     // The event loop ends when the broker closes the link after our DISCONNECT.
     let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+    // The outbox ends with its lanes (emit was its last handle) or with the event loop.
+    outbox_task.abort();
     Ok(())
 }

@@ -76,6 +76,15 @@ pub const FAULT_HOLD: Duration = Duration::from_secs(10 * 60);
 pub const JOURNAL_TASK: &str = "alarm-journal";
 /// The name of the broker link's driver among the tasks.
 pub const MQTT_TASK: &str = "mqtt";
+/// The name of the outbox (replies, snapshots and readings to the broker) among the tasks.
+pub const OUTBOX_TASK: &str = "mqtt-outbox";
+/// The name of the line-protocol writer among the tasks.
+pub const INFLUX_TASK: &str = "influx";
+/// The name of the `/metrics` and `/healthz` server among the tasks.
+pub const METRICS_TASK: &str = "metrics";
+/// The `stall_after` of a task whose silence says nothing (it waits on others by design;
+/// see the module docs): never counted as stalled.
+pub const NEVER_STALLS: Duration = Duration::MAX;
 /// How long the journal's thread may go without a turn.
 pub const JOURNAL_STALL_AFTER: Duration = Duration::from_secs(30);
 

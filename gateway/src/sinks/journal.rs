@@ -746,23 +746,35 @@ mod tests {
         let (client, _eventloop) = AsyncClient::new(options, 10_000);
         let outlet = Outlet::Client(client);
         l.publish(&outlet, "t", 1);
-        assert_eq!(l.health.sends.load(Ordering::Relaxed), BACKLOG_PER_TURN as u64);
+        assert_eq!(
+            l.health.sends.load(Ordering::Relaxed),
+            BACKLOG_PER_TURN as u64
+        );
         for _ in 0..20 {
             l.publish(&outlet, "t", 1);
         }
         // No receipt came: no more than the window is out.
-        assert_eq!(l.health.sends.load(Ordering::Relaxed), BACKLOG_WINDOW as u64);
+        assert_eq!(
+            l.health.sends.load(Ordering::Relaxed),
+            BACKLOG_WINDOW as u64
+        );
         // Receipts open the window again.
         let keys: Vec<EventKey> = (1..=200).map(|seq| EventKey { boot: 1, seq }).collect();
         l.confirm(&keys);
         for _ in 0..5 {
             l.publish(&outlet, "t", 1);
         }
-        assert_eq!(l.health.sends.load(Ordering::Relaxed), BACKLOG_WINDOW as u64 + 200);
+        assert_eq!(
+            l.health.sends.load(Ordering::Relaxed),
+            BACKLOG_WINDOW as u64 + 200
+        );
         // A live event goes at once, window or not.
         l.append(event("a", 1001), 1);
         l.sync();
         l.publish(&outlet, "t", 1);
-        assert_eq!(l.health.sends.load(Ordering::Relaxed), BACKLOG_WINDOW as u64 + 201);
+        assert_eq!(
+            l.health.sends.load(Ordering::Relaxed),
+            BACKLOG_WINDOW as u64 + 201
+        );
     }
 }
