@@ -65,18 +65,22 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         anyhow::anyhow!("the rules do not compile: {}", list.join("; "))
     })?;
 
+    // Restarts the gateway's tasks when they fail (and some when they stall); watches the
+    // journal's thread (supervise.rs has the table).
+    let supervisor = supervise::Supervisor::default();
+    let tasks = supervisor.tasks();
     let (influx, influx_task) = match &config.influx {
         Some(cfg) => {
-            let (sink, task) = influx::InfluxSink::spawn(cfg.clone(), &config.gateway.data_dir)
-                .context("starting the line-protocol writer")?;
+            let (sink, task) = influx::InfluxSink::spawn_supervised(
+                cfg.clone(),
+                &config.gateway.data_dir,
+                &supervisor,
+            )
+            .context("starting the line-protocol writer")?;
             (Some(sink), Some(task))
         }
         None => (None, None),
     };
-
-    // Restarts the pollers and the broker link when they fail or stall; watches the journal.
-    let supervisor = supervise::Supervisor::default();
-    let tasks = supervisor.tasks();
     let (client, events) = mqtt::client(&config);
     let link = Arc::new(LinkState::default());
     let topics = Topics::new(&config);
