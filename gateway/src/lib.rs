@@ -148,18 +148,18 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         Some(m) => {
             // Checked by the config: it parses.
             let listen = m.listen.parse().context("metrics.listen")?;
-            Some(
-                metrics::serve(
-                    listen,
-                    counters.clone(),
-                    link.clone(),
-                    journal.health.clone(),
-                    influx.clone(),
-                    tasks.clone(),
-                )
-                .await
-                .with_context(|| format!("serving metrics on {listen}"))?,
+            let (_, task) = metrics::serve(
+                listen,
+                counters.clone(),
+                link.clone(),
+                journal.health.clone(),
+                influx.clone(),
+                tasks.clone(),
+                &supervisor,
             )
+            .await
+            .with_context(|| format!("serving metrics on {listen}"))?;
+            Some(task)
         }
         None => None,
     };
