@@ -245,8 +245,8 @@ pub fn render(
         );
     }
     // One series per supervised task. Task names are `mqtt`, `mqtt-outbox`, `influx`,
-    // `metrics`, `alarm-journal` and
-    // `modbus/<device id>`; device ids are checked by the config to need no escaping.
+    // `metrics`, `alarm-journal` and `modbus/<device id>`; device ids are checked by the
+    // config to need no escaping.
     // (name, type, help, value of one task)
     type PerTask = (
         &'static str,

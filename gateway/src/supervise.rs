@@ -12,7 +12,13 @@
 //! |---|---|---|---|
 //! | a device's poller ([`crate::sources::modbus::poll_device`]) | `modbus/<device id>` | restarted | aborted and restarted |
 //! | the broker link ([`crate::sinks::mqtt`]'s driver) | `mqtt` | restarted | aborted and restarted |
+//! | the outbox ([`crate::sinks::mqtt::Outbox`]: replies, snapshots, readings to the broker) | `mqtt-outbox` | restarted | not watched |
+//! | the line-protocol writer ([`crate::sinks::influx::InfluxSink`]) | `influx` | restarted | reported |
+//! | the `/metrics` and `/healthz` server ([`crate::metrics::serve`]) | `metrics` | restarted | not watched |
 //! | the alarm journal (a std thread) | `alarm-journal` | reported, not restarted | reported |
+//!
+//! The runtime loop itself ([`crate::run_until`]) is the one thing not kept: it is what
+//! starts the keepers, and it cannot restart itself.
 //!
 //! - **Restart**: after 1 s, then twice as long after every further failure up to 30 s
 //!   ([`Policy`]); a run that lasted [`Policy::healthy_after`] (60 s) starts the count
@@ -41,6 +47,32 @@
 //!   journal sends every unconfirmed alarm again on a new connection, readings are
 //!   best-effort, and a command caught in the middle goes unanswered and expires at the
 //!   console.
+//! - **What a restarted outbox keeps**: its lanes and the answer it had in hand live
+//!   outside the task ([`crate::sinks::mqtt::Outbox::spawn`]), so the runtime loop's handle
+//!   stays valid and the next run sends the rest of that answer first; a publish leaves
+//!   the hand only once rumqttc took it (no `.await` between), so nothing is sent twice.
+//!   An answer two runs in a row died with is dropped and logged: a command reply is then
+//!   never sent (the command expires at the console), and the runtime loop owes the
+//!   console a new snapshot. A reading batch in hand is lost: readings to the broker are
+//!   best effort.
+//! - **Why the outbox and the metrics server are not watched for stalls**: their silence
+//!   says nothing. The outbox waits on its lanes when nothing comes, and on rumqttc's
+//!   request channel, full for as long as the broker is away (the driver drains it only
+//!   while connected), where a restarted run would wait again; the broker link has its own
+//!   watch. The server has no turns: it waits for connections, and each connection (and a
+//!   handler that hangs) is a task of its own. Its socket is bound once and each run
+//!   serves on a duplicate, so a restart keeps the port.
+//! - **What a restarted line-protocol writer keeps**: its queue and the readings lane on
+//!   disk live outside the task, so handles stay valid and the next run puts the body the
+//!   dead one was sending back to wait, from disk (see `sinks/influx/writer.rs`); only
+//!   lines held in memory because the disk was failing are lost, counted as abandoned.
+//! - **Why a stalled writer is reported, not aborted**: it beats every turn (idle waits
+//!   wake every 10 s) and may go `2 x 30 s + timeout_ms + 10 s` without one (two disk
+//!   operations on a slow SD card, a request, an idle wait). What can stall it is the disk,
+//!   whose work runs on blocking threads that an abort cannot stop: a new run would share
+//!   the lane with the wedged operation, and an abort between storing arrived batches and
+//!   hearing back would leave them on disk unknown to this process until its next start.
+//!   A restart cannot unwedge a disk; the fault and `/healthz` say it is wedged.
 //! - **Why the journal is not restarted**: its channel's receiver and its in-memory events
 //!   (those the disk refused) die with its thread, so a new thread could not see what was
 //!   handed to the old one; and a panic there is a bug that would likely repeat on the same

@@ -406,7 +406,7 @@ type Publish = (String, QoS, Vec<u8>);
 ///
 /// The task that drains the lanes runs under the [`Supervisor`] (task
 /// [`crate::supervise::OUTBOX_TASK`]) and may die and be restarted; the lanes and what it
-/// had in hand live outside it ([`Lanes`]), so these handles stay valid across restarts.
+/// had in hand live outside it (`Lanes`), so these handles stay valid across restarts.
 #[derive(Clone)]
 pub struct Outbox {
     replies: mpsc::Sender<Answer>,
@@ -433,7 +433,7 @@ struct Lanes {
     /// The run that started had answers in hand left by the run before. If it dies too
     /// before sending them, they are dropped (the one thing both runs had in common may be
     /// what kills them): logged, the command expires at the console, and
-    /// [`Outbox::answer_lost`] makes the runtime loop send a new snapshot.
+    /// `Outbox::answer_lost` makes the runtime loop send a new snapshot.
     carried: bool,
     /// Tests: runs left to kill, each just before it hands an answer to rumqttc.
     #[cfg(test)]
@@ -516,7 +516,7 @@ impl Outbox {
         }
     }
 
-    /// Whether an answer was given up since the last call (see [`Lanes::carried`]): the
+    /// Whether an answer was given up since the last call (see `Lanes::carried`): the
     /// console is then owed a new snapshot.
     pub fn take_answer_lost(&self) -> bool {
         self.answer_lost.swap(false, Ordering::Relaxed)
