@@ -203,9 +203,28 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         Duration::from_secs(config.gateway.undelivered_fault_after_s),
         local_output::from_config(&config.gateway)?,
     );
+    // The runtime loop cannot be restarted, only watched (supervise.rs): by a task, for
+    // /healthz and the fault, and by a thread of its own, for the log when the runtime is
+    // wedged. The thread ends with `loop_alive`, dropped when the loop ends.
+    let loop_beat = supervise::Heartbeat::default();
+    let loop_alive = loop_beat.end_on_drop();
+    let loop_watch = supervisor.watch_thread(
+        supervise::RUNTIME_TASK,
+        loop_beat.clone(),
+        supervise::RUNTIME_STALL_AFTER,
+    );
+    if let Err(error) = supervise::watchdog_thread(
+        supervise::RUNTIME_TASK,
+        loop_beat.clone(),
+        supervise::RUNTIME_STALL_AFTER,
+        Duration::from_secs(1),
+    ) {
+        tracing::error!(%error, "cannot start the runtime loop's watchdog thread");
+    }
     let mut ticker = tokio::time::interval(TICK);
     tokio::pin!(shutdown);
     loop {
+        loop_beat.beat();
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
@@ -287,6 +306,9 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
             }
         }
     }
+    // The loop's watchers go first, so its end is no stall and no death.
+    loop_watch.abort();
+    drop(loop_alive);
     for p in pollers {
         p.abort();
     }

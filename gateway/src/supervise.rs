@@ -17,8 +17,13 @@
 //! | the `/metrics` and `/healthz` server ([`crate::metrics::serve`]) | `metrics` | restarted | not watched |
 //! | the alarm journal (a std thread) | `alarm-journal` | reported, not restarted | reported |
 //!
-//! The runtime loop itself ([`crate::run_until`]) is the one thing not kept: it is what
-//! starts the keepers, and it cannot restart itself.
+//! The runtime loop itself ([`crate::run_until`], `runtime-loop`) cannot be kept: it starts
+//! the keepers and cannot restart itself. It beats a heartbeat every turn and is watched
+//! twice: like the journal's thread (stalled on `/healthz`, `/metrics` and in the fault,
+//! which answer as long as the runtime's other threads do), and by a plain thread
+//! ([`watchdog_thread`]) that writes the error log even when the whole runtime is wedged
+//! and nothing else can. A stalled loop is reported only (there is no one to restart it
+//! but systemd).
 //!
 //! - **Restart**: after 1 s, then twice as long after every further failure up to 30 s
 //!   ([`Policy`]); a run that lasted [`Policy::healthy_after`] (60 s) starts the count
@@ -119,6 +124,12 @@ pub const METRICS_TASK: &str = "metrics";
 pub const NEVER_STALLS: Duration = Duration::MAX;
 /// How long the journal's thread may go without a turn.
 pub const JOURNAL_STALL_AFTER: Duration = Duration::from_secs(30);
+/// The name of the runtime loop ([`crate::run_until`]) among the tasks.
+pub const RUNTIME_TASK: &str = "runtime-loop";
+/// How long the runtime loop may go without a turn: it ticks every 100 ms, and its only
+/// waits are on the outbox's reply lane (full when 256 answers wait for a broker that is
+/// away: worth saying).
+pub const RUNTIME_STALL_AFTER: Duration = Duration::from_secs(10);
 
 /// "No failure yet" in [`TaskStatus::last_failure_ms`].
 const NEVER: i64 = i64::MIN;
@@ -177,6 +188,34 @@ impl Heartbeat {
     fn now_ms(&self) -> i64 {
         i64::try_from(self.origin.elapsed().as_millis()).unwrap_or(i64::MAX)
     }
+}
+
+/// Start a plain thread that logs an error when `heartbeat` has been silent for longer than
+/// `stall_after`, and again when it beats again; checks every `check_every`, and ends once
+/// the heartbeat ended (its [`Heartbeat::end_on_drop`] guard dropped). For the runtime
+/// loop: a thread of its own still writes the log when no task of the runtime can run.
+pub fn watchdog_thread(
+    name: &'static str,
+    heartbeat: Heartbeat,
+    stall_after: Duration,
+    check_every: Duration,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("watchdog-{name}"))
+        .spawn(move || {
+            let mut stalled = false;
+            while !heartbeat.ended() {
+                std::thread::sleep(check_every);
+                let age = heartbeat.age();
+                if age > stall_after && !stalled {
+                    stalled = true;
+                    tracing::error!(task = name, silent_ms = age.as_millis() as u64, "the gateway's runtime loop has stalled: polls, alarms and commands are not handled");
+                } else if age <= stall_after && stalled {
+                    stalled = false;
+                    tracing::info!(task = name, "the gateway's runtime loop turns again");
+                }
+            }
+        })
 }
 
 /// Marks its [`Heartbeat`] ended when dropped (see [`Heartbeat::end_on_drop`]).
@@ -782,6 +821,24 @@ mod tests {
         assert!(tasks.fault_active());
         tokio::time::sleep(FAULT_HOLD * 2).await;
         assert!(tasks.fault_active(), "a dead journal stays a fault");
+    }
+
+    #[test]
+    fn the_watchdog_thread_ends_with_the_loop_it_watches() {
+        let heartbeat = Heartbeat::default();
+        let alive = heartbeat.end_on_drop();
+        let thread = watchdog_thread(
+            RUNTIME_TASK,
+            heartbeat.clone(),
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+        )
+        .unwrap();
+        // Silent past its allowance: logged, and the thread keeps watching.
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!thread.is_finished());
+        drop(alive);
+        thread.join().unwrap();
     }
 
     #[tokio::test(start_paused = true)]
