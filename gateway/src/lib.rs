@@ -65,18 +65,22 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         anyhow::anyhow!("the rules do not compile: {}", list.join("; "))
     })?;
 
+    // Restarts the gateway's tasks when they fail (and some when they stall); watches the
+    // journal's thread (supervise.rs has the table).
+    let supervisor = supervise::Supervisor::default();
+    let tasks = supervisor.tasks();
     let (influx, influx_task) = match &config.influx {
         Some(cfg) => {
-            let (sink, task) = influx::InfluxSink::spawn(cfg.clone(), &config.gateway.data_dir)
-                .context("starting the line-protocol writer")?;
+            let (sink, task) = influx::InfluxSink::spawn_supervised(
+                cfg.clone(),
+                &config.gateway.data_dir,
+                &supervisor,
+            )
+            .context("starting the line-protocol writer")?;
             (Some(sink), Some(task))
         }
         None => (None, None),
     };
-
-    // Restarts the pollers and the broker link when they fail or stall; watches the journal.
-    let supervisor = supervise::Supervisor::default();
-    let tasks = supervisor.tasks();
     let (client, events) = mqtt::client(&config);
     let link = Arc::new(LinkState::default());
     let topics = Topics::new(&config);
@@ -132,7 +136,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         journal.clone(),
         &supervisor,
     );
-    let outbox = Outbox::spawn(client.clone(), topics, link.clone());
+    let (outbox, outbox_task) = Outbox::spawn(client.clone(), topics, link.clone(), &supervisor);
     let counters = Arc::new(metrics::Counters::default());
     let emit = emit::Emit {
         journal: journal.clone(),
@@ -144,18 +148,18 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         Some(m) => {
             // Checked by the config: it parses.
             let listen = m.listen.parse().context("metrics.listen")?;
-            Some(
-                metrics::serve(
-                    listen,
-                    counters.clone(),
-                    link.clone(),
-                    journal.health.clone(),
-                    influx.clone(),
-                    tasks.clone(),
-                )
-                .await
-                .with_context(|| format!("serving metrics on {listen}"))?,
+            let (_, task) = metrics::serve(
+                listen,
+                counters.clone(),
+                link.clone(),
+                journal.health.clone(),
+                influx.clone(),
+                tasks.clone(),
+                &supervisor,
             )
+            .await
+            .with_context(|| format!("serving metrics on {listen}"))?;
+            Some(task)
         }
         None => None,
     };
@@ -199,9 +203,28 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         Duration::from_secs(config.gateway.undelivered_fault_after_s),
         local_output::from_config(&config.gateway)?,
     );
+    // The runtime loop cannot be restarted, only watched (supervise.rs): by a task, for
+    // /healthz and the fault, and by a thread of its own, for the log when the runtime is
+    // wedged. The thread ends with `loop_alive`, dropped when the loop ends.
+    let loop_beat = supervise::Heartbeat::default();
+    let loop_alive = loop_beat.end_on_drop();
+    let loop_watch = supervisor.watch_thread(
+        supervise::RUNTIME_TASK,
+        loop_beat.clone(),
+        supervise::RUNTIME_STALL_AFTER,
+    );
+    if let Err(error) = supervise::watchdog_thread(
+        supervise::RUNTIME_TASK,
+        loop_beat.clone(),
+        supervise::RUNTIME_STALL_AFTER,
+        Duration::from_secs(1),
+    ) {
+        tracing::error!(%error, "cannot start the runtime loop's watchdog thread");
+    }
     let mut ticker = tokio::time::interval(TICK);
     tokio::pin!(shutdown);
     loop {
+        loop_beat.beat();
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
@@ -258,6 +281,10 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
                 let shed = influx.as_ref().is_some_and(influx::InfluxSink::shed_recently);
                 events.extend(watch.set_gateway_fault(config::READINGS_SHED_RULE, shed, now));
                 emit.alarms(events);
+                // An answer the outbox gave up on may have been a snapshot (mqtt/mod.rs).
+                if emit.outbox.take_answer_lost() {
+                    snapshot_owed = true;
+                }
                 if snapshot_owed && (watch.first_cycle_done() || now.mono_ms >= snapshot_by_ms) {
                     snapshot_owed = false;
                     snapshots += 1;
@@ -279,6 +306,9 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
             }
         }
     }
+    // The loop's watchers go first, so its end is no stall and no death.
+    loop_watch.abort();
+    drop(loop_alive);
     for p in pollers {
         p.abort();
     }
@@ -297,5 +327,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     }
     // The event loop ends when the broker closes the link after our DISCONNECT.
     let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+    // The outbox ends with its lanes (emit was its last handle) or with the event loop.
+    outbox_task.abort();
     Ok(())
 }

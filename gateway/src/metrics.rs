@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::sinks::influx::{InfluxSink, InfluxStats};
 use crate::sinks::journal::JournalHealth;
 use crate::sinks::mqtt::LinkState;
-use crate::supervise::{TaskSnapshot, Tasks};
+use crate::supervise::{METRICS_TASK, NEVER_STALLS, OnStall, Supervisor, TaskSnapshot, Tasks};
 
 /// Counters the runtime loop keeps.
 #[derive(Debug, Default)]
@@ -244,8 +244,9 @@ pub fn render(
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
-    // One series per supervised task. Task names are `mqtt`, `alarm-journal` and
-    // `modbus/<device id>`; device ids are checked by the config to need no escaping.
+    // One series per supervised task. Task names are `mqtt`, `mqtt-outbox`, `influx`,
+    // `metrics`, `alarm-journal` and `modbus/<device id>`; device ids are checked by the
+    // config to need no escaping.
     // (name, type, help, value of one task)
     type PerTask = (
         &'static str,
@@ -321,7 +322,17 @@ pub fn health_problems(
     out
 }
 
-/// Serve `/metrics` and `/healthz` on `listen` until the task is dropped.
+/// Serve `/metrics` and `/healthz` on `listen`, under `supervisor` (task
+/// [`METRICS_TASK`]); returns the address it listens on and the keeper's handle (aborting
+/// it stops the server).
+///
+/// The socket is bound once, here, and outlives each run of the server: a run serves on a
+/// duplicate of it, so a restarted run listens on the same port with no gap in which
+/// another process could take it, and connections waiting in the backlog are kept. A run
+/// ends only if its accept loop does (axum's retries every accept error) or panics;
+/// handlers run in a task per connection, so a panic in one costs that connection only.
+/// Not watched for stalls: a server has no turns of its own to beat (it waits for
+/// connections), and a handler that hangs holds only its own connection.
 pub async fn serve(
     listen: SocketAddr,
     counters: Arc<Counters>,
@@ -329,9 +340,11 @@ pub async fn serve(
     journal: Arc<JournalHealth>,
     influx: Option<InfluxSink>,
     tasks: Arc<Tasks>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    supervisor: &Supervisor,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    let local = listener.local_addr()?;
     let journal_m = journal.clone();
     let link_h = link.clone();
     let tasks_h = tasks.clone();
@@ -366,12 +379,47 @@ pub async fn serve(
                 }
             }),
         );
-    tracing::info!(%listen, "metrics on /metrics");
-    Ok(tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "metrics server stopped");
+    tracing::info!(listen = %local, "metrics on /metrics");
+    Ok((local, keep_serving(listener.into_std()?, app, supervisor)))
+}
+
+/// Tests: runs of the server left to kill before they serve.
+#[cfg(test)]
+static RUNS_TO_KILL: AtomicU64 = AtomicU64::new(0);
+
+/// Serve `app` on duplicates of `listener` (non-blocking), restarted by `supervisor`.
+fn keep_serving(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    supervisor: &Supervisor,
+) -> tokio::task::JoinHandle<()> {
+    let listener = Arc::new(listener);
+    supervisor.spawn(METRICS_TASK, NEVER_STALLS, OnStall::Report, move |_| {
+        let (listener, app) = (listener.clone(), app.clone());
+        async move {
+            #[cfg(test)]
+            if RUNS_TO_KILL
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                panic!("injected: the metrics server dies");
+            }
+            let listener = match listener
+                .try_clone()
+                .and_then(tokio::net::TcpListener::from_std)
+            {
+                Ok(listener) => listener,
+                Err(error) => {
+                    // Out of file descriptors, most likely: the supervisor tries again.
+                    tracing::error!(%error, "the metrics server cannot take up its socket");
+                    return;
+                }
+            };
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "metrics server stopped");
+            }
         }
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -478,5 +526,47 @@ mod tests {
         assert!(text.contains("shouwang_gateway_task_stalled{task=\"modbus/smoke-1\"} 1\n"));
         assert!(text.contains("shouwang_gateway_task_stalled{task=\"mqtt\"} 0\n"));
         assert!(text.contains("shouwang_gateway_task_up{task=\"mqtt\"} 1\n"));
+    }
+
+    #[tokio::test]
+    async fn a_metrics_server_that_dies_is_restarted_on_the_same_port_and_healthz_counts_it() {
+        let supervisor = Supervisor::new(crate::supervise::Policy {
+            first_backoff: std::time::Duration::from_millis(50),
+            check_every: std::time::Duration::from_millis(20),
+            ..Default::default()
+        });
+        let link = Arc::new(LinkState::default());
+        link.connected.store(true, Ordering::Relaxed);
+        // The workspace builds reqwest without a built-in crypto provider (ring only).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        RUNS_TO_KILL.store(1, Ordering::Relaxed);
+        let (addr, _keeper) = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Counters::default()),
+            link,
+            Arc::new(JournalHealth::default()),
+            None,
+            supervisor.tasks(),
+            &supervisor,
+        )
+        .await
+        .unwrap();
+        // The first run died before serving; the connection waits in the backlog for
+        // the next one.
+        let healthz = reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .unwrap();
+        assert_eq!(healthz.status(), 200, "only what is wrong now fails it");
+        let metrics = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("shouwang_gateway_task_restarts_total{task=\"metrics\"} 1\n"),
+            "{metrics}"
+        );
+        assert!(supervisor.tasks().fault_active());
     }
 }

@@ -12,7 +12,18 @@
 //! |---|---|---|---|
 //! | a device's poller ([`crate::sources::modbus::poll_device`]) | `modbus/<device id>` | restarted | aborted and restarted |
 //! | the broker link ([`crate::sinks::mqtt`]'s driver) | `mqtt` | restarted | aborted and restarted |
+//! | the outbox ([`crate::sinks::mqtt::Outbox`]: replies, snapshots, readings to the broker) | `mqtt-outbox` | restarted | not watched |
+//! | the line-protocol writer ([`crate::sinks::influx::InfluxSink`]) | `influx` | restarted | reported |
+//! | the `/metrics` and `/healthz` server ([`crate::metrics::serve`]) | `metrics` | restarted | not watched |
 //! | the alarm journal (a std thread) | `alarm-journal` | reported, not restarted | reported |
+//!
+//! The runtime loop itself ([`crate::run_until`], `runtime-loop`) cannot be kept: it starts
+//! the keepers and cannot restart itself. It beats a heartbeat every turn and is watched
+//! twice: like the journal's thread (stalled on `/healthz`, `/metrics` and in the fault,
+//! which answer as long as the runtime's other threads do), and by a plain thread
+//! ([`watchdog_thread`]) that writes the error log even when the whole runtime is wedged
+//! and nothing else can. A stalled loop is reported only (there is no one to restart it
+//! but systemd).
 //!
 //! - **Restart**: after 1 s, then twice as long after every further failure up to 30 s
 //!   ([`Policy`]); a run that lasted [`Policy::healthy_after`] (60 s) starts the count
@@ -41,6 +52,32 @@
 //!   journal sends every unconfirmed alarm again on a new connection, readings are
 //!   best-effort, and a command caught in the middle goes unanswered and expires at the
 //!   console.
+//! - **What a restarted outbox keeps**: its lanes and the answer it had in hand live
+//!   outside the task ([`crate::sinks::mqtt::Outbox::spawn`]), so the runtime loop's handle
+//!   stays valid and the next run sends the rest of that answer first; a publish leaves
+//!   the hand only once rumqttc took it (no `.await` between), so nothing is sent twice.
+//!   An answer two runs in a row died with is dropped and logged: a command reply is then
+//!   never sent (the command expires at the console), and the runtime loop owes the
+//!   console a new snapshot. A reading batch in hand is lost: readings to the broker are
+//!   best effort.
+//! - **Why the outbox and the metrics server are not watched for stalls**: their silence
+//!   says nothing. The outbox waits on its lanes when nothing comes, and on rumqttc's
+//!   request channel, full for as long as the broker is away (the driver drains it only
+//!   while connected), where a restarted run would wait again; the broker link has its own
+//!   watch. The server has no turns: it waits for connections, and each connection (and a
+//!   handler that hangs) is a task of its own. Its socket is bound once and each run
+//!   serves on a duplicate, so a restart keeps the port.
+//! - **What a restarted line-protocol writer keeps**: its queue and the readings lane on
+//!   disk live outside the task, so handles stay valid and the next run puts the body the
+//!   dead one was sending back to wait, from disk (see `sinks/influx/writer.rs`); only
+//!   lines held in memory because the disk was failing are lost, counted as abandoned.
+//! - **Why a stalled writer is reported, not aborted**: it beats every turn (idle waits
+//!   wake every 10 s) and may go `2 x 30 s + timeout_ms + 10 s` without one (two disk
+//!   operations on a slow SD card, a request, an idle wait). What can stall it is the disk,
+//!   whose work runs on blocking threads that an abort cannot stop: a new run would share
+//!   the lane with the wedged operation, and an abort between storing arrived batches and
+//!   hearing back would leave them on disk unknown to this process until its next start.
+//!   A restart cannot unwedge a disk; the fault and `/healthz` say it is wedged.
 //! - **Why the journal is not restarted**: its channel's receiver and its in-memory events
 //!   (those the disk refused) die with its thread, so a new thread could not see what was
 //!   handed to the old one; and a panic there is a bug that would likely repeat on the same
@@ -76,8 +113,23 @@ pub const FAULT_HOLD: Duration = Duration::from_secs(10 * 60);
 pub const JOURNAL_TASK: &str = "alarm-journal";
 /// The name of the broker link's driver among the tasks.
 pub const MQTT_TASK: &str = "mqtt";
+/// The name of the outbox (replies, snapshots and readings to the broker) among the tasks.
+pub const OUTBOX_TASK: &str = "mqtt-outbox";
+/// The name of the line-protocol writer among the tasks.
+pub const INFLUX_TASK: &str = "influx";
+/// The name of the `/metrics` and `/healthz` server among the tasks.
+pub const METRICS_TASK: &str = "metrics";
+/// The `stall_after` of a task whose silence says nothing (it waits on others by design;
+/// see the module docs): never counted as stalled.
+pub const NEVER_STALLS: Duration = Duration::MAX;
 /// How long the journal's thread may go without a turn.
 pub const JOURNAL_STALL_AFTER: Duration = Duration::from_secs(30);
+/// The name of the runtime loop ([`crate::run_until`]) among the tasks.
+pub const RUNTIME_TASK: &str = "runtime-loop";
+/// How long the runtime loop may go without a turn: it ticks every 100 ms, and its only
+/// waits are on the outbox's reply lane (full when 256 answers wait for a broker that is
+/// away: worth saying).
+pub const RUNTIME_STALL_AFTER: Duration = Duration::from_secs(10);
 
 /// "No failure yet" in [`TaskStatus::last_failure_ms`].
 const NEVER: i64 = i64::MIN;
@@ -136,6 +188,34 @@ impl Heartbeat {
     fn now_ms(&self) -> i64 {
         i64::try_from(self.origin.elapsed().as_millis()).unwrap_or(i64::MAX)
     }
+}
+
+/// Start a plain thread that logs an error when `heartbeat` has been silent for longer than
+/// `stall_after`, and again when it beats again; checks every `check_every`, and ends once
+/// the heartbeat ended (its [`Heartbeat::end_on_drop`] guard dropped). For the runtime
+/// loop: a thread of its own still writes the log when no task of the runtime can run.
+pub fn watchdog_thread(
+    name: &'static str,
+    heartbeat: Heartbeat,
+    stall_after: Duration,
+    check_every: Duration,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("watchdog-{name}"))
+        .spawn(move || {
+            let mut stalled = false;
+            while !heartbeat.ended() {
+                std::thread::sleep(check_every);
+                let age = heartbeat.age();
+                if age > stall_after && !stalled {
+                    stalled = true;
+                    tracing::error!(task = name, silent_ms = age.as_millis() as u64, "the gateway's runtime loop has stalled: polls, alarms and commands are not handled");
+                } else if age <= stall_after && stalled {
+                    stalled = false;
+                    tracing::info!(task = name, "the gateway's runtime loop turns again");
+                }
+            }
+        })
 }
 
 /// Marks its [`Heartbeat`] ended when dropped (see [`Heartbeat::end_on_drop`]).
@@ -741,6 +821,24 @@ mod tests {
         assert!(tasks.fault_active());
         tokio::time::sleep(FAULT_HOLD * 2).await;
         assert!(tasks.fault_active(), "a dead journal stays a fault");
+    }
+
+    #[test]
+    fn the_watchdog_thread_ends_with_the_loop_it_watches() {
+        let heartbeat = Heartbeat::default();
+        let alive = heartbeat.end_on_drop();
+        let thread = watchdog_thread(
+            RUNTIME_TASK,
+            heartbeat.clone(),
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+        )
+        .unwrap();
+        // Silent past its allowance: logged, and the thread keeps watching.
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!thread.is_finished());
+        drop(alive);
+        thread.join().unwrap();
     }
 
     #[tokio::test(start_paused = true)]

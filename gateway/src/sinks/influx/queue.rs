@@ -164,8 +164,9 @@ struct Waiting {
 struct InFlight {
     lines: usize,
     batches: usize,
-    /// Its records on disk and their lines; acknowledged once the body is settled.
-    disk: Vec<(u64, usize)>,
+    /// Its records on disk, their lines and timestamps (wall clock, ms); acknowledged once
+    /// the body is settled, or put back to wait by [`WriteQueue::requeue_in_flight`].
+    disk: Vec<(u64, usize, i64)>,
     /// Its lines held only in memory.
     memory_lines: usize,
 }
@@ -294,7 +295,7 @@ impl WriteQueue {
         let (mut flight_batches, mut flight_lines) = (0u64, 0usize);
         if let Some(f) = &self.in_flight
             && f.memory_lines == 0
-            && f.disk.iter().all(|(seq, _)| !still_pending(*seq))
+            && f.disk.iter().all(|(seq, _, _)| !still_pending(*seq))
         {
             flight_batches = f.batches as u64;
             flight_lines = f.lines;
@@ -395,7 +396,7 @@ impl WriteQueue {
             };
             self.waiting_lines -= next.lines;
             match &next.stored {
-                Stored::Disk(seq) => flight.disk.push((*seq, next.lines)),
+                Stored::Disk(seq) => flight.disk.push((*seq, next.lines, next.ts_ms)),
                 Stored::Memory(_) => {
                     self.waiting_in_memory -= 1;
                     flight.memory_lines += next.lines;
@@ -420,9 +421,9 @@ impl WriteQueue {
     /// sent, and no longer counts as in flight.
     pub fn lost_from_body(&mut self, seq: u64) {
         if let Some(f) = &mut self.in_flight
-            && let Some(i) = f.disk.iter().position(|(s, _)| *s == seq)
+            && let Some(i) = f.disk.iter().position(|(s, _, _)| *s == seq)
         {
-            let (_, lines) = f.disk.remove(i);
+            let (_, lines, _) = f.disk.remove(i);
             f.lines -= lines;
             f.batches -= 1;
         }
@@ -444,7 +445,7 @@ impl WriteQueue {
         match self.in_flight.take() {
             Some(f) => {
                 self.stats.lines_written += f.lines as u64;
-                f.disk.into_iter().map(|(seq, _)| seq).collect()
+                f.disk.into_iter().map(|(seq, _, _)| seq).collect()
             }
             None => Vec::new(),
         }
@@ -464,7 +465,7 @@ impl WriteQueue {
         match self.in_flight.take() {
             Some(f) => {
                 self.stats.lines_rejected += f.lines as u64;
-                f.disk.into_iter().map(|(seq, _)| seq).collect()
+                f.disk.into_iter().map(|(seq, _, _)| seq).collect()
             }
             None => Vec::new(),
         }
@@ -486,6 +487,28 @@ impl WriteQueue {
         self.waiting_in_memory = 0;
         self.stats.lines_abandoned += lines as u64;
         lines
+    }
+
+    /// The writer task died (a panic) with a body in flight, and a new one starts: the
+    /// body's records on disk wait again, at the front and in their order, as if restored
+    /// at `now`; its lines held only in memory went with the task (the body's text was
+    /// its) and are counted in `lines_abandoned`. Returns those lines. Nothing happens when
+    /// no body is in flight.
+    pub fn requeue_in_flight(&mut self, now: Instant) -> usize {
+        let Some(f) = self.in_flight.take() else {
+            return 0;
+        };
+        for (seq, lines, ts_ms) in f.disk.into_iter().rev() {
+            self.waiting_lines += lines;
+            self.waiting.push_front(Waiting {
+                stored: Stored::Disk(seq),
+                lines,
+                ts_ms,
+                since: now,
+            });
+        }
+        self.stats.lines_abandoned += f.memory_lines as u64;
+        f.memory_lines
     }
 
     /// The readings lane on disk as the writer last saw it.
@@ -924,6 +947,45 @@ mod tests {
     }
 
     #[test]
+    fn a_body_in_flight_when_the_writer_died_waits_again_from_disk_in_its_order() {
+        let t0 = Instant::now();
+        let mut q = queue(6, 10);
+        put_disk(&mut q, batch("a", 2), 10, 1, t0);
+        put(&mut q, batch("m", 1), t0);
+        put_disk(&mut q, batch("b", 3), 20, 2, t0);
+        put_disk(&mut q, batch("c", 4), 30, 3, t0);
+        let body = q.cut_body().unwrap();
+        assert_eq!(body.lines, 6);
+        // The task dies with it; a new one starts.
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(
+            q.requeue_in_flight(t1),
+            1,
+            "the line held in memory went with it"
+        );
+        assert!(!q.in_flight());
+        assert_eq!(q.stats().queued, 3);
+        assert_eq!(q.stats().lines_abandoned, 1);
+        assert_eq!(
+            q.next_step(t1, false),
+            Step::Flush,
+            "6 lines wait: a full body"
+        );
+        let again = q.cut_body().unwrap();
+        assert_eq!(again.parts, [Stored::Disk(1), Stored::Disk(2)]);
+        assert_eq!(q.written(), [1, 2]);
+        let last = q.cut_body().unwrap();
+        assert_eq!(last.parts, [Stored::Disk(3)]);
+        assert_eq!(q.written(), [3]);
+        assert_eq!(q.stats().lines_written, 9);
+        assert_eq!(
+            q.requeue_in_flight(t1),
+            0,
+            "nothing in flight: nothing to do"
+        );
+    }
+
+    #[test]
     fn a_record_that_cannot_be_read_back_leaves_the_body_and_the_queue() {
         let t0 = Instant::now();
         let mut q = queue(100, 10);
@@ -956,7 +1018,8 @@ mod tests {
         assert_eq!(q.next_step(t0, false), Step::Idle);
     }
 
-    /// Model check: random pushes, stores (disk or memory), sheds, cuts and outcomes;
+    /// Model check: random pushes, stores (disk or memory), sheds, cuts, outcomes and
+    /// deaths of the writer task;
     /// every line is accounted for exactly once and the bounds hold throughout.
     #[test]
     fn every_line_ends_exactly_one_way_under_random_operations() {
@@ -973,6 +1036,7 @@ mod tests {
             let max_batches = 1 + (next() % 5) as usize;
             let mut q = queue(max_lines, max_batches);
             let mut pushed = 0u64;
+            let mut requeued_abandoned = 0u64;
             let mut next_seq = 0u64;
             // Lines on disk that a settled body acknowledged, to check the acks.
             let mut disk_lines: std::collections::BTreeMap<u64, usize> = Default::default();
@@ -1018,6 +1082,10 @@ mod tests {
                         let cut = next_seq / 3;
                         q.forget_shed(|seq| seq >= cut, now);
                     }
+                    6 if next() % 4 == 0 => {
+                        // The writer task dies and a new one starts.
+                        requeued_abandoned += q.requeue_in_flight(now) as u64;
+                    }
                     _ => {}
                 }
                 let in_memory = q
@@ -1043,13 +1111,13 @@ mod tests {
                     .map_or(0, |f| (f.lines - f.memory_lines) as u64);
             let left = q.abandon() as u64;
             let s = q.stats();
-            assert_eq!(s.lines_abandoned, left);
+            assert_eq!(s.lines_abandoned, left + requeued_abandoned);
             assert_eq!(
                 s.lines_written
                     + s.lines_rejected
                     + s.lines_shed
                     + q.lines_dropped
-                    + left
+                    + s.lines_abandoned
                     + on_disk,
                 pushed,
                 "{s:?}"

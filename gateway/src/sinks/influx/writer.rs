@@ -18,6 +18,21 @@
 //! and ends. If the server cannot take it then, what is on disk stays there for the next
 //! start, and what was only in memory is abandoned and counted, instead of holding the
 //! gateway's shutdown for minutes.
+//!
+//! # Restarts
+//! In the gateway the task runs under the [`Supervisor`] (task
+//! [`INFLUX_TASK`](crate::supervise::INFLUX_TASK), [`InfluxSink::spawn_supervised`]), which
+//! starts a new run when one panics. What a run works from lives outside it, so a new run
+//! takes up where the dead one stopped and the handles stay valid: the queue and the wake
+//! are in `Shared` (the handles' too), and the readings lane on disk is opened once, by the
+//! first run, and kept for the next ones. A run's own state is its backoff and the errors
+//! it has logged (both start afresh) and the text of the body in flight: a new run puts
+//! that body's records back to wait, from disk, at the front and in order
+//! ([`WriteQueue::requeue_in_flight`]), so nothing on disk is lost; lines of it held only
+//! in memory (the disk was failing) are counted as abandoned. The one gap: a panic between
+//! storing arrived batches on disk and telling the queue (a few lines of code with no
+//! `.await`) leaves those records on disk unknown to this process, sent after its next
+//! start. A stall is reported, never aborted (see [`stall_after`]).
 
 use std::error::Error as _;
 use std::hash::BuildHasher;
@@ -41,6 +56,7 @@ use super::queue::{
     Backoff, Body, InfluxStats, Limits, SeenErrors, Step, Stored, Verdict, WriteQueue,
 };
 use super::spool::Spool;
+use crate::supervise::{Heartbeat, INFLUX_TASK, JOURNAL_STALL_AFTER, OnStall, Supervisor};
 
 /// How much of a refusal's body is kept for the error message.
 const ERROR_BODY_MAX_BYTES: usize = 4096;
@@ -48,6 +64,25 @@ const ERROR_BODY_MAX_BYTES: usize = 4096;
 const ERROR_TEXT_MAX_CHARS: usize = 300;
 /// Distinct error messages remembered so each is logged loudly only once.
 const SEEN_ERRORS: usize = 64;
+/// The longest the task waits without a turn (and a heartbeat) when nothing is due.
+const IDLE_TURN: Duration = Duration::from_secs(10);
+
+/// How long the writer may go without a turn before it counts as stalled: one turn is at
+/// most a store and a sync of the lane on disk (allowed 30 s each, like the journal's, for
+/// a slow SD card), a read back, one request (bounded by `timeout_ms`, answer included)
+/// and an idle wait of at most [`IDLE_TURN`].
+///
+/// A stalled writer is reported (`task_failed`, `/healthz`), not aborted: what can stall
+/// it is the disk, whose work runs on blocking threads that an abort cannot stop (a new
+/// run would share the lane with the wedged operation), and an abort between handing
+/// arrived batches to the disk and hearing back would leave them on disk unknown to the
+/// queue until the next start. Restarting would not unwedge a disk; saying so does.
+pub fn stall_after(cfg: &InfluxConfig) -> Duration {
+    JOURNAL_STALL_AFTER
+        .saturating_mul(2)
+        .saturating_add(Duration::from_millis(cfg.timeout_ms))
+        .saturating_add(IDLE_TURN)
+}
 
 /// Why the writer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +117,9 @@ struct Shared {
     wake: Notify,
     /// Set once, when the last handle is dropped.
     closing: AtomicBool,
+    /// Tests: runs left to kill, each just before it sends a body.
+    #[cfg(test)]
+    panics_left: std::sync::atomic::AtomicU32,
 }
 
 impl Shared {
@@ -112,14 +150,43 @@ impl std::fmt::Debug for InfluxSink {
 
 impl InfluxSink {
     /// Check the config, build the HTTP client and start the writer task on the current
-    /// tokio runtime. Readings wait in `<data_dir>/readings` until the server takes them;
-    /// the task opens it (and reads back what it holds) before its first write.
+    /// tokio runtime, unsupervised (for tests and benches; the gateway uses
+    /// [`InfluxSink::spawn_supervised`]). Readings wait in `<data_dir>/readings` until the
+    /// server takes them; the task opens it (and reads back what it holds) before its first
+    /// write. The handle returned completes when the task ends.
     pub fn spawn(
         cfg: InfluxConfig,
         data_dir: &Path,
     ) -> Result<(InfluxSink, JoinHandle<()>), InfluxError> {
+        let (sink, runs) = InfluxSink::prepare(cfg, data_dir)?;
+        let task = tokio::spawn(async move { runs.run(Heartbeat::default()).await });
+        Ok((sink, task))
+    }
+
+    /// Like [`InfluxSink::spawn`], with the task kept by `supervisor` (task
+    /// [`INFLUX_TASK`]): a new run starts when one panics or ends before shutdown (see the
+    /// module docs for what it takes up), and a stall is reported. The handle returned is
+    /// the keeper's: after [`Supervisor::stop`], it completes when the task ends.
+    pub fn spawn_supervised(
+        cfg: InfluxConfig,
+        data_dir: &Path,
+        supervisor: &Supervisor,
+    ) -> Result<(InfluxSink, JoinHandle<()>), InfluxError> {
+        let stall_after = stall_after(&cfg);
+        let (sink, runs) = InfluxSink::prepare(cfg, data_dir)?;
+        let runs = Arc::new(runs);
+        let task = supervisor.spawn(INFLUX_TASK, stall_after, OnStall::Report, move |beat| {
+            let runs = runs.clone();
+            async move { runs.run(beat).await }
+        });
+        Ok((sink, task))
+    }
+
+    /// Check the config and build what every run of the task works from.
+    fn prepare(cfg: InfluxConfig, data_dir: &Path) -> Result<(InfluxSink, Runs), InfluxError> {
         let target = WriteTarget::new(&cfg).map_err(InfluxError::Config)?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| InfluxError::NoRuntime)?;
+        // `spawn` and the supervisor need a runtime; refused here rather than by a panic.
+        tokio::runtime::Handle::try_current().map_err(|_| InfluxError::NoRuntime)?;
         // The workspace builds reqwest without a built-in crypto provider (ring only).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let timeout = Duration::from_millis(cfg.timeout_ms);
@@ -140,19 +207,26 @@ impl InfluxSink {
             })),
             wake: Notify::new(),
             closing: AtomicBool::new(false),
+            #[cfg(test)]
+            panics_left: std::sync::atomic::AtomicU32::new(0),
         });
         let writer = Writer {
             client,
             target,
             timeout,
         };
-        let lane = (data_dir.join("readings"), cfg.queue_max_bytes);
-        let task = runtime.spawn(run(shared.clone(), writer, lane));
+        let runs = Runs {
+            shared: shared.clone(),
+            writer,
+            lane: tokio::sync::OnceCell::new(),
+            dir: data_dir.join("readings"),
+            max_bytes: cfg.queue_max_bytes,
+        };
         let sink = InfluxSink {
             _open: Arc::new(OpenHandles(shared.clone())),
             shared,
         };
-        Ok((sink, task))
+        Ok((sink, runs))
     }
 
     /// Queue one batch for writing. Never blocks, never fails, never touches the disk
@@ -343,23 +417,63 @@ fn jitter() -> f64 {
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
-async fn run(shared: Arc<Shared>, writer: Writer, (dir, max_bytes): (PathBuf, u64)) {
-    let lane = Lane::open(&shared, dir, max_bytes).await;
+/// What every run of the writer task works from, kept across runs (see the module docs).
+struct Runs {
+    shared: Arc<Shared>,
+    writer: Writer,
+    /// The readings lane on disk, opened by the first run.
+    lane: tokio::sync::OnceCell<Lane>,
+    dir: PathBuf,
+    max_bytes: u64,
+}
+
+impl Runs {
+    /// One run of the task, beating `heartbeat` every turn.
+    async fn run(&self, heartbeat: Heartbeat) {
+        heartbeat.beat();
+        let shared = &self.shared;
+        let lane = self
+            .lane
+            .get_or_init(|| Lane::open(shared, self.dir.clone(), self.max_bytes))
+            .await;
+        if shared.queue().in_flight() {
+            let lost = shared.queue().requeue_in_flight(now());
+            tracing::warn!(
+                lines_lost = lost,
+                "the line-protocol writer restarted; the body it was sending waits again on disk (lines held only in memory are lost)"
+            );
+        }
+        run(shared, &self.writer, lane, &heartbeat).await;
+    }
+}
+
+async fn run(shared: &Shared, writer: &Writer, lane: &Lane, heartbeat: &Heartbeat) {
     let mut backoff = Backoff::default();
     let mut seen = SeenErrors::new(SEEN_ERRORS);
     loop {
+        heartbeat.beat();
         let closing = shared.closing.load(Ordering::Acquire);
-        lane.tend(&shared, closing).await;
+        lane.tend(shared, closing).await;
         let step = shared.queue().next_step(now(), closing);
         match step {
             Step::Flush => {
                 let Some(body) = shared.queue().cut_body() else {
                     continue;
                 };
-                let text = lane.read_body(&shared, body).await;
-                if !deliver(&shared, &writer, &lane, text, &mut backoff, &mut seen).await {
+                let text = lane.read_body(shared, body).await;
+                let delivered = deliver(
+                    shared,
+                    writer,
+                    lane,
+                    text,
+                    &mut backoff,
+                    &mut seen,
+                    heartbeat,
+                )
+                .await;
+                if !delivered {
                     let lost = shared.queue().abandon();
-                    lane.tend(&shared, true).await;
+                    lane.tend(shared, true).await;
                     tracing::warn!(
                         url = %writer.target.url,
                         lines_lost = lost,
@@ -370,12 +484,17 @@ async fn run(shared: Arc<Shared>, writer: Writer, (dir, max_bytes): (PathBuf, u6
                 }
             }
             Step::WaitUntil(at) => {
+                let at =
+                    tokio::time::Instant::from_std(at).min(tokio::time::Instant::now() + IDLE_TURN);
                 tokio::select! {
-                    () = tokio::time::sleep_until(at.into()) => {}
+                    () = tokio::time::sleep_until(at) => {}
                     () = shared.wake.notified() => {}
                 }
             }
-            Step::Idle => shared.wake.notified().await,
+            Step::Idle => {
+                // Woken at least every IDLE_TURN, to beat the heartbeat.
+                let _ = tokio::time::timeout(IDLE_TURN, shared.wake.notified()).await;
+            }
             Step::Done => {
                 tracing::debug!(url = %writer.target.url, "line-protocol writer stopped");
                 return;
@@ -406,6 +525,7 @@ async fn deliver(
     text: String,
     backoff: &mut Backoff,
     seen: &mut SeenErrors,
+    heartbeat: &Heartbeat,
 ) -> bool {
     let lines = text.bytes().filter(|b| *b == b'\n').count();
     if text.is_empty() {
@@ -427,6 +547,15 @@ async fn deliver(
     };
     drop(text);
     loop {
+        heartbeat.beat();
+        #[cfg(test)]
+        if shared
+            .panics_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("injected: the writer dies with a body in flight");
+        }
         match writer.send(gz.clone()).await {
             Ok(()) => {
                 let seqs = shared.queue().written();
@@ -486,6 +615,7 @@ async fn deliver(
                         () = tokio::time::sleep_until(wake_at) => {}
                         () = shared.wake.notified() => {}
                     }
+                    heartbeat.beat();
                     let closing = shared.closing.load(Ordering::Acquire);
                     lane.tend(shared, closing).await;
                     if !shared.queue().in_flight() {
@@ -654,6 +784,121 @@ mod tests {
             let j = jitter();
             assert!((0.0..1.0).contains(&j), "{j}");
         }
+    }
+
+    /// A store on a free port that takes every write (204) and keeps the lines.
+    async fn store() -> (String, Arc<Mutex<Vec<String>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let kept = lines.clone();
+        let app = axum::Router::new().route(
+            "/write",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let mut text = String::new();
+                flate2::read::GzDecoder::new(&body[..])
+                    .read_to_string(&mut text)
+                    .unwrap();
+                kept.lock()
+                    .unwrap()
+                    .extend(text.lines().map(str::to_string));
+                async { StatusCode::NO_CONTENT }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, lines)
+    }
+
+    fn readings(device: &str) -> ReadingBatch {
+        ReadingBatch {
+            schema: shouwang_wire::SCHEMA_VERSION,
+            gateway: "gw".into(),
+            device: device.into(),
+            device_kind: "smoke".into(),
+            place: shouwang_wire::Place {
+                community: "c".into(),
+                building: "b".into(),
+                floor: "f".into(),
+                unit: "u".into(),
+            },
+            ts_ms: crate::clock::wall_ms(),
+            points: vec![shouwang_wire::PointValue {
+                point: "obscuration".into(),
+                value: 1.5,
+                engineering_unit: None,
+            }],
+        }
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_dies_sending_is_restarted_resends_from_disk_and_the_same_handle_keeps_working()
+     {
+        let (url, stored) = store().await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = InfluxConfig {
+            db: Some("shouwang".into()),
+            flush_interval_ms: 20,
+            ..InfluxConfig::new(url, crate::sinks::influx::InfluxApi::V1)
+        };
+        let supervisor = Supervisor::new(crate::supervise::Policy {
+            first_backoff: Duration::from_millis(50),
+            check_every: Duration::from_millis(20),
+            ..Default::default()
+        });
+        let (sink, _keeper) = InfluxSink::spawn_supervised(cfg, dir.path(), &supervisor).unwrap();
+        let task = || {
+            supervisor
+                .tasks()
+                .snapshot()
+                .into_iter()
+                .find(|t| t.name == INFLUX_TASK)
+                .unwrap()
+        };
+        sink.shared.panics_left.store(1, Ordering::Relaxed);
+        sink.push(readings("d1"));
+        until("the first run dies", || task().restarts == 1).await;
+        until("d1 is written by the next run", || {
+            stored
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("device=d1"))
+        })
+        .await;
+        sink.push(readings("d2"));
+        until("d2 is written through the same handle", || {
+            stored
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("device=d2"))
+        })
+        .await;
+        let stats = sink.stats();
+        assert_eq!(
+            (stats.lines_written, stats.lines_abandoned),
+            (2, 0),
+            "{stats:?}"
+        );
+        assert_eq!(stored.lock().unwrap().len(), 2, "nothing sent twice");
+        let t = task();
+        assert!(t.up && !t.stalled && t.restarts == 1, "{t:?}");
+        assert!(supervisor.tasks().fault_active());
+    }
+
+    #[test]
+    fn a_stall_is_allowed_two_disk_waits_a_request_and_an_idle_turn() {
+        let mut cfg = InfluxConfig::new("http://127.0.0.1:1", crate::sinks::influx::InfluxApi::V1);
+        cfg.timeout_ms = 5_000;
+        assert_eq!(stall_after(&cfg), Duration::from_secs(75));
     }
 
     #[test]

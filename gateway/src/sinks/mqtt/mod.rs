@@ -396,77 +396,103 @@ enum Answer {
     Snapshot(Vec<Snapshot>),
 }
 
+/// One publish: topic, QoS, payload.
+type Publish = (String, QoS, Vec<u8>);
+
 /// The sending side of the two lanes that are not the alarm journal: answers to the
 /// console, command replies and snapshots (never dropped: a full lane makes the caller
 /// wait; they are few, one per command or resync) and readings (dropped when full, and
 /// counted). Answers go first.
+///
+/// The task that drains the lanes runs under the [`Supervisor`] (task
+/// [`crate::supervise::OUTBOX_TASK`]) and may die and be restarted; the lanes and what it
+/// had in hand live outside it (`Lanes`), so these handles stay valid across restarts.
 #[derive(Clone)]
 pub struct Outbox {
     replies: mpsc::Sender<Answer>,
     readings: mpsc::Sender<ReadingBatch>,
     state: Arc<LinkState>,
+    /// Set when an answer was given up (see [`Lanes::carried`]); the runtime loop then owes
+    /// the console a new snapshot.
+    answer_lost: Arc<AtomicBool>,
+    #[cfg(test)]
+    panics_left: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// What the outbox task works from, kept outside it so a restarted run takes up where the
+/// dead one stopped. Each run holds the lock for as long as it lives (the supervisor
+/// starts the next run only after the last one is gone).
+struct Lanes {
+    replies: mpsc::Receiver<Answer>,
+    readings: mpsc::Receiver<ReadingBatch>,
+    /// The publishes of the answer being sent that rumqttc has not taken yet, oldest
+    /// first. One leaves only once `AsyncClient::publish` took it, with no `.await` in
+    /// between, so a run that dies (panic, abort) leaves exactly the untaken ones here,
+    /// and the next run sends them first: nothing lost, nothing sent twice.
+    in_hand: std::collections::VecDeque<Publish>,
+    /// The run that started had answers in hand left by the run before. If it dies too
+    /// before sending them, they are dropped (the one thing both runs had in common may be
+    /// what kills them): logged, the command expires at the console, and
+    /// `Outbox::answer_lost` makes the runtime loop send a new snapshot.
+    carried: bool,
+    /// Tests: runs left to kill, each just before it hands an answer to rumqttc.
+    #[cfg(test)]
+    panics_left: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Outbox {
-    pub fn spawn(client: AsyncClient, topics: Topics, state: Arc<LinkState>) -> Outbox {
-        let (replies_tx, mut replies_rx) = mpsc::channel::<Answer>(REPLY_LANE);
-        let (readings_tx, mut readings_rx) = mpsc::channel::<ReadingBatch>(READING_LANE);
-        let link = state.clone();
-        tokio::spawn(async move {
-            let state = link;
-            loop {
-                let sends: Vec<(String, QoS, Vec<u8>)> = tokio::select! {
-                    biased;
-                    Some(answer) = replies_rx.recv() => match answer {
-                        Answer::Reply(r) => vec![(topics.replies.clone(), QoS::AtLeastOnce, r.encode())],
-                        Answer::Snapshot(parts) => parts
-                            .iter()
-                            .map(|p| (topics.snapshot.clone(), QoS::AtLeastOnce, p.encode()))
-                            .collect(),
-                    },
-                    Some(r) = readings_rx.recv() => {
-                        // While the link is down, readings would only fill rumqttc's
-                        // request channel ahead of alarms, and QoS 0 is lost anyway.
-                        if !state.connected.load(Ordering::Relaxed) {
-                            state.readings_dropped.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        // One poll of a device with very many points is split so no
-                        // publish passes the packet limit.
-                        r.split_to_fit(PAYLOAD_MAX)
-                            .into_iter()
-                            .map(|part| (topics.readings.clone(), QoS::AtMostOnce, part.encode()))
-                            .collect()
-                    }
-                    else => return,
-                };
-                for (topic, qos, payload) in sends {
-                    if payload.len() > PAYLOAD_MAX {
-                        // Cannot happen within the config's limits (shouwang_wire's
-                        // MAX_ID_CHARS and MAX_TEXT_CHARS): refused here rather than by
-                        // rumqttc, which would drop the connection.
-                        if topic == topics.readings {
-                            state.readings_dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                        tracing::error!(
-                            topic,
-                            bytes = payload.len(),
-                            "a message too large to publish was dropped"
-                        );
-                        continue;
-                    }
-                    if client.publish(topic, qos, false, payload).await.is_err() {
-                        // The event loop is gone: the gateway is shutting down.
-                        return;
-                    }
+    /// Start the outbox task under `supervisor` (task
+    /// [`crate::supervise::OUTBOX_TASK`]); returns the handle to send through and the
+    /// keeper's handle.
+    ///
+    /// Not watched for stalls: it waits on its lanes when there is nothing to send, and on
+    /// rumqttc's request channel, which is full for as long as the broker is away (the
+    /// driver drains it only while connected); neither says it is wedged, and a restart
+    /// would wait in the same place. The broker link has its own stall watch and
+    /// `/healthz` line.
+    pub fn spawn(
+        client: AsyncClient,
+        topics: Topics,
+        state: Arc<LinkState>,
+        supervisor: &Supervisor,
+    ) -> (Outbox, tokio::task::JoinHandle<()>) {
+        let (replies_tx, replies) = mpsc::channel::<Answer>(REPLY_LANE);
+        let (readings_tx, readings) = mpsc::channel::<ReadingBatch>(READING_LANE);
+        #[cfg(test)]
+        let panics_left = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let lanes = Arc::new(tokio::sync::Mutex::new(Lanes {
+            replies,
+            readings,
+            in_hand: std::collections::VecDeque::new(),
+            carried: false,
+            #[cfg(test)]
+            panics_left: panics_left.clone(),
+        }));
+        let answer_lost = Arc::new(AtomicBool::new(false));
+        let (link, lost) = (state.clone(), answer_lost.clone());
+        let task = supervisor.spawn(
+            crate::supervise::OUTBOX_TASK,
+            crate::supervise::NEVER_STALLS,
+            OnStall::Report,
+            move |_heartbeat| {
+                let lanes = lanes.clone().lock_owned();
+                let (client, topics, state, lost) =
+                    (client.clone(), topics.clone(), link.clone(), lost.clone());
+                async move {
+                    let mut lanes = lanes.await;
+                    send_out(&mut lanes, &client, &topics, &state, &lost).await;
                 }
-            }
-        });
-        Outbox {
+            },
+        );
+        let outbox = Outbox {
             replies: replies_tx,
             readings: readings_tx,
             state,
-        }
+            answer_lost,
+            #[cfg(test)]
+            panics_left,
+        };
+        (outbox, task)
     }
 
     /// Queue a command reply. Waits while the lane is full; never drops.
@@ -489,6 +515,119 @@ impl Outbox {
             self.state.readings_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Whether an answer was given up since the last call (see `Lanes::carried`): the
+    /// console is then owed a new snapshot.
+    pub fn take_answer_lost(&self) -> bool {
+        self.answer_lost.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// One run of the outbox task: answers in hand first, then the lanes, answers before
+/// readings. Returns when both lanes are closed or rumqttc's event loop is gone (the
+/// gateway is shutting down).
+async fn send_out(
+    lanes: &mut Lanes,
+    client: &AsyncClient,
+    topics: &Topics,
+    state: &LinkState,
+    answer_lost: &AtomicBool,
+) {
+    if !lanes.in_hand.is_empty() {
+        if lanes.carried {
+            tracing::error!(
+                publishes = lanes.in_hand.len(),
+                "dropped an answer to the console that two runs of the outbox died sending; a command goes unanswered and expires, and a new snapshot is sent"
+            );
+            lanes.in_hand.clear();
+            answer_lost.store(true, Ordering::Relaxed);
+        } else {
+            tracing::warn!(
+                publishes = lanes.in_hand.len(),
+                "sending what the outbox had in hand when it died"
+            );
+            lanes.carried = true;
+        }
+    }
+    loop {
+        while let Some((topic, qos, payload)) = lanes.in_hand.front() {
+            #[cfg(test)]
+            if lanes
+                .panics_left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                panic!("injected: the outbox dies with an answer in hand");
+            }
+            if client
+                .publish(topic.clone(), *qos, false, payload.clone())
+                .await
+                .is_err()
+            {
+                // The event loop is gone: the gateway is shutting down.
+                return;
+            }
+            lanes.in_hand.pop_front();
+        }
+        lanes.carried = false;
+        tokio::select! {
+            biased;
+            Some(answer) = lanes.replies.recv() => {
+                let sends: Vec<Publish> = match answer {
+                    Answer::Reply(r) => vec![(topics.replies.clone(), QoS::AtLeastOnce, r.encode())],
+                    Answer::Snapshot(parts) => parts
+                        .iter()
+                        .map(|p| (topics.snapshot.clone(), QoS::AtLeastOnce, p.encode()))
+                        .collect(),
+                };
+                lanes.in_hand.extend(sends.into_iter().filter(|p| fits(p, topics, state)));
+            }
+            Some(r) = lanes.readings.recv() => {
+                // While the link is down, readings would only fill rumqttc's
+                // request channel ahead of alarms, and QoS 0 is lost anyway.
+                if !state.connected.load(Ordering::Relaxed) {
+                    state.readings_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                // One poll of a device with very many points is split so no publish
+                // passes the packet limit. Best effort: a batch in hand when the task
+                // dies is lost (not counted), like one the broker never gets.
+                let sends = r
+                    .split_to_fit(PAYLOAD_MAX)
+                    .into_iter()
+                    .map(|part| (topics.readings.clone(), QoS::AtMostOnce, part.encode()));
+                for publish in sends {
+                    if !fits(&publish, topics, state) {
+                        continue;
+                    }
+                    let (topic, qos, payload) = publish;
+                    if client.publish(topic, qos, false, payload).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+/// Whether a publish is within the packet limit. One that is not cannot happen within the
+/// config's limits (shouwang_wire's MAX_ID_CHARS and MAX_TEXT_CHARS): it is refused here
+/// rather than by rumqttc, which would drop the connection, logged and, for readings,
+/// counted.
+fn fits((topic, _, payload): &Publish, topics: &Topics, state: &LinkState) -> bool {
+    if payload.len() <= PAYLOAD_MAX {
+        return true;
+    }
+    if *topic == topics.readings {
+        state.readings_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::error!(
+        topic,
+        bytes = payload.len(),
+        "a message too large to publish was dropped"
+    );
+    false
 }
 
 /// Say goodbye: `offline` retained, then a clean disconnect.
@@ -500,4 +639,112 @@ pub async fn announce_offline(client: &AsyncClient, config: &Config, state: &Lin
         .publish(topics.status, QoS::AtLeastOnce, true, offline)
         .await;
     let _ = client.disconnect().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervise::{OUTBOX_TASK, TaskSnapshot};
+    use rumqttc::Request;
+
+    fn topics() -> Topics {
+        let t = |c: &str| format!("shouwang/test/gw/{c}");
+        Topics {
+            status: t("status"),
+            readings: t("readings"),
+            events: t("events"),
+            commands: t("commands"),
+            replies: t("replies"),
+            receipts: t("receipts"),
+            snapshot: t("snapshot"),
+        }
+    }
+
+    fn reply(command_id: &str) -> CommandReply {
+        CommandReply {
+            schema: SCHEMA_VERSION,
+            command_id: command_id.into(),
+            gateway: "gw".into(),
+            ok: true,
+            error: None,
+            ts_ms: 0,
+        }
+    }
+
+    /// The command ids of the replies rumqttc was handed, waiting up to 10 s (paused time)
+    /// for `n` of them.
+    async fn replies_sent(requests: &flume::Receiver<Request>, n: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while ids.len() < n && tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(100), requests.recv_async()).await {
+                Ok(Ok(Request::Publish(p))) => {
+                    ids.push(CommandReply::decode(&p.payload).unwrap().command_id)
+                }
+                Ok(other) => panic!("unexpected request {other:?}"),
+                Err(_) => {}
+            }
+        }
+        ids
+    }
+
+    fn outbox_task(supervisor: &Supervisor) -> TaskSnapshot {
+        supervisor
+            .tasks()
+            .snapshot()
+            .into_iter()
+            .find(|t| t.name == OUTBOX_TASK)
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outbox_that_dies_with_a_reply_in_hand_is_restarted_sends_it_and_the_same_handle_keeps_working()
+     {
+        let supervisor = Supervisor::default();
+        let (requests_tx, requests) = flume::bounded(16);
+        let client = AsyncClient::from_senders(requests_tx);
+        let (outbox, _keeper) = Outbox::spawn(
+            client,
+            topics(),
+            Arc::new(LinkState::default()),
+            &supervisor,
+        );
+        outbox.panics_left.store(1, Ordering::Relaxed);
+        outbox.send_reply(reply("c1")).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t = outbox_task(&supervisor);
+        assert!(!t.up && t.restarts == 1, "{t:?}");
+        assert!(supervisor.tasks().fault_active());
+        // Restarted after 1 s: the reply it had in hand goes first, then the next one.
+        outbox.send_reply(reply("c2")).await;
+        assert_eq!(replies_sent(&requests, 2).await, ["c1", "c2"]);
+        assert!(outbox_task(&supervisor).up);
+        assert!(!outbox.take_answer_lost());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_two_runs_die_with_is_dropped_and_a_new_snapshot_is_owed() {
+        let supervisor = Supervisor::default();
+        let (requests_tx, requests) = flume::bounded(16);
+        let client = AsyncClient::from_senders(requests_tx);
+        let (outbox, _keeper) = Outbox::spawn(
+            client,
+            topics(),
+            Arc::new(LinkState::default()),
+            &supervisor,
+        );
+        outbox.panics_left.store(2, Ordering::Relaxed);
+        outbox.send_reply(reply("poison")).await;
+        // Run 1 dies with it, run 2 (1 s later) dies sending it again, run 3 (2 s later)
+        // drops it.
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        assert_eq!(outbox_task(&supervisor).restarts, 2);
+        assert!(
+            outbox.take_answer_lost(),
+            "the runtime loop owes a snapshot"
+        );
+        assert!(!outbox.take_answer_lost(), "once");
+        outbox.send_reply(reply("c2")).await;
+        assert_eq!(replies_sent(&requests, 1).await, ["c2"]);
+    }
 }
