@@ -6,7 +6,7 @@
 //! store confirmed it. A task batches the keys per gateway and publishes one [`Receipt`]
 //! per gateway at most every [`BATCH_WINDOW`], or sooner when [`Receipt::MAX_EVENTS`] wait.
 //!
-//! Bounded: at most [`QUEUE`] keys wait. When full, a key is dropped and counted; nothing
+//! Bounded: at most `QUEUE` keys wait. When full, a key is dropped and counted; nothing
 //! is lost by it: the gateway sends the event again after its receipt timeout, the store
 //! drops the duplicate and the key comes through again.
 

@@ -1,6 +1,6 @@
 //! The gateway's link to the MQTT broker.
 //!
-//! [`drive`] is the one loop that polls rumqttc's event loop: it reconnects forever (1 s
+//! `drive` is the one loop that polls rumqttc's event loop: it reconnects forever (1 s
 //! apart), subscribes to the gateway's command topic and announces the gateway `online`
 //! (retained) on every connection, and hands decoded commands and connection news to the
 //! runtime loop. The broker publishes the retained `offline` last will when the gateway
@@ -46,7 +46,7 @@ const READING_LANE: usize = 256;
 /// header and the topic.
 pub const PAYLOAD_MAX: usize = shouwang_wire::MAX_PUBLISH_BYTES - 1024;
 
-/// What the broker link tells the runtime loop. [`drive`] never waits on this channel (it
+/// What the broker link tells the runtime loop. `drive` never waits on this channel (it
 /// is the loop that drains rumqttc's request channel, and the runtime loop may be waiting
 /// on that): commands go on a bounded channel with `try_send`, and a full one gets a "busy"
 /// reply. Receipts go straight to the [`Journal`], whose channel never waits; connections
@@ -171,7 +171,7 @@ impl LinkState {
     }
 }
 
-/// How long [`drive`] may go without a turn before its supervisor aborts and restarts it:
+/// How long `drive` may go without a turn before its supervisor aborts and restarts it:
 /// rumqttc wakes it at least once per keep-alive (a ping), and a connect attempt takes at
 /// most its 5 s timeout plus our 1 s pause.
 pub fn stall_after(config: &Config) -> Duration {
@@ -180,7 +180,7 @@ pub fn stall_after(config: &Config) -> Duration {
         .saturating_add(Duration::from_secs(10))
 }
 
-/// Start [`drive`] under `supervisor` (task [`crate::supervise::MQTT_TASK`]); returns
+/// Start `drive` under `supervisor` (task [`crate::supervise::MQTT_TASK`]); returns
 /// what it will report, and the keeper's handle. The event loop outlives each run of the
 /// driver, so the clients handed out stay valid; a restarted driver cleans it first, which
 /// drops the connection and starts a new one.
