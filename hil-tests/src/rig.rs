@@ -173,16 +173,29 @@ pub struct ConsoleProc {
 
 /// Start `shouwang-console` against a broker on loopback, on a port the OS picks.
 pub fn start_console(mqtt_port: u16) -> anyhow::Result<ConsoleProc> {
+    start_console_with_db(mqtt_port, None)
+}
+
+/// Like [`start_console`], with its database at `db` (say, on a small disk) instead of in
+/// its own temporary directory.
+pub fn start_console_with_db(
+    mqtt_port: u16,
+    db: Option<&std::path::Path>,
+) -> anyhow::Result<ConsoleProc> {
     let dir = Arc::new(tempfile::tempdir()?);
     let log_path = dir.path().join("console.log");
     let log = std::fs::File::create(&log_path)?;
+    let db = db.map_or_else(
+        || dir.path().join("console.db"),
+        std::path::Path::to_path_buf,
+    );
     let mut child = Command::new(binary("shouwang-console")?)
         .arg("--listen")
         .arg("127.0.0.1:0")
         .arg("--mqtt")
         .arg(format!("127.0.0.1:{mqtt_port}"))
         .arg("--db")
-        .arg(dir.path().join("console.db"))
+        .arg(db)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

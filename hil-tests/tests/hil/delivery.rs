@@ -806,3 +806,80 @@ async fn with_broker_confirmation_the_brokers_puback_empties_the_queue_without_a
     );
     assert_eq!(ids.len(), 3, "{ids:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_whose_disk_is_full_confirms_nothing_it_could_not_store_and_has_every_transition_once_space_returns()
+ {
+    let disk = SmallDisk::mount(4 * 1024 * 1024);
+    let broker = servers::mosquitto().unwrap();
+    let console =
+        rig::start_console_with_db(broker.port(), Some(&disk.path.join("console.db"))).unwrap();
+    let smoke = smoke_sim().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let config = rig::gateway_config("gw-s", broker.port(), smoke.local_addr(), None, "");
+    let gateway = rig::start_gateway_in(dir.clone(), &config).unwrap();
+    let http = servers::http_client();
+    let alarm = "riverside:gw-s:smoke-B1-12-03:smoke-high";
+    smoke.set_u16(0, 400);
+    wait_history(&http, &console, &gateway, alarm, 1, Duration::from_secs(20)).await;
+
+    // The console's disk fills up: the next writes fail.
+    let filler = disk.path.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 8 * 1024 * 1024]);
+    for _ in 0..3 {
+        smoke.set_u16(0, 20);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        smoke.set_u16(0, 400);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // It says so: /healthz is 503 and names the failures.
+    let health = eventually(
+        "the console reporting its store failing",
+        Duration::from_secs(15),
+        || async {
+            let r = http
+                .get(format!("{}/healthz", console.url))
+                .send()
+                .await
+                .ok()?;
+            let code = r.status().as_u16();
+            let body: Value = r.json().await.ok()?;
+            (code == 503 && body["store_failures_in_a_row"].as_u64() > Some(0)).then_some(body)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- console\n{}", console.proc.log()));
+    println!("console on a full disk: {health}");
+
+    // Space returns: every transition arrives, once, in order.
+    std::fs::remove_file(&filler).unwrap();
+    let returned = Instant::now();
+    let events = wait_history(&http, &console, &gateway, alarm, 7, Duration::from_secs(40)).await;
+    println!(
+        "all 7 transitions on the board {:?} after the console's disk had room again",
+        returned.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events = history(&http, &console.url, alarm).await.unwrap_or(events);
+    let transitions: Vec<&str> = events
+        .iter()
+        .map(|e| e["transition"].as_str().unwrap_or("?"))
+        .collect();
+    let mut want = vec!["raised"];
+    want.extend(["cleared", "raised"].repeat(3));
+    assert_eq!(transitions, want, "{events:#?}\n{}", console.proc.log());
+    eventually(
+        "the console healthy again",
+        Duration::from_secs(15),
+        || async {
+            let r = http
+                .get(format!("{}/healthz", console.url))
+                .send()
+                .await
+                .ok()?;
+            (r.status().as_u16() == 200).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- console\n{}", console.proc.log()));
+}
