@@ -213,11 +213,13 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         loop_beat.clone(),
         supervise::RUNTIME_STALL_AFTER,
     );
+    let stall_switch = local_warning.stall_switch();
     if let Err(error) = supervise::watchdog_thread(
         supervise::RUNTIME_TASK,
         loop_beat.clone(),
         supervise::RUNTIME_STALL_AFTER,
         Duration::from_secs(1),
+        move || stall_switch.force_on(),
     ) {
         tracing::error!(%error, "cannot start the runtime loop's watchdog thread");
     }

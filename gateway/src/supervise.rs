@@ -21,7 +21,8 @@
 //! the keepers and cannot restart itself. It beats a heartbeat every turn and is watched
 //! twice: like the journal's thread (stalled on `/healthz`, `/metrics` and in the fault,
 //! which answer as long as the runtime's other threads do), and by a plain thread
-//! ([`watchdog_thread`]) that writes the error log even when the whole runtime is wedged
+//! ([`watchdog_thread`]) that writes the error log and switches the local warning output
+//! on ([`crate::sinks::local_output::StallSwitch`]) even when the whole runtime is wedged
 //! and nothing else can. A stalled loop is reported only (there is no one to restart it
 //! but systemd).
 //!
@@ -193,12 +194,14 @@ impl Heartbeat {
 /// Start a plain thread that logs an error when `heartbeat` has been silent for longer than
 /// `stall_after`, and again when it beats again; checks every `check_every`, and ends once
 /// the heartbeat ended (its [`Heartbeat::end_on_drop`] guard dropped). For the runtime
-/// loop: a thread of its own still writes the log when no task of the runtime can run.
+/// loop: a thread of its own still writes the log when no task of the runtime can run, and
+/// calls `on_stall` (which switches the local warning on) once per stall.
 pub fn watchdog_thread(
     name: &'static str,
     heartbeat: Heartbeat,
     stall_after: Duration,
     check_every: Duration,
+    on_stall: impl Fn() + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("watchdog-{name}"))
@@ -210,6 +213,7 @@ pub fn watchdog_thread(
                 if age > stall_after && !stalled {
                     stalled = true;
                     tracing::error!(task = name, silent_ms = age.as_millis() as u64, "the gateway's runtime loop has stalled: polls, alarms and commands are not handled");
+                    on_stall();
                 } else if age <= stall_after && stalled {
                     stalled = false;
                     tracing::info!(task = name, "the gateway's runtime loop turns again");
@@ -824,19 +828,39 @@ mod tests {
     }
 
     #[test]
-    fn the_watchdog_thread_ends_with_the_loop_it_watches() {
+    fn the_watchdog_thread_reports_a_stall_once_and_ends_with_the_loop_it_watches() {
         let heartbeat = Heartbeat::default();
         let alive = heartbeat.end_on_drop();
+        let stalls = Arc::new(AtomicU64::new(0));
+        let counted = stalls.clone();
         let thread = watchdog_thread(
             RUNTIME_TASK,
             heartbeat.clone(),
-            Duration::from_millis(20),
+            Duration::from_millis(200),
             Duration::from_millis(5),
+            move || {
+                counted.fetch_add(1, Ordering::Relaxed);
+            },
         )
         .unwrap();
-        // Silent past its allowance: logged, and the thread keeps watching.
-        std::thread::sleep(Duration::from_millis(60));
+        let wait_for = |n: u64| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while stalls.load(Ordering::Relaxed) < n && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            stalls.load(Ordering::Relaxed)
+        };
+        // Silent past its allowance: reported once, and the thread keeps watching.
+        assert_eq!(wait_for(1), 1);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(stalls.load(Ordering::Relaxed), 1, "one report per stall");
         assert!(!thread.is_finished());
+        // It turns again for a while, then stalls again: a second report.
+        for _ in 0..50 {
+            heartbeat.beat();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(wait_for(2), 2);
         drop(alive);
         thread.join().unwrap();
     }

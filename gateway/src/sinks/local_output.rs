@@ -169,10 +169,41 @@ pub struct PathState {
     pub journal_running: bool,
 }
 
+/// The output, shared between the runtime loop's [`LocalWarning`] and the watchdog that
+/// switches it on when the loop stalls (the loop cannot warn about itself).
+#[derive(Clone)]
+pub struct StallSwitch {
+    output: std::sync::Arc<std::sync::Mutex<Box<dyn LocalOutput>>>,
+    /// Set by [`StallSwitch::force_on`]; the loop's next update re-applies its own answer.
+    forced: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallSwitch {
+    fn set(&self, on: bool) -> Result<(), OutputError> {
+        let mut output = self
+            .output
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        output.set(on)
+    }
+
+    /// The runtime loop has stalled: warning on, whatever the loop last decided. The loop's
+    /// next turn, if it comes, decides again.
+    pub fn force_on(&self) {
+        self.forced
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = self.set(true) {
+            tracing::error!(error = %e, "cannot switch the local warning output on for a stalled runtime loop");
+        } else {
+            tracing::error!("LOCAL WARNING ON: the gateway's runtime loop has stalled");
+        }
+    }
+}
+
 /// The local warning: when it is on (see the module docs) and the output it drives.
 pub struct LocalWarning {
     after_ms: u64,
-    output: Box<dyn LocalOutput>,
+    output: StallSwitch,
     /// Since when the broker link is down (monotonic ms).
     broker_down_since: Option<i64>,
     /// What the output was last set to successfully; `None` before the first set, or
@@ -187,11 +218,20 @@ impl LocalWarning {
         tracing::info!(output = %output.describe(), "local warning output");
         LocalWarning {
             after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
-            output,
+            output: StallSwitch {
+                output: std::sync::Arc::new(std::sync::Mutex::new(output)),
+                forced: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            },
             broker_down_since: None,
             applied: None,
             cause: None,
         }
+    }
+
+    /// A handle that switches the output on from outside the runtime loop: for the
+    /// watchdog thread, when the loop itself has stalled and cannot.
+    pub fn stall_switch(&self) -> StallSwitch {
+        self.output.clone()
     }
 
     /// Why the warning is on, if it is.
@@ -229,6 +269,14 @@ impl LocalWarning {
             self.cause = cause;
         }
         let on = cause.is_some();
+        if self
+            .output
+            .forced
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            // The watchdog switched it on while the loop stood still: judge afresh.
+            self.applied = None;
+        }
         if self.applied != Some(on) {
             match self.output.set(on) {
                 Ok(()) => self.applied = Some(on),
@@ -351,5 +399,25 @@ mod tests {
         assert!(w.update(path(200, true, 5_200)));
         assert!(w.update(path(300, true, 5_300)));
         assert_eq!(state.lock().unwrap().1, 3, "once it took, no more tries");
+    }
+
+    #[test]
+    fn a_stalled_runtime_loop_switches_the_warning_on_and_the_loop_judges_again_when_it_turns() {
+        let recorder = Recorder::default();
+        let mut warning = LocalWarning::new(Duration::from_secs(60), Box::new(recorder.clone()));
+        let healthy = PathState {
+            mono_ms: 0,
+            broker_connected: true,
+            oldest_pending_ms: 0,
+            journal_running: true,
+        };
+        assert!(!warning.update(healthy));
+        warning.stall_switch().force_on();
+        // The loop turns again and all is well: off again.
+        assert!(!warning.update(PathState {
+            mono_ms: 1_000,
+            ..healthy
+        }));
+        assert_eq!(*recorder.0.lock().unwrap(), [false, true, false]);
     }
 }
