@@ -3,12 +3,14 @@
 //! link that failed), stamped on both clocks, and decides nothing about alarms.
 //!
 //! - [`modbus`]: Modbus TCP devices, one polling loop per device.
+//! - [`gpio`]: dry contacts on GPIO inputs, debounced, reported on change.
 //!
 //! A new source (an RTU bus, MQTT sensors, GPIO dry contacts) is a module here that sends
 //! `PollOutcome`s on the runtime loop's channel; nothing else changes.
 
 use crate::clock::Stamp;
 
+pub mod gpio;
 pub mod modbus;
 
 /// Why one poll of a device failed as a whole.
