@@ -3,13 +3,16 @@
 //! link that failed), stamped on both clocks, and decides nothing about alarms.
 //!
 //! - [`modbus`]: Modbus TCP devices, one polling loop per device.
+//! - [`mqtt_sensors`]: devices that publish JSON to an MQTT broker, one task and one
+//!   connection for all of them; each accepted message is one `PollOutcome`.
 //!
-//! A new source (an RTU bus, MQTT sensors, GPIO dry contacts) is a module here that sends
-//! `PollOutcome`s on the runtime loop's channel; nothing else changes.
+//! A new source (an RTU bus, GPIO dry contacts) is a module here that sends `PollOutcome`s
+//! on the runtime loop's channel; nothing else changes.
 
 use crate::clock::Stamp;
 
 pub mod modbus;
+pub mod mqtt_sensors;
 
 /// Why one poll of a device failed as a whole.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
