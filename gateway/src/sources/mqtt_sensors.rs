@@ -25,7 +25,7 @@
 //! # Messages
 //! - Accepted (a JSON object of at most 64 KiB on a device's topic): a `PollOutcome` for
 //!   that device, stamped at receipt on the gateway's clocks. Each mapped point has its
-//!   value or its [`PointFault`] for this message (three in a row raise `point_fault`).
+//!   value or its [`PointFault`](super::PointFault) for this message (three in a row raise `point_fault`).
 //!   The sensor's own timestamp (`timestamp_field`) replaces only the wall time written on
 //!   readings and events; the monotonic time every rule and comm-loss runs on is always
 //!   the receipt. Counted in `shouwang_gateway_sensor_messages_total`.
