@@ -337,17 +337,25 @@ async fn main() -> anyhow::Result<()> {
         let every = (rate / args.triggers_per_s).max(1);
         let start = Instant::now();
         let mut sent = 0u64;
+        let mut triggers = 0u64;
         let run_for = Duration::from_secs(args.seconds);
         while start.elapsed() < run_for {
             let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
             while sent < due {
-                let d = (sent % devices as u64) as usize;
+                // Every `every` messages, one of them is smoke on the next device in turn
+                // (each device is triggered every `devices / triggers_per_s` seconds, long
+                // after its last alarm cleared).
+                let trigger = sent.is_multiple_of(every).then(|| {
+                    triggers += 1;
+                    (triggers % devices as u64) as usize
+                });
+                let d = trigger.unwrap_or((sent % devices as u64) as usize);
                 let mut value = if smoky[d].load(Ordering::Relaxed) {
                     310
                 } else {
                     20
                 };
-                if sent.is_multiple_of(every)
+                if trigger.is_some()
                     && value == 20
                     && let Ok(mut b) = book.lock()
                     && !b.open.contains_key(&d)
