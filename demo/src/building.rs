@@ -162,7 +162,10 @@ pub fn encode(point: &PointConfig, value: f64) -> anyhow::Result<Vec<u16>> {
         )
     };
     let rounded = raw.round();
-    let words = match point.data_type {
+    let data_type = point
+        .data_type
+        .with_context(|| format!("point {} is not a Modbus point", point.name))?;
+    let words = match data_type {
         DataType::U16 => {
             let v = u16::try_from(rounded as i64).map_err(|_| out_of_range())?;
             vec![v]
@@ -207,9 +210,12 @@ pub async fn write_value(
             .with_context(|| {
                 format!("no device answers at {address}: is `shouwang demo` running?")
             })?;
+        let register = point
+            .register
+            .with_context(|| format!("point {} has no register", point.name))?;
         let answer = match words.as_slice() {
-            [word] => ctx.write_single_register(point.register, *word).await,
-            _ => ctx.write_multiple_registers(point.register, &words).await,
+            [word] => ctx.write_single_register(register, *word).await,
+            _ => ctx.write_multiple_registers(register, &words).await,
         };
         match answer {
             Ok(Ok(())) => Ok(()),
@@ -228,10 +234,8 @@ pub async fn write_value(
 
 /// The device's `address` as a socket address.
 pub fn device_addr(device: &DeviceConfig) -> anyhow::Result<SocketAddr> {
-    device.address.parse().with_context(|| {
-        format!(
-            "device {}: address {:?} is not ip:port",
-            device.id, device.address
-        )
-    })
+    let address = device.address.as_deref().unwrap_or_default();
+    address
+        .parse()
+        .with_context(|| format!("device {}: address {:?} is not ip:port", device.id, address))
 }

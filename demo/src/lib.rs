@@ -69,7 +69,10 @@ impl DemoDevice {
     pub fn set(&self, value: f64) -> anyhow::Result<()> {
         let (point, _) = trigger_point(&self.config)?;
         let words = building::encode(point, value)?;
-        for (i, word) in (point.register..).zip(words) {
+        let register = point
+            .register
+            .with_context(|| format!("point {} has no register", point.name))?;
+        for (i, word) in (register..).zip(words) {
             self.sim.set_u16(i, word);
         }
         Ok(())
@@ -154,7 +157,7 @@ impl RunningDemo {
             let sim = SimDevice::start(addr)
                 .await
                 .with_context(|| format!("starting simulated device {} on {addr}", device.id))?;
-            device.address = sim.local_addr().to_string();
+            device.address = Some(sim.local_addr().to_string());
             let demo_device = DemoDevice {
                 config: device.clone(),
                 sim,

@@ -218,7 +218,7 @@ async fn poke(kind: &str, place: &str, value: Option<f64>, trigger: bool) -> Exi
         let (point, values) = building::trigger_point(device)?;
         let value = value.unwrap_or(if trigger { values.alarm } else { values.normal });
         let addr = building::device_addr(device)?;
-        building::write_value(addr, device.unit_id, point, value).await?;
+        building::write_value(addr, device.modbus_unit(), point, value).await?;
         anyhow::Ok((point, value))
     }
     .await;

@@ -31,7 +31,11 @@ fn the_demo_building_passes_the_gateway_config_check() {
     for kind in ["leak", "pressure", "door"] {
         assert!(kinds.contains(&kind), "no {kind} device");
     }
-    let mut addresses: Vec<&str> = config.devices.iter().map(|d| d.address.as_str()).collect();
+    let mut addresses: Vec<&str> = config
+        .devices
+        .iter()
+        .map(|d| d.address.as_deref().unwrap())
+        .collect();
     addresses.sort_unstable();
     addresses.dedup();
     assert_eq!(
@@ -88,13 +92,12 @@ async fn a_written_value_reads_back_through_the_gateways_decoder() {
             .await
             .unwrap();
         for value in [kind.normal, kind.alarm] {
-            building::write_value(sim.local_addr(), device.unit_id, point, value)
+            building::write_value(sim.local_addr(), device.modbus_unit(), point, value)
                 .await
                 .unwrap();
-            let n = point.data_type.registers();
-            let registers: Vec<u16> = (point.register..point.register + n)
-                .map(|r| sim.get_u16(r))
-                .collect();
+            let n = point.data_type.unwrap().registers();
+            let first = point.register.unwrap();
+            let registers: Vec<u16> = (first..first + n).map(|r| sim.get_u16(r)).collect();
             let read = decode(point, &registers).unwrap();
             assert!(
                 (read - value).abs() < 1e-6,
@@ -316,7 +319,7 @@ async fn a_triggered_device_reaches_the_alarm_board_and_clears_again() {
     let started = Instant::now();
     building::write_value(
         smoke.sim.local_addr(),
-        smoke.config.unit_id,
+        smoke.config.modbus_unit(),
         point,
         values.alarm,
     )

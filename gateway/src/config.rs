@@ -17,6 +17,7 @@ use shouwang_wire::{MAX_ID_CHARS, MAX_TEXT_CHARS, Place, alarm_id, forbidden_id_
 
 use crate::sinks::influx::InfluxConfig;
 pub use crate::sinks::mqtt::auth::MqttTls;
+pub use crate::sources::mqtt_sensors::config::MqttSensorsSection;
 use shouwang_broker_auth::{BrokerAuth, Password};
 
 /// The rule id the gateway uses for each device's communication-lost fault.
@@ -87,6 +88,8 @@ pub struct Config {
     pub influx: Option<InfluxConfig>,
     /// Where the gateway serves its own Prometheus metrics. Absent: not served.
     pub metrics: Option<MetricsSection>,
+    /// Where `transport = "mqtt"` devices publish. Absent: the `[mqtt]` broker.
+    pub mqtt_sensors: Option<MqttSensorsSection>,
     pub devices: Vec<DeviceConfig>,
     pub rules: Vec<RuleConfig>,
 }
@@ -220,8 +223,11 @@ pub struct MetricsSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
-    /// Modbus TCP.
+    /// Modbus TCP: the gateway polls `address`.
     Tcp,
+    /// The device reports by itself: JSON messages on `topic` at the broker of
+    /// `[mqtt_sensors]` (see `sources/mqtt_sensors.rs`).
+    Mqtt,
 }
 
 /// `[[devices]]`: one field device.
@@ -237,19 +243,41 @@ pub struct DeviceConfig {
     pub building: String,
     pub floor: String,
     pub unit: String,
-    /// `tcp` (Modbus TCP). RTU comes later.
+    /// `tcp` (Modbus TCP) or `mqtt` (a sensor that publishes JSON). RTU comes later.
     pub transport: Transport,
-    /// `host:port` of the Modbus TCP device or gateway.
-    pub address: String,
-    /// Modbus unit (slave) id, 0-247. Default 1.
-    #[serde(default = "default_unit_id")]
-    pub unit_id: u8,
-    /// How often to read all points, in ms. Default 1000.
+    /// `host:port` of the Modbus TCP device or gateway. Required for `tcp`; refused for
+    /// `mqtt`.
+    pub address: Option<String>,
+    /// Modbus unit (slave) id, 0-247. Default 1. `tcp` only.
+    pub unit_id: Option<u8>,
+    /// How often to read all points, in ms. Default 1000. `tcp` only (an `mqtt` device
+    /// reports when it wants; its silence is judged by `comm_loss_after_s`).
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
     /// How long one request may take before it counts as failed, in ms. Default 1000.
+    /// `tcp` only.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// `mqtt` only, and required there: the one exact topic the device's JSON messages come
+    /// on, e.g. `nbiot/riverside/smoke/861234567890123`. No wildcards (`+`, `#`): one topic
+    /// per device; no two devices may share one.
+    pub topic: Option<String>,
+    /// `mqtt` only: a dotted path (like a point's `json`) to the sensor's own time of the
+    /// reading, in ms since the Unix epoch (a number) or RFC 3339 (a string, e.g.
+    /// `2025-03-01T08:00:00+08:00`). Used for display only (the time written on readings
+    /// and alarm events): every rule, on-delay and comm-loss runs on the gateway's own
+    /// monotonic clock at receipt, never on the sensor's clock. Absent, missing or
+    /// unreadable: the gateway's time of receipt.
+    pub timestamp_field: Option<String>,
+    /// `mqtt` only: a dotted path to a quality or status field that covers every point of
+    /// the message (a point's own `quality_field` takes precedence). When the field is
+    /// missing or holds none of `quality_good`, every point is that message's point fault
+    /// (three messages in a row raise the device's `point_fault`) and no value is used.
+    pub quality_field: Option<String>,
+    /// The values of `quality_field` that mean good, compared with the JSON value's type:
+    /// strings exactly (`"ok"`), numbers by value (`0`), booleans (`true`). Required with
+    /// `quality_field`.
+    pub quality_good: Option<Vec<QualityValue>>,
     /// Raise the device's communication-lost fault when it has not answered for this many
     /// seconds (measured on the monotonic clock, so a poller that stalls is caught too, not
     /// only polls that fail). Default 30; at most 100 (GB 50166).
@@ -271,8 +299,20 @@ impl DeviceConfig {
     }
 }
 
-fn default_unit_id() -> u8 {
-    1
+impl DeviceConfig {
+    /// The Modbus unit id (`unit_id`, default 1).
+    pub fn modbus_unit(&self) -> u8 {
+        self.unit_id.unwrap_or(1)
+    }
+}
+
+/// One value of `quality_good`: a JSON string, number or boolean.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum QualityValue {
+    Bool(bool),
+    Number(f64),
+    Text(String),
 }
 fn default_poll_interval_ms() -> u64 {
     1000
@@ -327,14 +367,28 @@ impl DataType {
 pub struct PointConfig {
     /// Point name, unique in its device, e.g. `obscuration`.
     pub name: String,
-    /// The first register's address (0-based, as on the wire).
-    pub register: u16,
-    /// `holding` (default) or `input`.
-    #[serde(default)]
-    pub table: RegisterTable,
-    /// `u16`, `i16`, `u32`, `i32` or `f32`.
+    /// The first register's address (0-based, as on the wire). `tcp` devices only, and
+    /// required there.
+    pub register: Option<u16>,
+    /// `holding` (default) or `input`. `tcp` devices only.
+    pub table: Option<RegisterTable>,
+    /// `u16`, `i16`, `u32`, `i32` or `f32`. `tcp` devices only, and required there.
     #[serde(rename = "type")]
-    pub data_type: DataType,
+    pub data_type: Option<DataType>,
+    /// `mqtt` devices only, and required there: where the value is in the device's JSON
+    /// object, as a dotted path (`smoke.obscuration`; a number segment also indexes an
+    /// array: `channels.0.value`). A JSON number is the raw value; `true`/`false` are 1/0
+    /// (door contacts); a string that holds a decimal number (`"3.1"`) is read as that
+    /// number (platforms that relay NB-IoT sensors often send numbers as strings). Anything
+    /// else (missing, null, other text, an object, NaN or infinity after scaling) is this
+    /// point's fault for that message.
+    pub json: Option<String>,
+    /// `mqtt` devices only: this point's own quality field (a dotted path), instead of the
+    /// device's `quality_field`; the device's `quality_good` applies unless this point
+    /// gives its own.
+    pub quality_field: Option<String>,
+    /// The values of this point's `quality_field` that mean good (see the device's).
+    pub quality_good: Option<Vec<QualityValue>>,
     /// value = raw * scale + offset. Default 1.
     #[serde(default = "default_scale")]
     pub scale: f64,
@@ -548,14 +602,30 @@ impl Config {
             Some(v) => section::<MetricsSection>(v, "metrics", &mut problems).map(Some),
             None => Some(None),
         };
+        let mqtt_sensors = match table.remove("mqtt_sensors") {
+            Some(v) => section::<MqttSensorsSection>(v, "mqtt_sensors", &mut problems).map(Some),
+            None => Some(None),
+        };
         let devices = devices(table.remove("devices"), &mut problems);
         let rules = list::<RuleConfig>(table.remove("rules"), "rules", &mut problems);
         for key in table.keys() {
             problems.add(
                 key.as_str(),
-                "unknown section; expected gateway, mqtt, influx, metrics, devices or rules",
+                "unknown section; expected gateway, mqtt, mqtt_sensors, influx, metrics, devices or rules",
             );
         }
+        let has_mqtt_devices = devices
+            .iter()
+            .flatten()
+            .any(|d| d.transport == Transport::Mqtt);
+        let mqtt_sensors = mqtt_sensors.map(|section| {
+            section.map(|mut s| {
+                for (f, msg) in s.load(has_mqtt_devices) {
+                    problems.add(f, msg);
+                }
+                s
+            })
+        });
 
         // Reads the password file, the CA, the client certificate and key; reports what is
         // wrong with them with the rest.
@@ -566,8 +636,8 @@ impl Config {
             }
             m
         });
-        let (Some(gateway), Some(mqtt), Some(influx), Some(metrics)) =
-            (gateway, mqtt, influx, metrics)
+        let (Some(gateway), Some(mqtt), Some(influx), Some(metrics), Some(mqtt_sensors)) =
+            (gateway, mqtt, influx, metrics, mqtt_sensors)
         else {
             // Still check what parsed, so the report is complete.
             check_devices(&devices, &mut problems);
@@ -578,6 +648,7 @@ impl Config {
             mqtt,
             influx,
             metrics,
+            mqtt_sensors,
             devices: devices.into_iter().flatten().collect(),
             rules: rules.into_iter().flatten().collect(),
         };
@@ -914,6 +985,18 @@ fn devices(value: Option<toml::Value>, problems: &mut Problems) -> Vec<Option<De
 }
 
 fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
+    for (i, first) in crate::sources::mqtt_sensors::config::shared_topics(devices) {
+        if let (Some(d), Some(f)) = (&devices[i], &devices[first]) {
+            p.add(
+                format!("devices[{i}] ({}).topic", d.id),
+                format!(
+                    "topic {:?} is also devices[{first}] ({})'s: one topic per device",
+                    d.topic.as_deref().unwrap_or_default(),
+                    f.id
+                ),
+            );
+        }
+    }
     let mut ids = BTreeMap::new();
     for (i, device) in devices.iter().enumerate() {
         let Some(d) = device else { continue };
@@ -930,11 +1013,13 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
         p.id(&format!("{at}.building"), "building", &d.building);
         p.id(&format!("{at}.floor"), "floor", &d.floor);
         p.id(&format!("{at}.unit"), "unit", &d.unit);
-        if let Err(why) = check_address(&d.address) {
-            p.add(format!("{at}.address"), why);
-        }
-        if d.unit_id > 247 {
-            p.add(format!("{at}.unit_id"), "Modbus unit ids go from 0 to 247");
+        match d.transport {
+            Transport::Tcp => check_modbus_device(d, &at, p),
+            Transport::Mqtt => {
+                for (field, message) in crate::sources::mqtt_sensors::config::device_problems(d) {
+                    p.add(format!("{at}.{field}"), message);
+                }
+            }
         }
         if d.poll_interval_ms < 10 {
             p.add(format!("{at}.poll_interval_ms"), "must be at least 10 ms");
@@ -958,16 +1043,6 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
                     format!("duplicate point {:?}", pt.name),
                 );
             }
-            let last = u32::from(pt.register) + u32::from(pt.data_type.registers()) - 1;
-            if last > u32::from(u16::MAX) {
-                p.add(
-                    format!("{pat}.register"),
-                    format!(
-                        "a {:?} at {} runs past register 65535",
-                        pt.data_type, pt.register
-                    ),
-                );
-            }
             if !pt.scale.is_finite() || pt.scale == 0.0 {
                 p.add(format!("{pat}.scale"), "must be a finite, non-zero number");
             }
@@ -977,6 +1052,69 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
             if let Some(unit) = &pt.engineering_unit {
                 p.text(&format!("{pat}.engineering_unit"), unit);
             }
+        }
+    }
+}
+
+/// The Modbus keys of a `tcp` device and its points: present where required, absent where
+/// they belong to MQTT sensors.
+fn check_modbus_device(d: &DeviceConfig, at: &str, p: &mut Problems) {
+    match &d.address {
+        None => p.add(
+            format!("{at}.address"),
+            "required with transport = \"tcp\": host:port of the Modbus TCP device",
+        ),
+        Some(address) => {
+            if let Err(why) = check_address(address) {
+                p.add(format!("{at}.address"), why);
+            }
+        }
+    }
+    if d.modbus_unit() > 247 {
+        p.add(format!("{at}.unit_id"), "Modbus unit ids go from 0 to 247");
+    }
+    const MQTT_ONLY: &str = "only for transport = \"mqtt\"";
+    for (key, given) in [
+        ("topic", d.topic.is_some()),
+        ("timestamp_field", d.timestamp_field.is_some()),
+        ("quality_field", d.quality_field.is_some()),
+        ("quality_good", d.quality_good.is_some()),
+    ] {
+        if given {
+            p.add(format!("{at}.{key}"), MQTT_ONLY);
+        }
+    }
+    for (j, pt) in d.points.iter().enumerate() {
+        let pat = format!("{at}.points[{j}] ({})", pt.name);
+        for (key, given) in [
+            ("json", pt.json.is_some()),
+            ("quality_field", pt.quality_field.is_some()),
+            ("quality_good", pt.quality_good.is_some()),
+        ] {
+            if given {
+                p.add(format!("{pat}.{key}"), MQTT_ONLY);
+            }
+        }
+        let Some(register) = pt.register else {
+            p.add(
+                format!("{pat}.register"),
+                "required with transport = \"tcp\"",
+            );
+            continue;
+        };
+        let Some(data_type) = pt.data_type else {
+            p.add(
+                format!("{pat}.type"),
+                "required with transport = \"tcp\": u16, i16, u32, i32 or f32",
+            );
+            continue;
+        };
+        let last = u32::from(register) + u32::from(data_type.registers()) - 1;
+        if last > u32::from(u16::MAX) {
+            p.add(
+                format!("{pat}.register"),
+                format!("a {data_type:?} at {register} runs past register 65535"),
+            );
         }
     }
 }
@@ -1040,8 +1178,8 @@ message = "Smoke detected"
         let c = Config::from_toml_str(GOOD, "good.toml").unwrap();
         assert_eq!(c.mqtt.port, 1883);
         assert_eq!(c.devices[0].poll_interval_ms, 1000);
-        assert_eq!(c.devices[0].unit_id, 1);
-        assert_eq!(c.devices[0].points[0].table, RegisterTable::Holding);
+        assert_eq!(c.devices[0].modbus_unit(), 1);
+        assert!(c.mqtt_sensors.is_none());
         let specs = c.alarm_specs();
         let ids: Vec<_> = specs.iter().map(|(s, _)| s.alarm_id.as_str()).collect();
         assert_eq!(
@@ -1220,6 +1358,157 @@ cert_file = "/nonexistent/gw-b1.crt"
         assert_eq!(c.mqtt.auth.password.as_ref().unwrap().expose(), "hunter2");
         assert!(c.mqtt.auth.tls.is_none());
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    const SENSOR: &str = r#"
+[[devices]]
+id = "smoke-nb-1"
+kind = "smoke"
+building = "B2"
+floor = "3"
+unit = "01"
+transport = "mqtt"
+topic = "nbiot/riverside/smoke/1"
+timestamp_field = "ts"
+quality_field = "status"
+quality_good = ["normal", 0, true]
+
+[[devices.points]]
+name = "obscuration"
+json = "data.obscuration"
+scale = 0.01
+"#;
+
+    fn problems_of(text: &str) -> Vec<(String, String)> {
+        match Config::from_toml_str(text, "c.toml") {
+            Ok(_) => Vec::new(),
+            Err(report) => report
+                .problems
+                .into_iter()
+                .map(|p| (p.field, p.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_mqtt_sensor_loads_next_to_a_modbus_device() {
+        let c = Config::from_toml_str(&format!("{GOOD}{SENSOR}"), "c.toml").unwrap();
+        let d = &c.devices[1];
+        assert_eq!(d.transport, Transport::Mqtt);
+        assert_eq!(d.topic.as_deref(), Some("nbiot/riverside/smoke/1"));
+        assert_eq!(
+            d.quality_good.as_deref(),
+            Some(
+                &[
+                    QualityValue::Text("normal".into()),
+                    QualityValue::Number(0.0),
+                    QualityValue::Bool(true)
+                ][..]
+            )
+        );
+        // The kind's rule binds to it like to any device.
+        assert!(
+            c.alarm_specs()
+                .iter()
+                .any(|(s, _)| s.alarm_id == "riverside:gw-b1:smoke-nb-1:smoke-high")
+        );
+    }
+
+    #[test]
+    fn an_mqtt_sensor_with_modbus_keys_or_without_its_own_is_refused_field_by_field() {
+        let bad = SENSOR
+            .replace(
+                "topic = \"nbiot/riverside/smoke/1\"",
+                "address = \"127.0.0.1:502\"\nunit_id = 3",
+            )
+            .replace(
+                "json = \"data.obscuration\"",
+                "register = 0\ntype = \"u16\"",
+            )
+            .replace("timestamp_field = \"ts\"", "timestamp_field = \"a..b\"");
+        let problems = problems_of(&format!("{GOOD}{bad}"));
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        let at = "devices[1] (smoke-nb-1)";
+        for want in [
+            format!("{at}.address"),
+            format!("{at}.unit_id"),
+            format!("{at}.topic"),
+            format!("{at}.timestamp_field"),
+            format!("{at}.points[0] (obscuration).register"),
+            format!("{at}.points[0] (obscuration).type"),
+            format!("{at}.points[0] (obscuration).json"),
+        ] {
+            assert!(fields.contains(&want.as_str()), "{want}: {problems:?}");
+        }
+        assert_eq!(problems.len(), 7, "{problems:?}");
+    }
+
+    #[test]
+    fn a_modbus_device_needs_its_address_and_registers_and_refuses_mqtt_keys() {
+        let bad = GOOD
+            .replace("address = \"127.0.0.1:15021\"", "topic = \"x\"")
+            .replace("register = 0\n", "json = \"a\"\n");
+        let problems = problems_of(&bad);
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "devices[0] (smoke-B1-12-03).address",
+                "devices[0] (smoke-B1-12-03).topic",
+                "devices[0] (smoke-B1-12-03).points[0] (obscuration).json",
+                "devices[0] (smoke-B1-12-03).points[0] (obscuration).register",
+            ],
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn sensor_topics_must_be_exact_and_each_a_devices_own() {
+        let twin = SENSOR.replace("smoke-nb-1", "smoke-nb-2");
+        let wild = SENSOR
+            .replace("smoke-nb-1", "smoke-nb-3")
+            .replace("smoke/1", "+/1");
+        let problems = problems_of(&format!("{GOOD}{SENSOR}{twin}{wild}"));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0].0, "devices[2] (smoke-nb-2).topic");
+        assert!(problems[0].1.contains("also devices[1] (smoke-nb-1)"));
+        assert_eq!(problems[1].0, "devices[3] (smoke-nb-3).topic");
+        assert!(problems[1].1.contains("wildcard"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_quality_field_needs_its_good_values() {
+        let bad = SENSOR.replace("quality_good = [\"normal\", 0, true]\n", "");
+        let problems = problems_of(&format!("{GOOD}{bad}"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "devices[1] (smoke-nb-1).quality_good");
+        let bad = SENSOR.replace("quality_field = \"status\"\n", "");
+        let problems = problems_of(&format!("{GOOD}{bad}"));
+        assert_eq!(problems[0].0, "devices[1] (smoke-nb-1).quality_good");
+        assert!(problems[0].1.contains("only means something"));
+    }
+
+    #[test]
+    fn another_sensor_broker_is_checked_and_its_keys_need_a_host() {
+        let with = |section: &str| {
+            problems_of(&format!(
+                "{}{SENSOR}",
+                GOOD.replace("[[devices]]", &format!("{section}\n\n[[devices]]"))
+            ))
+        };
+        assert!(with("[mqtt_sensors]\nhost = \"platform.example\"\nport = 8883").is_empty());
+        let problems = with("[mqtt_sensors]\nport = 8883\nusername = \"s\"");
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["mqtt_sensors.port", "mqtt_sensors.username"]);
+        let problems = with(
+            "[mqtt_sensors]\nhost = \"p\"\npassword_file = \"/nonexistent/pw\"\nusername = \"s\"",
+        );
+        assert_eq!(problems[0].0, "mqtt_sensors.password_file", "{problems:?}");
+        let problems = problems_of(
+            &GOOD.replace("[[devices]]", "[mqtt_sensors]\nhost = \"p\"\n\n[[devices]]"),
+        );
+        assert_eq!(problems[0].0, "mqtt_sensors", "{problems:?}");
+        assert!(problems[0].1.contains("no device has transport"));
     }
 
     #[test]

@@ -166,7 +166,18 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
 
     let (poll_tx, mut poll_rx) = mpsc::channel(POLL_QUEUE);
     let mut pollers = Vec::new();
+    // Devices that publish by themselves: one task for all of them (sources/mqtt_sensors.rs).
+    pollers.extend(sources::mqtt_sensors::spawn(
+        &config,
+        clock,
+        &poll_tx,
+        &counters,
+        &supervisor,
+    ));
     for (i, device) in config.devices.iter().enumerate() {
+        if device.transport != config::Transport::Tcp {
+            continue;
+        }
         let (device, tx) = (device.clone(), poll_tx.clone());
         pollers.push(supervisor.spawn(
             format!("modbus/{}", device.id),

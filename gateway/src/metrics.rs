@@ -22,6 +22,11 @@ pub struct Counters {
     pub polls_failed: AtomicU64,
     pub alarm_events: AtomicU64,
     pub commands: AtomicU64,
+    /// Messages of `mqtt` sensors turned into readings (`sources/mqtt_sensors.rs`).
+    pub sensor_messages: AtomicU64,
+    /// Messages on the sensor link ignored as a whole: too large, binary, not a JSON
+    /// object, retained, or on a topic no device has.
+    pub sensor_messages_rejected: AtomicU64,
     /// True (1) while the local warning is on: alarms not delivered, or the broker link
     /// down, for too long, or the alarm journal stopped (see `local_output.rs`).
     pub local_warning: std::sync::atomic::AtomicBool,
@@ -63,6 +68,18 @@ pub fn render(
             COUNTER,
             "Alarm events handed to the outbox: transitions and resync answers, not the re-sends on reconnect.",
             get(&counters.alarm_events),
+        ),
+        (
+            "shouwang_gateway_sensor_messages_total",
+            COUNTER,
+            "Messages of MQTT sensors read as readings.",
+            get(&counters.sensor_messages),
+        ),
+        (
+            "shouwang_gateway_sensor_messages_rejected_total",
+            COUNTER,
+            "Messages on MQTT sensor topics ignored: too large, binary, not a JSON object, retained or on an unknown topic (the log names topic and reason, at most every 10 s).",
+            get(&counters.sensor_messages_rejected),
         ),
         (
             "shouwang_gateway_commands_total",

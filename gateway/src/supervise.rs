@@ -11,6 +11,7 @@
 //! | task | name | when it ends or panics | when it stalls |
 //! |---|---|---|---|
 //! | a device's poller ([`crate::sources::modbus::poll_device`]) | `modbus/<device id>` | restarted | aborted and restarted |
+//! | the MQTT sensors' link ([`crate::sources::mqtt_sensors::run`]) | `mqtt-sensors` | restarted | aborted and restarted |
 //! | the broker link ([`crate::sinks::mqtt`]'s driver) | `mqtt` | restarted | aborted and restarted |
 //! | the outbox ([`crate::sinks::mqtt::Outbox`]: replies, snapshots, readings to the broker) | `mqtt-outbox` | restarted | not watched |
 //! | the line-protocol writer ([`crate::sinks::influx::InfluxSink`]) | `influx` | restarted | reported |
@@ -37,8 +38,9 @@
 //!   x timeout_ms + 1 s` (one turn is a connect and one request per point, each bounded by
 //!   the timeout); the broker link `3 x keep_alive_s + 10 s` (rumqttc wakes the loop at
 //!   least once per keep-alive with a ping, and a connect attempt is bounded by its 5 s
-//!   timeout plus our 1 s pause); the journal 30 s (one fsync on a slow SD card can take
-//!   seconds).
+//!   timeout plus our 1 s pause), and the MQTT sensors' link the same with its own
+//!   keep-alive (it holds nothing but its connection: a restart opens a new one and
+//!   subscribes again); the journal 30 s (one fsync on a slow SD card can take seconds).
 //!   A poller beats before each poll, so one that waits that long on a full poll queue
 //!   (the runtime loop not keeping up) counts as stalled too: restarting it does no harm,
 //!   and the runtime loop falling that far behind is worth a fault.

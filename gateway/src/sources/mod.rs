@@ -4,14 +4,17 @@
 //!
 //! - [`modbus`]: Modbus TCP devices, one polling loop per device.
 //! - [`gpio`]: dry contacts on GPIO inputs, debounced, reported on change.
+//! - [`mqtt_sensors`]: devices that publish JSON to an MQTT broker, one task and one
+//!   connection for all of them; each accepted message is one `PollOutcome`.
 //!
-//! A new source (an RTU bus, MQTT sensors, GPIO dry contacts) is a module here that sends
-//! `PollOutcome`s on the runtime loop's channel; nothing else changes.
+//! A new source (an RTU bus, GPIO dry contacts) is a module here that sends `PollOutcome`s
+//! on the runtime loop's channel; nothing else changes.
 
 use crate::clock::Stamp;
 
 pub mod gpio;
 pub mod modbus;
+pub mod mqtt_sensors;
 
 /// Why one poll of a device failed as a whole.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

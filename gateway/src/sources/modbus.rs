@@ -23,7 +23,10 @@ use crate::supervise::Heartbeat;
 
 /// Turn a point's raw registers into its scaled value. 32-bit values are high word first.
 pub fn decode(point: &PointConfig, registers: &[u16]) -> Result<f64, DecodeError> {
-    let need = usize::from(point.data_type.registers());
+    // The config refuses a `tcp` point without a type; this keeps a broken invariant a
+    // point fault rather than a panic.
+    let data_type = point.data_type.ok_or(DecodeError::NotModbus)?;
+    let need = usize::from(data_type.registers());
     if registers.len() != need {
         return Err(DecodeError::WrongLength {
             expected: need,
@@ -31,7 +34,7 @@ pub fn decode(point: &PointConfig, registers: &[u16]) -> Result<f64, DecodeError
         });
     }
     let word = |i: usize| u32::from(registers[i]);
-    let raw = match point.data_type {
+    let raw = match data_type {
         DataType::U16 => f64::from(registers[0]),
         DataType::I16 => f64::from(registers[0] as i16),
         DataType::U32 => f64::from((word(0) << 16) | word(1)),
@@ -50,6 +53,8 @@ pub enum DecodeError {
     WrongLength { expected: usize, got: usize },
     #[error("the registers hold NaN or infinity (a sensor fault)")]
     NotFinite,
+    #[error("the point has no Modbus register or type")]
+    NotModbus,
 }
 
 /// Poll one device forever, sending each outcome on `out`. Returns when `out` closes.
@@ -102,15 +107,16 @@ async fn poll_once(
 ) -> Result<PolledValues, LinkError> {
     let limit = Duration::from_millis(device.timeout_ms);
     if link.is_none() {
-        let addr = resolve(&device.address).await?;
+        let address = device.address.as_deref().unwrap_or_default();
+        let addr = resolve(address).await?;
         let ctx = timeout(
             limit,
-            tokio_modbus::client::tcp::connect_slave(addr, Slave(device.unit_id)),
+            tokio_modbus::client::tcp::connect_slave(addr, Slave(device.modbus_unit())),
         )
         .await
         .map_err(|_| LinkError::Timeout(device.timeout_ms))?
         .map_err(|e| LinkError::Connect {
-            addr: device.address.clone(),
+            addr: address.to_string(),
             reason: e.to_string(),
         })?;
         *link = Some(ctx);
@@ -120,11 +126,18 @@ async fn poll_once(
     };
     let mut polled = PolledValues::default();
     for point in &device.points {
-        let count = point.data_type.registers();
+        let (Some(register), Some(data_type)) = (point.register, point.data_type) else {
+            polled.faults.push(PointFault {
+                point: point.name.clone(),
+                reason: DecodeError::NotModbus.to_string(),
+            });
+            continue;
+        };
+        let count = data_type.registers();
         let request = async {
-            match point.table {
-                RegisterTable::Holding => ctx.read_holding_registers(point.register, count).await,
-                RegisterTable::Input => ctx.read_input_registers(point.register, count).await,
+            match point.table.unwrap_or_default() {
+                RegisterTable::Holding => ctx.read_holding_registers(register, count).await,
+                RegisterTable::Input => ctx.read_input_registers(register, count).await,
             }
         };
         let answer = timeout(limit, request)
@@ -170,9 +183,12 @@ mod tests {
     fn point(data_type: DataType, scale: f64, offset: f64) -> PointConfig {
         PointConfig {
             name: "p".into(),
-            register: 0,
-            table: RegisterTable::Holding,
-            data_type,
+            register: Some(0),
+            table: None,
+            data_type: Some(data_type),
+            json: None,
+            quality_field: None,
+            quality_good: None,
             scale,
             offset,
             engineering_unit: None,

@@ -12,6 +12,8 @@
 //! - `browser`: the alarm board in headless Chromium;
 //! - `auth`: the broker set up as `docs/mosquitto/` says (accounts, ACL, TLS) against the
 //!   gateway binary and clients that try what the ACL forbids;
+//! - `mqtt_sensors`: sensors that publish JSON to mosquitto: an alarm raised and cleared
+//!   from their messages, garbage counted and ignored, silence raising comm_lost;
 //! - `readings`: the readings queue on disk against a store that goes away, a gateway
 //!   killed meanwhile, and a queue too small for the outage.
 //!
@@ -23,6 +25,7 @@ mod auth;
 mod browser;
 mod delivery;
 mod e2e;
+mod mqtt_sensors;
 mod network;
 mod readings;
 mod restart;

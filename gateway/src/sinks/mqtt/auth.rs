@@ -51,27 +51,46 @@ pub struct MqttTls {
     pub server_name: Option<String>,
 }
 
-/// The config file's name for each setting.
-fn field(setting: Setting) -> &'static str {
-    match setting {
-        Setting::Username => "mqtt.username",
-        Setting::Password => "mqtt.password",
-        Setting::PasswordFile => "mqtt.password_file",
-        Setting::CaFile => "mqtt.tls.ca_file",
-        Setting::CertFile => "mqtt.tls.cert_file",
-        Setting::KeyFile => "mqtt.tls.key_file",
-        Setting::ServerName => "mqtt.tls.server_name",
-    }
+/// The config file's name for each setting, under `section` (`mqtt`, `mqtt_sensors`).
+fn field(section: &str, setting: Setting) -> String {
+    let name = match setting {
+        Setting::Username => "username",
+        Setting::Password => "password",
+        Setting::PasswordFile => "password_file",
+        Setting::CaFile => "tls.ca_file",
+        Setting::CertFile => "tls.cert_file",
+        Setting::KeyFile => "tls.key_file",
+        Setting::ServerName => "tls.server_name",
+    };
+    format!("{section}.{name}")
 }
 
 /// Read and check `[mqtt]`'s credentials and `[mqtt.tls]`: the loaded result, or every
 /// problem as (field, message).
 pub fn load(mqtt: &MqttSection) -> Result<BrokerAuth, Vec<(String, String)>> {
+    load_section(
+        "mqtt",
+        mqtt.username.clone(),
+        mqtt.password.clone(),
+        mqtt.password_file.clone(),
+        mqtt.tls.as_ref(),
+    )
+}
+
+/// The same for any section with these keys (`[mqtt_sensors]` when it names a broker of
+/// its own): problems are named under `section`.
+pub fn load_section(
+    section: &str,
+    username: Option<String>,
+    password: Option<shouwang_broker_auth::Password>,
+    password_file: Option<PathBuf>,
+    tls: Option<&MqttTls>,
+) -> Result<BrokerAuth, Vec<(String, String)>> {
     let settings = AuthSettings {
-        username: mqtt.username.clone(),
-        password: mqtt.password.clone(),
-        password_file: mqtt.password_file.clone(),
-        tls: mqtt.tls.as_ref().map(|t| TlsFiles {
+        username,
+        password,
+        password_file,
+        tls: tls.map(|t| TlsFiles {
             ca_file: t.ca_file.clone(),
             cert_file: t.cert_file.clone(),
             key_file: t.key_file.clone(),
@@ -81,7 +100,7 @@ pub fn load(mqtt: &MqttSection) -> Result<BrokerAuth, Vec<(String, String)>> {
     BrokerAuth::load(&settings).map_err(|problems| {
         problems
             .into_iter()
-            .map(|p| (field(p.setting).to_string(), p.message))
+            .map(|p| (field(section, p.setting), p.message))
             .collect()
     })
 }

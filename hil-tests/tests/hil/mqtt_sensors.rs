@@ -1,0 +1,349 @@
+//! Sensors that publish JSON to MQTT (NB-IoT smoke alarms relayed by a platform), with real
+//! parts: a real mosquitto, the `shouwang-gateway` and `shouwang-console` binaries, and a
+//! test client in the sensor's place.
+//!
+//! What an operator would see: smoke on the sensor's topic raises the alarm on the board
+//! and clears it; garbage on the topic (text, binary, 200 KiB, JSON that is no object,
+//! a retained message) is counted and changes nothing, not even the link; a sensor that
+//! goes silent, and one that never spoke, lose communication.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use serde_json::Value;
+use shouwang_hil_tests::rig::{self, eventually};
+use shouwang_hil_tests::servers;
+
+const TOPIC: &str = "nbiot/riverside/smoke/861234567890123";
+const SMOKE: &str = "riverside:gw-m:smoke-nb-1:smoke-high";
+const SILENT: &str = "riverside:gw-m:smoke-nb-1:comm_lost";
+const NEVER: &str = "riverside:gw-m:smoke-nb-2:comm_lost";
+const POINT_FAULT: &str = "riverside:gw-m:smoke-nb-1:point_fault";
+const NEVER_TOPIC: &str = "nbiot/riverside/smoke/861234567890124";
+const NEVER_SMOKE: &str = "riverside:gw-m:smoke-nb-2:smoke-high";
+
+fn config(mqtt_port: u16, metrics_port: u16) -> String {
+    format!(
+        r#"
+[gateway]
+id = "gw-m"
+community = "riverside"
+data_dir = "data"
+
+[mqtt]
+port = {mqtt_port}
+keep_alive_s = 2
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[[devices]]
+id = "smoke-nb-1"
+kind = "smoke"
+building = "B2"
+floor = "7"
+unit = "02"
+transport = "mqtt"
+topic = "{TOPIC}"
+timestamp_field = "ts"
+comm_loss_after_s = 3
+
+[[devices.points]]
+name = "obscuration"
+json = "data.obscuration"
+scale = 0.01
+engineering_unit = "%/m"
+
+[[devices]]
+id = "smoke-nb-2"
+kind = "smoke"
+building = "B2"
+floor = "8"
+unit = "02"
+transport = "mqtt"
+topic = "{NEVER_TOPIC}"
+comm_loss_after_s = 3
+
+[[devices.points]]
+name = "obscuration"
+json = "data.obscuration"
+scale = 0.01
+
+[[rules]]
+id = "smoke-high"
+device_kind = "smoke"
+point = "obscuration"
+class = "alarm"
+priority = "high"
+above = 2.5
+deadband = 0.5
+message = "Smoke detected"
+"#
+    )
+}
+
+/// The sensor: publishes its current reading every 200 ms while `on`.
+struct Sensor {
+    client: AsyncClient,
+    counts: Arc<AtomicU64>,
+    on: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Sensor {
+    async fn start(port: u16) -> Sensor {
+        let mut options = MqttOptions::new("nbiot-platform", "127.0.0.1", port);
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut events) = AsyncClient::new(options, 64);
+        let driver = tokio::spawn(async move {
+            loop {
+                if events.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        let counts = Arc::new(AtomicU64::new(20)); // 0.20 %/m: clean air
+        let on = Arc::new(AtomicBool::new(true));
+        let publisher = {
+            let (client, counts, on) = (client.clone(), counts.clone(), on.clone());
+            tokio::spawn(async move {
+                loop {
+                    if on.load(Ordering::Relaxed) {
+                        let payload = serde_json::json!({
+                            "imei": "861234567890123",
+                            "ts": rig::wall_ms(),
+                            "data": {"obscuration": counts.load(Ordering::Relaxed)},
+                        });
+                        let _ = client
+                            .publish(TOPIC, QoS::AtLeastOnce, false, payload.to_string())
+                            .await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        };
+        Sensor {
+            client,
+            counts,
+            on,
+            tasks: vec![driver, publisher],
+        }
+    }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(|t| t.abort());
+    }
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> Option<Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}
+
+/// An alarm's state at the console, `None` while it has none.
+async fn state(http: &reqwest::Client, console: &str, alarm: &str) -> Option<String> {
+    let detail = get(http, &format!("{console}/api/alarms/{alarm}")).await?;
+    let history = detail["history"].as_array()?;
+    Some(history.last()?["state"].as_str()?.to_string())
+}
+
+async fn history_len(http: &reqwest::Client, console: &str, alarm: &str) -> usize {
+    get(http, &format!("{console}/api/alarms/{alarm}"))
+        .await
+        .and_then(|d| d["history"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+/// One counter of the gateway's `/metrics`.
+async fn metric(http: &reqwest::Client, url: &str, name: &str) -> Option<u64> {
+    let text = http.get(url).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_on_a_sensors_topic_raises_the_alarm_garbage_changes_nothing_and_silence_is_comm_lost()
+ {
+    let broker = servers::mosquitto().unwrap();
+    let port = broker.port();
+    let console = rig::start_console(port).unwrap();
+    let sensor = Sensor::start(port).await;
+    // A stored smoke reading of unknown age waits on the other sensor's topic: handed to
+    // the gateway's new subscription as retained, it must not count as a report.
+    sensor
+        .client
+        .publish(
+            NEVER_TOPIC,
+            QoS::AtLeastOnce,
+            true,
+            r#"{"data":{"obscuration":999}}"#,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics_port = servers::free_port();
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let gateway = rig::start_gateway(&config(port, metrics_port)).unwrap();
+    let started = Instant::now();
+    let http = servers::http_client();
+    let fail = |e: anyhow::Error, gateway: &rig::Proc| -> ! {
+        panic!(
+            "{e}\n--- gateway\n{}\n--- console\n{}",
+            gateway.log(),
+            console.proc.log()
+        )
+    };
+    let wait_state = |alarm: &'static str, want: &'static str, limit: Duration| {
+        let (http, url) = (http.clone(), console.url.clone());
+        async move {
+            eventually(&format!("{alarm} {want}"), limit, || async {
+                (state(&http, &url, alarm).await.as_deref() == Some(want)).then_some(())
+            })
+            .await
+        }
+    };
+
+    // The sensor is heard.
+    eventually("the sensor's readings", Duration::from_secs(20), || async {
+        metric(&http, &metrics, "shouwang_gateway_sensor_messages_total")
+            .await
+            .filter(|n| *n >= 3)
+    })
+    .await
+    .unwrap_or_else(|e| fail(e, &gateway));
+
+    // The device that never reported loses communication too; its retained message was
+    // skipped (counted), not taken for smoke.
+    wait_state(NEVER, "unacknowledged", Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|e| fail(e, &gateway));
+    assert_eq!(state(&http, &console.url, SILENT).await, None);
+    assert_eq!(state(&http, &console.url, NEVER_SMOKE).await, None);
+    assert_eq!(
+        metric(
+            &http,
+            &metrics,
+            "shouwang_gateway_sensor_messages_rejected_total"
+        )
+        .await,
+        Some(1)
+    );
+
+    // Smoke: raised within a second of the reading; clean air: cleared.
+    sensor.counts.store(310, Ordering::Relaxed);
+    let since = Instant::now();
+    wait_state(SMOKE, "unacknowledged", Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| fail(e, &gateway));
+    println!(
+        "smoke on the board {:?} after the reading changed",
+        since.elapsed()
+    );
+    sensor.counts.store(20, Ordering::Relaxed);
+    wait_state(SMOKE, "returned_unacknowledged", Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| fail(e, &gateway));
+
+    // Garbage on the sensor's topic: counted, and nothing changes.
+    let rejected_before = metric(
+        &http,
+        &metrics,
+        "shouwang_gateway_sensor_messages_rejected_total",
+    )
+    .await
+    .unwrap();
+    let history_before = history_len(&http, &console.url, SMOKE).await;
+    // Smoke-sized numbers inside every one: none of them may raise the alarm.
+    let garbage: Vec<Vec<u8>> = vec![
+        b"smoke 310!!".to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x81, 0x13],
+        format!(
+            "{{\"data\":{{\"obscuration\":310}},\"pad\":\"{}\"}}",
+            "9".repeat(200 * 1024)
+        )
+        .into_bytes(),
+        b"[310, 310]".to_vec(),
+        b"310".to_vec(),
+        b"\"310\"".to_vec(),
+        br#"{"data":{"obscuration":310"#.to_vec(),
+    ];
+    let sent = garbage.len() as u64;
+    for payload in garbage {
+        sensor
+            .client
+            .publish(TOPIC, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    eventually("the garbage counted", Duration::from_secs(10), || async {
+        metric(
+            &http,
+            &metrics,
+            "shouwang_gateway_sensor_messages_rejected_total",
+        )
+        .await
+        .filter(|n| *n == rejected_before + sent)
+    })
+    .await
+    .unwrap_or_else(|e| fail(e, &gateway));
+    let accepted = metric(&http, &metrics, "shouwang_gateway_sensor_messages_total")
+        .await
+        .unwrap();
+    eventually(
+        "readings still accepted",
+        Duration::from_secs(5),
+        || async {
+            metric(&http, &metrics, "shouwang_gateway_sensor_messages_total")
+                .await
+                .filter(|n| *n > accepted + 3)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| fail(e, &gateway));
+    // Logged with topic and reason, at most once per 10 s: the retained message's line,
+    // and the garbage only once 10 s have passed since.
+    let log = gateway.log();
+    let lines = log.matches("sensor message ignored").count();
+    let allowed = 1 + started.elapsed().as_secs() / 10;
+    assert!(
+        (1..=allowed as usize).contains(&lines),
+        "{lines} lines in {:?}: {log}",
+        started.elapsed()
+    );
+    assert!(
+        log.contains(&format!(
+            "sensor message ignored topic={NEVER_TOPIC} reason=retained"
+        )),
+        "the log names the topic and reason: {log}"
+    );
+    assert!(!log.contains("sensor link down"), "the link dropped: {log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert_eq!(state(&http, &console.url, SILENT).await, None);
+    assert_eq!(state(&http, &console.url, POINT_FAULT).await, None);
+    assert_eq!(
+        history_len(&http, &console.url, SMOKE).await,
+        history_before
+    );
+    assert_eq!(
+        state(&http, &console.url, SMOKE).await.as_deref(),
+        Some("returned_unacknowledged")
+    );
+
+    // The sensor goes silent: communication lost after comm_loss_after_s (3 s).
+    sensor.on.store(false, Ordering::Relaxed);
+    let since = Instant::now();
+    wait_state(SILENT, "unacknowledged", Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| fail(e, &gateway));
+    let silent_for = since.elapsed();
+    println!("comm_lost on the board {silent_for:?} after the sensor went silent");
+    assert!(silent_for >= Duration::from_millis(2500), "{silent_for:?}");
+    // It speaks again: communication back.
+    sensor.on.store(true, Ordering::Relaxed);
+    wait_state(SILENT, "returned_unacknowledged", Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| fail(e, &gateway));
+}
