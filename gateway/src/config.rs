@@ -228,6 +228,9 @@ pub enum Transport {
     /// The device reports by itself: JSON messages on `topic` at the broker of
     /// `[mqtt_sensors]` (see `sources/mqtt_sensors.rs`).
     Mqtt,
+    /// Dry contacts on the Raspberry Pi's own GPIO inputs (each point names its `gpio`;
+    /// see `sources/gpio.rs`). Needs a gateway built with `--features rpi`.
+    Gpio,
 }
 
 /// `[[devices]]`: one field device.
@@ -243,7 +246,8 @@ pub struct DeviceConfig {
     pub building: String,
     pub floor: String,
     pub unit: String,
-    /// `tcp` (Modbus TCP) or `mqtt` (a sensor that publishes JSON). RTU comes later.
+    /// `tcp` (Modbus TCP), `mqtt` (a sensor that publishes JSON) or `gpio` (dry contacts
+    /// on the gateway's own inputs). RTU comes later.
     pub transport: Transport,
     /// `host:port` of the Modbus TCP device or gateway. Required for `tcp`; refused for
     /// `mqtt`.
@@ -283,6 +287,10 @@ pub struct DeviceConfig {
     /// only polls that fail). Default 30; at most 100 (GB 50166).
     #[serde(default = "default_comm_loss_after_s")]
     pub comm_loss_after_s: u64,
+    /// `gpio` only: how long, in ms, a contact's new state must hold before it counts
+    /// (relay contacts bounce for a few ms). Default 50, at most 10000. A `gpio` device
+    /// reports at once on a change and every `poll_interval_ms` otherwise.
+    pub debounce_ms: Option<u64>,
     /// The values read from the device.
     #[serde(default)]
     pub points: Vec<PointConfig>,
@@ -389,6 +397,13 @@ pub struct PointConfig {
     pub quality_field: Option<String>,
     /// The values of this point's `quality_field` that mean good (see the device's).
     pub quality_good: Option<Vec<QualityValue>>,
+    /// `gpio` devices only, and required there: the BCM GPIO number of the contact's input
+    /// (2 to 27; e.g. 17 is pin 11 of the 40-pin header). The value is 1 while the contact
+    /// is closed, 0 while open.
+    pub gpio: Option<u8>,
+    /// `gpio` devices only: the contact pulls the input low when closed (a dry contact
+    /// wired to ground, with the pin's pull-up on, which the gateway sets). Default true.
+    pub active_low: Option<bool>,
     /// value = raw * scale + offset. Default 1.
     #[serde(default = "default_scale")]
     pub scale: f64,
@@ -722,6 +737,7 @@ impl Config {
 
         let devices: Vec<Option<DeviceConfig>> = self.devices.iter().cloned().map(Some).collect();
         check_devices(&devices, p);
+        check_gpio_pins(self, p);
         if self.devices.is_empty() {
             p.add("devices", "no devices: add at least one [[devices]] table");
         }
@@ -1020,6 +1036,23 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
                     p.add(format!("{at}.{field}"), message);
                 }
             }
+            Transport::Gpio => check_gpio_device(d, &at, p),
+        }
+        if d.transport != Transport::Gpio {
+            const GPIO_ONLY: &str = "only for transport = \"gpio\"";
+            if d.debounce_ms.is_some() {
+                p.add(format!("{at}.debounce_ms"), GPIO_ONLY);
+            }
+            for (j, pt) in d.points.iter().enumerate() {
+                for (key, given) in [
+                    ("gpio", pt.gpio.is_some()),
+                    ("active_low", pt.active_low.is_some()),
+                ] {
+                    if given {
+                        p.add(format!("{at}.points[{j}] ({}).{key}", pt.name), GPIO_ONLY);
+                    }
+                }
+            }
         }
         if d.poll_interval_ms < 10 {
             p.add(format!("{at}.poll_interval_ms"), "must be at least 10 ms");
@@ -1058,6 +1091,82 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
 
 /// The Modbus keys of a `tcp` device and its points: present where required, absent where
 /// they belong to MQTT sensors.
+fn check_gpio_device(d: &DeviceConfig, at: &str, p: &mut Problems) {
+    if !cfg!(feature = "rpi") {
+        p.add(
+            format!("{at}.transport"),
+            "this gateway was built without GPIO support: build it with `--features rpi` to read contacts on its inputs",
+        );
+    }
+    const NOT_GPIO: &str = "not for transport = \"gpio\"";
+    for (key, given) in [
+        ("address", d.address.is_some()),
+        ("unit_id", d.unit_id.is_some()),
+        ("topic", d.topic.is_some()),
+        ("timestamp_field", d.timestamp_field.is_some()),
+        ("quality_field", d.quality_field.is_some()),
+        ("quality_good", d.quality_good.is_some()),
+    ] {
+        if given {
+            p.add(format!("{at}.{key}"), NOT_GPIO);
+        }
+    }
+    if d.debounce_ms.is_some_and(|ms| ms > 10_000) {
+        p.add(format!("{at}.debounce_ms"), "must be at most 10000 ms");
+    }
+    for (j, pt) in d.points.iter().enumerate() {
+        let pat = format!("{at}.points[{j}] ({})", pt.name);
+        for (key, given) in [
+            ("register", pt.register.is_some()),
+            ("table", pt.table.is_some()),
+            ("type", pt.data_type.is_some()),
+            ("json", pt.json.is_some()),
+            ("quality_field", pt.quality_field.is_some()),
+            ("quality_good", pt.quality_good.is_some()),
+        ] {
+            if given {
+                p.add(format!("{pat}.{key}"), NOT_GPIO);
+            }
+        }
+        match pt.gpio {
+            None => p.add(
+                format!("{pat}.gpio"),
+                "required with transport = \"gpio\": the BCM number of the contact's input",
+            ),
+            Some(pin) if !LOCAL_WARNING_GPIOS.contains(&pin) => p.add(
+                format!("{pat}.gpio"),
+                format!(
+                    "GPIO {pin} is not a free pin of the 40-pin header: give a BCM number from {} to {}",
+                    LOCAL_WARNING_GPIOS.start(),
+                    LOCAL_WARNING_GPIOS.end()
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Every GPIO the config uses, input or output, once: two uses of one pin are refused.
+fn check_gpio_pins(config: &Config, p: &mut Problems) {
+    let mut used: BTreeMap<u8, String> = BTreeMap::new();
+    if let Some(pin) = config.gateway.local_warning_gpio {
+        used.insert(pin, "gateway.local_warning_gpio".into());
+    }
+    for (i, d) in config.devices.iter().enumerate() {
+        for (j, pt) in d.points.iter().enumerate() {
+            let (Transport::Gpio, Some(pin)) = (d.transport, pt.gpio) else {
+                continue;
+            };
+            let here = format!("devices[{i}] ({}).points[{j}] ({}).gpio", d.id, pt.name);
+            if let Some(first) = used.get(&pin) {
+                p.add(here, format!("GPIO {pin} is already used by {first}"));
+            } else {
+                used.insert(pin, here);
+            }
+        }
+    }
+}
+
 fn check_modbus_device(d: &DeviceConfig, at: &str, p: &mut Problems) {
     match &d.address {
         None => p.add(
@@ -1521,6 +1630,78 @@ scale = 0.01
         assert!(
             report.to_string().contains("runs past register 65535"),
             "{report}"
+        );
+    }
+
+    const FIRE_PANEL: &str = r#"
+[[devices]]
+id = "panel-1"
+kind = "fire_panel"
+building = "B1"
+floor = "1"
+unit = "control"
+transport = "gpio"
+debounce_ms = 40
+
+[[devices.points]]
+name = "fire"
+gpio = 17
+
+[[devices.points]]
+name = "fault"
+gpio = 27
+active_low = false
+"#;
+
+    #[test]
+    fn a_gpio_device_needs_the_rpi_build_and_is_otherwise_checked_by_name() {
+        let text = format!("{GOOD}{FIRE_PANEL}");
+        let problems = problems_of(&text);
+        if cfg!(feature = "rpi") {
+            assert!(problems.is_empty(), "{problems:?}");
+        } else {
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].0, "devices[1] (panel-1).transport");
+            assert!(problems[0].1.contains("--features rpi"), "{problems:?}");
+        }
+        // Keys of other transports, a pin twice, a pin off the header, a missing pin.
+        let bad = format!(
+            "{GOOD}{}",
+            FIRE_PANEL
+                .replace(
+                    "debounce_ms = 40",
+                    "debounce_ms = 40\naddress = \"127.0.0.1:502\""
+                )
+                .replace("gpio = 27", "gpio = 17\nregister = 3")
+        ) + "\n[[devices.points]]\nname = \"door\"\ngpio = 40\n\n[[devices.points]]\nname = \"x\"\n";
+        let problems = problems_of(&bad);
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        for want in [
+            "devices[1] (panel-1).address",
+            "devices[1] (panel-1).points[1] (fault).register",
+            "devices[1] (panel-1).points[1] (fault).gpio",
+            "devices[1] (panel-1).points[2] (door).gpio",
+            "devices[1] (panel-1).points[3] (x).gpio",
+        ] {
+            assert!(fields.contains(&want), "{want} not in {problems:#?}");
+        }
+        assert!(
+            problems
+                .iter()
+                .any(|(_, m)| m.contains("GPIO 17 is already used")),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn gpio_keys_on_a_modbus_device_are_refused() {
+        let text = GOOD.replacen("[[devices.points]]", "[[devices.points]]\ngpio = 5", 1);
+        let problems = problems_of(&text);
+        assert!(
+            problems
+                .iter()
+                .any(|(f, m)| f.ends_with(".gpio") && m.contains("only for transport = \"gpio\"")),
+            "{problems:#?}"
         );
     }
 }

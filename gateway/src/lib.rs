@@ -174,6 +174,9 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         &counters,
         &supervisor,
     ));
+    // Contacts on the gateway's own GPIO inputs, one task per device (sources/gpio.rs).
+    #[cfg(feature = "rpi")]
+    pollers.extend(sources::gpio::spawn(&config, clock, &poll_tx, &supervisor));
     for (i, device) in config.devices.iter().enumerate() {
         if device.transport != config::Transport::Tcp {
             continue;

@@ -100,6 +100,66 @@ pub fn open_contact(gpio: u8, active_low: bool) -> Result<Box<dyn ContactRead>, 
     Ok(Box::new(Contact { pin, active_low }))
 }
 
+/// How often contact inputs are read: well under any debounce time, a fraction of a core.
+pub const SAMPLE: Duration = Duration::from_millis(10);
+/// The debounce time when a device gives none.
+pub const DEFAULT_DEBOUNCE_MS: u64 = 50;
+
+/// How one `gpio` device is watched: its config's `debounce_ms` (default
+/// [`DEFAULT_DEBOUNCE_MS`]) and `poll_interval_ms` as the report period.
+pub fn timing(device: &crate::config::DeviceConfig) -> Timing {
+    Timing {
+        sample: SAMPLE,
+        debounce: Duration::from_millis(device.debounce_ms.unwrap_or(DEFAULT_DEBOUNCE_MS)),
+        report_every: Duration::from_millis(device.poll_interval_ms),
+    }
+}
+
+/// Start one supervised task per `gpio` device (task `gpio/<device id>`). A pin that cannot
+/// be opened ends the task with an error log; the supervisor tries again with its backoff,
+/// and meanwhile the device's silence raises its `comm_lost`.
+#[cfg(feature = "rpi")]
+pub fn spawn(
+    config: &crate::config::Config,
+    clock: Clock,
+    out: &mpsc::Sender<PollOutcome>,
+    supervisor: &crate::supervise::Supervisor,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for (index, device) in config.devices.iter().enumerate() {
+        if device.transport != crate::config::Transport::Gpio {
+            continue;
+        }
+        let (device, out) = (device.clone(), out.clone());
+        let timing = timing(&device);
+        // A turn is one sample: silent for a second is stalled.
+        let stall_after = timing.sample.saturating_mul(100);
+        tasks.push(supervisor.spawn(
+            format!("gpio/{}", device.id),
+            stall_after,
+            crate::supervise::OnStall::Restart,
+            move |heartbeat| {
+                let (device, out) = (device.clone(), out.clone());
+                async move {
+                    let mut contacts = Vec::new();
+                    for point in &device.points {
+                        let Some(pin) = point.gpio else { continue };
+                        match open_contact(pin, point.active_low.unwrap_or(true)) {
+                            Ok(c) => contacts.push((point.name.clone(), c)),
+                            Err(e) => {
+                                tracing::error!(device = %device.id, point = %point.name, error = %e, "cannot open a contact input");
+                                return;
+                            }
+                        }
+                    }
+                    watch_contacts(index, contacts, timing, clock, out, heartbeat).await;
+                }
+            },
+        ));
+    }
+    tasks
+}
+
 /// How one device's contacts are watched.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {

@@ -189,6 +189,8 @@ mod tests {
             json: None,
             quality_field: None,
             quality_good: None,
+            gpio: None,
+            active_low: None,
             scale,
             offset,
             engineering_unit: None,
