@@ -72,16 +72,11 @@ pub async fn poll_device(
     let period = Duration::from_millis(device.poll_interval_ms);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut link: Option<Context> = None;
-    let mut plan = ReadPlan::for_device(&device);
+    let mut reader = DeviceReader::new(device);
     loop {
         ticker.tick().await;
         heartbeat.beat();
-        let result = poll_once(&device, &mut plan, &mut link).await;
-        if result.is_err() {
-            // Start from a fresh connection next time: a half-dead socket can keep failing.
-            link = None;
-        }
+        let result = reader.poll().await;
         let outcome = PollOutcome {
             device: index,
             at: clock.now(),
@@ -116,6 +111,53 @@ pub fn stall_after(device: &DeviceConfig) -> Duration {
 /// are not lost for a poll; a single point still refused is that point's fault. Any other
 /// exception is a fault of every point in the block. A timeout or transport error ends the
 /// poll as a [`LinkError`].
+/// Reads one device: its config, its connection (opened on the first poll, dropped after a
+/// failed one) and its [`ReadPlan`] (refined by the device's refusals). [`poll_device`]
+/// keeps one for as long as it runs; tests drive one poll at a time.
+pub struct DeviceReader {
+    device: DeviceConfig,
+    /// None until connected, and after a poll that failed as a whole.
+    link: Option<Context>,
+    /// The blocks the next poll reads; only ever split further.
+    plan: ReadPlan,
+}
+
+impl std::fmt::Debug for DeviceReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceReader")
+            .field("device", &self.device.id)
+            .field("connected", &self.link.is_some())
+            .field("plan", &self.plan)
+            .finish()
+    }
+}
+
+impl DeviceReader {
+    pub fn new(device: DeviceConfig) -> DeviceReader {
+        let plan = ReadPlan::for_device(&device);
+        DeviceReader {
+            device,
+            link: None,
+            plan,
+        }
+    }
+
+    /// The blocks the next poll will read.
+    pub fn plan(&self) -> &ReadPlan {
+        &self.plan
+    }
+
+    /// Read every point once (see [`poll_once`]).
+    pub async fn poll(&mut self) -> Result<PolledValues, LinkError> {
+        let result = poll_once(&self.device, &mut self.plan, &mut self.link).await;
+        if result.is_err() {
+            // Start from a fresh connection next time: a half-dead socket can keep failing.
+            self.link = None;
+        }
+        result
+    }
+}
+
 async fn poll_once(
     device: &DeviceConfig,
     plan: &mut ReadPlan,
