@@ -451,6 +451,66 @@ mod tests {
     }
 
     #[test]
+    fn the_site_plan_prints_each_devices_blocks_and_the_totals() {
+        let text = r#"
+[gateway]
+id = "gw"
+community = "c"
+data_dir = "data"
+
+[[devices]]
+id = "lift-1"
+kind = "elevator"
+building = "B1"
+floor = "01"
+unit = "01"
+transport = "tcp"
+address = "127.0.0.1:1502"
+poll_interval_ms = 500
+
+[[devices.points]]
+name = "floor"
+register = 0
+type = "i16"
+
+[[devices.points]]
+name = "speed"
+register = 3
+table = "input"
+type = "u16"
+
+[[devices.points]]
+name = "door"
+register = 2
+type = "u16"
+"#;
+        let config = Config::from_toml_str(text, "t.toml").unwrap();
+        let site = SitePlan::of(&config);
+        assert_eq!(site.points(), 3);
+        assert_eq!(site.requests_per_poll_unplanned(), 3);
+        assert_eq!(site.requests_per_poll(), 2);
+        assert_eq!(site.requests_per_s(), 4.0);
+        let out = site.to_string();
+        assert!(
+            out.contains("device lift-1 (127.0.0.1:1502 unit 1, every 500 ms"),
+            "{out}"
+        );
+        assert!(
+            out.contains("  holding (FC3)      0     3  floor, door\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("  input (FC4)        3     1  speed\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("requests per poll 3 -> 2 (1 saved); requests per second at the configured poll intervals 6.0 -> 4.0"),
+            "{out}"
+        );
+        assert!(out.contains("RTU buses"), "{out}");
+    }
+
+    #[test]
     fn the_slice_of_a_point_is_where_its_registers_are_in_the_answer() {
         let points = [holding(10, DataType::U16), holding(13, DataType::F32)];
         let plan = ReadPlan::new(&points, LIMITS);
