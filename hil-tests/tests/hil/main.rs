@@ -12,6 +12,8 @@
 //! - `browser`: the alarm board in headless Chromium;
 //! - `auth`: the broker set up as `docs/mosquitto/` says (accounts, ACL, TLS) against the
 //!   gateway binary and clients that try what the ACL forbids;
+//! - `plan`: the read planner through the gateway binary: a device with a hole in its
+//!   register map read in blocks, the hole one point's fault, requests counted per poll;
 //! - `readings`: the readings queue on disk against a store that goes away, a gateway
 //!   killed meanwhile, and a queue too small for the outage.
 //!
@@ -24,6 +26,7 @@ mod browser;
 mod delivery;
 mod e2e;
 mod network;
+mod plan;
 mod readings;
 mod restart;
 mod sim;
