@@ -1,4 +1,5 @@
-//! `shouwang-gateway check CONFIG` and `shouwang-gateway run CONFIG`.
+//! `shouwang-gateway check CONFIG`, `shouwang-gateway plan CONFIG` and
+//! `shouwang-gateway run CONFIG`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -18,6 +19,9 @@ struct Cli {
 enum Cmd {
     /// Check a config file and print every problem in it.
     Check { config: PathBuf },
+    /// Print how each device is read: its read requests (table, start, count, points) and
+    /// the requests per poll and per second, with and without coalescing.
+    Plan { config: PathBuf },
     /// Run the gateway. Refuses a config with problems, printing them all.
     Run { config: PathBuf },
 }
@@ -32,7 +36,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let path = match &cli.command {
-        Cmd::Check { config } | Cmd::Run { config } => config,
+        Cmd::Check { config } | Cmd::Plan { config } | Cmd::Run { config } => config,
     };
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -49,6 +53,13 @@ fn main() -> ExitCode {
                 config.devices.len(),
                 config.rules.len(),
                 config.alarm_specs().len()
+            );
+            ExitCode::SUCCESS
+        }
+        Cmd::Plan { .. } => {
+            print!(
+                "{}",
+                shouwang_gateway::sources::modbus::SitePlan::of(&config)
             );
             ExitCode::SUCCESS
         }

@@ -19,7 +19,9 @@
 //! Failure modes a test can switch on: [`SimDevice::set_responding`] (the device hangs: it
 //! keeps accepting connections and reading requests but never answers),
 //! [`SimDevice::fail_with`] (every request gets a given exception, e.g. a device in
-//! ServerDeviceFailure) and [`SimDevice::stop`] (the port closes: connection refused).
+//! ServerDeviceFailure), [`SimDevice::refuse_registers`] (registers that do not exist in the
+//! middle of the map: a read or write touching one gets IllegalDataAddress, as a device whose
+//! register map has holes) and [`SimDevice::stop`] (the port closes: connection refused).
 //!
 //! 32-bit values use big-endian word order (high word at the lower register), the order most
 //! field devices and the gateway's `u32`/`i32`/`f32` points use.
@@ -167,6 +169,14 @@ impl SimDevice {
             .store(count.min(ADDRESS_SPACE as u32), Ordering::SeqCst);
     }
 
+    /// Registers that do not exist although lower and higher ones do: a read or write that
+    /// touches any of them gets IllegalDataAddress, as from a device whose map has holes.
+    /// Replaces the previous set; empty: every register below the register count exists.
+    pub fn refuse_registers(&self, registers: &[u16]) {
+        *self.bank.refused.lock().unwrap_or_else(|p| p.into_inner()) =
+            registers.iter().copied().collect();
+    }
+
     /// Make holding register `register` count the requests: before each request is
     /// answered it is set to that request's number (1 for the first, wrapping at 65536),
     /// so every poll reads a value of its own and a test can tell which polls reached a
@@ -206,6 +216,8 @@ struct RegisterBank {
     words: Mutex<Vec<u16>>,
     /// Registers at this address and above do not exist.
     register_count: AtomicU32,
+    /// Registers below `register_count` that do not exist either.
+    refused: Mutex<std::collections::BTreeSet<u16>>,
     /// false: the device swallows requests without answering.
     responding: AtomicBool,
     /// Some: every request gets this exception.
@@ -225,6 +237,7 @@ impl RegisterBank {
         RegisterBank {
             words: Mutex::new(vec![0; ADDRESS_SPACE]),
             register_count: AtomicU32::new(ADDRESS_SPACE as u32),
+            refused: Mutex::new(std::collections::BTreeSet::new()),
             responding: AtomicBool::new(true),
             forced_exception: Mutex::new(None),
             served: AtomicU64::new(0),
@@ -248,6 +261,14 @@ impl RegisterBank {
         let end = start + quantity;
         let count = self.register_count.load(Ordering::SeqCst) as usize;
         if end > count {
+            return Err(ExceptionCode::IllegalDataAddress);
+        }
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if refused
+            .range(address..)
+            .next()
+            .is_some_and(|&r| usize::from(r) < end)
+        {
             return Err(ExceptionCode::IllegalDataAddress);
         }
         Ok(start..end)

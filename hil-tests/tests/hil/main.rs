@@ -14,6 +14,8 @@
 //!   gateway binary and clients that try what the ACL forbids;
 //! - `mqtt_sensors`: sensors that publish JSON to mosquitto: an alarm raised and cleared
 //!   from their messages, garbage counted and ignored, silence raising comm_lost;
+//! - `plan`: the read planner through the gateway binary: a device with a hole in its
+//!   register map read in blocks, the hole one point's fault, requests counted per poll;
 //! - `readings`: the readings queue on disk against a store that goes away, a gateway
 //!   killed meanwhile, and a queue too small for the outage.
 //!
@@ -27,6 +29,7 @@ mod delivery;
 mod e2e;
 mod mqtt_sensors;
 mod network;
+mod plan;
 mod readings;
 mod restart;
 mod sim;

@@ -373,3 +373,43 @@ async fn mbpoll_gets_illegal_data_address_beyond_the_register_count() {
     assert!(!ok, "{out}");
     assert!(out.to_lowercase().contains("illegal data address"), "{out}");
 }
+
+#[tokio::test]
+async fn a_refused_register_is_a_hole_in_the_map_its_neighbours_still_read() {
+    let dev = device().await;
+    dev.set_u16(4, 44);
+    dev.set_u16(6, 66);
+    dev.refuse_registers(&[5]);
+    let mut ctx = client(&dev, 1).await;
+    for (start, count) in [(5, 1), (0, 8), (5, 2), (4, 2)] {
+        assert_eq!(
+            ctx.read_holding_registers(start, count).await.unwrap(),
+            Err(ExceptionCode::IllegalDataAddress),
+            "{start}+{count}"
+        );
+    }
+    assert_eq!(
+        ctx.write_single_register(5, 1).await.unwrap(),
+        Err(ExceptionCode::IllegalDataAddress)
+    );
+    assert_eq!(
+        ctx.read_input_registers(4, 1).await.unwrap().unwrap(),
+        vec![44]
+    );
+    assert_eq!(
+        ctx.read_holding_registers(6, 1).await.unwrap().unwrap(),
+        vec![66]
+    );
+    // mbpoll, a third-party master, sees the same hole.
+    let (ok, out) = mbpoll(dev.local_addr(), &["-r", "4", "-c", "3"]).await;
+    assert!(!ok, "{out}");
+    assert!(out.to_lowercase().contains("illegal data address"), "{out}");
+    let (ok, out) = mbpoll(dev.local_addr(), &["-r", "6", "-c", "1"]).await;
+    assert!(ok && out.contains("[6]: \t66"), "{out}");
+
+    dev.refuse_registers(&[]);
+    assert_eq!(
+        ctx.read_holding_registers(4, 3).await.unwrap().unwrap(),
+        vec![44, 0, 66]
+    );
+}

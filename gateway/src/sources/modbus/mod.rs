@@ -1,8 +1,10 @@
 //! Polling Modbus TCP devices.
 //!
-//! [`decode`] is pure: registers in, a scaled value out. [`poll_device`] is the one loop
-//! per device that owns its connection, its timeouts and its reconnects; it reports every
-//! poll, good or failed, as a [`PollOutcome`] and decides nothing about alarms.
+//! [`decode`] is pure: registers in, a scaled value out. [`plan`] is pure too: a device's
+//! points in, the fewest read requests ([`ReadPlan`]) out, split further when the device
+//! refuses a block. [`poll_device`] is the one loop per device that owns its connection,
+//! its timeouts, its reconnects and its plan; it reports every poll, good or failed, as a
+//! [`PollOutcome`] and decides nothing about alarms.
 //!
 //! "The device answered with a Modbus exception" (it is there, but refuses that register)
 //! is kept apart from "the link failed" (no answer, connection refused, timeout): only the
@@ -15,6 +17,10 @@ use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, timeout};
 use tokio_modbus::client::{Context, Reader};
 use tokio_modbus::{ExceptionCode, Slave};
+
+pub mod plan;
+
+pub use plan::{Block, PlanLimits, ReadPlan, SitePlan};
 
 use super::{LinkError, PointFault, PollOutcome, PolledValues};
 use crate::clock::Clock;
@@ -59,7 +65,8 @@ pub enum DecodeError {
 
 /// Poll one device forever, sending each outcome on `out`. Returns when `out` closes.
 /// Beats `heartbeat` once per poll (see [`stall_after`]); every call starts with a fresh
-/// connection, so a supervisor restarting it gets one.
+/// connection and a fresh [`ReadPlan`], so a supervisor restarting it gets both (splits the
+/// device forced on the old plan are made again at the first refusal).
 pub async fn poll_device(
     index: usize,
     device: DeviceConfig,
@@ -70,15 +77,11 @@ pub async fn poll_device(
     let period = Duration::from_millis(device.poll_interval_ms);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut link: Option<Context> = None;
+    let mut reader = DeviceReader::new(device);
     loop {
         ticker.tick().await;
         heartbeat.beat();
-        let result = poll_once(&device, &mut link).await;
-        if result.is_err() {
-            // Start from a fresh connection next time: a half-dead socket can keep failing.
-            link = None;
-        }
+        let result = reader.poll().await;
         let outcome = PollOutcome {
             device: index,
             at: clock.now(),
@@ -91,18 +94,78 @@ pub async fn poll_device(
 }
 
 /// How long [`poll_device`] may go without a beat before its supervisor deems it stalled:
-/// three poll intervals plus the longest turn (a connect and one request per point, each
-/// bounded by `timeout_ms`) plus a second of slack.
+/// three poll intervals plus the longest turn plus a second of slack. The longest turn is a
+/// connect and one request per block of the device's [`ReadPlan`], each bounded by
+/// `timeout_ms`, plus the requests of splitting every block down to single points should
+/// the device refuse them all in one poll (2k - 1 requests for a block of k points).
 pub fn stall_after(device: &DeviceConfig) -> Duration {
-    let requests = u32::try_from(device.points.len().saturating_add(1)).unwrap_or(u32::MAX);
+    let worst = ReadPlan::for_device(device)
+        .worst_requests_per_poll()
+        .saturating_add(1);
+    let requests = u32::try_from(worst).unwrap_or(u32::MAX);
     Duration::from_millis(device.poll_interval_ms)
         .saturating_mul(3)
         .saturating_add(Duration::from_millis(device.timeout_ms).saturating_mul(requests))
         .saturating_add(Duration::from_secs(1))
 }
 
+/// One poll: every block of `plan`, each point decoded from its slice of its block.
+///
+/// A block refused with exception 02 or 03 is split in `plan` (remembered for the next
+/// polls) and its halves are read in this same poll, so the points the device does have
+/// are not lost for a poll; a single point still refused is that point's fault. Any other
+/// exception is a fault of every point in the block. A timeout or transport error ends the
+/// poll as a [`LinkError`].
+/// Reads one device: its config, its connection (opened on the first poll, dropped after a
+/// failed one) and its [`ReadPlan`] (refined by the device's refusals). [`poll_device`]
+/// keeps one for as long as it runs; tests drive one poll at a time.
+pub struct DeviceReader {
+    device: DeviceConfig,
+    /// None until connected, and after a poll that failed as a whole.
+    link: Option<Context>,
+    /// The blocks the next poll reads; only ever split further.
+    plan: ReadPlan,
+}
+
+impl std::fmt::Debug for DeviceReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceReader")
+            .field("device", &self.device.id)
+            .field("connected", &self.link.is_some())
+            .field("plan", &self.plan)
+            .finish()
+    }
+}
+
+impl DeviceReader {
+    pub fn new(device: DeviceConfig) -> DeviceReader {
+        let plan = ReadPlan::for_device(&device);
+        DeviceReader {
+            device,
+            link: None,
+            plan,
+        }
+    }
+
+    /// The blocks the next poll will read.
+    pub fn plan(&self) -> &ReadPlan {
+        &self.plan
+    }
+
+    /// Read every point once (see [`poll_once`]).
+    pub async fn poll(&mut self) -> Result<PolledValues, LinkError> {
+        let result = poll_once(&self.device, &mut self.plan, &mut self.link).await;
+        if result.is_err() {
+            // Start from a fresh connection next time: a half-dead socket can keep failing.
+            self.link = None;
+        }
+        result
+    }
+}
+
 async fn poll_once(
     device: &DeviceConfig,
+    plan: &mut ReadPlan,
     link: &mut Option<Context>,
 ) -> Result<PolledValues, LinkError> {
     let limit = Duration::from_millis(device.timeout_ms);
@@ -124,37 +187,69 @@ async fn poll_once(
     let Some(ctx) = link.as_mut() else {
         return Err(LinkError::Transport("no connection".into()));
     };
-    let mut polled = PolledValues::default();
-    for point in &device.points {
-        let (Some(register), Some(data_type)) = (point.register, point.data_type) else {
-            polled.faults.push(PointFault {
-                point: point.name.clone(),
-                reason: DecodeError::NotModbus.to_string(),
-            });
-            continue;
-        };
-        let count = data_type.registers();
+    // Each point's value or fault, by config index.
+    let mut read: Vec<Option<Result<f64, String>>> = vec![None; device.points.len()];
+    let mut i = 0;
+    while let Some(block) = plan.blocks().get(i) {
+        let (table, start, count) = (block.table, block.start, block.count);
         let request = async {
-            match point.table.unwrap_or_default() {
-                RegisterTable::Holding => ctx.read_holding_registers(register, count).await,
-                RegisterTable::Input => ctx.read_input_registers(register, count).await,
+            match table {
+                RegisterTable::Holding => ctx.read_holding_registers(start, count).await,
+                RegisterTable::Input => ctx.read_input_registers(start, count).await,
             }
         };
         let answer = timeout(limit, request)
             .await
             .map_err(|_| LinkError::Timeout(device.timeout_ms))?
             .map_err(|e| LinkError::Transport(e.to_string()))?;
-        match answer {
-            Ok(registers) => match decode(point, &registers) {
-                Ok(v) => polled.values.push((point.name.clone(), v)),
-                Err(e) => polled.faults.push(PointFault {
-                    point: point.name.clone(),
-                    reason: e.to_string(),
-                }),
-            },
-            Err(code) => polled.faults.push(PointFault {
+        if let Err(code @ (ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue)) =
+            answer
+            && plan.split(i, &device.points)
+        {
+            tracing::info!(
+                device = %device.id,
+                ?table,
+                start,
+                count,
+                exception = %code,
+                "the device refused a block of registers: read it in halves from now on"
+            );
+            // Block i is now the first half: read it next.
+            continue;
+        }
+        let Some(block) = plan.blocks().get(i) else {
+            break;
+        };
+        for &p in &block.points {
+            let (Some(point), Some(slot)) = (device.points.get(p), read.get_mut(p)) else {
+                continue;
+            };
+            *slot = Some(match &answer {
+                Ok(registers) => {
+                    let r = block.slice_of(point);
+                    // A short answer gives the point what there is: decode names the length.
+                    let words = registers
+                        .get(r.start.min(registers.len())..r.end.min(registers.len()))
+                        .unwrap_or(&[]);
+                    decode(point, words).map_err(|e| e.to_string())
+                }
+                Err(code) => Err(exception_text(*code)),
+            });
+        }
+        i += 1;
+    }
+    let mut polled = PolledValues::default();
+    for (point, result) in device.points.iter().zip(read) {
+        match result {
+            Some(Ok(v)) => polled.values.push((point.name.clone(), v)),
+            Some(Err(reason)) => polled.faults.push(PointFault {
                 point: point.name.clone(),
-                reason: exception_text(code),
+                reason,
+            }),
+            // Broken invariant: the plan puts every point in a block.
+            None => polled.faults.push(PointFault {
+                point: point.name.clone(),
+                reason: "not in the read plan (a bug in the planner)".into(),
             }),
         }
     }
