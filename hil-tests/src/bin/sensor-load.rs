@@ -15,7 +15,7 @@
 //! - the share of published messages the gateway read (`sensor_messages_total`);
 //! - p50/p99 latency from publishing a smoke message to hearing its `raised` event, and the
 //!   floor: the same message heard by an echo subscriber on the same broker in the same run;
-//! - the gateway's CPU time per message read (utime + stime from /proc/<pid>/stat);
+//! - the gateway's CPU time per message read (utime + stime from `/proc/<pid>/stat`);
 //! - the gateway's VmRSS and VmHWM at the end of each rate.
 
 use std::collections::HashMap;
