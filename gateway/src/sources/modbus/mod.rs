@@ -152,7 +152,7 @@ impl DeviceReader {
         &self.plan
     }
 
-    /// Read every point once (see [`poll_once`]).
+    /// Read every point once (see `poll_once`).
     pub async fn poll(&mut self) -> Result<PolledValues, LinkError> {
         let result = poll_once(&self.device, &mut self.plan, &mut self.link).await;
         if result.is_err() {
