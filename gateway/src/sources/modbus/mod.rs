@@ -114,8 +114,10 @@ pub fn stall_after(device: &DeviceConfig) -> Duration {
 /// A block refused with exception 02 or 03 is split in `plan` (remembered for the next
 /// polls) and its halves are read in this same poll, so the points the device does have
 /// are not lost for a poll; a single point still refused is that point's fault. Any other
-/// exception is a fault of every point in the block. A timeout or transport error ends the
-/// poll as a [`LinkError`].
+/// exception, and an answer holding another number of registers than asked, is a fault of
+/// every point in the block. A timeout or transport error (a mismatched transaction or unit
+/// id included) ends the poll as a [`LinkError`], and [`DeviceReader::poll`] drops the
+/// connection, so a late reply is never read as the answer to a later request.
 /// Reads one device: its config, its connection (opened on the first poll, dropped after a
 /// failed one) and its [`ReadPlan`] (refined by the device's refusals). [`poll_device`]
 /// keeps one for as long as it runs; tests drive one poll at a time.
