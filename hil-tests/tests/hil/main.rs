@@ -16,6 +16,9 @@
 //!   from their messages, garbage counted and ignored, silence raising comm_lost;
 //! - `plan`: the read planner through the gateway binary: a device with a hole in its
 //!   register map read in blocks, the hole one point's fault, requests counted per poll;
+//! - `hostile_modbus`: a hand-written Modbus TCP peer that answers late, with garbage,
+//!   truncated frames, wrong transaction or unit ids, an absurd length, closes mid-frame or
+//!   stays silent: it costs only its own device, never a wrong value;
 //! - `readings`: the readings queue on disk against a store that goes away, a gateway
 //!   killed meanwhile, and a queue too small for the outage.
 //!
@@ -27,6 +30,7 @@ mod auth;
 mod browser;
 mod delivery;
 mod e2e;
+mod hostile_modbus;
 mod mqtt_sensors;
 mod network;
 mod plan;

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, timeout};
-use tokio_modbus::client::{Context, Reader};
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio_modbus::client::{Client, Context};
+use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 
 pub mod plan;
 
@@ -114,8 +114,10 @@ pub fn stall_after(device: &DeviceConfig) -> Duration {
 /// A block refused with exception 02 or 03 is split in `plan` (remembered for the next
 /// polls) and its halves are read in this same poll, so the points the device does have
 /// are not lost for a poll; a single point still refused is that point's fault. Any other
-/// exception is a fault of every point in the block. A timeout or transport error ends the
-/// poll as a [`LinkError`].
+/// exception, and an answer holding another number of registers than asked, is a fault of
+/// every point in the block. A timeout or transport error (a mismatched transaction or unit
+/// id included) ends the poll as a [`LinkError`], and [`DeviceReader::poll`] drops the
+/// connection, so a late reply is never read as the answer to a later request.
 /// Reads one device: its config, its connection (opened on the first poll, dropped after a
 /// failed one) and its [`ReadPlan`] (refined by the device's refusals). [`poll_device`]
 /// keeps one for as long as it runs; tests drive one poll at a time.
@@ -192,18 +194,26 @@ async fn poll_once(
     let mut i = 0;
     while let Some(block) = plan.blocks().get(i) {
         let (table, start, count) = (block.table, block.start, block.count);
-        let request = async {
-            match table {
-                RegisterTable::Holding => ctx.read_holding_registers(start, count).await,
-                RegisterTable::Input => ctx.read_input_registers(start, count).await,
-            }
+        // `Client::call`, not tokio-modbus's `Reader` helpers: those `debug_assert` that the
+        // answer holds as many registers as asked, so a device answering with another count
+        // panicked the poller in debug builds (and went unchecked in release ones).
+        let request = match table {
+            RegisterTable::Holding => Request::ReadHoldingRegisters(start, count),
+            RegisterTable::Input => Request::ReadInputRegisters(start, count),
         };
-        let answer = timeout(limit, request)
+        let answer = timeout(limit, ctx.call(request))
             .await
             .map_err(|_| LinkError::Timeout(device.timeout_ms))?
-            .map_err(|e| LinkError::Transport(e.to_string()))?;
-        if let Err(code @ (ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue)) =
-            answer
+            .map_err(|e| LinkError::Transport(e.to_string()))?
+            .map(|response| registers_of(response, count));
+        let answer = match answer {
+            Ok(Ok(registers)) => Ok(registers),
+            Ok(Err(reason)) => Err(BlockFault::Answer(reason)),
+            Err(code) => Err(BlockFault::Exception(code)),
+        };
+        if let Err(BlockFault::Exception(
+            code @ (ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue),
+        )) = answer
             && plan.split(i, &device.points)
         {
             tracing::info!(
@@ -227,13 +237,11 @@ async fn poll_once(
             *slot = Some(match &answer {
                 Ok(registers) => {
                     let r = block.slice_of(point);
-                    // A short answer gives the point what there is: decode names the length.
-                    let words = registers
-                        .get(r.start.min(registers.len())..r.end.min(registers.len()))
-                        .unwrap_or(&[]);
+                    let words = registers.get(r).unwrap_or(&[]);
                     decode(point, words).map_err(|e| e.to_string())
                 }
-                Err(code) => Err(exception_text(*code)),
+                Err(BlockFault::Exception(code)) => Err(exception_text(*code)),
+                Err(BlockFault::Answer(reason)) => Err(reason.clone()),
             });
         }
         i += 1;
@@ -254,6 +262,36 @@ async fn poll_once(
         }
     }
     Ok(polled)
+}
+
+/// Why a block that got an answer gave no registers: the device refused it, or its answer
+/// was a well-formed frame that does not answer the read.
+enum BlockFault {
+    Exception(ExceptionCode),
+    Answer(String),
+}
+
+/// The registers of an answer to a read of `count` registers. An answer with another count
+/// (or, against tokio-modbus's own check, of another function) is refused as a whole: which
+/// register each word would belong to is anyone's guess, and a guess would be a wrong value.
+fn registers_of(response: Response, count: u16) -> Result<Vec<u16>, String> {
+    match response {
+        Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words)
+            if words.len() == usize::from(count) =>
+        {
+            Ok(words)
+        }
+        Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words) => {
+            Err(format!(
+                "the device answered {} registers to a read of {count}",
+                words.len()
+            ))
+        }
+        other => Err(format!(
+            "the device answered a read with {:?}",
+            other.function_code()
+        )),
+    }
 }
 
 fn exception_text(code: ExceptionCode) -> String {
@@ -290,6 +328,105 @@ mod tests {
             offset,
             engineering_unit: None,
         }
+    }
+
+    /// A device at `addr` with u16 holding points at registers 0 and 1 (one block).
+    fn device_at(addr: SocketAddr, timeout_ms: u64) -> DeviceConfig {
+        toml::from_str(&format!(
+            r#"
+id = "d"
+kind = "smoke"
+building = "B1"
+floor = "01"
+unit = "01"
+transport = "tcp"
+address = "{addr}"
+poll_interval_ms = 100
+timeout_ms = {timeout_ms}
+
+[[points]]
+name = "x"
+register = 0
+type = "u16"
+
+[[points]]
+name = "y"
+register = 1
+type = "u16"
+"#
+        ))
+        .unwrap()
+    }
+
+    /// A Modbus TCP peer written by hand: for the n-th request over all connections (from
+    /// 0) it waits `delay(n)`, then answers FC03 with `registers(n)` registers all holding
+    /// `n`. Returns its address and the number of connections it accepted.
+    async fn scripted_peer(
+        delay: fn(u16) -> u64,
+        registers: fn(u16) -> u16,
+    ) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU16>) {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = std::sync::Arc::new(AtomicU16::new(0));
+        let requests = std::sync::Arc::new(AtomicU16::new(0));
+        let accepted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let requests = requests.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 12];
+                    while stream.read_exact(&mut request).await.is_ok() {
+                        let n = requests.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(delay(n))).await;
+                        let count = registers(n);
+                        let mut frame = request[..4].to_vec();
+                        frame.extend_from_slice(&(3 + 2 * count).to_be_bytes());
+                        frame.extend_from_slice(&[request[6], 3, (2 * count) as u8]);
+                        for _ in 0..count {
+                            frame.extend_from_slice(&n.to_be_bytes());
+                        }
+                        if stream.write_all(&frame).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    #[tokio::test]
+    async fn an_answer_with_the_wrong_number_of_registers_is_a_point_fault_not_a_panic() {
+        // Asked for 2 registers: answers 0, then 3, then 2.
+        let (addr, connections) = scripted_peer(|_| 0, |n| [0, 3, 2][usize::from(n)]).await;
+        let mut reader = DeviceReader::new(device_at(addr, 1000));
+        for _ in 0..2 {
+            let polled = reader.poll().await.unwrap();
+            assert!(polled.values.is_empty(), "{polled:?}");
+            assert_eq!(polled.faults.len(), 2, "{polled:?}");
+            assert!(polled.faults[0].reason.contains("registers to a read of 2"));
+        }
+        let polled = reader.poll().await.unwrap();
+        assert_eq!(polled.values, vec![("x".into(), 2.0), ("y".into(), 2.0)]);
+        // A well-formed answer keeps the connection.
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_late_reply_is_never_read_as_the_answer_to_the_next_request() {
+        // The first request is answered after the timeout, the rest at once.
+        let (addr, connections) = scripted_peer(|n| if n == 0 { 400 } else { 0 }, |_| 2).await;
+        let mut reader = DeviceReader::new(device_at(addr, 200));
+        assert!(matches!(reader.poll().await, Err(LinkError::Timeout(200))));
+        // Let the late reply reach the (old) socket before the next request is sent.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let polled = reader.poll().await.unwrap();
+        // Request 1's value, from a new connection; never request 0's.
+        assert_eq!(polled.values, vec![("x".into(), 1.0), ("y".into(), 1.0)]);
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]
