@@ -37,6 +37,7 @@ fn point(i: usize, table: RegisterTable, register: u16, data_type: DataType) -> 
         quality_good: None,
         gpio: None,
         active_low: None,
+        report_deadband: None,
         scale: 1.0,
         offset: 0.0,
         engineering_unit: None,

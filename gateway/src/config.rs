@@ -287,6 +287,11 @@ pub struct DeviceConfig {
     /// only polls that fail). Default 30; at most 100 (GB 50166).
     #[serde(default = "default_comm_loss_after_s")]
     pub comm_loss_after_s: u64,
+    /// Report by exception: publish and store a point's value only when it moved more than
+    /// its `report_deadband` since it was last reported, and every point at least every
+    /// this many seconds (1 to 86400). The rules still see every poll. Absent: every poll's
+    /// values are reported.
+    pub report_every_s: Option<u64>,
     /// `gpio` only: how long, in ms, a contact's new state must hold before it counts
     /// (relay contacts bounce for a few ms). Default 50, at most 10000. A `gpio` device
     /// reports at once on a change and every `poll_interval_ms` otherwise.
@@ -424,6 +429,10 @@ pub struct PointConfig {
     pub quality_field: Option<String>,
     /// The values of this point's `quality_field` that mean good (see the device's).
     pub quality_good: Option<Vec<QualityValue>>,
+    /// With the device's `report_every_s`: how far (in the point's unit, after scale and
+    /// offset) its value must move from the value last reported to be reported again before
+    /// the heartbeat. Default 0: any change.
+    pub report_deadband: Option<f64>,
     /// `gpio` devices only, and required there: the BCM GPIO number of the contact's input
     /// (2 to 27; e.g. 17 is pin 11 of the 40-pin header). The value is 1 while the contact
     /// is closed, 0 while open.
@@ -1083,6 +1092,23 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
                 }
             }
             Transport::Gpio => check_gpio_device(d, &at, p),
+        }
+        if d.report_every_s.is_some_and(|s| s == 0 || s > 86_400) {
+            p.add(
+                format!("{at}.report_every_s"),
+                "must be between 1 and 86400 seconds",
+            );
+        }
+        for (j, pt) in d.points.iter().enumerate() {
+            let Some(deadband) = pt.report_deadband else {
+                continue;
+            };
+            let key = format!("{at}.points[{j}] ({}).report_deadband", pt.name);
+            if d.report_every_s.is_none() {
+                p.add(key, "only means something with the device's report_every_s; set that too, or remove this");
+            } else if !deadband.is_finite() || deadband < 0.0 {
+                p.add(key, "must be a number of at least 0");
+            }
         }
         if d.transport != Transport::Gpio {
             const GPIO_ONLY: &str = "only for transport = \"gpio\"";
@@ -1820,6 +1846,43 @@ active_low = false
                 .any(|(_, m)| m.contains("GPIO 17 is already used")),
             "{problems:#?}"
         );
+    }
+
+    #[test]
+    fn report_by_exception_keys_are_checked_by_name() {
+        let text = GOOD.replacen(
+            "[[devices.points]]",
+            "report_every_s = 0\n\n[[devices.points]]\nreport_deadband = -1.0",
+            1,
+        );
+        let problems = problems_of(&text);
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert!(
+            fields.iter().any(|f| f.ends_with(".report_every_s")),
+            "{problems:#?}"
+        );
+        assert!(
+            fields.iter().any(|f| f.ends_with(".report_deadband")),
+            "{problems:#?}"
+        );
+        let alone = GOOD.replacen(
+            "[[devices.points]]",
+            "[[devices.points]]\nreport_deadband = 0.1",
+            1,
+        );
+        let problems = problems_of(&alone);
+        assert!(
+            problems
+                .iter()
+                .any(|(f, m)| f.ends_with(".report_deadband") && m.contains("report_every_s")),
+            "{problems:#?}"
+        );
+        let good = GOOD.replacen(
+            "[[devices.points]]",
+            "report_every_s = 60\n\n[[devices.points]]\nreport_deadband = 0.1",
+            1,
+        );
+        assert!(problems_of(&good).is_empty());
     }
 
     #[test]

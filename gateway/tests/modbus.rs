@@ -262,6 +262,7 @@ fn the_reader_decodes_every_type_the_config_has() {
             quality_good: None,
             gpio: None,
             active_low: None,
+            report_deadband: None,
             scale: 1.0,
             offset: 0.0,
             engineering_unit: None,

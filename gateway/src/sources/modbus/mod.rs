@@ -324,6 +324,7 @@ mod tests {
             quality_good: None,
             gpio: None,
             active_low: None,
+            report_deadband: None,
             scale,
             offset,
             engineering_unit: None,

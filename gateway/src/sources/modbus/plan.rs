@@ -339,6 +339,7 @@ mod tests {
             quality_good: None,
             gpio: None,
             active_low: None,
+            report_deadband: None,
             scale: 1.0,
             offset: 0.0,
             engineering_unit: None,
@@ -563,6 +564,7 @@ mod properties {
                 quality_good: None,
                 gpio: None,
                 active_low: None,
+                report_deadband: None,
                 data_type: Some(
                     [
                         DataType::U16,

@@ -18,6 +18,8 @@
 
 use std::collections::HashMap;
 
+pub mod exception;
+
 use shouwang_rules::{AckError, Engine, RuleError, Transition};
 use shouwang_wire::{
     Action, AlarmEvent, AlarmState, Command, CommandReply, EventKey, Place, PointValue,
@@ -57,6 +59,8 @@ struct DeviceState {
     units: HashMap<String, Option<String>>,
     /// Whether a poll of it has ended (answered or not) since the gateway started.
     polled: bool,
+    /// Report by exception (`report_every_s`); `None`: every poll's values are reported.
+    exception: Option<exception::ExceptionFilter>,
 }
 
 pub struct Watch {
@@ -113,6 +117,15 @@ impl Watch {
                     .map(|p| (p.name.clone(), p.engineering_unit.clone()))
                     .collect(),
                 polled: false,
+                exception: d.report_every_s.map(|s| {
+                    exception::ExceptionFilter::new(
+                        i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX),
+                        d.points
+                            .iter()
+                            .filter_map(|p| Some((p.name.clone(), p.report_deadband?)))
+                            .collect(),
+                    )
+                }),
             })
             .collect();
         Ok(Watch {
@@ -200,7 +213,7 @@ impl Watch {
             }
             Ok(polled) => {
                 device.last_answer_ms = device.last_answer_ms.max(outcome.at.mono_ms);
-                let batch = ReadingBatch {
+                let mut batch = ReadingBatch {
                     schema: SCHEMA_VERSION,
                     gateway: self.gateway.clone(),
                     device: device.id.clone(),
@@ -244,7 +257,17 @@ impl Watch {
                         outcome.at.mono_ms,
                     ));
                 }
-                report.readings = Some(batch);
+                // The rules saw every value above; the sinks get what is worth reporting.
+                let exception = self
+                    .devices
+                    .get_mut(outcome.device)
+                    .and_then(|d| d.exception.as_mut());
+                if let Some(filter) = exception {
+                    batch.points = filter.filter(batch.points, outcome.at.mono_ms);
+                }
+                if !batch.points.is_empty() {
+                    report.readings = Some(batch);
+                }
             }
         }
         report.events = transitions
@@ -488,6 +511,31 @@ message = "Smoke detected"
         assert_eq!(event.value, Some(3.0));
         assert_eq!(event.ts_ms, 2_000);
         assert_eq!(event.event_id, "boot-1");
+    }
+
+    #[test]
+    fn reported_by_exception_the_sinks_get_changes_and_heartbeats_while_the_rules_see_every_poll() {
+        let text = CONFIG.replace(
+            "comm_loss_after_s = 2",
+            "comm_loss_after_s = 2\nreport_every_s = 60",
+        );
+        let config = Config::from_toml_str(&text, "t").unwrap();
+        let mut w = Watch::new(&config, "boot".into(), 7).unwrap();
+        assert!(
+            w.on_poll(&good(0.2, 1_000)).readings.is_some(),
+            "the first poll"
+        );
+        let flat = w.on_poll(&good(0.2, 2_000));
+        assert!(flat.readings.is_none() && flat.events.is_empty());
+        // Smoke: reported, and the rule raised it.
+        let smoke = w.on_poll(&good(3.0, 3_000));
+        assert_eq!(smoke.readings.unwrap().points[0].value, 3.0);
+        assert_eq!(smoke.events.len(), 1);
+        // Still smoke: nothing new to report, and the alarm is not raised twice.
+        let still = w.on_poll(&good(3.0, 4_000));
+        assert!(still.readings.is_none() && still.events.is_empty());
+        // A minute after the last full report: the heartbeat.
+        assert!(w.on_poll(&good(3.0, 61_000)).readings.is_some());
     }
 
     #[test]

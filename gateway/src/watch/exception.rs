@@ -1,0 +1,111 @@
+//! Report by exception: which of a poll's values go to the sinks (the broker's live
+//! readings and the time-series store). The rules see every value of every poll regardless;
+//! this only spares the network and the store values that say nothing new.
+//!
+//! A device with `report_every_s` reports a point when its value moved more than the point's
+//! `report_deadband` (default 0: any change) from the value last reported, and reports every
+//! point at least every `report_every_s` (the heartbeat: a flat line in the store still has
+//! samples, and a reader can tell "unchanged" from "gone"). A device without it reports
+//! every poll, as before. Pure: time is an argument (monotonic ms).
+
+use std::collections::HashMap;
+
+use shouwang_wire::PointValue;
+
+/// One device's filter.
+#[derive(Debug, Clone)]
+pub struct ExceptionFilter {
+    every_ms: i64,
+    /// Per point; a point not named has deadband 0.
+    deadbands: HashMap<String, f64>,
+    /// The value last reported, per point.
+    last: HashMap<String, f64>,
+    /// When every point was last reported (monotonic ms).
+    last_full_ms: Option<i64>,
+}
+
+impl ExceptionFilter {
+    pub fn new(every_ms: i64, deadbands: HashMap<String, f64>) -> ExceptionFilter {
+        ExceptionFilter {
+            every_ms,
+            deadbands,
+            last: HashMap::new(),
+            last_full_ms: None,
+        }
+    }
+
+    /// The values of one poll at `now_ms` that are to be reported.
+    pub fn filter(&mut self, points: Vec<PointValue>, now_ms: i64) -> Vec<PointValue> {
+        let heartbeat = self
+            .last_full_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) >= self.every_ms);
+        if heartbeat {
+            self.last_full_ms = Some(now_ms);
+        }
+        points
+            .into_iter()
+            .filter(|p| {
+                let deadband = self.deadbands.get(&p.point).copied().unwrap_or(0.0);
+                let moved = self
+                    .last
+                    .get(&p.point)
+                    .is_none_or(|&last| !((p.value - last).abs() <= deadband));
+                let report = heartbeat || moved;
+                if report {
+                    self.last.insert(p.point.clone(), p.value);
+                }
+                report
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(v: &[(&str, f64)]) -> Vec<PointValue> {
+        v.iter()
+            .map(|&(point, value)| PointValue {
+                point: point.into(),
+                value,
+                engineering_unit: None,
+            })
+            .collect()
+    }
+
+    fn names(v: &[PointValue]) -> Vec<&str> {
+        v.iter().map(|p| p.point.as_str()).collect()
+    }
+
+    #[test]
+    fn only_moves_beyond_the_deadband_are_reported_between_heartbeats() {
+        let mut f = ExceptionFilter::new(60_000, [("pressure".to_string(), 0.02)].into());
+        // The first poll reports everything.
+        let first = f.filter(values(&[("pressure", 0.50), ("door", 0.0)]), 0);
+        assert_eq!(names(&first), ["pressure", "door"]);
+        // Within the deadband, unchanged: nothing.
+        assert!(
+            f.filter(values(&[("pressure", 0.51), ("door", 0.0)]), 1_000)
+                .is_empty()
+        );
+        // The door opens (deadband 0: any change); the pressure drifts 0.03 from the last
+        // reported 0.50.
+        let moved = f.filter(values(&[("pressure", 0.53), ("door", 1.0)]), 2_000);
+        assert_eq!(names(&moved), ["pressure", "door"]);
+        // Measured from the last reported value (0.53), not the last polled one.
+        assert!(
+            f.filter(values(&[("pressure", 0.545), ("door", 1.0)]), 3_000)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn every_point_is_reported_at_each_heartbeat_even_when_flat() {
+        let mut f = ExceptionFilter::new(10_000, HashMap::new());
+        assert_eq!(f.filter(values(&[("level", 3.0)]), 0).len(), 1);
+        assert!(f.filter(values(&[("level", 3.0)]), 9_999).is_empty());
+        assert_eq!(f.filter(values(&[("level", 3.0)]), 10_000).len(), 1);
+        assert!(f.filter(values(&[("level", 3.0)]), 10_001).is_empty());
+    }
+}
