@@ -46,10 +46,11 @@ impl ExceptionFilter {
             .into_iter()
             .filter(|p| {
                 let deadband = self.deadbands.get(&p.point).copied().unwrap_or(0.0);
-                let moved = self
-                    .last
-                    .get(&p.point)
-                    .is_none_or(|&last| !((p.value - last).abs() <= deadband));
+                let moved = self.last.get(&p.point).is_none_or(|&last| {
+                    let moved = (p.value - last).abs();
+                    // NaN (a value appearing or vanishing) counts as a move.
+                    moved > deadband || moved.is_nan()
+                });
                 let report = heartbeat || moved;
                 if report {
                     self.last.insert(p.point.clone(), p.value);
