@@ -187,20 +187,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use shouwang_wire::Message;
 
     fn event(alarm: &str, seq: u64) -> AlarmEvent {
-        let mut e = AlarmEvent::decode(
-            br#"{"schema":1,"event_id":"e","boot":1,"seq":1,"alarm_id":"c:g:d:r","gateway":"g",
-            "device":"d","device_kind":"smoke","point":null,"rule":"r","class":"alarm",
-            "priority":"high","transition":"raised","state":"unacknowledged","active":true,
-            "value":3.0,"engineering_unit":null,"place":{"community":"c","building":"B1",
-            "floor":"1","unit":"1"},"message":"Smoke","ts_ms":0,"operator":null}"#,
-        )
-        .unwrap();
-        e.alarm_id = alarm.into();
-        e.seq = seq;
-        e
+        AlarmEvent::example(alarm, 1, seq)
     }
 
     fn parts(id: &str, events: Vec<AlarmEvent>, quiet: Vec<String>) -> Vec<Snapshot> {

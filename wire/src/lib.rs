@@ -373,6 +373,43 @@ pub struct EventKey {
 }
 
 impl AlarmEvent {
+    /// A well-formed event, for tests and examples: a high-priority smoke alarm raised on
+    /// `alarm_id` (`community:gateway:device:rule`, whose parts fill the event's fields)
+    /// at `(boot, seq)`, with event id `<boot>-<seq>`.
+    pub fn example(alarm_id: &str, boot: u64, seq: u64) -> AlarmEvent {
+        let mut parts = alarm_id.split(':');
+        let mut part = || parts.next().unwrap_or_default().to_string();
+        let (community, gateway, device, rule) = (part(), part(), part(), part());
+        AlarmEvent {
+            schema: SCHEMA_VERSION,
+            event_id: format!("{boot}-{seq}"),
+            boot,
+            seq,
+            alarm_id: alarm_id.to_string(),
+            gateway,
+            device,
+            device_kind: "smoke".into(),
+            point: None,
+            rule,
+            class: SignalClass::Alarm,
+            priority: Priority::High,
+            transition: TransitionKind::Raised,
+            state: AlarmState::Unacknowledged,
+            active: true,
+            value: Some(3.0),
+            engineering_unit: None,
+            place: Place {
+                community,
+                building: "B1".into(),
+                floor: "1".into(),
+                unit: "1".into(),
+            },
+            message: "Smoke".into(),
+            ts_ms: 0,
+            operator: None,
+        }
+    }
+
     pub fn key(&self) -> EventKey {
         EventKey {
             boot: self.boot,
@@ -783,18 +820,7 @@ mod tests {
     }
 
     fn snapshot_event(n: u64) -> AlarmEvent {
-        let mut e = AlarmEvent::decode(
-            br#"{"schema":1,"event_id":"e","boot":1,"seq":1,"alarm_id":"c:g:d:r","gateway":"g",
-            "device":"d","device_kind":"smoke","point":null,"rule":"r","class":"alarm",
-            "priority":"high","transition":"raised","state":"unacknowledged","active":true,
-            "value":null,"engineering_unit":null,"place":{"community":"c","building":"B1",
-            "floor":"1","unit":"1"},"message":"m","ts_ms":0,"operator":null}"#,
-        )
-        .unwrap();
-        e.event_id = format!("e-{n}");
-        e.seq = n;
-        e.alarm_id = format!("c:g:d{n}:r");
-        e
+        AlarmEvent::example(&format!("c:g:d{n}:r"), 1, n)
     }
 
     #[test]

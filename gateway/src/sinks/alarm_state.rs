@@ -108,18 +108,7 @@ mod tests {
     use shouwang_wire::AlarmState;
 
     fn event(alarm: &str, boot: u64, seq: u64, state: AlarmState) -> AlarmEvent {
-        let mut e = AlarmEvent::decode(
-            br#"{"schema":1,"event_id":"e","boot":1,"seq":1,"alarm_id":"c:g:d:r","gateway":"g",
-            "device":"d","device_kind":"smoke","point":null,"rule":"r","class":"alarm",
-            "priority":"high","transition":"raised","state":"unacknowledged","active":true,
-            "value":12.5,"engineering_unit":null,"place":{"community":"c","building":"B1",
-            "floor":"1","unit":"1"},"message":"m","ts_ms":0,"operator":null}"#,
-        )
-        .unwrap();
-        e.alarm_id = alarm.into();
-        e.boot = boot;
-        e.seq = seq;
-        e.event_id = format!("{boot}-{seq}");
+        let mut e = AlarmEvent::example(alarm, boot, seq);
         e.state = state;
         e
     }

@@ -638,14 +638,9 @@ mod tests {
 
     #[test]
     fn fire_alarms_rank_before_supervisory_before_faults_and_high_before_low() {
-        let mut event = AlarmEvent::decode(
-            br#"{"schema":1,"event_id":"e","boot":1,"seq":1,"alarm_id":"c:g:d:r","gateway":"g",
-            "device":"d","device_kind":"smoke","point":null,"rule":"r","class":"fault",
-            "priority":"low","transition":"raised","state":"unacknowledged","active":true,
-            "value":null,"engineering_unit":null,"place":{"community":"c","building":"B1",
-            "floor":"1","unit":"1"},"message":"m","ts_ms":0,"operator":null}"#,
-        )
-        .unwrap();
+        let mut event = AlarmEvent::example("c:g:d:r", 1, 1);
+        event.class = SignalClass::Fault;
+        event.priority = Priority::Low;
         let fault_low = rank(&event);
         event.class = SignalClass::Supervisory;
         event.priority = Priority::High;
@@ -661,18 +656,7 @@ mod tests {
     }
 
     fn event(alarm: &str, seq: u64) -> AlarmEvent {
-        let mut e = AlarmEvent::decode(
-            br#"{"schema":1,"event_id":"e","boot":1,"seq":1,"alarm_id":"c:g:d:r","gateway":"g",
-            "device":"d","device_kind":"smoke","point":null,"rule":"r","class":"alarm",
-            "priority":"high","transition":"raised","state":"unacknowledged","active":true,
-            "value":3.0,"engineering_unit":null,"place":{"community":"c","building":"B1",
-            "floor":"1","unit":"1"},"message":"m","ts_ms":0,"operator":null}"#,
-        )
-        .unwrap();
-        e.alarm_id = alarm.into();
-        e.seq = seq;
-        e.event_id = format!("1-{seq}");
-        e
+        AlarmEvent::example(alarm, 1, seq)
     }
 
     fn lane(dir: &Path, known: &[&str]) -> Lane {
