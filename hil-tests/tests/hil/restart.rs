@@ -24,6 +24,38 @@ async fn smoke_sim() -> SimDevice {
     smoke
 }
 
+/// A broker, a console, a smoke detector and gateway `gw-r` on its own data directory.
+struct Site {
+    _broker: servers::Server,
+    console: rig::ConsoleProc,
+    smoke: SimDevice,
+    dir: Arc<tempfile::TempDir>,
+    config: String,
+    gateway: rig::Proc,
+    http: reqwest::Client,
+}
+
+impl Site {
+    async fn start() -> Site {
+        let broker = servers::mosquitto().unwrap();
+        let port = broker.port();
+        let console = rig::start_console(port).unwrap();
+        let smoke = smoke_sim().await;
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let config = rig::gateway_config("gw-r", port, smoke.local_addr(), None, "");
+        let gateway = rig::start_gateway_in(dir.clone(), &config).unwrap();
+        Site {
+            _broker: broker,
+            console,
+            smoke,
+            dir,
+            config,
+            gateway,
+            http: servers::http_client(),
+        }
+    }
+}
+
 async fn get(http: &reqwest::Client, url: &str) -> Option<Value> {
     http.get(url).send().await.ok()?.json().await.ok()
 }
@@ -107,14 +139,15 @@ async fn wait_snapshot(console: &rig::ConsoleProc, gateway: &rig::Proc, nth: usi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_gateway_raises_no_alarm_twice_and_one_acknowledged_that_cleared_while_it_was_dead_leaves_the_board()
  {
-    let broker = servers::mosquitto().unwrap();
-    let port = broker.port();
-    let console = rig::start_console(port).unwrap();
-    let smoke = smoke_sim().await;
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let config = rig::gateway_config("gw-r", port, smoke.local_addr(), None, "");
-    let mut gateway = rig::start_gateway_in(dir.clone(), &config).unwrap();
-    let http = servers::http_client();
+    let Site {
+        _broker,
+        console,
+        smoke,
+        dir,
+        config,
+        mut gateway,
+        http,
+    } = Site::start().await;
 
     // Smoke; the operator acknowledges it.
     smoke.set_u16(0, 400);
@@ -172,14 +205,15 @@ async fn a_restarted_gateway_raises_no_alarm_twice_and_one_acknowledged_that_cle
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alarm_awaiting_acknowledgement_before_a_restart_is_acknowledged_after_it() {
-    let broker = servers::mosquitto().unwrap();
-    let port = broker.port();
-    let console = rig::start_console(port).unwrap();
-    let smoke = smoke_sim().await;
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let config = rig::gateway_config("gw-r", port, smoke.local_addr(), None, "");
-    let mut gateway = rig::start_gateway_in(dir.clone(), &config).unwrap();
-    let http = servers::http_client();
+    let Site {
+        _broker,
+        console,
+        smoke,
+        dir,
+        config,
+        mut gateway,
+        http,
+    } = Site::start().await;
 
     // Raised and cleared: it waits on the board for an acknowledgement.
     smoke.set_u16(0, 400);
@@ -227,14 +261,15 @@ async fn an_alarm_awaiting_acknowledgement_before_a_restart_is_acknowledged_afte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_alarm_of_a_device_removed_from_the_config_leaves_the_board_after_the_restart() {
-    let broker = servers::mosquitto().unwrap();
-    let port = broker.port();
-    let console = rig::start_console(port).unwrap();
-    let smoke = smoke_sim().await;
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let config = rig::gateway_config("gw-r", port, smoke.local_addr(), None, "");
-    let mut gateway = rig::start_gateway_in(dir.clone(), &config).unwrap();
-    let http = servers::http_client();
+    let Site {
+        _broker,
+        console,
+        smoke,
+        dir,
+        config,
+        mut gateway,
+        http,
+    } = Site::start().await;
 
     smoke.set_u16(0, 400);
     wait_history(
