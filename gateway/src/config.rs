@@ -1056,6 +1056,28 @@ fn devices(value: Option<toml::Value>, problems: &mut Problems) -> Vec<Option<De
 }
 
 fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
+    // Two devices at one Modbus address and unit id would read each other's registers and
+    // raise each other's alarms under the wrong place.
+    let mut addresses: BTreeMap<(String, u8), (usize, &str)> = BTreeMap::new();
+    for (i, device) in devices.iter().enumerate() {
+        let Some(d) = device else { continue };
+        let (Transport::Tcp, Some(address)) = (d.transport, &d.address) else {
+            continue;
+        };
+        let at = (address.trim().to_ascii_lowercase(), d.modbus_unit());
+        match addresses.get(&at) {
+            Some(&(first, first_id)) => p.add(
+                format!("devices[{i}] ({}).address", d.id),
+                format!(
+                    "{address} unit {} is also devices[{first}] ({first_id}): one device per address and unit id",
+                    d.modbus_unit()
+                ),
+            ),
+            None => {
+                addresses.insert(at, (i, d.id.as_str()));
+            }
+        }
+    }
     for (i, first) in crate::sources::mqtt_sensors::config::shared_topics(devices) {
         if let (Some(d), Some(f)) = (&devices[i], &devices[first]) {
             p.add(
@@ -1883,6 +1905,25 @@ active_low = false
             1,
         );
         assert!(problems_of(&good).is_empty());
+    }
+
+    #[test]
+    fn two_devices_at_one_address_and_unit_id_are_refused_and_other_unit_ids_are_not() {
+        let device = |id: &str, unit: u8| {
+            format!(
+                "\n[[devices]]\nid = \"{id}\"\nkind = \"leak\"\nbuilding = \"B1\"\nfloor = \"1\"\nunit = \"1\"\ntransport = \"tcp\"\naddress = \"10.0.0.9:502\"\nunit_id = {unit}\n\n[[devices.points]]\nname = \"wet\"\nregister = 0\ntype = \"u16\"\n"
+            )
+        };
+        let fine = format!("{GOOD}{}{}", device("leak-1", 1), device("leak-2", 2));
+        assert!(problems_of(&fine).is_empty(), "{:#?}", problems_of(&fine));
+        let clash = format!("{GOOD}{}{}", device("leak-1", 1), device("leak-2", 1));
+        let problems = problems_of(&clash);
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert_eq!(problems[0].0, "devices[2] (leak-2).address");
+        assert!(
+            problems[0].1.contains("devices[1] (leak-1)"),
+            "{problems:#?}"
+        );
     }
 
     #[test]
