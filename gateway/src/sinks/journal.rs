@@ -761,4 +761,25 @@ mod tests {
             BACKLOG_WINDOW as u64 + 201
         );
     }
+
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn measure_a_turn_with_100k_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = lane(dir.path(), &["a"]);
+        for seq in 1..=100_000 {
+            l.append(event("a", seq), 0);
+        }
+        l.sync();
+        let options = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
+        let (client, _eventloop) = AsyncClient::new(options, 1_000_000);
+        let outlet = Outlet::Client(client);
+        let turns = 50;
+        let t = Instant::now();
+        for _ in 0..turns {
+            l.publish(&outlet, "t", 1);
+            l.report();
+        }
+        eprintln!("turn with 100k pending: {:?}", t.elapsed() / turns);
+    }
 }
