@@ -21,6 +21,10 @@
 //!    the console stores (the window clocks it by receipts) without holding back what
 //!    happens now, and a slow console is not buried in resends.
 //!
+//! A turn costs O(window + live events), not O(pending): the lane keeps the live events,
+//! the backlog window and the pending events by age as indexes beside `pending`
+//! (`measure_a_turn_with_100k_pending`: 45 µs a turn with 100,000 pending on x86).
+//!
 //! # Invariants
 //! - An event is in `pending` from [`Journal::record`] until a receipt names it. Nothing
 //!   else removes it: not a PUBACK, not a reconnection, not a full disk.
@@ -37,7 +41,7 @@
 //!   (the deletes wait for the next save, at most [`STATE_SAVE_EVERY`]), so after a crash
 //!   the file plus the queue hold every alarm's latest state.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -221,9 +225,8 @@ struct Pending {
     /// When it was recorded (monotonic), for ages and delivery latency.
     recorded: Instant,
     /// The connection it was last sent on, when, and how many times on that connection.
+    /// (Whether it is live, recorded on the current connection, is kept in `Lane::live`.)
     sent: Option<(u64, Instant, u32)>,
-    /// Recorded after the current connection came up: sent before the backlog.
-    live_since: u64,
 }
 
 /// The thread's state.
@@ -250,6 +253,14 @@ struct Lane {
     rewrite_tried: Option<Instant>,
     /// Records the console confirmed, deleted from the queue after the next state save.
     confirmed_records: Vec<u64>,
+    // Indexes into `pending`, so a turn costs O(window + live), not O(pending):
+    /// Pending events that happened on connection `live_conn` (live: sent first).
+    live: BTreeSet<(u8, EventKey)>,
+    live_conn: u64,
+    /// Backlog events sent on connection `live_conn` and not yet confirmed: the window.
+    in_window: BTreeSet<(u8, EventKey)>,
+    /// Pending events by when they were recorded: the first is the oldest.
+    by_age: BTreeSet<(Instant, EventKey)>,
 }
 
 /// Most urgent first when iterating ascending: alarm, supervisory, fault; high priority
@@ -289,6 +300,10 @@ impl Lane {
             state_saved: None,
             rewrite_tried: None,
             confirmed_records: Vec::new(),
+            live: BTreeSet::new(),
+            live_conn: 0,
+            in_window: BTreeSet::new(),
+            by_age: BTreeSet::new(),
         };
         match crate::sinks::alarm_state::load(data_dir) {
             Ok(loaded) => {
@@ -356,17 +371,30 @@ impl Lane {
     fn insert(&mut self, event: AlarmEvent, record: Option<u64>, live_since: u64) {
         let r = rank(&event);
         let key = event.key();
+        let recorded = Instant::now();
         self.rank_of.insert(key, r);
+        if live_since > 0 && live_since == self.live_conn {
+            self.live.insert((r, key));
+        }
+        self.by_age.insert((recorded, key));
         self.pending.insert(
             (r, key),
             Pending {
                 event,
                 record,
-                recorded: Instant::now(),
+                recorded,
                 sent: None,
-                live_since,
             },
         );
+    }
+
+    /// A new connection: what was live is backlog now, and nothing is in its window yet.
+    fn on_connection(&mut self, connection: u64) {
+        if connection != self.live_conn {
+            self.live.clear();
+            self.in_window.clear();
+            self.live_conn = connection;
+        }
     }
 
     fn run(
@@ -388,6 +416,7 @@ impl Lane {
                 }
             };
             let connection = link.connections.load(Ordering::Relaxed);
+            self.on_connection(connection);
             for input in first.into_iter().chain(rx.try_iter()) {
                 match input {
                     Input::Event(event) => self.append(*event, connection),
@@ -487,7 +516,10 @@ impl Lane {
             let Some(r) = self.rank_of.remove(key) else {
                 continue; // already confirmed, or never ours
             };
+            self.live.remove(&(r, *key));
+            self.in_window.remove(&(r, *key));
             if let Some(p) = self.pending.remove(&(r, *key)) {
+                self.by_age.remove(&(p.recorded, *key));
                 if let Some(seq) = p.record {
                     self.confirmed_records.push(seq);
                 }
@@ -543,6 +575,7 @@ impl Lane {
     }
 
     fn publish(&mut self, client: &Outlet, topic: &str, connection: u64) {
+        self.on_connection(connection);
         let sendable = self.sendable_upto;
         let now = Instant::now();
         let due = |p: &Pending| {
@@ -557,48 +590,66 @@ impl Lane {
             };
             written && unsent
         };
-        let is_live = |p: &Pending| p.live_since >= connection && connection > 0;
-        let awaiting = self
-            .pending
-            .values()
-            .filter(|p| !is_live(p) && p.sent.is_some_and(|(conn, _, _)| conn == connection))
-            .count();
-        // Resends of events already in the window take only the turn's budget; events not
-        // yet sent on this connection need room in the window too.
-        let mut window_room = BACKLOG_WINDOW.saturating_sub(awaiting);
-        let mut backlog_budget = BACKLOG_PER_TURN;
-        // Two passes: live events first, then the backlog within its budget.
-        for live_pass in [true, false] {
-            for p in self.pending.values_mut() {
-                let live = is_live(p);
-                if live != live_pass || !due(p) {
-                    continue;
-                }
-                if !live {
-                    if backlog_budget == 0 {
-                        break;
-                    }
-                    let in_window = p.sent.is_some_and(|(conn, _, _)| conn == connection);
-                    if !in_window {
-                        if window_room == 0 {
-                            continue;
-                        }
-                        window_room -= 1;
-                    }
-                    backlog_budget -= 1;
-                }
-                if !client.try_publish(topic, p.event.key(), p.event.encode()) {
-                    // rumqttc's request channel is full (or the link just went down): the
-                    // rest waits for the next turn.
+        let health = &self.health;
+        // Hand one event to the link; false when it cannot take more this turn.
+        let send = |p: &mut Pending| -> bool {
+            if !client.try_publish(topic, p.event.key(), p.event.encode()) {
+                // rumqttc's request channel is full (or the link just went down).
+                return false;
+            }
+            let sends = match p.sent {
+                Some((conn, _, n)) if conn == connection => n.saturating_add(1),
+                _ => 1,
+            };
+            p.sent = Some((connection, now, sends));
+            health.sends.fetch_add(1, Ordering::Relaxed);
+            true
+        };
+        let Lane {
+            pending,
+            live,
+            in_window,
+            ..
+        } = self;
+        // Live events first, all that are due.
+        for key in live.iter() {
+            if let Some(p) = pending.get_mut(key)
+                && due(p)
+                && !send(p)
+            {
+                return;
+            }
+        }
+        // Then the backlog within the turn's budget: resends of events in the window, then
+        // events not yet sent on this connection while the window has room.
+        let mut budget = BACKLOG_PER_TURN;
+        for key in in_window.iter() {
+            if budget == 0 {
+                return;
+            }
+            if let Some(p) = pending.get_mut(key)
+                && due(p)
+            {
+                budget -= 1;
+                if !send(p) {
                     return;
                 }
-                let sends = match p.sent {
-                    Some((conn, _, n)) if conn == connection => n.saturating_add(1),
-                    _ => 1,
-                };
-                p.sent = Some((connection, now, sends));
-                self.health.sends.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        let mut room = BACKLOG_WINDOW.saturating_sub(in_window.len());
+        for (key, p) in pending.iter_mut() {
+            if budget == 0 || room == 0 {
+                return;
+            }
+            if live.contains(key) || in_window.contains(key) || !due(p) {
+                continue;
+            }
+            budget -= 1;
+            room -= 1;
+            if !send(p) {
+                return;
+            }
+            in_window.insert(*key);
         }
     }
 
@@ -607,10 +658,9 @@ impl Lane {
         h.pending
             .store(self.pending.len() as u64, Ordering::Relaxed);
         let oldest = self
-            .pending
-            .values()
-            .map(|p| p.recorded.elapsed())
-            .max()
+            .by_age
+            .first()
+            .map(|(recorded, _)| recorded.elapsed())
             .unwrap_or_default();
         h.oldest_pending_ms.store(
             u64::try_from(oldest.as_millis()).unwrap_or(u64::MAX),
@@ -760,6 +810,34 @@ mod tests {
             l.health.sends.load(Ordering::Relaxed),
             BACKLOG_WINDOW as u64 + 201
         );
+    }
+
+    #[test]
+    fn a_live_event_unconfirmed_on_one_connection_is_backlog_on_the_next_and_a_receipt_clears_every_index()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = lane(dir.path(), &["a"]);
+        let options = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
+        let (client, _eventloop) = AsyncClient::new(options, 100);
+        let outlet = Outlet::Client(client);
+        l.on_connection(1);
+        l.append(event("a", 1), 1);
+        l.sync();
+        assert_eq!(l.live.len(), 1);
+        l.publish(&outlet, "t", 1);
+        l.publish(&outlet, "t", 1); // not due again yet
+        assert_eq!(l.health.sends.load(Ordering::Relaxed), 1);
+        // The link drops and comes back: the event is backlog now, sent once more.
+        l.publish(&outlet, "t", 2);
+        assert!(l.live.is_empty());
+        assert_eq!(l.in_window.len(), 1);
+        assert_eq!(l.health.sends.load(Ordering::Relaxed), 2);
+        l.report();
+        assert_eq!(l.health.pending.load(Ordering::Relaxed), 1);
+        l.confirm(&[EventKey { boot: 1, seq: 1 }]);
+        assert!(l.in_window.is_empty() && l.by_age.is_empty() && l.pending.is_empty());
+        l.report();
+        assert_eq!(l.health.oldest_pending_ms.load(Ordering::Relaxed), 0);
     }
 
     #[test]
