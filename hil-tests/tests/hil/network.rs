@@ -147,9 +147,9 @@ message = "Smoke detected"
                 sim.set_u16(p, value);
             }
         }
-        // The gateway reads one point per request: 2 * points + 1 requests after the change
-        // hold a whole poll that started after it.
-        let need = 2 * u64::from(self.points) + 1;
+        // The read planner reads a device's contiguous points in one request: 2 requests
+        // after the change hold a whole poll that started after it (3 for margin).
+        let need = 3;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self
             .sims
