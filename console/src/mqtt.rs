@@ -279,7 +279,33 @@ impl Inbox {
     /// events before it and is handled in place.
     async fn publish(&mut self, publish: Publish) {
         Metrics::inc(&self.state.metrics.mqtt_messages_received);
-        if let Ok((topic, Inbound::Event(event))) = decode(&publish.topic, &publish.payload) {
+        let (topic, inbound) = match decode(&publish.topic, &publish.payload) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                Metrics::inc(&self.state.metrics.mqtt_messages_rejected);
+                let total = self
+                    .state
+                    .metrics
+                    .mqtt_messages_rejected
+                    .load(Ordering::Relaxed);
+                // A hostile client can send thousands a second: one line per period, with
+                // the count (shouwang_console_mqtt_messages_rejected_total has them all).
+                if BAD_INPUT_LOG.due(now_ms()) {
+                    tracing::warn!(
+                        topic = %publish.topic,
+                        reason = %error,
+                        bytes = publish.payload.len(),
+                        total,
+                        "dropping a message that does not decode"
+                    );
+                }
+                // Acked: it never will decode.
+                let connection = self.connection;
+                self.stored(publish, connection);
+                return;
+            }
+        };
+        if let Inbound::Event(event) = inbound {
             let now = now_ms();
             if event.gateway != topic.gateway && BAD_INPUT_LOG.due(now) {
                 // Kept anyway: an alarm must get through even from a misconfigured gateway.
@@ -311,7 +337,7 @@ impl Inbox {
             return;
         }
         self.settle_all().await;
-        match handle(&self.state, &publish).await {
+        match handle(&self.state, &publish.topic, topic, inbound).await {
             Ok(()) => {
                 let connection = self.connection;
                 self.stored(publish, connection);
@@ -435,49 +461,22 @@ fn pay_acks(client: &AsyncClient, owed: &mut std::collections::VecDeque<Publish>
 
 /// Decode, store and fan out one message. `Err` only when it could not be stored; a message
 /// that does not decode is logged, counted and dropped (`Ok`).
-async fn handle(state: &AppState, publish: &Publish) -> Result<(), StoreError> {
-    let (topic, inbound) = match decode(&publish.topic, &publish.payload) {
-        Ok(decoded) => decoded,
-        Err(error) => {
-            Metrics::inc(&state.metrics.mqtt_messages_rejected);
-            let total = state.metrics.mqtt_messages_rejected.load(Ordering::Relaxed);
-            // A hostile client can send thousands a second: one line per period, with the
-            // count (shouwang_console_mqtt_messages_rejected_total has them all).
-            if BAD_INPUT_LOG.due(now_ms()) {
-                tracing::warn!(
-                    topic = %publish.topic,
-                    reason = %error,
-                    bytes = publish.payload.len(),
-                    total,
-                    "dropping a message that does not decode"
-                );
-            }
-            return Ok(());
-        }
-    };
+async fn handle(
+    state: &AppState,
+    raw_topic: &str,
+    topic: TopicName,
+    inbound: Inbound,
+) -> Result<(), StoreError> {
     let now = now_ms();
     match inbound {
-        Inbound::Event(event) => {
-            if event.gateway != topic.gateway && BAD_INPUT_LOG.due(now) {
-                // Kept anyway: an alarm must get through even from a misconfigured gateway.
-                tracing::warn!(
-                    topic = %publish.topic,
-                    gateway = %event.gateway,
-                    alarm_id = %event.alarm_id,
-                    "alarm event names another gateway than its topic"
-                );
-            }
-            let key = event.key();
-            store_event(state, event, &topic.community, now).await?;
-            // Stored (or already held): the gateway may let go of it.
-            state.receipts.note(&topic.community, &topic.gateway, key);
-        }
+        // Alarm events are stored in groups by [`Inbox::publish`], never here.
+        Inbound::Event(_) => {}
         Inbound::Readings(batch) => match state.readings.update(&topic.community, &batch) {
             ReadingUpdate::Latest => state.publish(StreamKind::Reading, &batch),
             ReadingUpdate::Stale => {}
             ReadingUpdate::Full => {
                 Metrics::inc(&state.metrics.readings_dropped);
-                tracing::warn!(topic = %publish.topic, device = %batch.device, "live readings table full");
+                tracing::warn!(topic = %raw_topic, device = %batch.device, "live readings table full");
             }
         },
         Inbound::Status(status) => {
@@ -694,5 +693,27 @@ mod tests {
         assert!(log.due(11_000));
         // The wall clock stepped back: not silenced for the length of the step.
         assert!(log.due(5_000));
+    }
+
+    #[test]
+    fn a_snapshot_naming_another_gateway_than_its_topic_is_refused_and_a_matching_one_decodes() {
+        let part = Snapshot::split(
+            "gw-2",
+            "s1",
+            shouwang_wire::EventKey { boot: 1, seq: 1 },
+            vec![],
+            vec!["riverside:gw-2:d:r".into()],
+            0,
+            shouwang_wire::MAX_PUBLISH_BYTES,
+        )
+        .remove(0);
+        let err = decode("shouwang/v1/riverside/gw-1/snapshot", &part.encode()).unwrap_err();
+        assert!(matches!(err, DecodeError::SnapshotGateway { .. }), "{err}");
+        assert!(err.to_string().contains("gw-2"), "{err}");
+        let (_, inbound) = decode("shouwang/v1/riverside/gw-2/snapshot", &part.encode()).unwrap();
+        assert_eq!(inbound, Inbound::Snapshot(part));
+        // Garbage on the snapshot topic names its kind.
+        let err = decode("shouwang/v1/riverside/gw-2/snapshot", b"\xff{").unwrap_err();
+        assert!(err.to_string().contains("snapshot"), "{err}");
     }
 }

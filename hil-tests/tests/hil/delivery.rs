@@ -244,10 +244,9 @@ async fn a_hostile_client_publishing_garbage_on_every_topic_silences_neither_the
 
     let abuser = hostile(broker.port()).await;
     let started = Instant::now();
-    for channel in [
-        "commands", "receipts", "events", "readings", "replies", "status",
-    ] {
-        let topic = format!("shouwang/v1/riverside/gw-h/{channel}");
+    // Every channel there is (the snapshot one included), so a new one is not forgotten.
+    for channel in shouwang_wire::Channel::ALL {
+        let topic = format!("shouwang/v1/riverside/gw-h/{}", channel.as_str());
         for payload in garbage("gw-h") {
             abuser
                 .publish(&topic, QoS::AtLeastOnce, false, payload)
