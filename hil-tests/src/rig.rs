@@ -525,3 +525,43 @@ message = "Water leak"
     }
     text
 }
+
+/// Check one alarm's history from the console's API (oldest first): its transitions are
+/// exactly `expected`, its `(boot, seq)` keys strictly increase (in the order they happened)
+/// and no `event_id` appears twice (every transition stored once). `context` goes into the
+/// failure message (logs, say).
+pub fn assert_each_transition_once(
+    history: &[serde_json::Value],
+    expected: &[&str],
+    context: &str,
+) {
+    let transitions: Vec<&str> = history
+        .iter()
+        .map(|e| e["transition"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        transitions, expected,
+        "each transition once, in order\n{history:#?}\n{context}"
+    );
+    let keys: Vec<(u64, u64)> = history
+        .iter()
+        .map(|e| {
+            (
+                e["boot"].as_u64().unwrap_or(0),
+                e["seq"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}\n{context}");
+    let mut ids: Vec<&str> = history
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap_or(""))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        history.len(),
+        "one event_id per transition\n{context}"
+    );
+}

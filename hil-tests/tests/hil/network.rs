@@ -337,31 +337,10 @@ impl Site {
                 .await
                 .unwrap_or_else(|| panic!("{id} is not on the board\n{}", self.logs()));
             let history = alarm["history"].as_array().cloned().unwrap_or_default();
-            let transitions: Vec<&str> = history
-                .iter()
-                .map(|e| e["transition"].as_str().unwrap_or("?"))
-                .collect();
-            assert_eq!(
-                transitions,
-                expected,
-                "{id}: each transition once, in order\n{}",
-                self.logs()
-            );
-            let keys: Vec<(u64, u64)> = history
-                .iter()
-                .map(|e| (e["boot"].as_u64().unwrap(), e["seq"].as_u64().unwrap()))
-                .collect();
-            assert!(keys.windows(2).all(|w| w[0] < w[1]), "{id}: {keys:?}");
-            let mut ids: Vec<&str> = history
-                .iter()
-                .map(|e| e["event_id"].as_str().unwrap())
-                .collect();
-            ids.sort_unstable();
-            ids.dedup();
-            assert_eq!(
-                ids.len(),
-                history.len(),
-                "{id}: one event_id per transition"
+            rig::assert_each_transition_once(
+                &history,
+                &expected,
+                &format!("{id}\n{}", self.logs()),
             );
             let state = if active {
                 "unacknowledged"
