@@ -858,3 +858,88 @@ async fn a_console_whose_disk_is_full_confirms_nothing_it_could_not_store_and_ha
     .await
     .unwrap_or_else(|e| panic!("{e}\n--- console\n{}", console.proc.log()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_broker_confirmation_transitions_made_while_the_broker_was_dead_reach_the_receiver_once_it_is_back()
+ {
+    // The receiver's persistent session must outlive the broker's crash (docs/mosquitto:
+    // persistence on): the broker then keeps what the gateway publishes for it even before
+    // it reconnects. Without that, a PUBACK can confirm an event nobody received, which is
+    // the limit broker_confirm.rs documents.
+    let mut broker = servers::mosquitto_saving_every(1).unwrap();
+    let port = broker.port();
+    let receiver = rig::Listener::start_persistent(port, "shouwang/v1/+/gw-k/events", "receiver-k")
+        .await
+        .unwrap();
+    let smoke = smoke_sim().await;
+    let metrics_port = servers::free_port();
+    let config = rig::gateway_config(
+        "gw-k",
+        port,
+        smoke.local_addr(),
+        None,
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+    )
+    .replace(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\nalarm_confirmation = \"broker\"",
+    );
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let gateway = rig::start_gateway_in(dir.clone(), &config).unwrap();
+    let http = servers::http_client();
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    eventually("the gateway connected", Duration::from_secs(10), || async {
+        metric(&http, &url, "shouwang_gateway_mqtt_connected")
+            .await
+            .filter(|c| *c == 1)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+
+    // The broker saves the receiver's session, then dies: no PUBACK can come, so nothing
+    // made meanwhile may leave the queue.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    broker.kill();
+    for value in [400, 20, 400] {
+        smoke.set_u16(0, value);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let pending = metric(&http, &url, "shouwang_gateway_alarm_queue_pending").await;
+    assert_eq!(pending, Some(3), "{}", gateway.log());
+
+    // It comes back with the receiver's session; the three transitions reach the
+    // receiver, and leave the queue on their PUBACKs.
+    broker.start_again().unwrap();
+    let back = Instant::now();
+    eventually(
+        "the queue emptied by PUBACKs",
+        Duration::from_secs(30),
+        || async {
+            metric(&http, &url, "shouwang_gateway_alarm_queue_pending")
+                .await
+                .filter(|n| *n == 0)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    let heard = eventually(
+        "three transitions at the receiver",
+        Duration::from_secs(10),
+        || async {
+            let ids: std::collections::BTreeSet<String> = receiver
+                .heard()
+                .iter()
+                .filter_map(|h| shouwang_wire::AlarmEvent::decode(&h.payload).ok())
+                .map(|e| e.event_id)
+                .collect();
+            (ids.len() >= 3).then_some(ids)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log()));
+    assert_eq!(heard.len(), 3, "{heard:?}");
+    println!(
+        "broker mode: 3 transitions made while the broker was dead confirmed {:?} after it was back",
+        back.elapsed()
+    );
+}
