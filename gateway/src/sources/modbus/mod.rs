@@ -18,50 +18,17 @@ use tokio::time::{MissedTickBehavior, timeout};
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 
+pub mod decode;
 pub mod plan;
+
+pub use decode::{DecodeError, decode};
 
 pub use plan::{Block, PlanLimits, ReadPlan, SitePlan};
 
 use super::{LinkError, PointFault, PollOutcome, PolledValues};
 use crate::clock::Clock;
-use crate::config::{DataType, DeviceConfig, PointConfig, RegisterTable};
+use crate::config::{DeviceConfig, RegisterTable};
 use crate::supervise::Heartbeat;
-
-/// Turn a point's raw registers into its scaled value. 32-bit values are high word first.
-pub fn decode(point: &PointConfig, registers: &[u16]) -> Result<f64, DecodeError> {
-    // The config refuses a `tcp` point without a type; this keeps a broken invariant a
-    // point fault rather than a panic.
-    let data_type = point.data_type.ok_or(DecodeError::NotModbus)?;
-    let need = usize::from(data_type.registers());
-    if registers.len() != need {
-        return Err(DecodeError::WrongLength {
-            expected: need,
-            got: registers.len(),
-        });
-    }
-    let word = |i: usize| u32::from(registers[i]);
-    let raw = match data_type {
-        DataType::U16 => f64::from(registers[0]),
-        DataType::I16 => f64::from(registers[0] as i16),
-        DataType::U32 => f64::from((word(0) << 16) | word(1)),
-        DataType::I32 => f64::from(((word(0) << 16) | word(1)) as i32),
-        DataType::F32 => f64::from(f32::from_bits((word(0) << 16) | word(1))),
-    };
-    if !raw.is_finite() {
-        return Err(DecodeError::NotFinite);
-    }
-    Ok(raw * point.scale + point.offset)
-}
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("expected {expected} registers, the device sent {got}")]
-    WrongLength { expected: usize, got: usize },
-    #[error("the registers hold NaN or infinity (a sensor fault)")]
-    NotFinite,
-    #[error("the point has no Modbus register or type")]
-    NotModbus,
-}
 
 /// Poll one device forever, sending each outcome on `out`. Returns when `out` closes.
 /// Beats `heartbeat` once per poll (see [`stall_after`]); every call starts with a fresh
@@ -313,24 +280,6 @@ async fn resolve(address: &str) -> Result<SocketAddr, LinkError> {
 mod tests {
     use super::*;
 
-    fn point(data_type: DataType, scale: f64, offset: f64) -> PointConfig {
-        PointConfig {
-            name: "p".into(),
-            register: Some(0),
-            table: None,
-            data_type: Some(data_type),
-            json: None,
-            quality_field: None,
-            quality_good: None,
-            gpio: None,
-            active_low: None,
-            report_deadband: None,
-            scale,
-            offset,
-            engineering_unit: None,
-        }
-    }
-
     /// A device at `addr` with u16 holding points at registers 0 and 1 (one block).
     fn device_at(addr: SocketAddr, timeout_ms: u64) -> DeviceConfig {
         toml::from_str(&format!(
@@ -428,55 +377,5 @@ type = "u16"
         // Request 1's value, from a new connection; never request 0's.
         assert_eq!(polled.values, vec![("x".into(), 1.0), ("y".into(), 1.0)]);
         assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
-    }
-
-    #[test]
-    fn sixteen_bit_values_are_scaled_and_offset() {
-        assert_eq!(
-            decode(&point(DataType::U16, 0.01, 0.0), &[250]).unwrap(),
-            2.5
-        );
-        assert_eq!(
-            decode(&point(DataType::I16, 1.0, 10.0), &[0xFFFF]).unwrap(),
-            9.0
-        );
-    }
-
-    #[test]
-    fn thirty_two_bit_values_take_the_high_word_first() {
-        let bits = 0.65f32.to_bits();
-        let regs = [(bits >> 16) as u16, bits as u16];
-        let v = decode(&point(DataType::F32, 1.0, 0.0), &regs).unwrap();
-        assert!((v - 0.65).abs() < 1e-6);
-        assert_eq!(
-            decode(&point(DataType::U32, 1.0, 0.0), &[1, 2]).unwrap(),
-            65538.0
-        );
-        assert_eq!(
-            decode(&point(DataType::I32, 1.0, 0.0), &[0xFFFF, 0xFFFE]).unwrap(),
-            -2.0
-        );
-    }
-
-    #[test]
-    fn a_nan_float_is_a_fault_not_a_reading() {
-        let bits = f32::NAN.to_bits();
-        let err = decode(
-            &point(DataType::F32, 1.0, 0.0),
-            &[(bits >> 16) as u16, bits as u16],
-        );
-        assert_eq!(err, Err(DecodeError::NotFinite));
-    }
-
-    #[test]
-    fn a_short_answer_is_refused() {
-        let err = decode(&point(DataType::F32, 1.0, 0.0), &[1]);
-        assert_eq!(
-            err,
-            Err(DecodeError::WrongLength {
-                expected: 2,
-                got: 1
-            })
-        );
     }
 }
