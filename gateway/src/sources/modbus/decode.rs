@@ -1,6 +1,40 @@
 //! Decoding a point's registers: pure, registers in, a scaled value out.
 
-use crate::config::{DataType, PointConfig};
+use tokio_modbus::{Request, Response};
+
+use crate::config::{DataType, PointConfig, RegisterTable};
+
+/// The request that reads `count` registers (or bits) of `table` from `start`.
+pub fn read_request(table: RegisterTable, start: u16, count: u16) -> Request<'static> {
+    match table {
+        RegisterTable::Holding => Request::ReadHoldingRegisters(start, count),
+        RegisterTable::Input => Request::ReadInputRegisters(start, count),
+    }
+}
+
+/// The words of an answer to a read of `count` registers (a bit table's bits as words of 0
+/// or 1). An answer with another count (or, against the transport's own check, of another
+/// function) is refused as a whole: which register each word would belong to is anyone's
+/// guess, and a guess would be a wrong value.
+pub fn words_of(response: Response, count: u16) -> Result<Vec<u16>, String> {
+    match response {
+        Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words)
+            if words.len() == usize::from(count) =>
+        {
+            Ok(words)
+        }
+        Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words) => {
+            Err(format!(
+                "the device answered {} registers to a read of {count}",
+                words.len()
+            ))
+        }
+        other => Err(format!(
+            "the device answered a read with {:?}",
+            other.function_code()
+        )),
+    }
+}
 
 /// Turn a point's raw registers into its scaled value. 32-bit values are high word first.
 pub fn decode(point: &PointConfig, registers: &[u16]) -> Result<f64, DecodeError> {

@@ -16,18 +16,18 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, timeout};
 use tokio_modbus::client::{Client, Context};
-use tokio_modbus::{ExceptionCode, Request, Response, Slave};
+use tokio_modbus::{ExceptionCode, Slave};
 
 pub mod decode;
 pub mod plan;
 
-pub use decode::{DecodeError, decode};
+pub use decode::{DecodeError, decode, read_request, words_of};
 
 pub use plan::{Block, PlanLimits, ReadPlan, SitePlan};
 
 use super::{LinkError, PointFault, PollOutcome, PolledValues};
 use crate::clock::Clock;
-use crate::config::{DeviceConfig, RegisterTable};
+use crate::config::DeviceConfig;
 use crate::supervise::Heartbeat;
 
 /// Poll one device forever, sending each outcome on `out`. Returns when `out` closes.
@@ -164,15 +164,12 @@ async fn poll_once(
         // `Client::call`, not tokio-modbus's `Reader` helpers: those `debug_assert` that the
         // answer holds as many registers as asked, so a device answering with another count
         // panicked the poller in debug builds (and went unchecked in release ones).
-        let request = match table {
-            RegisterTable::Holding => Request::ReadHoldingRegisters(start, count),
-            RegisterTable::Input => Request::ReadInputRegisters(start, count),
-        };
+        let request = read_request(table, start, count);
         let answer = timeout(limit, ctx.call(request))
             .await
             .map_err(|_| LinkError::Timeout(device.timeout_ms))?
             .map_err(|e| LinkError::Transport(e.to_string()))?
-            .map(|response| registers_of(response, count));
+            .map(|response| words_of(response, count));
         let answer = match answer {
             Ok(Ok(registers)) => Ok(registers),
             Ok(Err(reason)) => Err(BlockFault::Answer(reason)),
@@ -236,29 +233,6 @@ async fn poll_once(
 enum BlockFault {
     Exception(ExceptionCode),
     Answer(String),
-}
-
-/// The registers of an answer to a read of `count` registers. An answer with another count
-/// (or, against tokio-modbus's own check, of another function) is refused as a whole: which
-/// register each word would belong to is anyone's guess, and a guess would be a wrong value.
-fn registers_of(response: Response, count: u16) -> Result<Vec<u16>, String> {
-    match response {
-        Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words)
-            if words.len() == usize::from(count) =>
-        {
-            Ok(words)
-        }
-        Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words) => {
-            Err(format!(
-                "the device answered {} registers to a read of {count}",
-                words.len()
-            ))
-        }
-        other => Err(format!(
-            "the device answered a read with {:?}",
-            other.function_code()
-        )),
-    }
 }
 
 fn exception_text(code: ExceptionCode) -> String {
