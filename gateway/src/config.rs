@@ -16,8 +16,11 @@ use shouwang_rules::{Condition, Priority, RuleSpec, SignalClass};
 use shouwang_wire::{MAX_ID_CHARS, MAX_TEXT_CHARS, Place, alarm_id, forbidden_id_char};
 
 use crate::sinks::influx::InfluxConfig;
+
+mod links;
 pub use crate::sinks::mqtt::auth::MqttTls;
 pub use crate::sources::mqtt_sensors::config::MqttSensorsSection;
+pub use links::{LinkConfig, LinkTransport, Parity};
 use shouwang_broker_auth::{BrokerAuth, Password};
 
 /// The rule id the gateway uses for each device's communication-lost fault.
@@ -90,6 +93,8 @@ pub struct Config {
     pub metrics: Option<MetricsSection>,
     /// Where `transport = "mqtt"` devices publish. Absent: the `[mqtt]` broker.
     pub mqtt_sensors: Option<MqttSensorsSection>,
+    /// `[[links]]`: serial ports and TCP endpoints shared by Modbus devices.
+    pub links: Vec<LinkConfig>,
     pub devices: Vec<DeviceConfig>,
     pub rules: Vec<RuleConfig>,
 }
@@ -221,10 +226,14 @@ pub struct MetricsSection {
 
 /// How the gateway reaches a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Transport {
-    /// Modbus TCP: the gateway polls `address`.
+    /// Modbus TCP: the gateway polls `address`, or the device's `link`.
     Tcp,
+    /// Modbus RTU on a serial line: the device's `link` names the port.
+    Rtu,
+    /// Modbus RTU through a serial device server: the device's `link` names its socket.
+    RtuOverTcp,
     /// The device reports by itself: JSON messages on `topic` at the broker of
     /// `[mqtt_sensors]` (see `sources/mqtt_sensors.rs`).
     Mqtt,
@@ -246,14 +255,26 @@ pub struct DeviceConfig {
     pub building: String,
     pub floor: String,
     pub unit: String,
-    /// `tcp` (Modbus TCP), `mqtt` (a sensor that publishes JSON) or `gpio` (dry contacts
-    /// on the gateway's own inputs). RTU comes later.
+    /// `tcp` (Modbus TCP), `rtu` (Modbus RTU on a serial line), `rtu-over-tcp` (RTU
+    /// through a serial device server), `mqtt` (a sensor that publishes JSON) or `gpio`
+    /// (dry contacts on the gateway's own inputs). A device with a `link` may leave it out:
+    /// it takes the link's.
     pub transport: Transport,
-    /// `host:port` of the Modbus TCP device or gateway. Required for `tcp`; refused for
-    /// `mqtt`.
+    /// The `[[links]]` entry the device is reached through (a serial port, a serial device
+    /// server, a Modbus TCP gateway). Required for `rtu` and `rtu-over-tcp`; a `tcp` device
+    /// gives either this or its own `address`.
+    pub link: Option<String>,
+    /// `host:port` of a Modbus TCP device that has no `link`. Devices at one address share
+    /// one connection.
     pub address: Option<String>,
-    /// Modbus unit (slave) id, 0-247. Default 1. `tcp` only.
+    /// Modbus unit (slave) id: 1-247, required on a link; 0-247 with `address` (default 1).
+    /// Modbus devices only.
     pub unit_id: Option<u8>,
+    /// Modbus devices only: which devices a busy link serves first. `life-safety` (fire,
+    /// smoke, leak, trapped passenger), `supervisory` or `routine`. Default: from the
+    /// rules on the device: `life-safety` when any is an `alarm`-class rule,
+    /// `supervisory` when any is `supervisory`, else `routine`.
+    pub poll_priority: Option<PollPriority>,
     /// How often to read all points, in ms. Default 1000. `tcp` only (an `mqtt` device
     /// reports when it wants; its silence is judged by `comm_loss_after_s`).
     #[serde(default = "default_poll_interval_ms")]
@@ -332,6 +353,15 @@ impl DeviceConfig {
     pub fn modbus_unit(&self) -> u8 {
         self.unit_id.unwrap_or(1)
     }
+}
+
+/// How urgently a link serves a device (see `poll_priority`), most urgent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PollPriority {
+    LifeSafety,
+    Supervisory,
+    Routine,
 }
 
 /// One value of `quality_good`: a JSON string, number or boolean.
@@ -676,12 +706,18 @@ impl Config {
             Some(v) => section::<MqttSensorsSection>(v, "mqtt_sensors", &mut problems).map(Some),
             None => Some(None),
         };
-        let devices = devices(table.remove("devices"), &mut problems);
+        let links = list::<LinkConfig>(table.remove("links"), "links", &mut problems);
+        let link_transports: BTreeMap<String, Transport> = links
+            .iter()
+            .flatten()
+            .map(|l| (l.id.clone(), l.transport.device_transport()))
+            .collect();
+        let devices = devices(table.remove("devices"), &link_transports, &mut problems);
         let rules = list::<RuleConfig>(table.remove("rules"), "rules", &mut problems);
         for key in table.keys() {
             problems.add(
                 key.as_str(),
-                "unknown section; expected gateway, mqtt, mqtt_sensors, influx, metrics, devices or rules",
+                "unknown section; expected gateway, mqtt, mqtt_sensors, influx, metrics, links, devices or rules",
             );
         }
         let has_mqtt_devices = devices
@@ -719,6 +755,7 @@ impl Config {
             influx,
             metrics,
             mqtt_sensors,
+            links: links.into_iter().flatten().collect(),
             devices: devices.into_iter().flatten().collect(),
             rules: rules.into_iter().flatten().collect(),
         };
@@ -793,6 +830,7 @@ impl Config {
         let devices: Vec<Option<DeviceConfig>> = self.devices.iter().cloned().map(Some).collect();
         check_devices(&devices, p);
         check_gpio_pins(self, p);
+        links::check_links(self, p);
         if self.devices.is_empty() {
             p.add("devices", "no devices: add at least one [[devices]] table");
         }
@@ -1027,7 +1065,13 @@ fn list<T: for<'de> Deserialize<'de>>(
 
 /// Like [`list`], but each device's points are deserialized on their own too, so a bad
 /// point does not hide the problems of its device.
-fn devices(value: Option<toml::Value>, problems: &mut Problems) -> Vec<Option<DeviceConfig>> {
+/// The `[[devices]]` entries; a device on a link without its own `transport` takes the
+/// link's (`links`: link id -> transport).
+fn devices(
+    value: Option<toml::Value>,
+    links: &BTreeMap<String, Transport>,
+    problems: &mut Problems,
+) -> Vec<Option<DeviceConfig>> {
     let Some(toml::Value::Array(items)) = value else {
         return list(value, "devices", problems);
     };
@@ -1037,7 +1081,22 @@ fn devices(value: Option<toml::Value>, problems: &mut Problems) -> Vec<Option<De
         .map(|(i, mut item)| {
             let at = label("devices", i, &item);
             let points = match item.as_table_mut() {
-                Some(t) => t.insert("points".into(), toml::Value::Array(Vec::new())),
+                Some(t) => {
+                    let link = t.get("link").and_then(|v| v.as_str());
+                    if let (false, Some(transport)) =
+                        (t.contains_key("transport"), link.and_then(|l| links.get(l)))
+                    {
+                        let name = match transport {
+                            Transport::Tcp => "tcp",
+                            Transport::Rtu => "rtu",
+                            Transport::RtuOverTcp => "rtu-over-tcp",
+                            Transport::Mqtt => "mqtt",
+                            Transport::Gpio => "gpio",
+                        };
+                        t.insert("transport".into(), toml::Value::String(name.into()));
+                    }
+                    t.insert("points".into(), toml::Value::Array(Vec::new()))
+                }
                 None => None,
             };
             let device = section::<DeviceConfig>(item, &at, problems);
@@ -1061,7 +1120,7 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
     let mut addresses: BTreeMap<(String, u8), (usize, &str)> = BTreeMap::new();
     for (i, device) in devices.iter().enumerate() {
         let Some(d) = device else { continue };
-        let (Transport::Tcp, Some(address)) = (d.transport, &d.address) else {
+        let (Transport::Tcp, Some(address), None) = (d.transport, &d.address, &d.link) else {
             continue;
         };
         let at = (address.trim().to_ascii_lowercase(), d.modbus_unit());
@@ -1107,7 +1166,9 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
         p.id(&format!("{at}.floor"), "floor", &d.floor);
         p.id(&format!("{at}.unit"), "unit", &d.unit);
         match d.transport {
-            Transport::Tcp => check_modbus_device(d, &at, p),
+            Transport::Tcp | Transport::Rtu | Transport::RtuOverTcp => {
+                check_modbus_device(d, &at, p)
+            }
             Transport::Mqtt => {
                 for (field, message) in crate::sources::mqtt_sensors::config::device_problems(d) {
                     p.add(format!("{at}.{field}"), message);
@@ -1130,6 +1191,19 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
                 p.add(key, "only means something with the device's report_every_s; set that too, or remove this");
             } else if !deadband.is_finite() || deadband < 0.0 {
                 p.add(key, "must be a number of at least 0");
+            }
+        }
+        if matches!(d.transport, Transport::Mqtt | Transport::Gpio) {
+            for (key, given) in [
+                ("link", d.link.is_some()),
+                ("poll_priority", d.poll_priority.is_some()),
+            ] {
+                if given {
+                    p.add(
+                        format!("{at}.{key}"),
+                        "only for Modbus devices (tcp, rtu, rtu-over-tcp)",
+                    );
+                }
             }
         }
         if d.transport != Transport::Gpio {
@@ -1300,6 +1374,12 @@ fn check_gpio_pins(config: &Config, p: &mut Problems) {
 
 fn check_modbus_device(d: &DeviceConfig, at: &str, p: &mut Problems) {
     match &d.address {
+        // On a link, the link has the address (and `check_links` checks the device).
+        _ if d.link.is_some() => {}
+        None if d.transport != Transport::Tcp => p.add(
+            format!("{at}.link"),
+            "required with transport = \"rtu\" or \"rtu-over-tcp\": the [[links]] entry of the serial line",
+        ),
         None => p.add(
             format!("{at}.address"),
             "required with transport = \"tcp\": host:port of the Modbus TCP device",

@@ -177,16 +177,23 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     // Contacts on the gateway's own GPIO inputs, one task per device (sources/gpio.rs).
     #[cfg(feature = "rpi")]
     pollers.extend(sources::gpio::spawn(&config, clock, &poll_tx, &supervisor));
-    for (i, device) in config.devices.iter().enumerate() {
-        if device.transport != config::Transport::Tcp {
-            continue;
-        }
-        let (device, tx) = (device.clone(), poll_tx.clone());
+    // Modbus devices: one task per link (a serial port or a TCP endpoint), which serves
+    // every device behind it one request at a time (sources/modbus/link.rs).
+    for spec in modbus::links(&config) {
+        let devices: Vec<config::DeviceConfig> = spec
+            .devices
+            .iter()
+            .filter_map(|&(i, _)| config.devices.get(i).cloned())
+            .collect();
+        let tx = poll_tx.clone();
+        let stall_after = modbus::link::stall_after(&spec, &config);
         pollers.push(supervisor.spawn(
-            format!("modbus/{}", device.id),
-            modbus::stall_after(&device),
+            format!("modbus/{}", spec.id),
+            stall_after,
             supervise::OnStall::Restart,
-            move |heartbeat| modbus::poll_device(i, device.clone(), clock, tx.clone(), heartbeat),
+            move |heartbeat| {
+                modbus::run_link(spec.clone(), devices.clone(), clock, tx.clone(), heartbeat)
+            },
         ));
     }
     drop(poll_tx);

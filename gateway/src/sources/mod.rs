@@ -2,12 +2,13 @@
 //! the watch takes, a [`PollOutcome`] per device per poll (values, refused points, or a
 //! link that failed), stamped on both clocks, and decides nothing about alarms.
 //!
-//! - [`modbus`]: Modbus TCP devices, one polling loop per device.
+//! - [`modbus`]: Modbus devices (TCP, RTU, RTU over TCP), one task per link (a serial
+//!   port or a TCP endpoint) serving every device behind it.
 //! - [`gpio`]: dry contacts on GPIO inputs, debounced, reported on change.
 //! - [`mqtt_sensors`]: devices that publish JSON to an MQTT broker, one task and one
 //!   connection for all of them; each accepted message is one `PollOutcome`.
 //!
-//! A new source (an RTU bus, GPIO dry contacts) is a module here that sends `PollOutcome`s
+//! A new source is a module here that sends `PollOutcome`s
 //! on the runtime loop's channel; nothing else changes.
 
 use crate::clock::Stamp;
@@ -27,6 +28,10 @@ pub enum LinkError {
     Timeout(u64),
     #[error("transport error: {0}")]
     Transport(String),
+    /// An answer that was no answer: from another unit, of another function, with a bad
+    /// CRC or length, or a line that never fell silent.
+    #[error("garbled answer: {0}")]
+    Garbled(String),
 }
 
 /// One point that the device refused or sent nonsense for, while the link was fine.

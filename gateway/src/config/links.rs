@@ -1,0 +1,282 @@
+//! `[[links]]`: the Modbus links devices are reached through, one per serial port or TCP
+//! endpoint (see `sources/modbus/link.rs`).
+//!
+//! A `tcp` device may still give its own `address` instead of a `link`: devices at the
+//! same address then share one implicit link with one connection.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{Config, Problems, Transport, check_address};
+
+/// How a link reaches its devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkTransport {
+    /// Modbus TCP to a device or a Modbus TCP gateway at `address`.
+    Tcp,
+    /// Modbus RTU on a serial line (RS-485) at `port`.
+    Rtu,
+    /// Modbus RTU frames over a TCP socket to a serial device server at `address`
+    /// (transparent mode: the server copies bytes between the socket and its RS-485 port).
+    RtuOverTcp,
+}
+
+impl LinkTransport {
+    /// The device transport that goes with this link.
+    pub fn device_transport(self) -> Transport {
+        match self {
+            LinkTransport::Tcp => Transport::Tcp,
+            LinkTransport::Rtu => Transport::Rtu,
+            LinkTransport::RtuOverTcp => Transport::RtuOverTcp,
+        }
+    }
+}
+
+/// A serial line's parity bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    None,
+    /// The Modbus default ([SL] §2.5.1).
+    #[default]
+    Even,
+    Odd,
+}
+
+/// `[[links]]`: one serial port or TCP endpoint, and how to talk on it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    /// Unique link id, e.g. `b1-rs485`. ASCII letters, digits, `-`, `_`, `.`. Devices name
+    /// it in their `link`.
+    pub id: String,
+    /// `tcp`, `rtu` or `rtu-over-tcp`.
+    pub transport: LinkTransport,
+    /// `host:port`: the Modbus TCP device or gateway (`tcp`), or the serial device server's
+    /// socket (`rtu-over-tcp`). Refused for `rtu`.
+    pub address: Option<String>,
+    /// `rtu` only, and required there: the serial port, e.g. `/dev/ttyUSB0` or
+    /// `/dev/ttyAMA0`.
+    pub port: Option<String>,
+    /// The line's baud rate: required for `rtu`; for `rtu-over-tcp` the rate the device
+    /// server's serial side runs at (default 9600), used for the bus-time estimate and the
+    /// silences. 1200 to 115200.
+    pub baud: Option<u32>,
+    /// `even` (the Modbus default), `odd` or `none`. Serial lines only.
+    pub parity: Option<Parity>,
+    /// 1 or 2. Default 1 with a parity bit, 2 without (the Modbus rule: every character is
+    /// 11 bits). Serial lines only.
+    pub stop_bits: Option<u8>,
+    /// `tcp` only: how many connections to keep (1 to 8; default 1). A Modbus TCP gateway
+    /// in front of an RS-485 bus serves one request at a time anyway; some TCP gateways
+    /// accept several sockets and serve them in parallel. Devices are shared out among the
+    /// connections in config order.
+    pub connections: Option<u8>,
+    /// After a request failed (no answer, a garbled one), the line must be silent this
+    /// long before the next request, so a late reply is thrown away rather than read as
+    /// the next device's answer. RTU has no transaction ids: a reply later than the
+    /// device's `timeout_ms` plus this cannot be told from an answer. Default 100 ms.
+    #[serde(default = "default_recovery_silence_ms")]
+    pub recovery_silence_ms: u64,
+    /// A device that stops answering is polled less and less often: after its first failed
+    /// poll at its interval, then twice as long after each further failure, up to this
+    /// many seconds, while the other devices keep their rates. Default 30, 1 to 100.
+    #[serde(default = "default_quarantine_max_s")]
+    pub quarantine_max_s: u64,
+}
+
+fn default_recovery_silence_ms() -> u64 {
+    100
+}
+
+fn default_quarantine_max_s() -> u64 {
+    30
+}
+
+impl LinkConfig {
+    /// Bits per character on the wire: start, 8 data, parity, stop.
+    pub fn bits_per_char(&self) -> u32 {
+        let parity = self.parity.unwrap_or_default();
+        let parity_bits = u32::from(parity != Parity::None);
+        1 + 8 + parity_bits + u32::from(self.stop_bits_or_default())
+    }
+
+    /// The stop bits (see `stop_bits`).
+    pub fn stop_bits_or_default(&self) -> u8 {
+        self.stop_bits
+            .unwrap_or(if self.parity.unwrap_or_default() == Parity::None {
+                2
+            } else {
+                1
+            })
+    }
+
+    /// The serial side's baud rate (see `baud`).
+    pub fn baud_or_default(&self) -> u32 {
+        self.baud.unwrap_or(9600)
+    }
+}
+
+const BAUD_RATES: std::ops::RangeInclusive<u32> = 1200..=115_200;
+
+pub(super) fn check_links(config: &Config, p: &mut Problems) {
+    let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, link) in config.links.iter().enumerate() {
+        let at = format!("links[{i}] ({})", link.id);
+        p.id(&format!("{at}.id"), "link id", &link.id);
+        if let Some(first) = ids.insert(link.id.as_str(), i) {
+            p.add(
+                format!("{at}.id"),
+                format!("duplicate link id {:?} (also links[{first}])", link.id),
+            );
+        }
+        let serial = matches!(link.transport, LinkTransport::Rtu);
+        let over_tcp = matches!(link.transport, LinkTransport::RtuOverTcp);
+        match (&link.address, link.transport) {
+            (None, LinkTransport::Tcp | LinkTransport::RtuOverTcp) => p.add(
+                format!("{at}.address"),
+                "required: host:port of the device, gateway or serial device server",
+            ),
+            (Some(a), LinkTransport::Tcp | LinkTransport::RtuOverTcp) => {
+                if let Err(why) = check_address(a) {
+                    p.add(format!("{at}.address"), why);
+                }
+            }
+            (Some(_), LinkTransport::Rtu) => p.add(
+                format!("{at}.address"),
+                "not for transport = \"rtu\": give the serial `port`",
+            ),
+            (None, LinkTransport::Rtu) => {}
+        }
+        match (&link.port, serial) {
+            (None, true) => p.add(
+                format!("{at}.port"),
+                "required with transport = \"rtu\": the serial port, e.g. /dev/ttyUSB0",
+            ),
+            (Some(port), true) if port.trim().is_empty() => {
+                p.add(format!("{at}.port"), "must not be empty")
+            }
+            (Some(_), false) => p.add(format!("{at}.port"), "only for transport = \"rtu\""),
+            _ => {}
+        }
+        match link.baud {
+            None if serial => p.add(
+                format!("{at}.baud"),
+                "required with transport = \"rtu\": the line's baud rate, e.g. 9600",
+            ),
+            Some(_) if !serial && !over_tcp => p.add(
+                format!("{at}.baud"),
+                "only for serial lines (rtu, rtu-over-tcp)",
+            ),
+            Some(b) if !BAUD_RATES.contains(&b) => p.add(
+                format!("{at}.baud"),
+                format!(
+                    "{b} is not a serial baud rate from {} to {}",
+                    BAUD_RATES.start(),
+                    BAUD_RATES.end()
+                ),
+            ),
+            _ => {}
+        }
+        if !(serial || over_tcp) {
+            for (key, given) in [
+                ("parity", link.parity.is_some()),
+                ("stop_bits", link.stop_bits.is_some()),
+            ] {
+                if given {
+                    p.add(
+                        format!("{at}.{key}"),
+                        "only for serial lines (rtu, rtu-over-tcp)",
+                    );
+                }
+            }
+        }
+        if link.stop_bits.is_some_and(|s| s != 1 && s != 2) {
+            p.add(format!("{at}.stop_bits"), "must be 1 or 2");
+        }
+        match link.connections {
+            Some(_) if link.transport != LinkTransport::Tcp => p.add(
+                format!("{at}.connections"),
+                "only for transport = \"tcp\": a serial line carries one request at a time",
+            ),
+            Some(n) if !(1..=8).contains(&n) => {
+                p.add(format!("{at}.connections"), "must be between 1 and 8")
+            }
+            _ => {}
+        }
+        if link.recovery_silence_ms > 10_000 {
+            p.add(
+                format!("{at}.recovery_silence_ms"),
+                "must be at most 10000 ms",
+            );
+        }
+        if !(1..=100).contains(&link.quarantine_max_s) {
+            p.add(
+                format!("{at}.quarantine_max_s"),
+                "must be between 1 and 100 seconds",
+            );
+        }
+        if !config
+            .devices
+            .iter()
+            .any(|d| d.link.as_deref() == Some(&link.id))
+        {
+            p.add(at.clone(), "no device names this link");
+        }
+    }
+
+    // Every device's link: named and of its transport; one device per unit id on a link.
+    let mut units: BTreeMap<(&str, u8), (usize, &str)> = BTreeMap::new();
+    for (i, d) in config.devices.iter().enumerate() {
+        let at = format!("devices[{i}] ({})", d.id);
+        let Some(name) = &d.link else { continue };
+        let Some(link) = config.links.iter().find(|l| &l.id == name) else {
+            p.add(
+                format!("{at}.link"),
+                format!("no link {name:?} in [[links]]"),
+            );
+            continue;
+        };
+        if link.transport.device_transport() != d.transport {
+            p.add(
+                format!("{at}.transport"),
+                format!(
+                    "is {:?}, but link {name:?} is {:?}: leave `transport` out, a device on a link takes the link's",
+                    d.transport, link.transport
+                ),
+            );
+        }
+        if d.address.is_some() {
+            p.add(
+                format!("{at}.address"),
+                format!("the device is on link {name:?}, which has the address; remove this"),
+            );
+        }
+        let Some(unit) = d.unit_id else {
+            p.add(
+                format!("{at}.unit_id"),
+                format!("required: the device's unit id on link {name:?} (1 to 247)"),
+            );
+            continue;
+        };
+        if unit == 0 {
+            p.add(
+                format!("{at}.unit_id"),
+                "0 is the broadcast address, which no device answers: give 1 to 247",
+            );
+        }
+        match units.get(&(name.as_str(), unit)) {
+            Some(&(first, first_id)) => p.add(
+                format!("{at}.unit_id"),
+                format!(
+                    "unit {unit} on link {name:?} is also devices[{first}] ({first_id}): one device per unit id on a link"
+                ),
+            ),
+            None => {
+                units.insert((name.as_str(), unit), (i, d.id.as_str()));
+            }
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! Links own connections: one task per serial port or TCP endpoint ([`run_link`]) holds the
+//! one connection, serves every device behind it by unit id, one request at a time, in the
+//! order its [`Schedule`] gives, and reconnects by itself.
+//!
+//! # Where links come from ([`links`])
+//! - Each `[[links]]` entry is a link. A `tcp` link with `connections = n` is n lanes, each
+//!   a link of its own with a share of the devices (in config order, dealt round-robin).
+//! - `tcp` devices that give their own `address` share one implicit link per address
+//!   (`tcp:<address>`), so two unit ids behind one Modbus TCP gateway use one socket.
+//!
+//! # After a failure
+//! A poll that fails as a whole (no answer in time, a garbled or mismatched answer, a broken
+//! connection) resets the link before its next request:
+//! - Modbus TCP and RTU over TCP: the socket is dropped and a new one opened, so nothing
+//!   the peer sends late on the old one is ever read (tokio-modbus#324). RTU over TCP also
+//!   waits for the recovery silence on the new socket, since a device server may still
+//!   forward the late reply from its serial side.
+//! - RTU on a serial port: the master reads and throws away everything until the line has
+//!   been quiet for the recovery silence (`rtu/mod.rs`); the port is reopened only when it
+//!   failed itself (unplugged, closed).
+//!
+//! Then the device is quarantined by the schedule (backoff up to the cap) and the other
+//! devices keep their rates.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+use tokio_modbus::client::{Client, Context};
+use tokio_modbus::slave::SlaveContext;
+use tokio_modbus::{ExceptionCode, Request, Response, Slave};
+
+use super::decode::{decode, read_request, words_of};
+use super::plan::ReadPlan;
+use super::rtu::{Line, RtuMaster, Timing};
+use super::schedule::{Next, Schedule, Slot};
+use crate::clock::Clock;
+use crate::config::{
+    Config, DeviceConfig, LinkConfig, LinkTransport, Parity, PollPriority, Transport,
+};
+use crate::sources::{LinkError, PointFault, PollOutcome, PolledValues};
+use crate::supervise::Heartbeat;
+use shouwang_rules::SignalClass;
+
+/// How a link reaches its devices.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkKind {
+    Tcp {
+        address: String,
+    },
+    RtuOverTcp {
+        address: String,
+        timing: Timing,
+    },
+    Rtu {
+        port: String,
+        baud: u32,
+        parity: Parity,
+        stop_bits: u8,
+        timing: Timing,
+    },
+}
+
+impl LinkKind {
+    /// The serial timing of an RTU line (for RTU over TCP, of the server's serial side).
+    pub fn timing(&self) -> Option<Timing> {
+        match self {
+            LinkKind::Tcp { .. } => None,
+            LinkKind::RtuOverTcp { timing, .. } | LinkKind::Rtu { timing, .. } => Some(*timing),
+        }
+    }
+}
+
+/// One link (or one lane of a multi-connection TCP link) and the devices it serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkSpec {
+    /// The `[[links]]` id (with `#k` for the k-th lane of a link with several connections),
+    /// or `tcp:<address>` for devices that gave their own address.
+    pub id: String,
+    pub kind: LinkKind,
+    /// (index into `Config::devices`, poll priority), in config order.
+    pub devices: Vec<(usize, PollPriority)>,
+    pub recovery_silence: Duration,
+    pub quarantine_max: Duration,
+}
+
+/// The priority a device is polled with: its `poll_priority`, or from its rules.
+pub fn poll_priority(config: &Config, device: &DeviceConfig) -> PollPriority {
+    if let Some(p) = device.poll_priority {
+        return p;
+    }
+    let classes: Vec<SignalClass> = config
+        .rules
+        .iter()
+        .filter(|r| config.devices_of(r).any(|d| d.id == device.id))
+        .map(|r| r.class)
+        .collect();
+    if classes.contains(&SignalClass::Alarm) {
+        PollPriority::LifeSafety
+    } else if classes.contains(&SignalClass::Supervisory) {
+        PollPriority::Supervisory
+    } else {
+        PollPriority::Routine
+    }
+}
+
+/// Every Modbus link of `config`, each with its devices.
+pub fn links(config: &Config) -> Vec<LinkSpec> {
+    let mut specs = Vec::new();
+    for link in &config.links {
+        let devices: Vec<(usize, PollPriority)> = config
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.link.as_deref() == Some(link.id.as_str()))
+            .map(|(i, d)| (i, poll_priority(config, d)))
+            .collect();
+        if devices.is_empty() {
+            continue;
+        }
+        let lanes = usize::from(link.connections.unwrap_or(1).max(1)).min(devices.len());
+        for lane in 0..lanes {
+            let id = if lanes == 1 {
+                link.id.clone()
+            } else {
+                format!("{}#{}", link.id, lane + 1)
+            };
+            specs.push(LinkSpec {
+                id,
+                kind: kind_of(link),
+                devices: devices.iter().skip(lane).step_by(lanes).copied().collect(),
+                recovery_silence: Duration::from_millis(link.recovery_silence_ms),
+                quarantine_max: Duration::from_secs(link.quarantine_max_s),
+            });
+        }
+    }
+    let mut by_address: BTreeMap<String, Vec<(usize, PollPriority)>> = BTreeMap::new();
+    for (i, d) in config.devices.iter().enumerate() {
+        if let (Transport::Tcp, None, Some(address)) = (d.transport, &d.link, &d.address) {
+            by_address
+                .entry(address.trim().to_string())
+                .or_default()
+                .push((i, poll_priority(config, d)));
+        }
+    }
+    for (address, devices) in by_address {
+        specs.push(LinkSpec {
+            id: format!("tcp:{address}"),
+            kind: LinkKind::Tcp { address },
+            devices,
+            recovery_silence: Duration::from_millis(100),
+            quarantine_max: Duration::from_secs(30),
+        });
+    }
+    specs
+}
+
+fn kind_of(link: &LinkConfig) -> LinkKind {
+    let timing = Timing::serial(link.baud_or_default(), link.bits_per_char());
+    let address = link.address.clone().unwrap_or_default();
+    match link.transport {
+        LinkTransport::Tcp => LinkKind::Tcp { address },
+        LinkTransport::RtuOverTcp => LinkKind::RtuOverTcp { address, timing },
+        LinkTransport::Rtu => LinkKind::Rtu {
+            port: link.port.clone().unwrap_or_default(),
+            baud: link.baud_or_default(),
+            parity: link.parity.unwrap_or_default(),
+            stop_bits: link.stop_bits_or_default(),
+            timing,
+        },
+    }
+}
+
+/// An open connection on a link.
+pub enum Connection {
+    /// Modbus TCP (tokio-modbus's client; every request carries its unit id).
+    Tcp(Context),
+    /// Modbus RTU, on a serial port or a socket (our master, `rtu/mod.rs`).
+    Rtu(RtuMaster<Box<dyn Line>>),
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Connection::Tcp(_) => f.write_str("Connection::Tcp"),
+            Connection::Rtu(m) => write!(f, "Connection::Rtu({m:?})"),
+        }
+    }
+}
+
+impl Connection {
+    /// Open the link. `recovering`: the last connection failed (an RTU master then waits for
+    /// the recovery silence before its first request).
+    pub async fn open(
+        kind: &LinkKind,
+        limit: Duration,
+        recovery_silence: Duration,
+        recovering: bool,
+    ) -> Result<Connection, LinkError> {
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        match kind {
+            LinkKind::Tcp { address } => {
+                let addr = resolve(address).await?;
+                let ctx = timeout(
+                    limit,
+                    tokio_modbus::client::tcp::connect_slave(addr, Slave(1)),
+                )
+                .await
+                .map_err(|_| LinkError::Timeout(limit_ms))?
+                .map_err(|e| LinkError::Connect {
+                    addr: address.clone(),
+                    reason: e.to_string(),
+                })?;
+                Ok(Connection::Tcp(ctx))
+            }
+            LinkKind::RtuOverTcp { address, timing } => {
+                let addr = resolve(address).await?;
+                let stream = timeout(limit, tokio::net::TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| LinkError::Timeout(limit_ms))?
+                    .map_err(|e| LinkError::Connect {
+                        addr: address.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let _ = stream.set_nodelay(true);
+                Ok(Connection::Rtu(RtuMaster::new(
+                    Box::new(stream),
+                    *timing,
+                    recovery_silence,
+                    recovering,
+                )))
+            }
+            LinkKind::Rtu {
+                port,
+                baud,
+                parity,
+                stop_bits,
+                timing,
+            } => {
+                use tokio_serial::{ClearBuffer, SerialPort, SerialPortBuilderExt};
+                let builder = tokio_serial::new(port, *baud)
+                    .data_bits(tokio_serial::DataBits::Eight)
+                    .parity(match parity {
+                        Parity::None => tokio_serial::Parity::None,
+                        Parity::Even => tokio_serial::Parity::Even,
+                        Parity::Odd => tokio_serial::Parity::Odd,
+                    })
+                    .stop_bits(if *stop_bits == 2 {
+                        tokio_serial::StopBits::Two
+                    } else {
+                        tokio_serial::StopBits::One
+                    })
+                    .flow_control(tokio_serial::FlowControl::None);
+                let stream = builder
+                    .open_native_async()
+                    .map_err(|e| LinkError::Connect {
+                        addr: port.clone(),
+                        reason: e.to_string(),
+                    })?;
+                // What waited in the driver's buffer is from before: not an answer.
+                let _ = stream.clear(ClearBuffer::All);
+                Ok(Connection::Rtu(RtuMaster::new(
+                    Box::new(stream),
+                    *timing,
+                    recovery_silence,
+                    recovering,
+                )))
+            }
+        }
+    }
+
+    /// One request to `unit`: the device's answer, or why the exchange failed.
+    pub async fn call(
+        &mut self,
+        unit: u8,
+        request: Request<'static>,
+        limit: Duration,
+    ) -> Result<Result<Response, ExceptionCode>, LinkError> {
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        match self {
+            Connection::Tcp(ctx) => {
+                ctx.set_slave(Slave(unit));
+                timeout(limit, ctx.call(request))
+                    .await
+                    .map_err(|_| LinkError::Timeout(limit_ms))?
+                    .map_err(|e| LinkError::Transport(e.to_string()))
+            }
+            Connection::Rtu(master) => master.call(unit, &request, limit).await,
+        }
+    }
+
+    /// Whether the connection must be dropped after `error` (see the module docs).
+    fn reset_by(&self, kind: &LinkKind, error: &LinkError) -> bool {
+        match (self, kind) {
+            (Connection::Rtu(_), LinkKind::Rtu { .. }) => {
+                !matches!(error, LinkError::Timeout(_) | LinkError::Garbled(_))
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Read every point of `device` once over `conn` (see the module docs of `mod.rs`).
+///
+/// A block refused with exception 02 or 03 is split in `plan` (remembered for the next
+/// polls) and its halves are read in this same poll; a single point still refused is that
+/// point's fault. Any other exception, and an answer holding another number of registers
+/// than asked, is a fault of every point in the block. A failed exchange ends the poll as a
+/// [`LinkError`], and the caller resets the connection.
+pub async fn read_device(
+    conn: &mut Connection,
+    device: &DeviceConfig,
+    plan: &mut ReadPlan,
+) -> Result<PolledValues, LinkError> {
+    let limit = Duration::from_millis(device.timeout_ms);
+    let unit = device.modbus_unit();
+    let mut read: Vec<Option<Result<f64, String>>> = vec![None; device.points.len()];
+    let mut i = 0;
+    while let Some(block) = plan.blocks().get(i) {
+        let (table, start, count) = (block.table, block.start, block.count);
+        // `Client::call`, not tokio-modbus's `Reader` helpers: those `debug_assert` that the
+        // answer holds as many registers as asked, so a device answering with another count
+        // panicked the poller in debug builds (and went unchecked in release ones).
+        let answer = conn
+            .call(unit, read_request(table, start, count), limit)
+            .await?
+            .map(|response| words_of(response, count));
+        let answer = match answer {
+            Ok(Ok(registers)) => Ok(registers),
+            Ok(Err(reason)) => Err(BlockFault::Answer(reason)),
+            Err(code) => Err(BlockFault::Exception(code)),
+        };
+        if let Err(BlockFault::Exception(
+            code @ (ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue),
+        )) = answer
+            && plan.split(i, &device.points)
+        {
+            tracing::info!(
+                device = %device.id,
+                ?table,
+                start,
+                count,
+                exception = %code,
+                "the device refused a block of registers: read it in halves from now on"
+            );
+            // Block i is now the first half: read it next.
+            continue;
+        }
+        let Some(block) = plan.blocks().get(i) else {
+            break;
+        };
+        for &p in &block.points {
+            let (Some(point), Some(slot)) = (device.points.get(p), read.get_mut(p)) else {
+                continue;
+            };
+            *slot = Some(match &answer {
+                Ok(registers) => {
+                    let r = block.slice_of(point);
+                    let words = registers.get(r).unwrap_or(&[]);
+                    decode(point, words).map_err(|e| e.to_string())
+                }
+                Err(BlockFault::Exception(code)) => Err(exception_text(*code)),
+                Err(BlockFault::Answer(reason)) => Err(reason.clone()),
+            });
+        }
+        i += 1;
+    }
+    let mut polled = PolledValues::default();
+    for (point, result) in device.points.iter().zip(read) {
+        match result {
+            Some(Ok(v)) => polled.values.push((point.name.clone(), v)),
+            Some(Err(reason)) => polled.faults.push(PointFault {
+                point: point.name.clone(),
+                reason,
+            }),
+            // Broken invariant: the plan puts every point in a block.
+            None => polled.faults.push(PointFault {
+                point: point.name.clone(),
+                reason: "not in the read plan (a bug in the planner)".into(),
+            }),
+        }
+    }
+    Ok(polled)
+}
+
+/// Why a block that got an answer gave no registers: the device refused it, or its answer
+/// was a well-formed frame that does not answer the read.
+enum BlockFault {
+    Exception(ExceptionCode),
+    Answer(String),
+}
+
+fn exception_text(code: ExceptionCode) -> String {
+    format!("the device answered with Modbus exception {code}")
+}
+
+pub(super) async fn resolve(address: &str) -> Result<std::net::SocketAddr, LinkError> {
+    if let Ok(addr) = address.parse() {
+        return Ok(addr);
+    }
+    tokio::net::lookup_host(address)
+        .await
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| LinkError::Resolve(address.to_string()))
+}
+
+/// How long [`run_link`] may go without a beat: its slowest device's turn (see
+/// [`super::stall_after`]) plus the recovery silence.
+pub fn stall_after(spec: &LinkSpec, config: &Config) -> Duration {
+    spec.devices
+        .iter()
+        .filter_map(|&(i, _)| config.devices.get(i))
+        .map(super::stall_after)
+        .max()
+        .unwrap_or(Duration::from_secs(10))
+        .saturating_add(spec.recovery_silence)
+}
+
+/// Serve one link forever: poll its devices in the schedule's order over one connection,
+/// sending each outcome on `out`. Returns when `out` closes. Beats `heartbeat` before every
+/// poll and at least once a second while waiting. Every call starts with a fresh connection,
+/// plans and schedule, so a supervisor restarting it gets all three.
+pub async fn run_link(
+    spec: LinkSpec,
+    devices: Vec<DeviceConfig>,
+    clock: Clock,
+    out: mpsc::Sender<PollOutcome>,
+    heartbeat: Heartbeat,
+) {
+    let started = Instant::now();
+    let ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let slots: Vec<Slot> = devices
+        .iter()
+        .zip(&spec.devices)
+        .map(|(d, &(_, priority))| Slot {
+            interval_ms: d.poll_interval_ms,
+            priority,
+        })
+        .collect();
+    let quarantine_max_ms = u64::try_from(spec.quarantine_max.as_millis()).unwrap_or(u64::MAX);
+    let mut schedule = Schedule::new(&slots, ms(), quarantine_max_ms);
+    let mut plans: Vec<ReadPlan> = devices.iter().map(ReadPlan::for_device).collect();
+    let mut conn: Option<Connection> = None;
+    let mut recovering = false;
+    loop {
+        heartbeat.beat();
+        let k = match schedule.next(ms()) {
+            Next::Poll(k) => k,
+            Next::WaitUntil(t) => {
+                let wait = t.saturating_sub(ms()).min(1000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                continue;
+            }
+        };
+        let (Some(device), Some(plan), Some(&(index, _))) =
+            (devices.get(k), plans.get_mut(k), spec.devices.get(k))
+        else {
+            return;
+        };
+        let limit = Duration::from_millis(device.timeout_ms);
+        let result = match conn.as_mut() {
+            Some(c) => read_device(c, device, plan).await,
+            None => {
+                match Connection::open(&spec.kind, limit, spec.recovery_silence, recovering).await {
+                    Ok(c) => read_device(conn.insert(c), device, plan).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(error) = &result {
+            recovering = true;
+            if conn.as_ref().is_none_or(|c| c.reset_by(&spec.kind, error)) {
+                conn = None;
+            }
+            tracing::debug!(link = %spec.id, device = %device.id, %error, "poll failed");
+        } else {
+            recovering = false;
+        }
+        schedule.done(k, result.is_ok(), ms());
+        let outcome = PollOutcome {
+            device: index,
+            at: clock.now(),
+            result,
+        };
+        if out.send(outcome).await.is_err() {
+            return;
+        }
+    }
+}
