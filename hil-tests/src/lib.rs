@@ -8,3 +8,4 @@ pub mod proxy;
 pub mod rig;
 pub mod servers;
 pub mod sim;
+pub mod sim_bus;

@@ -96,6 +96,16 @@ impl SimDevice {
         })
     }
 
+    /// A device whose bank `server` serves (a [`crate::sim_bus::SimBus`]); it has no
+    /// address of its own.
+    pub(crate) fn on_bus(bank: Arc<RegisterBank>, server: Arc<ServerTask>) -> SimDevice {
+        SimDevice {
+            bank,
+            server,
+            local_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -202,7 +212,7 @@ impl SimDevice {
 }
 
 /// The accept loop's task; aborted when the last [`SimDevice`] handle drops.
-struct ServerTask(tokio::task::AbortHandle);
+pub(crate) struct ServerTask(pub(crate) tokio::task::AbortHandle);
 
 impl Drop for ServerTask {
     fn drop(&mut self) {
@@ -211,7 +221,7 @@ impl Drop for ServerTask {
 }
 
 /// The device's state, shared by the handles and the connection services.
-struct RegisterBank {
+pub(crate) struct RegisterBank {
     /// All 65536 registers; FC03 and FC04 read the same words.
     words: Mutex<Vec<u16>>,
     /// Registers at this address and above do not exist.
@@ -233,7 +243,7 @@ struct RegisterBank {
 const NO_COUNTER: u32 = u32::MAX;
 
 impl RegisterBank {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         RegisterBank {
             words: Mutex::new(vec![0; ADDRESS_SPACE]),
             register_count: AtomicU32::new(ADDRESS_SPACE as u32),
@@ -292,7 +302,7 @@ impl RegisterBank {
     }
 
     /// One request in, the answer out (None: stay silent).
-    fn answer(&self, request: Request<'_>) -> Option<Result<Response, ExceptionCode>> {
+    pub(crate) fn answer(&self, request: Request<'_>) -> Option<Result<Response, ExceptionCode>> {
         if !self.responding.load(Ordering::SeqCst) {
             return None;
         }

@@ -233,6 +233,25 @@ pub fn longest_answer(request: &Request<'_>) -> usize {
     .min(MAX_FRAME)
 }
 
+/// The length of the frame at the front of `buf` by its own header, whoever it is from
+/// (for the standard function codes: reads by their byte count, exceptions 5, writes 8), if
+/// enough of it is there to tell. Used to step over a whole frame that answers someone
+/// else's request.
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
+    let fc = *buf.get(1)?;
+    match fc {
+        0x81..=0xFF => Some(5),
+        0x01..=0x04 => buf.get(2).map(|&n| 5 + usize::from(n)),
+        0x05 | 0x06 | 0x0F | 0x10 => Some(8),
+        _ => None,
+    }
+}
+
+/// Whether `frame` (a whole frame) has a right CRC.
+pub fn crc_ok(frame: &[u8]) -> bool {
+    frame.len() >= 4 && check_crc(frame).is_ok()
+}
+
 fn function_code(request: &Request<'_>) -> u8 {
     request.function_code().value()
 }

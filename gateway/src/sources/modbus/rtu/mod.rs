@@ -17,7 +17,10 @@
 //!    runs from there.
 //! 3. **Read** exactly the answer the request implies ([`frame::parse_answer`]): never
 //!    more bytes than it still needs, so what follows it stays in the line for step 1 of the
-//!    next exchange. A wrong unit, function, byte count, echo or CRC fails the exchange.
+//!    next exchange. A whole frame with a right CRC from another unit is that unit's late
+//!    reply to an earlier request: it is stepped over (counted as discarded) and the wait
+//!    for this answer goes on. A wrong function, byte count, echo or CRC fails the
+//!    exchange; so does another unit's frame that is not whole and sound.
 //!
 //! tokio-modbus's own RTU client does none of 1 and accepts a late reply as the next
 //! answer (`../shared/notes/acquisition-anchors.md` §2); that is why this exists.
@@ -176,6 +179,40 @@ impl<L: Line> RtuMaster<L> {
                     have += n;
                     self.last_activity = Instant::now();
                 }
+                Err(frame::FrameError::WrongUnit { got, .. }) => {
+                    // Another unit's whole, sound frame: its late reply to an earlier
+                    // request. Step over it and keep waiting for ours.
+                    match frame::frame_len(&buf[..have]) {
+                        Some(len) if len <= have && frame::crc_ok(&buf[..len]) => {
+                            self.discarded += len as u64;
+                            tracing::debug!(
+                                unit,
+                                from = got,
+                                "another unit's late reply thrown away"
+                            );
+                            buf.copy_within(len..have, 0);
+                            have -= len;
+                        }
+                        Some(len) if len > have && len <= MAX_FRAME => {
+                            let n = timeout_at(deadline, self.line.read(&mut buf[have..len]))
+                                .await
+                                .map_err(|_| LinkError::Timeout(limit_ms))?
+                                .map_err(|e| {
+                                    LinkError::Transport(format!("reading the answer: {e}"))
+                                })?;
+                            if n == 0 {
+                                return Err(LinkError::Transport("the line closed".into()));
+                            }
+                            have += n;
+                            self.last_activity = Instant::now();
+                        }
+                        _ => {
+                            return Err(LinkError::Garbled(format!(
+                                "unit {unit}: the answer came from unit {got}, and is no frame"
+                            )));
+                        }
+                    }
+                }
                 Err(e) => return Err(LinkError::Garbled(format!("unit {unit}: {e}"))),
             }
         }
@@ -233,7 +270,11 @@ mod tests {
     }
 
     fn answer(words: &[u16]) -> Vec<u8> {
-        let mut f = vec![UNIT, 0x03, (2 * words.len()) as u8];
+        answer_from(UNIT, words)
+    }
+
+    fn answer_from(unit: u8, words: &[u16]) -> Vec<u8> {
+        let mut f = vec![unit, 0x03, (2 * words.len()) as u8];
         for w in words {
             f.extend_from_slice(&w.to_be_bytes());
         }
@@ -304,6 +345,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(second, Ok(Response::ReadHoldingRegisters(vec![222, 222])));
+        assert_eq!(m.discarded(), 9);
+        drop(device.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn another_units_late_reply_is_stepped_over_and_our_answer_read() {
+        let (mut m, mut peer) = master();
+        let device = tokio::spawn(async move {
+            let mut req = [0u8; 8];
+            peer.read_exact(&mut req).await.unwrap();
+            // Unit 9's late reply, the same function and length, then ours.
+            peer.write_all(&answer_from(9, &[999, 999])).await.unwrap();
+            peer.write_all(&answer(&[3, 3])).await.unwrap();
+            peer
+        });
+        let got = m
+            .call(
+                UNIT,
+                &Request::ReadHoldingRegisters(0, 2),
+                Duration::from_millis(200),
+            )
+            .await
+            .unwrap();
+        assert_eq!(got, Ok(Response::ReadHoldingRegisters(vec![3, 3])));
         assert_eq!(m.discarded(), 9);
         drop(device.await.unwrap());
     }

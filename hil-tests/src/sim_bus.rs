@@ -1,0 +1,173 @@
+//! Simulated devices on one Modbus RTU line, and the line itself.
+//!
+//! [`PtyLine`] is a pair of pseudo-terminals joined by `socat` (Debian's `socat`): a serial
+//! line without the hardware, each end a real tty that `tokio-serial`, tokio-modbus and
+//! `mbpoll` open like `/dev/ttyUSB0`. [`SimBus`] serves [`SimDevice`]s on one end with
+//! tokio-modbus's RTU server, each at its own unit id; a unit nobody serves stays silent, as
+//! a dead or absent slave on a real RS-485 bus does. [`SimBus::delay_unit`] makes one unit
+//! answer late (the server is half-duplex like a real bus: nothing else is answered
+//! meanwhile).
+//!
+//! What a pty does not do: it does not pace bytes at the baud rate, so wire time is not
+//! simulated here (the bus benchmark simulates it).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_modbus::{ExceptionCode, Response, SlaveRequest};
+
+use crate::sim::{RegisterBank, ServerTask, SimDevice};
+
+/// Two pseudo-terminals joined by socat: bytes written to one end are read at the other.
+/// socat is killed when this drops.
+pub struct PtyLine {
+    child: Child,
+    /// The end the master (the gateway, mbpoll) opens.
+    pub master_end: PathBuf,
+    /// The end the devices are served on.
+    pub device_end: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PtyLine {
+    /// Start socat and wait (up to 5 s) until both ends exist.
+    pub fn open() -> anyhow::Result<PtyLine> {
+        let dir = tempfile::tempdir()?;
+        let master_end = dir.path().join("master");
+        let device_end = dir.path().join("devices");
+        let end = |p: &Path| format!("pty,raw,echo=0,link={}", p.display());
+        let child = Command::new("socat")
+            .arg(end(&master_end))
+            .arg(end(&device_end))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting socat (apt-get install socat)")?;
+        let line = PtyLine {
+            child,
+            master_end,
+            device_end,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !(line.master_end.exists() && line.device_end.exists()) {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "socat did not make its ptys"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(line)
+    }
+}
+
+impl Drop for PtyLine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Devices on one RTU line, each at its unit id. Cheap to clone; the server stops when the
+/// last handle (of the bus or of one of its devices) drops.
+#[derive(Clone)]
+pub struct SimBus {
+    units: Arc<Units>,
+    server: Arc<ServerTask>,
+}
+
+#[derive(Default)]
+struct Units {
+    banks: Mutex<BTreeMap<u8, Arc<RegisterBank>>>,
+    delays: Mutex<BTreeMap<u8, Duration>>,
+}
+
+impl SimBus {
+    /// Serve on the serial port at `path` (a [`PtyLine`]'s `device_end`).
+    pub async fn serve(path: &Path, baud: u32) -> anyhow::Result<SimBus> {
+        let serial =
+            tokio_serial::SerialStream::open(&tokio_serial::new(path.to_string_lossy(), baud))
+                .with_context(|| format!("opening {}", path.display()))?;
+        let units = Arc::new(Units::default());
+        let service = BusService(units.clone());
+        let task = tokio::spawn(async move {
+            let server = tokio_modbus::server::rtu::Server::new(serial);
+            if let Err(e) = server.serve_forever(service).await {
+                tracing::debug!(error = %e, "simulated RTU bus stopped");
+            }
+        });
+        Ok(SimBus {
+            units,
+            server: Arc::new(ServerTask(task.abort_handle())),
+        })
+    }
+
+    /// The device at `unit`, created on first use.
+    pub fn device(&self, unit: u8) -> SimDevice {
+        let bank = self
+            .units
+            .banks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(unit)
+            .or_insert_with(|| Arc::new(RegisterBank::new()))
+            .clone();
+        SimDevice::on_bus(bank, self.server.clone())
+    }
+
+    /// Make `unit` answer `delay` after each request (and the bus serve nothing meanwhile).
+    pub fn delay_unit(&self, unit: u8, delay: Duration) {
+        self.units
+            .delays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(unit, delay);
+    }
+}
+
+struct BusService(Arc<Units>);
+
+type Answer = Result<Option<Response>, ExceptionCode>;
+
+impl tokio_modbus::server::Service for BusService {
+    type Request = SlaveRequest<'static>;
+    type Response = Option<Response>;
+    type Exception = ExceptionCode;
+    type Future = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        let bank = self
+            .0
+            .banks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&req.slave)
+            .cloned();
+        let delay = self
+            .0
+            .delays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&req.slave)
+            .copied();
+        Box::pin(async move {
+            // A unit nobody serves is absent: silence, as on a real bus.
+            let Some(bank) = bank else { return Ok(None) };
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            match bank.answer(req.request) {
+                None => Ok(None),
+                Some(Ok(r)) => Ok(Some(r)),
+                Some(Err(e)) => Err(e),
+            }
+        })
+    }
+}
