@@ -348,6 +348,16 @@ impl DeviceConfig {
     }
 }
 
+impl Transport {
+    /// Whether the gateway polls the device over Modbus.
+    pub fn is_modbus(self) -> bool {
+        matches!(
+            self,
+            Transport::Tcp | Transport::Rtu | Transport::RtuOverTcp
+        )
+    }
+}
+
 impl DeviceConfig {
     /// The Modbus unit id (`unit_id`, default 1).
     pub fn modbus_unit(&self) -> u8 {

@@ -20,7 +20,8 @@ enum Cmd {
     /// Check a config file and print every problem in it.
     Check { config: PathBuf },
     /// Print how each device is read: its read requests (table, start, count, points) and
-    /// the requests per poll and per second, with and without coalescing.
+    /// the requests per poll and per second, with and without coalescing; and each link's
+    /// load: requests per second and, for serial lines, the share of the line's time.
     Plan { config: PathBuf },
     /// Run the gateway. Refuses a config with problems, printing them all.
     Run { config: PathBuf },
@@ -61,6 +62,9 @@ fn main() -> ExitCode {
                 "{}",
                 shouwang_gateway::sources::modbus::SitePlan::of(&config)
             );
+            for load in shouwang_gateway::sources::modbus::budget::loads(&config) {
+                println!("{load}");
+            }
             ExitCode::SUCCESS
         }
         Cmd::Run { .. } => {

@@ -227,6 +227,33 @@ pub(super) fn check_links(config: &Config, p: &mut Problems) {
         }
     }
 
+    // A serial line whose polls need more of its time than it has.
+    if p.0.is_empty() {
+        for load in crate::sources::modbus::budget::loads(config) {
+            if let Some(u) = load.utilisation.filter(|u| *u > 1.0) {
+                let at = config
+                    .links
+                    .iter()
+                    .position(|l| load.link.split('#').next() == Some(l.id.as_str()))
+                    .map_or_else(
+                        || load.link.clone(),
+                        |i| format!("links[{i}] ({})", load.link),
+                    );
+                p.add(
+                    at,
+                    format!(
+                        "the polls of its {} devices ({:.1} requests/s) need {:.0} % of the line's time ({}): \
+                         poll less often, read fewer registers, raise the baud rate or split the bus",
+                        load.devices,
+                        load.requests_per_s,
+                        u * 100.0,
+                        load.describe
+                    ),
+                );
+            }
+        }
+    }
+
     // Every device's link: named and of its transport; one device per unit id on a link.
     let mut units: BTreeMap<(&str, u8), (usize, &str)> = BTreeMap::new();
     for (i, d) in config.devices.iter().enumerate() {

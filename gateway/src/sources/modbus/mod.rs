@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+pub mod budget;
 pub mod decode;
 pub mod link;
 pub mod plan;

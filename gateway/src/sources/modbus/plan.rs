@@ -221,7 +221,7 @@ impl<'a> SitePlan<'a> {
             devices: config
                 .devices
                 .iter()
-                .filter(|d| d.transport == crate::config::Transport::Tcp)
+                .filter(|d| d.transport.is_modbus())
                 .map(|d| (d, ReadPlan::for_device(d)))
                 .collect(),
         }
@@ -275,7 +275,11 @@ impl fmt::Display for SitePlan<'_> {
                 "device {} ({} unit {}, every {} ms, max_gap_registers {}, max_read_registers {}): \
                  {} points, {} requests per poll (one per point: {})",
                 device.id,
-                device.address.as_deref().unwrap_or("?"),
+                device
+                    .link
+                    .as_deref()
+                    .or(device.address.as_deref())
+                    .unwrap_or("?"),
                 device.modbus_unit(),
                 device.poll_interval_ms,
                 device.max_gap_registers,
@@ -314,11 +318,6 @@ impl fmt::Display for SitePlan<'_> {
             before.saturating_sub(after),
             self.requests_per_s_unplanned(),
             self.requests_per_s(),
-        )?;
-        writeln!(
-            f,
-            "bus utilisation: not computed; every device is Modbus TCP on a connection of its own \
-             (it applies to RTU buses, which the gateway does not speak yet)"
         )
     }
 }
