@@ -83,12 +83,16 @@ async fn point_by_point(sim: &SimDevice, device: &DeviceConfig) -> Vec<(String, 
         .unwrap();
     let mut out = Vec::new();
     for p in &device.points {
-        let n = p.modbus_registers();
+        let (at, n) = (p.modbus_register(), p.modbus_registers());
+        let bits = |bits: Vec<bool>| bits.into_iter().map(u16::from).collect::<Vec<_>>();
         let words = match p.modbus_table() {
-            RegisterTable::Holding => ctx.read_holding_registers(p.modbus_register(), n).await,
-            RegisterTable::Input => ctx.read_input_registers(p.modbus_register(), n).await,
+            RegisterTable::Holding => ctx.read_holding_registers(at, n).await.unwrap(),
+            RegisterTable::Input => ctx.read_input_registers(at, n).await.unwrap(),
+            RegisterTable::Coil => ctx.read_coils(at, n).await.unwrap().map(bits),
+            RegisterTable::DiscreteInput => {
+                ctx.read_discrete_inputs(at, n).await.unwrap().map(bits)
+            }
         }
-        .unwrap()
         .unwrap();
         out.push((p.name.clone(), decode(p, &words).unwrap()));
     }
@@ -250,6 +254,7 @@ fn the_reader_decodes_every_type_the_config_has() {
         DataType::U32,
         DataType::I32,
         DataType::F32,
+        DataType::Bit,
     ];
     for t in types {
         let p = PointConfig {
@@ -257,6 +262,8 @@ fn the_reader_decodes_every_type_the_config_has() {
             register: Some(0),
             table: Some(RegisterTable::Holding),
             data_type: Some(t),
+            bit: None,
+            byte_order: None,
             json: None,
             quality_field: None,
             quality_good: None,
