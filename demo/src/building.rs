@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use shouwang_gateway::config::{Config, ConfigReport, DataType, DeviceConfig, PointConfig};
+use shouwang_gateway::config::{
+    ByteOrder, Config, ConfigReport, DataType, DeviceConfig, PointConfig,
+};
 use tokio_modbus::Slave;
 use tokio_modbus::client::{Writer, tcp};
 
@@ -165,7 +167,23 @@ pub fn encode(point: &PointConfig, value: f64) -> anyhow::Result<Vec<u16>> {
     let data_type = point
         .data_type
         .with_context(|| format!("point {} is not a Modbus point", point.name))?;
+    // The demo's devices are big-endian registers; a profile with other layouts would need
+    // the gateway's decoder inverted here.
+    if !matches!(
+        point.byte_order,
+        None | Some(ByteOrder::Ab | ByteOrder::Abcd)
+    ) {
+        bail!(
+            "point {} has byte_order {:?}: the demo writes big-endian registers only",
+            point.name,
+            point.byte_order
+        );
+    }
     let words = match data_type {
+        DataType::Bit => bail!(
+            "point {} is a bit: the demo writes registers, not bits",
+            point.name
+        ),
         DataType::U16 => {
             let v = u16::try_from(rounded as i64).map_err(|_| out_of_range())?;
             vec![v]

@@ -4,8 +4,9 @@
 //!
 //! Prints, before criterion's timings, requests per poll without the planner (one per point)
 //! and with it, for the demo's building (`demo/building.toml`), a device with 20 scattered
-//! points (the layout of `gateway/tests/modbus.rs`), an elevator monitoring terminal and a
-//! fire panel interface with a register per zone; then, for a device with 100 points
+//! points (the layout of `gateway/tests/modbus.rs`), an elevator monitoring terminal, a
+//! fire panel interface with a register per zone and one with a coil and a discrete input
+//! per zone and its status word's bits as bit fields; then, for a device with 100 points
 //! scattered over 2,000 registers, requests and registers read at several
 //! `max_gap_registers`, with the RTU wire time they would take at 9600 baud (the gateway
 //! has no RTU buses yet: an estimate from frame sizes, to show why the default gap is 8).
@@ -17,14 +18,11 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group};
 use shouwang_gateway::config::{
-    Config, DEFAULT_MAX_GAP_REGISTERS, DataType, MAX_READ_REGISTERS, PointConfig, RegisterTable,
+    Config, DEFAULT_MAX_GAP_BITS, DEFAULT_MAX_GAP_REGISTERS, DataType, PointConfig, RegisterTable,
 };
 use shouwang_gateway::sources::modbus::{PlanLimits, ReadPlan, SitePlan};
 
-const DEFAULT_LIMITS: PlanLimits = PlanLimits {
-    max_read_registers: MAX_READ_REGISTERS,
-    max_gap_registers: DEFAULT_MAX_GAP_REGISTERS,
-};
+const DEFAULT_LIMITS: PlanLimits = PlanLimits::DEFAULT;
 
 fn point(i: usize, table: RegisterTable, register: u16, data_type: DataType) -> PointConfig {
     PointConfig {
@@ -32,6 +30,8 @@ fn point(i: usize, table: RegisterTable, register: u16, data_type: DataType) -> 
         register: Some(register),
         table: Some(table),
         data_type: Some(data_type),
+        bit: None,
+        byte_order: None,
         json: None,
         quality_field: None,
         quality_good: None,
@@ -110,6 +110,21 @@ fn fire_panel_interface() -> Vec<PointConfig> {
     points(&layout)
 }
 
+/// A fire panel interface that gives each of 400 zones a fire coil and a fault discrete
+/// input, and its panel status word (holding register 0) as 16 bit fields.
+fn fire_panel_bits() -> Vec<PointConfig> {
+    let mut layout: Vec<_> = (0..400)
+        .map(|z| (z, RegisterTable::Coil, DataType::Bit))
+        .collect();
+    layout.extend((0..400).map(|z| (z, RegisterTable::DiscreteInput, DataType::Bit)));
+    layout.extend((0..16).map(|_| (0, RegisterTable::Holding, DataType::Bit)));
+    let mut pts = points(&layout);
+    for (bit, p) in pts[800..].iter_mut().enumerate() {
+        p.bit = u8::try_from(bit).ok();
+    }
+    pts
+}
+
 /// 100 u16/f32 points scattered over registers 0..2000 (a fixed LCG: the same every run).
 fn scattered_100() -> Vec<PointConfig> {
     let mut x: u32 = 12345;
@@ -159,11 +174,12 @@ fn figures() {
         ("20 scattered points", scattered_20()),
         ("elevator terminal", elevator_terminal()),
         ("fire panel interface", fire_panel_interface()),
+        ("fire panel by coils and bits", fire_panel_bits()),
         ("100 points over 2000 registers", scattered_100()),
     ] {
         let plan = ReadPlan::new(&pts, DEFAULT_LIMITS);
         println!(
-            "{name}: {} points, requests per poll {} -> {} (max_gap_registers {DEFAULT_MAX_GAP_REGISTERS})",
+            "{name}: {} points, requests per poll {} -> {} (max_gap_registers {DEFAULT_MAX_GAP_REGISTERS}, max_gap_bits {DEFAULT_MAX_GAP_BITS})",
             pts.len(),
             pts.len(),
             plan.blocks().len()
@@ -202,6 +218,10 @@ fn planning(c: &mut Criterion) {
     for (name, pts) in [
         ("20 scattered points", scattered_20()),
         ("fire panel interface, 210 points", fire_panel_interface()),
+        (
+            "fire panel by coils and bits, 816 points",
+            fire_panel_bits(),
+        ),
     ] {
         group.throughput(Throughput::Elements(pts.len() as u64));
         group.bench_function(name, |b| {

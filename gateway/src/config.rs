@@ -324,7 +324,8 @@ pub struct DeviceConfig {
     /// 3.5-character silences) while one more register costs 2, so a gap of up to 10 is never
     /// slower even with a device that answers instantly; 8 stays under that and seldom
     /// reaches into registers a device does not have. A block the device refuses is split by
-    /// itself. At most 123.
+    /// itself. At most 123. Holding and input registers only: coils and discrete inputs have
+    /// `max_gap_bits`.
     #[serde(default = "default_max_gap_registers")]
     pub max_gap_registers: u16,
     /// The most registers one read request may ask for: 125 (the Modbus limit for function
@@ -332,6 +333,17 @@ pub struct DeviceConfig {
     /// Default 125.
     #[serde(default = "default_max_read_registers")]
     pub max_read_registers: u16,
+    /// Like `max_gap_registers`, for coils and discrete inputs, counted in bits: the read
+    /// planner may read this many bits that no point uses between two bit points. Default
+    /// 128, the 16 bytes of 8 registers: on Modbus RTU one more request costs about 20
+    /// characters of wire time and one more bit an eighth of one, so a gap of up to 160 bits
+    /// is never slower. At most 1998.
+    #[serde(default = "default_max_gap_bits")]
+    pub max_gap_bits: u16,
+    /// The most coils or discrete inputs one read request may ask for: 2000 (the Modbus
+    /// limit for function codes 1 and 2) unless the device's manual gives less. Default 2000.
+    #[serde(default = "default_max_read_bits")]
+    pub max_read_bits: u16,
     /// The values read from the device.
     #[serde(default)]
     pub points: Vec<PointConfig>,
@@ -397,30 +409,63 @@ fn default_max_gap_registers() -> u16 {
 fn default_max_read_registers() -> u16 {
     MAX_READ_REGISTERS
 }
+fn default_max_gap_bits() -> u16 {
+    DEFAULT_MAX_GAP_BITS
+}
+fn default_max_read_bits() -> u16 {
+    MAX_READ_BITS
+}
 
 /// The most registers one read (function code 3 or 4) may ask for (Modbus application
 /// protocol V1.1b3 §6.3, §6.4).
 pub const MAX_READ_REGISTERS: u16 = 125;
 /// `max_gap_registers` when the config says nothing: see its doc comment for why 8.
 pub const DEFAULT_MAX_GAP_REGISTERS: u16 = 8;
+/// The most coils or discrete inputs one read (function code 1 or 2) may ask for (Modbus
+/// application protocol V1.1b3 §6.1, §6.2).
+pub const MAX_READ_BITS: u16 = 2000;
+/// `max_gap_bits` when the config says nothing: see its doc comment for why 128.
+pub const DEFAULT_MAX_GAP_BITS: u16 = 128;
 
 /// The longest a device may be silent before its communication-lost fault, in seconds: the
 /// fault-report limit of GB 50166.
 pub const COMM_LOSS_MAX_S: u64 = 100;
 
-/// Which Modbus register table a point lives in.
+/// Which Modbus table a point lives in: two of 16-bit registers, two of single bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum RegisterTable {
     /// Holding registers, function code 3.
     #[default]
     Holding,
     /// Input registers, function code 4.
     Input,
+    /// Coils, function code 1: one bit each (`type = "bit"`).
+    Coil,
+    /// Discrete inputs, function code 2: one bit each (`type = "bit"`).
+    DiscreteInput,
 }
 
-/// How a point's registers encode its raw value. 32-bit types take two registers, high word
-/// first (big-endian word order).
+impl RegisterTable {
+    /// Coils and discrete inputs: an address is one bit, a read asks for up to 2000 of them.
+    pub fn holds_bits(self) -> bool {
+        matches!(self, RegisterTable::Coil | RegisterTable::DiscreteInput)
+    }
+}
+
+impl fmt::Display for RegisterTable {
+    /// As the config spells it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RegisterTable::Holding => "holding",
+            RegisterTable::Input => "input",
+            RegisterTable::Coil => "coil",
+            RegisterTable::DiscreteInput => "discrete_input",
+        })
+    }
+}
+
+/// How a point's registers encode its raw value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DataType {
@@ -429,15 +474,77 @@ pub enum DataType {
     U32,
     I32,
     F32,
+    /// One bit: a coil, a discrete input, or bit `bit` of a holding or input register.
+    Bit,
 }
 
 impl DataType {
-    /// How many 16-bit registers one value takes.
+    /// How many addresses one value takes: 16-bit registers, or 1 for a bit (in a bit
+    /// table one address is one bit; a bit field takes the one register it is in).
     pub fn registers(self) -> u16 {
         match self {
-            DataType::U16 | DataType::I16 => 1,
+            DataType::U16 | DataType::I16 | DataType::Bit => 1,
             DataType::U32 | DataType::I32 | DataType::F32 => 2,
         }
+    }
+
+    /// `u32`, `i32` and `f32`: the types a 4-byte `byte_order` applies to.
+    pub fn is_32_bit(self) -> bool {
+        self.registers() == 2
+    }
+}
+
+impl fmt::Display for DataType {
+    /// As the config spells it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DataType::U16 => "u16",
+            DataType::I16 => "i16",
+            DataType::U32 => "u32",
+            DataType::I32 => "i32",
+            DataType::F32 => "f32",
+            DataType::Bit => "bit",
+        })
+    }
+}
+
+/// The order of a value's bytes in its registers, named by where the value's bytes land on
+/// the wire, most significant byte `A` first: `ABCD` is big-endian, the high word at the
+/// lower register (the Modbus convention, and the default); `CDAB` swaps the words (the low
+/// word first, as many PLCs and meters send floats); `BADC` swaps the bytes in each word;
+/// `DCBA` is little-endian. For 16-bit types, `AB` (the default) and `BA` (bytes swapped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ByteOrder {
+    Ab,
+    Ba,
+    Abcd,
+    Cdab,
+    Badc,
+    Dcba,
+}
+
+impl ByteOrder {
+    /// How many bytes the order lays out: 2 (`AB`, `BA`) or 4.
+    pub fn bytes(self) -> u8 {
+        match self {
+            ByteOrder::Ab | ByteOrder::Ba => 2,
+            ByteOrder::Abcd | ByteOrder::Cdab | ByteOrder::Badc | ByteOrder::Dcba => 4,
+        }
+    }
+}
+
+impl fmt::Display for ByteOrder {
+    /// As the config spells it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ByteOrder::Ab => "AB",
+            ByteOrder::Ba => "BA",
+            ByteOrder::Abcd => "ABCD",
+            ByteOrder::Cdab => "CDAB",
+            ByteOrder::Badc => "BADC",
+            ByteOrder::Dcba => "DCBA",
+        })
     }
 }
 
@@ -447,14 +554,30 @@ impl DataType {
 pub struct PointConfig {
     /// Point name, unique in its device, e.g. `obscuration`.
     pub name: String,
-    /// The first register's address (0-based, as on the wire). `tcp` devices only, and
-    /// required there.
+    /// The first register's address (0-based, as on the wire); for a coil or discrete
+    /// input, the bit's address. `tcp` devices only, and required there.
     pub register: Option<u16>,
-    /// `holding` (default) or `input`. `tcp` devices only.
+    /// The table the point is in: `holding` (holding registers, function code 3; the
+    /// default), `input` (input registers, FC 4), `coil` (FC 1) or `discrete_input` (FC 2).
+    /// Coils and discrete inputs hold single bits: their points are `type = "bit"`.
+    /// `tcp` devices only.
     pub table: Option<RegisterTable>,
-    /// `u16`, `i16`, `u32`, `i32` or `f32`. `tcp` devices only, and required there.
+    /// `u16`, `i16`, `u32`, `i32`, `f32` or `bit`. `tcp` devices only, and required there.
+    /// 32-bit types take two registers, in `byte_order`. `bit` is a point's only type in a
+    /// `coil` or `discrete_input` table, and in a `holding` or `input` register it reads bit
+    /// `bit` of the register; its value is 0 or 1 (before scale and offset).
     #[serde(rename = "type")]
     pub data_type: Option<DataType>,
+    /// `type = "bit"` in a `holding` or `input` register only, and required there: which bit
+    /// of the register, 0 (the least significant) to 15. Several bit points may name one
+    /// register; it is read once for all of them.
+    pub bit: Option<u8>,
+    /// How the value's bytes lie in its registers. For `u32`, `i32` and `f32`: `ABCD`
+    /// (default: big-endian, high word first), `CDAB` (words swapped: low word first), `BADC`
+    /// (bytes swapped in each word) or `DCBA` (little-endian); a 0x41200000 (10.0 as f32)
+    /// arrives as registers `4120 0000`, `0000 4120`, `2041 0000` and `0000 2041`. For `u16`
+    /// and `i16`: `AB` (default) or `BA` (bytes swapped). Not for `bit`. `tcp` devices only.
+    pub byte_order: Option<ByteOrder>,
     /// `mqtt` devices only, and required there: where the value is in the device's JSON
     /// object, as a dotted path (`smoke.obscuration`; a number segment also indexes an
     /// array: `channels.0.value`). A JSON number is the raw value; `true`/`false` are 1/0
@@ -503,7 +626,8 @@ impl PointConfig {
     }
 
     /// How many registers the point's value takes (its `type` is required for `tcp`
-    /// devices; 1 otherwise).
+    /// devices; 1 otherwise). A bit takes 1: one address of a coil or discrete input, or the
+    /// one register its bit is in.
     pub fn modbus_registers(&self) -> u16 {
         self.data_type.map_or(1, |t| t.registers())
     }
@@ -1265,9 +1389,30 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
                 ),
             );
         }
+        if d.max_read_bits == 0 || d.max_read_bits > MAX_READ_BITS {
+            p.add(
+                format!("{at}.max_read_bits"),
+                format!(
+                    "is {}; must be between 1 and {MAX_READ_BITS} (the Modbus limit for one read of coils or discrete inputs)",
+                    d.max_read_bits
+                ),
+            );
+        }
+        let gap_limit = MAX_READ_BITS - 2;
+        if d.max_gap_bits > gap_limit {
+            p.add(
+                format!("{at}.max_gap_bits"),
+                format!(
+                    "is {}; must be at most {gap_limit} (a read holds at most {MAX_READ_BITS} bits, \
+                     and a gap lies between two points)",
+                    d.max_gap_bits
+                ),
+            );
+        }
         if let Some(big) = d
             .points
             .iter()
+            .filter(|pt| !pt.modbus_table().holds_bits())
             .find(|pt| pt.modbus_registers() > d.max_read_registers)
             && d.max_read_registers > 0
         {
@@ -1335,6 +1480,8 @@ fn check_gpio_device(d: &DeviceConfig, at: &str, p: &mut Problems) {
             ("register", pt.register.is_some()),
             ("table", pt.table.is_some()),
             ("type", pt.data_type.is_some()),
+            ("bit", pt.bit.is_some()),
+            ("byte_order", pt.byte_order.is_some()),
             ("json", pt.json.is_some()),
             ("quality_field", pt.quality_field.is_some()),
             ("quality_good", pt.quality_good.is_some()),
@@ -1435,7 +1582,7 @@ fn check_modbus_device(d: &DeviceConfig, at: &str, p: &mut Problems) {
         let Some(data_type) = pt.data_type else {
             p.add(
                 format!("{pat}.type"),
-                "required with transport = \"tcp\": u16, i16, u32, i32 or f32",
+                "required with transport = \"tcp\": u16, i16, u32, i32, f32 or bit",
             );
             continue;
         };
@@ -1443,9 +1590,55 @@ fn check_modbus_device(d: &DeviceConfig, at: &str, p: &mut Problems) {
         if last > u32::from(u16::MAX) {
             p.add(
                 format!("{pat}.register"),
-                format!("a {data_type:?} at {register} runs past register 65535"),
+                format!("a {data_type} at {register} runs past register 65535"),
             );
         }
+        check_modbus_point_type(pt, data_type, &pat, p);
+    }
+}
+
+/// A Modbus point's `table`, `type`, `bit` and `byte_order` fit together.
+fn check_modbus_point_type(pt: &PointConfig, data_type: DataType, pat: &str, p: &mut Problems) {
+    let table = pt.modbus_table();
+    let bit_problem = match (table.holds_bits(), data_type, pt.bit) {
+        (true, _, Some(_)) => Some(format!(
+            "a {table} is one bit already: remove bit (it picks a bit of a holding or input register)"
+        )),
+        (false, DataType::Bit, None) => Some(format!(
+            "required with type = \"bit\" in a {table} register: which bit, 0 (the least significant) to 15"
+        )),
+        (false, DataType::Bit, Some(bit)) if bit > 15 => Some(format!(
+            "is {bit}; a register has bits 0 (the least significant) to 15"
+        )),
+        (false, DataType::Bit, Some(_)) | (_, _, None) => None,
+        (false, _, Some(_)) => Some(format!(
+            "only with type = \"bit\" (this point's type is {data_type}); use type = \"bit\" to read one bit of the register"
+        )),
+    };
+    if table.holds_bits() && data_type != DataType::Bit {
+        p.add(
+            format!("{pat}.type"),
+            format!("a {table} holds one bit: type must be \"bit\", not {data_type}"),
+        );
+    }
+    if let Some(message) = bit_problem {
+        p.add(format!("{pat}.bit"), message);
+    }
+    let Some(order) = pt.byte_order else {
+        return;
+    };
+    let order_problem = match data_type {
+        DataType::Bit => Some("not for type = \"bit\": a bit has no byte order".to_string()),
+        t if t.is_32_bit() && order.bytes() != 4 => Some(format!(
+            "{t} takes 4 bytes: ABCD, CDAB, BADC or DCBA, not {order}"
+        )),
+        t if !t.is_32_bit() && order.bytes() != 2 => {
+            Some(format!("{t} takes 2 bytes: AB or BA, not {order}"))
+        }
+        _ => None,
+    };
+    if let Some(message) = order_problem {
+        p.add(format!("{pat}.byte_order"), message);
     }
 }
 
@@ -1898,6 +2091,203 @@ scale = 0.01
             report.to_string().contains("runs past register 65535"),
             "{report}"
         );
+    }
+
+    /// The problems of GOOD with its point's `register = 0` and `type = "u16"` replaced by
+    /// `keys`, as (field after the point's name, message).
+    fn point_problems(keys: &str) -> Vec<(String, String)> {
+        let text = GOOD.replace("register = 0\ntype = \"u16\"", keys);
+        let at = "devices[0] (smoke-B1-12-03).points[0] (obscuration).";
+        problems_of(&text)
+            .into_iter()
+            .map(|(f, m)| (f.strip_prefix(at).unwrap_or(&f).to_string(), m))
+            .collect()
+    }
+
+    #[test]
+    fn coils_discrete_inputs_bit_fields_and_byte_orders_load() {
+        let points = r#"
+[[devices.points]]
+name = "fire"
+register = 7
+table = "discrete_input"
+type = "bit"
+
+[[devices.points]]
+name = "sounder"
+register = 0
+table = "coil"
+type = "bit"
+
+[[devices.points]]
+name = "fault"
+register = 3
+table = "input"
+type = "bit"
+bit = 15
+
+[[devices.points]]
+name = "flow"
+register = 4
+type = "f32"
+byte_order = "CDAB"
+
+[[devices.points]]
+name = "level"
+register = 6
+type = "i16"
+byte_order = "BA"
+
+"#;
+        let text = GOOD.replace("[[rules]]", &format!("{points}[[rules]]"));
+        let c = Config::from_toml_str(&text, "c.toml").unwrap();
+        let d = &c.devices[0];
+        assert_eq!(d.points[1].table, Some(RegisterTable::DiscreteInput));
+        assert_eq!(d.points[2].modbus_table(), RegisterTable::Coil);
+        assert_eq!(d.points[3].bit, Some(15));
+        assert_eq!(d.points[4].byte_order, Some(ByteOrder::Cdab));
+        assert_eq!(d.points[5].byte_order, Some(ByteOrder::Ba));
+        assert_eq!((d.max_read_bits, d.max_gap_bits), (2000, 128));
+        for order in ["ABCD", "CDAB", "BADC", "DCBA"] {
+            for ty in ["u32", "i32", "f32"] {
+                let keys = format!("register = 0\ntype = \"{ty}\"\nbyte_order = \"{order}\"");
+                assert_eq!(point_problems(&keys), [], "{ty} {order}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_coil_or_discrete_input_is_a_bit_without_a_bit_number() {
+        // The order fits a u16: only the type is the mistake.
+        let problems =
+            point_problems("register = 0\ntable = \"coil\"\ntype = \"u16\"\nbyte_order = \"AB\"");
+        assert_eq!(
+            problems,
+            [(
+                "type".to_string(),
+                "a coil holds one bit: type must be \"bit\", not u16".to_string()
+            )]
+        );
+        let problems =
+            point_problems("register = 0\ntable = \"discrete_input\"\ntype = \"bit\"\nbit = 3");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "bit");
+        assert!(
+            problems[0]
+                .1
+                .starts_with("a discrete_input is one bit already: remove bit"),
+            "{problems:?}"
+        );
+        // serde names the point, not the key, for an unknown value (then the rule on the
+        // point that did not load is reported too).
+        let problems = point_problems("register = 0\ntable = \"coils\"\ntype = \"bit\"");
+        assert!(
+            problems[0].1.contains("coil") && problems[0].1.contains("discrete_input"),
+            "the message lists the tables: {problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_bit_field_names_a_bit_from_0_to_15_and_only_a_bit_field_does() {
+        let problems = point_problems("register = 0\ntype = \"bit\"");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "bit");
+        assert!(
+            problems[0]
+                .1
+                .starts_with("required with type = \"bit\" in a holding register"),
+            "{problems:?}"
+        );
+        let problems = point_problems("register = 0\ntype = \"bit\"\nbit = 16");
+        assert_eq!(
+            problems,
+            [(
+                "bit".to_string(),
+                "is 16; a register has bits 0 (the least significant) to 15".to_string()
+            )]
+        );
+        let problems = point_problems("register = 0\ntype = \"u16\"\nbit = 3");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "bit");
+        assert!(
+            problems[0]
+                .1
+                .starts_with("only with type = \"bit\" (this point's type is u16)"),
+            "{problems:?}"
+        );
+        assert_eq!(point_problems("register = 0\ntype = \"bit\"\nbit = 0"), []);
+    }
+
+    #[test]
+    fn a_byte_order_must_fit_the_width_of_the_type() {
+        let problems = point_problems("register = 0\ntype = \"u16\"\nbyte_order = \"CDAB\"");
+        assert_eq!(
+            problems,
+            [(
+                "byte_order".to_string(),
+                "u16 takes 2 bytes: AB or BA, not CDAB".to_string()
+            )]
+        );
+        let problems = point_problems("register = 0\ntype = \"f32\"\nbyte_order = \"BA\"");
+        assert_eq!(
+            problems,
+            [(
+                "byte_order".to_string(),
+                "f32 takes 4 bytes: ABCD, CDAB, BADC or DCBA, not BA".to_string()
+            )]
+        );
+        let problems = point_problems("register = 0\ntype = \"bit\"\nbit = 1\nbyte_order = \"AB\"");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "byte_order");
+        let problems = point_problems("register = 0\ntype = \"f32\"\nbyte_order = \"cdab\"");
+        assert!(
+            problems[0].1.contains("unknown variant `cdab`") && problems[0].1.contains("`CDAB`"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn modbus_point_keys_are_refused_on_other_transports() {
+        let sensor = SENSOR.replace(
+            "[[devices.points]]\nname = \"obscuration\"",
+            "[[devices.points]]\nname = \"obscuration\"\nbit = 1\nbyte_order = \"AB\"",
+        );
+        let problems = problems_of(&format!("{GOOD}{sensor}"));
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "devices[1] (smoke-nb-1).points[0] (obscuration).bit",
+                "devices[1] (smoke-nb-1).points[0] (obscuration).byte_order"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_bit_read_limits_are_named_by_their_keys() {
+        let with = |keys: &str| {
+            let text = GOOD.replace(
+                "address = \"127.0.0.1:15021\"",
+                &format!("address = \"127.0.0.1:15021\"\n{keys}"),
+            );
+            problems_of(&text)
+        };
+        assert_eq!(with("max_read_bits = 1\nmax_gap_bits = 1998"), []);
+        let problems = with("max_read_bits = 2001\nmax_gap_bits = 1999");
+        assert_eq!(
+            problems,
+            [
+                (
+                    "devices[0] (smoke-B1-12-03).max_read_bits".to_string(),
+                    "is 2001; must be between 1 and 2000 (the Modbus limit for one read of coils or discrete inputs)".to_string()
+                ),
+                (
+                    "devices[0] (smoke-B1-12-03).max_gap_bits".to_string(),
+                    "is 1999; must be at most 1998 (a read holds at most 2000 bits, and a gap lies between two points)".to_string()
+                ),
+            ]
+        );
+        assert_eq!(with("max_read_bits = 0").len(), 1);
     }
 
     const FIRE_PANEL: &str = r#"

@@ -1,8 +1,9 @@
 //! The Modbus poller and its read planner against the repository's simulated device
 //! (`shouwang_hil_tests::sim::SimDevice`, real Modbus TCP on a port from the OS): coalesced
 //! reads give what point-by-point reads give, and a device that refuses a register in the
-//! middle of a block still has its other points read, with the split remembered. Requests
-//! are counted at the simulator, one poll at a time.
+//! middle of a block still has its other points read, with the split remembered; coils,
+//! discrete inputs, bit fields and word-swapped floats are read in one poll with a request
+//! per table. Requests are counted at the simulator, one poll at a time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -83,12 +84,16 @@ async fn point_by_point(sim: &SimDevice, device: &DeviceConfig) -> Vec<(String, 
         .unwrap();
     let mut out = Vec::new();
     for p in &device.points {
-        let n = p.modbus_registers();
+        let (at, n) = (p.modbus_register(), p.modbus_registers());
+        let bits = |bits: Vec<bool>| bits.into_iter().map(u16::from).collect::<Vec<_>>();
         let words = match p.modbus_table() {
-            RegisterTable::Holding => ctx.read_holding_registers(p.modbus_register(), n).await,
-            RegisterTable::Input => ctx.read_input_registers(p.modbus_register(), n).await,
+            RegisterTable::Holding => ctx.read_holding_registers(at, n).await.unwrap(),
+            RegisterTable::Input => ctx.read_input_registers(at, n).await.unwrap(),
+            RegisterTable::Coil => ctx.read_coils(at, n).await.unwrap().map(bits),
+            RegisterTable::DiscreteInput => {
+                ctx.read_discrete_inputs(at, n).await.unwrap().map(bits)
+            }
         }
-        .unwrap()
         .unwrap();
         out.push((p.name.clone(), decode(p, &words).unwrap()));
     }
@@ -241,6 +246,157 @@ async fn a_device_that_is_gone_is_a_link_failure_not_point_faults() {
     }
 }
 
+#[tokio::test]
+async fn a_coil_a_discrete_input_bit_fields_and_a_word_swapped_float_take_one_request_per_table() {
+    let sim = sim().await;
+    sim.set_coil(3, true);
+    sim.set_discrete_input(7, true);
+    sim.set_coil(7, false); // the same address in another table
+    sim.set_u16(10, 0b1000_0000_0000_0100);
+    // 10.0 is 0x41200000; a CDAB device sends the low word first.
+    sim.set_u16(11, 0x0000);
+    sim.set_u16(12, 0x4120);
+    let points = r#"
+[[points]]
+name = "pump_running"
+register = 3
+table = "coil"
+type = "bit"
+
+[[points]]
+name = "fire"
+register = 7
+table = "discrete_input"
+type = "bit"
+
+[[points]]
+name = "pump_auto"
+register = 4
+table = "coil"
+type = "bit"
+
+[[points]]
+name = "fault"
+register = 10
+type = "bit"
+bit = 2
+
+[[points]]
+name = "pressure"
+register = 11
+type = "f32"
+byte_order = "CDAB"
+scale = 0.1
+
+[[points]]
+name = "isolated"
+register = 10
+type = "bit"
+bit = 15
+
+[[points]]
+name = "test_mode"
+register = 10
+type = "bit"
+bit = 0
+"#;
+    let dev = device(&sim, "", points);
+    let mut reader = DeviceReader::new(dev.clone());
+    let shape: Vec<(RegisterTable, u16, u16)> = reader
+        .plan()
+        .blocks()
+        .iter()
+        .map(|b| (b.table, b.start, b.count))
+        .collect();
+    use RegisterTable::{Coil, DiscreteInput, Holding};
+    assert_eq!(
+        shape,
+        [(Coil, 3, 2), (DiscreteInput, 7, 1), (Holding, 10, 3)],
+        "one request per table; register 10 read once for its three bits"
+    );
+    let (polled, requests) = poll_counted(&mut reader, &sim).await;
+    assert!(polled.faults.is_empty(), "{:?}", polled.faults);
+    assert_eq!(requests, 3);
+    let values: Vec<(&str, f64)> = polled
+        .values
+        .iter()
+        .map(|(n, v)| (n.as_str(), *v))
+        .collect();
+    assert_eq!(
+        values,
+        [
+            ("pump_running", 1.0),
+            ("fire", 1.0),
+            ("pump_auto", 0.0),
+            ("fault", 1.0),
+            ("pressure", 1.0),
+            ("isolated", 1.0),
+            ("test_mode", 0.0),
+        ]
+    );
+    assert_eq!(polled.values, point_by_point(&sim, &dev).await);
+
+    // A change is seen at the next poll, with the same requests.
+    sim.set_coil(3, false);
+    sim.set_u16(10, 0);
+    let (polled, requests) = poll_counted(&mut reader, &sim).await;
+    assert_eq!(requests, 3);
+    assert_eq!(polled.values[0], ("pump_running".into(), 0.0));
+    assert_eq!(polled.values[3], ("fault".into(), 0.0));
+}
+
+#[tokio::test]
+async fn more_coils_than_one_request_may_hold_are_read_in_2000_bit_requests() {
+    let sim = sim().await;
+    for address in [0, 1999, 2000, 2049] {
+        sim.set_coil(address, true);
+    }
+    let points: String = (0..2050)
+        .map(|a| {
+            format!(
+                "[[points]]\nname = \"c{a}\"\nregister = {a}\ntable = \"coil\"\ntype = \"bit\"\n"
+            )
+        })
+        .collect();
+    let mut reader = DeviceReader::new(device(&sim, "", &points));
+    let (polled, requests) = poll_counted(&mut reader, &sim).await;
+    assert!(polled.faults.is_empty(), "{:?}", polled.faults);
+    assert_eq!(requests, 2);
+    let on: Vec<&str> = polled
+        .values
+        .iter()
+        .filter(|(_, v)| *v == 1.0)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(on, ["c0", "c1999", "c2000", "c2049"]);
+    // A device that reads at most 100 bits at a time.
+    let mut small = DeviceReader::new(device(&sim, "max_read_bits = 100", &points));
+    let (again, requests) = poll_counted(&mut small, &sim).await;
+    assert_eq!(requests, 21);
+    assert_eq!(again, polled);
+}
+
+#[tokio::test]
+async fn a_refused_coil_is_one_points_fault_and_its_neighbours_read() {
+    let sim = sim().await;
+    sim.set_coil(6, true);
+    // Address 5 is a hole in the device's map (the simulator's holes are in every table).
+    sim.refuse_registers(&[5]);
+    let points: String = (0..8)
+        .map(|a| {
+            format!(
+                "[[points]]\nname = \"c{a}\"\nregister = {a}\ntable = \"coil\"\ntype = \"bit\"\n"
+            )
+        })
+        .collect();
+    let mut reader = DeviceReader::new(device(&sim, "", &points));
+    let (polled, _) = poll_counted(&mut reader, &sim).await;
+    assert_eq!(polled.faults.len(), 1, "{:?}", polled.faults);
+    assert_eq!(polled.faults[0].point, "c5");
+    assert_eq!(polled.values.len(), 7);
+    assert_eq!(polled.values[5], ("c6".into(), 1.0));
+}
+
 #[test]
 fn the_reader_decodes_every_type_the_config_has() {
     // Guard for the scattered layout above: it covers every data type.
@@ -250,6 +406,7 @@ fn the_reader_decodes_every_type_the_config_has() {
         DataType::U32,
         DataType::I32,
         DataType::F32,
+        DataType::Bit,
     ];
     for t in types {
         let p = PointConfig {
@@ -257,6 +414,8 @@ fn the_reader_decodes_every_type_the_config_has() {
             register: Some(0),
             table: Some(RegisterTable::Holding),
             data_type: Some(t),
+            bit: None,
+            byte_order: None,
             json: None,
             quality_field: None,
             quality_good: None,

@@ -1,4 +1,5 @@
-//! A simulated Modbus TCP field device: one register bank served on its own TCP port.
+//! A simulated Modbus TCP field device: one register bank and two bit banks (coils,
+//! discrete inputs) served on its own TCP port.
 //!
 //! Tests and the demo use [`SimDevice`] in place of a smoke detector, leak probe, pressure
 //! transmitter or door contact. The test (or the demo scenario) sets registers through the
@@ -8,11 +9,16 @@
 //! What the device answers:
 //! - FC03 (read holding registers) and FC04 (read input registers) both read the one bank;
 //!   a register nobody set reads 0.
+//! - FC01 (read coils) and FC02 (read discrete inputs) read two bit banks of their own
+//!   ([`SimDevice::set_coil`], [`SimDevice::set_discrete_input`]); a bit nobody set reads
+//!   off. The answer packs the bits asked for into whole bytes, padded with zeros.
 //! - FC06 (write single register) and FC16 (write multiple registers) write into the bank.
 //! - Any unit id is answered, and the answer echoes it.
-//! - Every other function code gets the exception IllegalFunction; a quantity outside
-//!   1..=125 (reads) or 1..=123 (FC16) gets IllegalDataValue; a register at or beyond
-//!   [`SimDevice::set_register_count`] gets IllegalDataAddress. Bad requests never panic and
+//! - Every other function code (coil writes included) gets the exception IllegalFunction; a
+//!   quantity outside 1..=125 (register reads), 1..=2000 (bit reads) or 1..=123 (FC16) gets
+//!   IllegalDataValue; an address at or beyond [`SimDevice::set_register_count`] gets
+//!   IllegalDataAddress (the count and [`SimDevice::refuse_registers`] apply to every
+//!   table: the map's holes are at the same addresses in each). Bad requests never panic and
 //!   never drop the connection (a frame that cannot even be decoded does close it, as a real
 //!   device would reset the link).
 //!
@@ -40,6 +46,8 @@ use tokio_modbus::{ExceptionCode, Request, Response};
 const ADDRESS_SPACE: usize = 1 << 16;
 /// Largest quantity of one read (FC03/FC04), from the Modbus application protocol spec.
 const MAX_READ_QUANTITY: u16 = 125;
+/// Largest quantity of one read of bits (FC01/FC02), from the same spec.
+const MAX_READ_BITS: u16 = 2000;
 /// Largest quantity of one FC16 write.
 const MAX_WRITE_QUANTITY: usize = 123;
 
@@ -154,6 +162,24 @@ impl SimDevice {
         f32::from_bits(self.get_u32(register))
     }
 
+    /// Coil `address` (read with FC01) on or off.
+    pub fn set_coil(&self, address: u16, on: bool) {
+        lock(&self.bank.coils)[usize::from(address)] = on;
+    }
+
+    /// Discrete input `address` (read with FC02) on or off.
+    pub fn set_discrete_input(&self, address: u16, on: bool) {
+        lock(&self.bank.discrete_inputs)[usize::from(address)] = on;
+    }
+
+    pub fn get_coil(&self, address: u16) -> bool {
+        lock(&self.bank.coils)[usize::from(address)]
+    }
+
+    pub fn get_discrete_input(&self, address: u16) -> bool {
+        lock(&self.bank.discrete_inputs)[usize::from(address)]
+    }
+
     /// false: keeps accepting TCP connections and reading requests but never answers (a
     /// device that hangs); true: answers again. Requests that came in while it hung are
     /// never answered, even later.
@@ -224,6 +250,10 @@ impl Drop for ServerTask {
 pub(crate) struct RegisterBank {
     /// All 65536 registers; FC03 and FC04 read the same words.
     words: Mutex<Vec<u16>>,
+    /// All 65536 coils (FC01).
+    coils: Mutex<Vec<bool>>,
+    /// All 65536 discrete inputs (FC02).
+    discrete_inputs: Mutex<Vec<bool>>,
     /// Registers at this address and above do not exist.
     register_count: AtomicU32,
     /// Registers below `register_count` that do not exist either.
@@ -246,6 +276,8 @@ impl RegisterBank {
     pub(crate) fn new() -> Self {
         RegisterBank {
             words: Mutex::new(vec![0; ADDRESS_SPACE]),
+            coils: Mutex::new(vec![false; ADDRESS_SPACE]),
+            discrete_inputs: Mutex::new(vec![false; ADDRESS_SPACE]),
             register_count: AtomicU32::new(ADDRESS_SPACE as u32),
             refused: Mutex::new(std::collections::BTreeSet::new()),
             responding: AtomicBool::new(true),
@@ -292,6 +324,21 @@ impl RegisterBank {
         Ok(self.words()[range].to_vec())
     }
 
+    /// `quantity` bits of `bank` from `address`. tokio-modbus's server packs them into bytes
+    /// (padding the last with zeros).
+    fn read_bits(
+        &self,
+        bank: &Mutex<Vec<bool>>,
+        address: u16,
+        quantity: u16,
+    ) -> Result<Vec<bool>, ExceptionCode> {
+        if quantity == 0 || quantity > MAX_READ_BITS {
+            return Err(ExceptionCode::IllegalDataValue);
+        }
+        let range = self.range(address, usize::from(quantity))?;
+        Ok(lock(bank)[range].to_vec())
+    }
+
     fn write(&self, address: u16, values: &[u16]) -> Result<(), ExceptionCode> {
         if values.is_empty() || values.len() > MAX_WRITE_QUANTITY {
             return Err(ExceptionCode::IllegalDataValue);
@@ -324,6 +371,12 @@ impl RegisterBank {
             (None, Request::ReadInputRegisters(address, quantity)) => self
                 .read(address, quantity)
                 .map(Response::ReadInputRegisters),
+            (None, Request::ReadCoils(address, quantity)) => self
+                .read_bits(&self.coils, address, quantity)
+                .map(Response::ReadCoils),
+            (None, Request::ReadDiscreteInputs(address, quantity)) => self
+                .read_bits(&self.discrete_inputs, address, quantity)
+                .map(Response::ReadDiscreteInputs),
             (None, Request::WriteSingleRegister(address, value)) => self
                 .write(address, &[value])
                 .map(|()| Response::WriteSingleRegister(address, value)),
@@ -338,6 +391,11 @@ impl RegisterBank {
         self.served.fetch_add(1, Ordering::SeqCst);
         Some(answer)
     }
+}
+
+/// A bit bank. A poisoned lock still holds valid bits (a single bool write cannot tear).
+fn lock(bank: &Mutex<Vec<bool>>) -> MutexGuard<'_, Vec<bool>> {
+    bank.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The tokio-modbus service of one connection: a view of the shared bank.

@@ -115,7 +115,7 @@ async fn bad_requests_get_exceptions_and_the_connection_stays_up() {
     dev.set_u16(0, 42);
     let mut ctx = client(&dev, 1).await;
     assert_eq!(
-        ctx.read_coils(0, 1).await.unwrap(),
+        ctx.write_multiple_coils(0, &[true]).await.unwrap(),
         Err(ExceptionCode::IllegalFunction)
     );
     assert_eq!(
@@ -262,6 +262,53 @@ async fn a_device_can_be_started_on_a_chosen_address() {
 }
 
 #[tokio::test]
+async fn coils_and_discrete_inputs_are_banks_of_their_own_read_up_to_2000_bits() {
+    let dev = device().await;
+    dev.set_coil(1, true);
+    dev.set_coil(1999, true);
+    dev.set_discrete_input(2, true);
+    dev.set_u16(1, 0xFFFF); // the register bank is another table
+    let mut ctx = client(&dev, 1).await;
+    assert_eq!(
+        ctx.read_coils(0, 3).await.unwrap().unwrap(),
+        [false, true, false]
+    );
+    assert_eq!(
+        ctx.read_discrete_inputs(0, 3).await.unwrap().unwrap(),
+        [false, false, true]
+    );
+    // On the wire the bits come packed in whole bytes: 3 asked for, 8 arrive.
+    let raw = ctx.call(Request::ReadCoils(0, 3)).await.unwrap().unwrap();
+    assert_eq!(
+        raw,
+        Response::ReadCoils(vec![false, true, false, false, false, false, false, false])
+    );
+    let all = ctx.read_coils(0, 2000).await.unwrap().unwrap();
+    assert_eq!(all.len(), 2000);
+    assert_eq!(all.iter().filter(|&&b| b).count(), 2);
+    assert_eq!(
+        ctx.read_coils(0, 2001).await.unwrap(),
+        Err(ExceptionCode::IllegalDataValue)
+    );
+    assert_eq!(
+        ctx.read_discrete_inputs(0, 0).await.unwrap(),
+        Err(ExceptionCode::IllegalDataValue)
+    );
+    // The map's holes and end apply to the bit tables too.
+    dev.refuse_registers(&[5]);
+    assert_eq!(
+        ctx.read_coils(4, 2).await.unwrap(),
+        Err(ExceptionCode::IllegalDataAddress)
+    );
+    dev.set_register_count(10);
+    assert_eq!(
+        ctx.read_discrete_inputs(9, 2).await.unwrap(),
+        Err(ExceptionCode::IllegalDataAddress)
+    );
+    assert!(dev.get_coil(1999) && dev.get_discrete_input(2) && !dev.get_coil(2));
+}
+
+#[tokio::test]
 async fn raw_requests_are_answered_with_the_response_they_ask_for() {
     let dev = device().await;
     let mut ctx = client(&dev, 3).await;
@@ -330,6 +377,40 @@ async fn mbpoll_reads_a_big_endian_float() {
     .await;
     assert!(ok, "{out}");
     assert!(out.contains("[0]: \t0.72"), "{out}");
+}
+
+#[tokio::test]
+async fn mbpoll_reads_coils_and_discrete_inputs() {
+    let dev = device().await;
+    dev.set_coil(1, true);
+    dev.set_discrete_input(0, true);
+    let (ok, out) = mbpoll(dev.local_addr(), &["-t", "0", "-r", "0", "-c", "3"]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("[0]: \t0") && out.contains("[1]: \t1") && out.contains("[2]: \t0"),
+        "{out}"
+    );
+    let (ok, out) = mbpoll(dev.local_addr(), &["-t", "1", "-r", "0", "-c", "2"]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("[0]: \t1") && out.contains("[1]: \t0"),
+        "{out}"
+    );
+}
+
+/// What a gateway point's `byte_order` means, checked against a third-party master: mbpoll
+/// writes a float low word first (the gateway's `CDAB`) unless told `-B` (`ABCD`); 10.0 is
+/// 0x41200000. (The gateway's decoder is tested on these very registers.)
+#[tokio::test]
+async fn mbpoll_writes_a_float_low_word_first_unless_told_big_endian() {
+    let dev = device().await;
+    let addr = dev.local_addr();
+    let (ok, out) = mbpoll_write(addr, &["-t", "4:float", "-r", "0"], &["10"]).await;
+    assert!(ok, "{out}");
+    assert_eq!([dev.get_u16(0), dev.get_u16(1)], [0x0000, 0x4120]);
+    let (ok, out) = mbpoll_write(addr, &["-t", "4:float", "-B", "-r", "2"], &["10"]).await;
+    assert!(ok, "{out}");
+    assert_eq!([dev.get_u16(2), dev.get_u16(3)], [0x4120, 0x0000]);
 }
 
 #[tokio::test]

@@ -1,14 +1,29 @@
-//! Decoding a point's registers: pure, registers in, a scaled value out.
+//! Decoding a point's registers: pure, registers in, a scaled value out; and the one seam
+//! every transport reads through: the request of a block ([`read_request`]) and the words of
+//! its answer ([`words_of`]).
+//!
+//! # Words
+//! A block's answer becomes one `u16` per address read: a register's value, or for coils and
+//! discrete inputs one word of 0 or 1 per bit. A point's words are its slice of them.
+//!
+//! # Byte order
+//! A 32-bit value's four bytes, most significant `A` first, arrive in two registers (each
+//! sent high byte first) in the point's `byte_order`: the wire bytes of the two registers
+//! spell `ABCD` (default), `CDAB`, `BADC` or `DCBA`. A 16-bit value's arrive as `AB`
+//! (default) or `BA`. Bit fields count from bit 0, the least significant bit of the
+//! register's value.
 
 use tokio_modbus::{Request, Response};
 
-use crate::config::{DataType, PointConfig, RegisterTable};
+use crate::config::{ByteOrder, DataType, PointConfig, RegisterTable};
 
 /// The request that reads `count` registers (or bits) of `table` from `start`.
 pub fn read_request(table: RegisterTable, start: u16, count: u16) -> Request<'static> {
     match table {
         RegisterTable::Holding => Request::ReadHoldingRegisters(start, count),
         RegisterTable::Input => Request::ReadInputRegisters(start, count),
+        RegisterTable::Coil => Request::ReadCoils(start, count),
+        RegisterTable::DiscreteInput => Request::ReadDiscreteInputs(start, count),
     }
 }
 
@@ -16,10 +31,15 @@ pub fn read_request(table: RegisterTable, start: u16, count: u16) -> Request<'st
 /// or 1). An answer with another count (or, against the transport's own check, of another
 /// function) is refused as a whole: which register each word would belong to is anyone's
 /// guess, and a guess would be a wrong value.
+///
+/// Bits arrive packed in bytes, so an answer to a read of coils or discrete inputs holds a
+/// multiple of 8 (tokio-modbus unpacks every byte it got): `count` to `count + 7` bits are
+/// the answer, truncated to `count`; the padding is ignored, as the protocol says.
 pub fn words_of(response: Response, count: u16) -> Result<Vec<u16>, String> {
+    let count = usize::from(count);
     match response {
         Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words)
-            if words.len() == usize::from(count) =>
+            if words.len() == count =>
         {
             Ok(words)
         }
@@ -29,6 +49,15 @@ pub fn words_of(response: Response, count: u16) -> Result<Vec<u16>, String> {
                 words.len()
             ))
         }
+        Response::ReadCoils(bits) | Response::ReadDiscreteInputs(bits)
+            if (count..count + 8).contains(&bits.len()) =>
+        {
+            Ok(bits.into_iter().take(count).map(u16::from).collect())
+        }
+        Response::ReadCoils(bits) | Response::ReadDiscreteInputs(bits) => Err(format!(
+            "the device answered {} bits to a read of {count}",
+            bits.len()
+        )),
         other => Err(format!(
             "the device answered a read with {:?}",
             other.function_code()
@@ -36,7 +65,8 @@ pub fn words_of(response: Response, count: u16) -> Result<Vec<u16>, String> {
     }
 }
 
-/// Turn a point's raw registers into its scaled value. 32-bit values are high word first.
+/// Turn a point's raw registers into its scaled value: its `type` in its `byte_order` (see
+/// the module docs), times `scale`, plus `offset`.
 pub fn decode(point: &PointConfig, registers: &[u16]) -> Result<f64, DecodeError> {
     // The config refuses a `tcp` point without a type; this keeps a broken invariant a
     // point fault rather than a panic.
@@ -48,18 +78,46 @@ pub fn decode(point: &PointConfig, registers: &[u16]) -> Result<f64, DecodeError
             got: registers.len(),
         });
     }
-    let word = |i: usize| u32::from(registers[i]);
     let raw = match data_type {
-        DataType::U16 => f64::from(registers[0]),
-        DataType::I16 => f64::from(registers[0] as i16),
-        DataType::U32 => f64::from((word(0) << 16) | word(1)),
-        DataType::I32 => f64::from(((word(0) << 16) | word(1)) as i32),
-        DataType::F32 => f64::from(f32::from_bits((word(0) << 16) | word(1))),
+        DataType::U16 => f64::from(word(registers[0], point.byte_order)),
+        DataType::I16 => f64::from(word(registers[0], point.byte_order) as i16),
+        DataType::U32 => f64::from(double_word(registers, point.byte_order)),
+        DataType::I32 => f64::from(double_word(registers, point.byte_order) as i32),
+        DataType::F32 => f64::from(f32::from_bits(double_word(registers, point.byte_order))),
+        // A coil's or discrete input's word is 0 or 1 (`words_of`) and it has no `bit`
+        // (config check): bit 0. The config keeps `bit` at 15 or less; `& 15` keeps a broken
+        // invariant from shifting out of range.
+        DataType::Bit => f64::from((registers[0] >> (point.bit.unwrap_or(0) & 15)) & 1),
     };
     if !raw.is_finite() {
         return Err(DecodeError::NotFinite);
     }
     Ok(raw * point.scale + point.offset)
+}
+
+/// A 16-bit value from its register, `AB` unless `order` says `BA`. (The config gives a
+/// 16-bit type only `AB` or `BA`; a 4-byte order here is a broken invariant, read as `AB`.)
+fn word(register: u16, order: Option<ByteOrder>) -> u16 {
+    match order {
+        Some(ByteOrder::Ba) => register.swap_bytes(),
+        _ => register,
+    }
+}
+
+/// A 32-bit value from its two registers laid out in `order` (`ABCD` when None; a 2-byte
+/// order here is a broken invariant, read as `ABCD`). `registers` holds two words.
+fn double_word(registers: &[u16], order: Option<ByteOrder>) -> u32 {
+    let [a, b] = [registers[0], registers[1]].map(u16::to_be_bytes);
+    // The wire bytes, in the order they arrived.
+    let wire = [a[0], a[1], b[0], b[1]];
+    // Where the value's bytes A, B, C and D (most significant first) are on the wire.
+    let at: [usize; 4] = match order {
+        None | Some(ByteOrder::Abcd | ByteOrder::Ab | ByteOrder::Ba) => [0, 1, 2, 3],
+        Some(ByteOrder::Cdab) => [2, 3, 0, 1],
+        Some(ByteOrder::Badc) => [1, 0, 3, 2],
+        Some(ByteOrder::Dcba) => [3, 2, 1, 0],
+    };
+    u32::from_be_bytes(at.map(|i| wire[i]))
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -82,6 +140,8 @@ mod tests {
             register: Some(0),
             table: None,
             data_type: Some(data_type),
+            bit: None,
+            byte_order: None,
             json: None,
             quality_field: None,
             quality_good: None,
@@ -142,5 +202,269 @@ mod tests {
                 got: 1
             })
         );
+    }
+
+    fn in_order(data_type: DataType, order: ByteOrder) -> PointConfig {
+        PointConfig {
+            byte_order: Some(order),
+            ..point(data_type, 1.0, 0.0)
+        }
+    }
+
+    #[test]
+    fn ten_as_a_float_reads_as_ten_in_each_byte_order() {
+        // 10.0f32 is 0x41200000: bytes A B C D = 41 20 00 00.
+        assert_eq!(10.0f32.to_bits(), 0x4120_0000);
+        for (order, registers) in [
+            (ByteOrder::Abcd, [0x4120, 0x0000]),
+            (ByteOrder::Cdab, [0x0000, 0x4120]),
+            (ByteOrder::Badc, [0x2041, 0x0000]),
+            (ByteOrder::Dcba, [0x0000, 0x2041]),
+        ] {
+            let v = decode(&in_order(DataType::F32, order), &registers);
+            assert_eq!(v, Ok(10.0), "{order}");
+        }
+        // No byte_order is ABCD.
+        assert_eq!(
+            decode(&point(DataType::F32, 1.0, 0.0), &[0x4120, 0x0000]),
+            Ok(10.0)
+        );
+    }
+
+    #[test]
+    fn every_byte_of_a_32_bit_integer_lands_where_its_order_says() {
+        // 0x01020304 = 16909060: each byte distinct, so a wrong permutation shows.
+        for (order, registers) in [
+            (ByteOrder::Abcd, [0x0102, 0x0304]),
+            (ByteOrder::Cdab, [0x0304, 0x0102]),
+            (ByteOrder::Badc, [0x0201, 0x0403]),
+            (ByteOrder::Dcba, [0x0403, 0x0201]),
+        ] {
+            let v = decode(&in_order(DataType::U32, order), &registers);
+            assert_eq!(v, Ok(16_909_060.0), "{order}");
+        }
+        // -2 is FF FF FF FE; word-swapped, the low word comes first.
+        assert_eq!(
+            decode(&in_order(DataType::I32, ByteOrder::Cdab), &[0xFFFE, 0xFFFF]),
+            Ok(-2.0)
+        );
+    }
+
+    #[test]
+    fn a_16_bit_value_with_swapped_bytes_reads_as_ba() {
+        assert_eq!(
+            decode(&in_order(DataType::U16, ByteOrder::Ba), &[0x3412]),
+            Ok(f64::from(0x1234u16))
+        );
+        assert_eq!(
+            decode(&in_order(DataType::I16, ByteOrder::Ba), &[0xFEFF]),
+            Ok(-2.0)
+        );
+        assert_eq!(
+            decode(&in_order(DataType::U16, ByteOrder::Ab), &[0x3412]),
+            Ok(f64::from(0x3412u16))
+        );
+    }
+
+    #[test]
+    fn a_bit_field_reads_its_one_bit_of_the_register_counting_from_the_least_significant() {
+        let register = [0b1000_0000_0000_0101];
+        let bit = |n: u8| {
+            decode(
+                &PointConfig {
+                    bit: Some(n),
+                    ..point(DataType::Bit, 1.0, 0.0)
+                },
+                &register,
+            )
+        };
+        assert_eq!(bit(0), Ok(1.0));
+        assert_eq!(bit(1), Ok(0.0));
+        assert_eq!(bit(2), Ok(1.0));
+        assert_eq!(bit(14), Ok(0.0));
+        assert_eq!(bit(15), Ok(1.0));
+        // A coil's word (no `bit`) is its value; scale and offset apply, e.g. to invert it.
+        let inverted = point(DataType::Bit, -1.0, 1.0);
+        assert_eq!(decode(&inverted, &[1]), Ok(0.0));
+        assert_eq!(decode(&inverted, &[0]), Ok(1.0));
+    }
+
+    #[test]
+    fn each_table_is_read_with_its_own_function_code() {
+        use RegisterTable::*;
+        assert_eq!(
+            read_request(Holding, 7, 2),
+            Request::ReadHoldingRegisters(7, 2)
+        );
+        assert_eq!(read_request(Input, 7, 2), Request::ReadInputRegisters(7, 2));
+        assert_eq!(read_request(Coil, 7, 2000), Request::ReadCoils(7, 2000));
+        assert_eq!(
+            read_request(DiscreteInput, 0, 1),
+            Request::ReadDiscreteInputs(0, 1)
+        );
+    }
+
+    #[test]
+    fn a_bit_answer_padded_to_whole_bytes_is_cut_to_the_bits_asked_for() {
+        // 3 coils asked for: one byte of 8 bits comes back, the last 5 padding.
+        let answer = vec![true, false, true, true, true, true, true, true];
+        assert_eq!(
+            words_of(Response::ReadCoils(answer.clone()), 3),
+            Ok(vec![1, 0, 1])
+        );
+        assert_eq!(
+            words_of(Response::ReadDiscreteInputs(answer.clone()), 8),
+            Ok(vec![1, 0, 1, 1, 1, 1, 1, 1])
+        );
+        // Too few bits, or a byte more than the count needs: refused as a whole.
+        let short = words_of(Response::ReadCoils(answer.clone()), 9);
+        assert_eq!(
+            short,
+            Err("the device answered 8 bits to a read of 9".into())
+        );
+        let long = words_of(Response::ReadDiscreteInputs(vec![false; 16]), 8);
+        assert_eq!(
+            long,
+            Err("the device answered 16 bits to a read of 8".into())
+        );
+        assert!(words_of(Response::ReadCoils(Vec::new()), 1).is_err());
+    }
+
+    #[test]
+    fn a_register_answer_must_hold_exactly_the_registers_asked_for() {
+        assert_eq!(
+            words_of(Response::ReadInputRegisters(vec![1, 2]), 2),
+            Ok(vec![1, 2])
+        );
+        assert_eq!(
+            words_of(Response::ReadHoldingRegisters(vec![1, 2, 3]), 2),
+            Err("the device answered 3 registers to a read of 2".into())
+        );
+        assert!(words_of(Response::WriteSingleRegister(0, 1), 1).is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// How a device lays out `value` in two registers in `order`: written from the order's
+    /// description (which words and which bytes swap), not from the decoder's byte table.
+    fn lay_out(value: u32, order: ByteOrder) -> [u16; 2] {
+        let (high, low) = ((value >> 16) as u16, value as u16);
+        match order {
+            ByteOrder::Abcd | ByteOrder::Ab | ByteOrder::Ba => [high, low],
+            ByteOrder::Cdab => [low, high],
+            ByteOrder::Badc => [high.swap_bytes(), low.swap_bytes()],
+            ByteOrder::Dcba => [low.swap_bytes(), high.swap_bytes()],
+        }
+    }
+
+    fn point(data_type: DataType, order: ByteOrder) -> PointConfig {
+        PointConfig {
+            name: "p".into(),
+            register: Some(0),
+            table: None,
+            data_type: Some(data_type),
+            bit: None,
+            byte_order: Some(order),
+            json: None,
+            quality_field: None,
+            quality_good: None,
+            gpio: None,
+            active_low: None,
+            report_deadband: None,
+            scale: 1.0,
+            offset: 0.0,
+            engineering_unit: None,
+        }
+    }
+
+    fn four_byte_order() -> impl Strategy<Value = ByteOrder> {
+        prop_oneof![
+            Just(ByteOrder::Abcd),
+            Just(ByteOrder::Cdab),
+            Just(ByteOrder::Badc),
+            Just(ByteOrder::Dcba),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn a_32_bit_value_laid_out_in_any_order_decodes_to_itself(
+            value in any::<u32>(),
+            order in four_byte_order(),
+        ) {
+            let registers = lay_out(value, order);
+            prop_assert_eq!(
+                decode(&point(DataType::U32, order), &registers),
+                Ok(f64::from(value))
+            );
+            prop_assert_eq!(
+                decode(&point(DataType::I32, order), &registers),
+                Ok(f64::from(value as i32))
+            );
+            let float = f32::from_bits(value);
+            let decoded = decode(&point(DataType::F32, order), &registers);
+            if float.is_finite() {
+                prop_assert_eq!(decoded, Ok(f64::from(float)));
+            } else {
+                prop_assert_eq!(decoded, Err(DecodeError::NotFinite));
+            }
+        }
+
+        #[test]
+        fn a_float_laid_out_in_any_order_decodes_to_itself(
+            value in -1.0e30f32..1.0e30,
+            order in four_byte_order(),
+        ) {
+            let registers = lay_out(value.to_bits(), order);
+            prop_assert_eq!(
+                decode(&point(DataType::F32, order), &registers),
+                Ok(f64::from(value))
+            );
+        }
+
+        #[test]
+        fn any_bit_answer_gives_the_bits_asked_for_or_is_refused(
+            all in proptest::collection::vec(any::<bool>(), 2024),
+            count in 1u16..=2000,
+            // The answer's length: from 8 short of `count` to 15 over it.
+            around in 0usize..24,
+            coils in any::<bool>(),
+        ) {
+            let bits = all[..(usize::from(count) + around).saturating_sub(8)].to_vec();
+            let response = if coils {
+                Response::ReadCoils(bits.clone())
+            } else {
+                Response::ReadDiscreteInputs(bits.clone())
+            };
+            let n = usize::from(count);
+            match words_of(response, count) {
+                Ok(words) => {
+                    prop_assert!(bits.len() >= n && bits.len() < n + 8);
+                    let want: Vec<u16> = bits[..n].iter().map(|&b| u16::from(b)).collect();
+                    prop_assert_eq!(words, want);
+                }
+                Err(_) => prop_assert!(bits.len() < n || bits.len() >= n + 8),
+            }
+        }
+
+        #[test]
+        fn a_16_bit_value_laid_out_either_way_decodes_to_itself(value in any::<u16>()) {
+            prop_assert_eq!(
+                decode(&point(DataType::U16, ByteOrder::Ab), &[value]),
+                Ok(f64::from(value))
+            );
+            prop_assert_eq!(
+                decode(&point(DataType::U16, ByteOrder::Ba), &[value.swap_bytes()]),
+                Ok(f64::from(value))
+            );
+            prop_assert_eq!(
+                decode(&point(DataType::I16, ByteOrder::Ba), &[value.swap_bytes()]),
+                Ok(f64::from(value as i16))
+            );
+        }
     }
 }

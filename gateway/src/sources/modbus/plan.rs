@@ -1,33 +1,42 @@
 //! The read planner: a device's points in, the fewest read requests out.
 //!
 //! Pure: no I/O, no time. [`ReadPlan::new`] coalesces the points of one device into
-//! [`Block`]s, one read request each (function code 3 for holding, 4 for input registers);
-//! the poll loop reads every block and decodes each point from its slice of the answer.
+//! [`Block`]s, one read request each (function code 1 for coils, 2 for discrete inputs, 3 for
+//! holding and 4 for input registers); the poll loop reads every block and decodes each
+//! point from its slice of the answer.
 //! When the device refuses a block with exception 02 (illegal data address) or 03 (illegal
 //! data value), the poll loop calls [`ReadPlan::split`] and reads the halves; the plan keeps
 //! the split, so later polls send the smaller blocks straight away.
 //!
 //! # How blocks are made
+//! "Register" below means an address of the point's table: a 16-bit register in holding and
+//! input registers, one bit in coils and discrete inputs. Each table has its limits
+//! ([`PlanLimits::of_table`]): `max_read_registers` and `max_gap_registers` for the register
+//! tables, `max_read_bits` and `max_gap_bits` for the bit tables.
+//!
 //! Points are sorted by (table, register, register count, config index) and swept once: a
-//! point joins the block being built when it is in the same table, starts at most
-//! `max_gap_registers` past the block's end (overlapping and contiguous points start at or
-//! before it: a gap of 0) and the block would still hold at most `max_read_registers`.
-//! Otherwise it starts a new block. O(n log n), like Telegraf's `max_insert` and unlike its
-//! `aggressive` optimisation, which could take factorial time (telegraf#14030).
+//! point joins the block being built when it is in the same table, starts at most its
+//! table's gap past the block's end (overlapping and contiguous points start at or before
+//! it: a gap of 0) and the block would still hold at most its table's read limit. Otherwise
+//! it starts a new block. O(n log n), like Telegraf's `max_insert` and unlike its
+//! `aggressive` optimisation, which could take factorial time (telegraf#14030). Bit fields
+//! (`type = "bit"` in a holding or input register) are one-register points: several in one
+//! register overlap, so they share a block, and the register is read once for all of them.
 //!
 //! # Invariants (checked by the property tests below)
 //! - Every point is in exactly one block, and its registers lie inside that block.
 //! - A block starts at its first point's first register and ends at the last register any
 //!   of its points uses: it reads nothing outside its points but the gaps between them.
-//! - No block holds more than `max_read_registers` registers (a config check makes sure no
-//!   point is larger than that), and no run of registers inside a block that no point uses
-//!   is longer than `max_gap_registers`.
+//! - No block holds more than its table's read limit (a config check makes sure no point is
+//!   larger than that), and no run of registers inside a block that no point uses is longer
+//!   than its table's gap.
 //! - The number of blocks is minimal among plans that cut the sorted points into runs. With
 //!   points of at most 2 registers (all of today's data types) a run that fits stays fitting
 //!   without its first point, which is what makes the greedy sweep minimal; the property
 //!   test compares it with an exhaustive search over runs.
-//! - Deterministic: blocks come holding before input, then by start register; a block's
-//!   points by register. The same points give the same plan, whatever their config order.
+//! - Deterministic: blocks come by table in function-code order (coils, discrete inputs,
+//!   holding, input registers), then by start register; a block's points by register. The
+//!   same points give the same plan, whatever their config order.
 //! - A split replaces one block by two, each with half of its points (the first half by
 //!   register), and never merges blocks again: a plan only gets finer. A block of one
 //!   point is not split; the device's refusal is then that point's fault.
@@ -35,7 +44,10 @@
 use std::fmt;
 use std::ops::Range;
 
-use crate::config::{Config, DeviceConfig, PointConfig, RegisterTable};
+use crate::config::{
+    Config, DEFAULT_MAX_GAP_BITS, DEFAULT_MAX_GAP_REGISTERS, DeviceConfig, MAX_READ_BITS,
+    MAX_READ_REGISTERS, PointConfig, RegisterTable,
+};
 
 /// What bounds a block: from the device's config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,32 +56,62 @@ pub struct PlanLimits {
     pub max_read_registers: u16,
     /// The longest run of unused registers a block may read (`max_gap_registers`).
     pub max_gap_registers: u16,
+    /// The most coils or discrete inputs one request may read (`max_read_bits`, at most
+    /// 2000).
+    pub max_read_bits: u16,
+    /// The longest run of unused bits a block of coils or discrete inputs may read
+    /// (`max_gap_bits`).
+    pub max_gap_bits: u16,
 }
 
 impl PlanLimits {
+    /// The limits of a device whose config sets none of them.
+    pub const DEFAULT: PlanLimits = PlanLimits {
+        max_read_registers: MAX_READ_REGISTERS,
+        max_gap_registers: DEFAULT_MAX_GAP_REGISTERS,
+        max_read_bits: MAX_READ_BITS,
+        max_gap_bits: DEFAULT_MAX_GAP_BITS,
+    };
+
     pub fn of(device: &DeviceConfig) -> PlanLimits {
         PlanLimits {
             max_read_registers: device.max_read_registers,
             max_gap_registers: device.max_gap_registers,
+            max_read_bits: device.max_read_bits,
+            max_gap_bits: device.max_gap_bits,
         }
+    }
+
+    /// (the most addresses one read may ask for, the longest unused run a block may read)
+    /// in `table`: registers for holding and input registers, bits for the bit tables. A
+    /// read limit of 0 counts as 1.
+    pub fn of_table(&self, table: RegisterTable) -> (u16, u16) {
+        let (read, gap) = if table.holds_bits() {
+            (self.max_read_bits, self.max_gap_bits)
+        } else {
+            (self.max_read_registers, self.max_gap_registers)
+        };
+        (read.max(1), gap)
     }
 }
 
-/// One read request: `count` registers of `table` from `start`, and the points in them.
+/// One read request: `count` registers (or bits) of `table` from `start`, and the points in
+/// them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
     pub table: RegisterTable,
-    /// The first register read (0-based, as on the wire).
+    /// The first register (or bit) read (0-based, as on the wire).
     pub start: u16,
-    /// How many registers are read; at least 1.
+    /// How many registers (or bits) are read; at least 1.
     pub count: u16,
     /// Indices into the device's points, by register.
     pub points: Vec<usize>,
 }
 
 impl Block {
-    /// Where `point`'s registers are in this block's answer. `point` must be one of the
-    /// block's points (then the range lies inside `0..count`).
+    /// Where `point`'s registers are in this block's answer (for a coil or discrete input,
+    /// the one word of its bit; for a bit field, the word of its register). `point` must be
+    /// one of the block's points (then the range lies inside `0..count`).
     pub fn slice_of(&self, point: &PointConfig) -> Range<usize> {
         let from = usize::from(point.modbus_register().saturating_sub(self.start));
         from..from + usize::from(point.modbus_registers())
@@ -95,10 +137,13 @@ fn span(point: &PointConfig) -> (u32, u32) {
     (start, start + u32::from(point.modbus_registers()))
 }
 
+/// Tables in function-code order.
 fn table_rank(table: RegisterTable) -> u8 {
     match table {
-        RegisterTable::Holding => 0,
-        RegisterTable::Input => 1,
+        RegisterTable::Coil => 1,
+        RegisterTable::DiscreteInput => 2,
+        RegisterTable::Holding => 3,
+        RegisterTable::Input => 4,
     }
 }
 
@@ -138,12 +183,12 @@ fn block_of(points: &[PointConfig], members: Vec<usize>) -> Option<Block> {
 impl ReadPlan {
     /// The fewest blocks for `points` within `limits` (see the module docs).
     pub fn new(points: &[PointConfig], limits: PlanLimits) -> ReadPlan {
-        let max_read = u32::from(limits.max_read_registers.max(1));
-        let max_gap = u32::from(limits.max_gap_registers);
         let mut blocks: Vec<Block> = Vec::new();
         for i in sorted(points) {
             let p = &points[i];
             let (start, end) = span(p);
+            let (max_read, max_gap) = limits.of_table(p.modbus_table());
+            let (max_read, max_gap) = (u32::from(max_read), u32::from(max_gap));
             if let Some(b) = blocks.last_mut()
                 && b.table == p.modbus_table()
                 && start <= b.end() + max_gap
@@ -262,6 +307,8 @@ fn per_s(requests: usize, interval_ms: u64) -> f64 {
 
 fn table_name(table: RegisterTable) -> &'static str {
     match table {
+        RegisterTable::Coil => "coil (FC1)",
+        RegisterTable::DiscreteInput => "discrete input (FC2)",
         RegisterTable::Holding => "holding (FC3)",
         RegisterTable::Input => "input (FC4)",
     }
@@ -270,9 +317,18 @@ fn table_name(table: RegisterTable) -> &'static str {
 impl fmt::Display for SitePlan<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (device, plan) in &self.devices {
+            // The bit tables' limits only for a device that has bits to read.
+            let bit_limits = if device.points.iter().any(|p| p.modbus_table().holds_bits()) {
+                format!(
+                    ", max_gap_bits {}, max_read_bits {}",
+                    device.max_gap_bits, device.max_read_bits
+                )
+            } else {
+                String::new()
+            };
             writeln!(
                 f,
-                "device {} ({} unit {}, every {} ms, max_gap_registers {}, max_read_registers {}): \
+                "device {} ({} unit {}, every {} ms, max_gap_registers {}, max_read_registers {}{bit_limits}): \
                  {} points, {} requests per poll (one per point: {})",
                 device.id,
                 device
@@ -288,7 +344,7 @@ impl fmt::Display for SitePlan<'_> {
                 plan.blocks().len(),
                 device.points.len(),
             )?;
-            writeln!(f, "  {:<14} {:>5} {:>5}  points", "table", "start", "count")?;
+            writeln!(f, "  {:<20} {:>5} {:>5}  points", "table", "start", "count")?;
             for block in plan.blocks() {
                 let names: Vec<&str> = block
                     .points
@@ -298,7 +354,7 @@ impl fmt::Display for SitePlan<'_> {
                     .collect();
                 writeln!(
                     f,
-                    "  {:<14} {:>5} {:>5}  {}",
+                    "  {:<20} {:>5} {:>5}  {}",
                     table_name(block.table),
                     block.start,
                     block.count,
@@ -333,6 +389,8 @@ mod tests {
             register: Some(register),
             table: Some(table),
             data_type: Some(data_type),
+            bit: None,
+            byte_order: None,
             json: None,
             quality_field: None,
             quality_good: None,
@@ -354,10 +412,24 @@ mod tests {
         )
     }
 
-    const LIMITS: PlanLimits = PlanLimits {
-        max_read_registers: 125,
-        max_gap_registers: 8,
-    };
+    /// 125 and 8 registers, 2000 and 128 bits.
+    const LIMITS: PlanLimits = PlanLimits::DEFAULT;
+
+    fn bit_field(name: &str, register: u16, bit: u8) -> PointConfig {
+        PointConfig {
+            bit: Some(bit),
+            ..pt(name, RegisterTable::Holding, register, DataType::Bit)
+        }
+    }
+
+    fn coil(address: u16) -> PointConfig {
+        pt(
+            &format!("c{address}"),
+            RegisterTable::Coil,
+            address,
+            DataType::Bit,
+        )
+    }
 
     /// (table, start, count) of each block.
     fn shape(plan: &ReadPlan) -> Vec<(RegisterTable, u16, u16)> {
@@ -407,6 +479,90 @@ mod tests {
         let plan = ReadPlan::new(&points, LIMITS);
         use RegisterTable::{Holding, Input};
         assert_eq!(shape(&plan), [(Holding, 1, 1), (Input, 0, 1)]);
+    }
+
+    #[test]
+    fn bit_fields_of_one_register_share_one_read_of_it() {
+        let points = [
+            bit_field("fire", 10, 0),
+            bit_field("fault", 10, 3),
+            pt("status", RegisterTable::Holding, 10, DataType::U16),
+            bit_field("isolated", 10, 15),
+            pt("flow", RegisterTable::Holding, 11, DataType::F32),
+            bit_field("pump", 13, 1),
+        ];
+        let plan = ReadPlan::new(&points, LIMITS);
+        assert_eq!(shape(&plan), [(RegisterTable::Holding, 10, 4)]);
+        let block = &plan.blocks()[0];
+        assert_eq!(block.points, [0, 1, 2, 3, 4, 5]);
+        for p in [0, 1, 2, 3] {
+            assert_eq!(block.slice_of(&points[p]), 0..1, "{}", points[p].name);
+        }
+        assert_eq!(block.slice_of(&points[5]), 3..4);
+    }
+
+    #[test]
+    fn coils_and_discrete_inputs_are_read_apart_up_to_2000_bits_a_request() {
+        let mut points: Vec<_> = (0..2100).map(coil).collect();
+        let discrete = |address: u16| {
+            pt(
+                &format!("d{address}"),
+                RegisterTable::DiscreteInput,
+                address,
+                DataType::Bit,
+            )
+        };
+        // 99 unused bits between 0 and 100: within the default 128; 299 before 400 is not.
+        points.extend([discrete(0), discrete(100), discrete(400)]);
+        points.push(holding(0, DataType::U16));
+        let plan = ReadPlan::new(&points, LIMITS);
+        use RegisterTable::{Coil, DiscreteInput, Holding};
+        assert_eq!(
+            shape(&plan),
+            [
+                (Coil, 0, 2000),
+                (Coil, 2000, 100),
+                (DiscreteInput, 0, 101),
+                (DiscreteInput, 400, 1),
+                (Holding, 0, 1),
+            ]
+        );
+        // A device that reads at most 8 coils at a time.
+        let limits = PlanLimits {
+            max_read_bits: 8,
+            ..LIMITS
+        };
+        let small = ReadPlan::new(&points[..20], limits);
+        assert_eq!(shape(&small), [(Coil, 0, 8), (Coil, 8, 8), (Coil, 16, 4)]);
+    }
+
+    #[test]
+    fn the_gap_of_a_bit_table_is_counted_in_bits_and_the_register_gap_does_not_apply() {
+        let points = [
+            coil(0),
+            coil(50), // 49 unused bits
+            holding(0, DataType::U16),
+            holding(2, DataType::U16), // 1 unused register
+        ];
+        let limits = PlanLimits {
+            max_gap_registers: 0,
+            max_gap_bits: 49,
+            ..LIMITS
+        };
+        use RegisterTable::{Coil, Holding};
+        assert_eq!(
+            shape(&ReadPlan::new(&points, limits)),
+            [(Coil, 0, 51), (Holding, 0, 1), (Holding, 2, 1)]
+        );
+        let limits = PlanLimits {
+            max_gap_registers: 1,
+            max_gap_bits: 48,
+            ..LIMITS
+        };
+        assert_eq!(
+            shape(&ReadPlan::new(&points, limits)),
+            [(Coil, 0, 1), (Coil, 50, 1), (Holding, 0, 3)]
+        );
     }
 
     #[test]
@@ -507,11 +663,11 @@ type = "u16"
             "{out}"
         );
         assert!(
-            out.contains("  holding (FC3)      0     3  floor, door\n"),
+            out.contains("  holding (FC3)            0     3  floor, door\n"),
             "{out}"
         );
         assert!(
-            out.contains("  input (FC4)        3     1  speed\n"),
+            out.contains("  input (FC4)              3     1  speed\n"),
             "{out}"
         );
         assert!(
@@ -519,6 +675,53 @@ type = "u16"
             "{out}"
         );
         assert!(out.contains("RTU buses"), "{out}");
+        assert!(!out.contains("max_read_bits"), "no bits to read: {out}");
+    }
+
+    #[test]
+    fn the_site_plan_names_the_bit_tables_and_their_limits() {
+        let text = r#"
+[gateway]
+id = "gw"
+community = "c"
+data_dir = "data"
+
+[[devices]]
+id = "panel-1"
+kind = "fire_panel"
+building = "B1"
+floor = "01"
+unit = "01"
+transport = "tcp"
+address = "127.0.0.1:1502"
+max_gap_bits = 16
+
+[[devices.points]]
+name = "fault"
+register = 4
+table = "discrete_input"
+type = "bit"
+
+[[devices.points]]
+name = "fire"
+register = 0
+table = "coil"
+type = "bit"
+"#;
+        let config = Config::from_toml_str(text, "t.toml").unwrap();
+        let out = SitePlan::of(&config).to_string();
+        assert!(
+            out.contains("max_read_registers 125, max_gap_bits 16, max_read_bits 2000): 2 points"),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("  {:<20} {:>5} {:>5}  fire\n", "coil (FC1)", 0, 1)),
+            "{out}"
+        );
+        assert!(
+            out.contains("  discrete input (FC2)     4     1  fault\n"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -537,65 +740,100 @@ mod properties {
     use crate::config::DataType;
     use proptest::prelude::*;
 
-    fn arb_point() -> impl Strategy<Value = (bool, u16, u8)> {
+    const TABLES: [RegisterTable; 4] = [
+        RegisterTable::Holding,
+        RegisterTable::Input,
+        RegisterTable::Coil,
+        RegisterTable::DiscreteInput,
+    ];
+    const TYPES: [DataType; 6] = [
+        DataType::U16,
+        DataType::I16,
+        DataType::U32,
+        DataType::I32,
+        DataType::F32,
+        DataType::Bit,
+    ];
+
+    /// (table, register, type, bit) as indices; points_of makes them a valid point.
+    fn arb_point() -> impl Strategy<Value = (usize, u16, usize, u8)> {
         // Registers in a small window (so that points collide, touch and sit near each
-        // other) or anywhere (so that the top of the address space is reached).
+        // other) or anywhere (so that the top of the address space is reached). Bit fields
+        // often, so that several share a register.
         (
-            any::<bool>(),
+            0..TABLES.len(),
             prop_oneof![0u16..300, 65400u16..=65534],
-            0u8..5,
+            0..TYPES.len(),
+            0u8..16,
         )
     }
 
-    fn points_of(raw: &[(bool, u16, u8)]) -> Vec<PointConfig> {
+    fn points_of(raw: &[(usize, u16, usize, u8)]) -> Vec<PointConfig> {
         raw.iter()
             .enumerate()
-            .map(|(i, &(input, register, ty))| PointConfig {
-                name: format!("p{i}"),
-                register: Some(register),
-                table: Some(if input {
-                    RegisterTable::Input
+            .map(|(i, &(table, register, ty, bit))| {
+                let table = TABLES[table];
+                // What the config check allows: bits alone in the bit tables, a `bit` only
+                // on a bit field.
+                let data_type = if table.holds_bits() {
+                    DataType::Bit
                 } else {
-                    RegisterTable::Holding
-                }),
-                json: None,
-                quality_field: None,
-                quality_good: None,
-                gpio: None,
-                active_low: None,
-                report_deadband: None,
-                data_type: Some(
-                    [
-                        DataType::U16,
-                        DataType::I16,
-                        DataType::U32,
-                        DataType::I32,
-                        DataType::F32,
-                    ][usize::from(ty)],
-                ),
-                scale: 1.0,
-                offset: 0.0,
-                engineering_unit: None,
+                    TYPES[ty]
+                };
+                let bit = (data_type == DataType::Bit && !table.holds_bits()).then_some(bit);
+                PointConfig {
+                    name: format!("p{i}"),
+                    register: Some(register),
+                    table: Some(table),
+                    json: None,
+                    quality_field: None,
+                    quality_good: None,
+                    gpio: None,
+                    active_low: None,
+                    report_deadband: None,
+                    data_type: Some(data_type),
+                    bit,
+                    byte_order: None,
+                    scale: 1.0,
+                    offset: 0.0,
+                    engineering_unit: None,
+                }
             })
             .collect()
+    }
+
+    fn arb_limits() -> impl Strategy<Value = PlanLimits> {
+        (
+            2u16..=125,
+            0u16..=20,
+            prop_oneof![1u16..=40, 1u16..=2000],
+            0u16..=200,
+        )
+            .prop_map(
+                |(max_read_registers, max_gap_registers, max_read_bits, max_gap_bits)| PlanLimits {
+                    max_read_registers,
+                    max_gap_registers,
+                    max_read_bits,
+                    max_gap_bits,
+                },
+            )
     }
 
     /// Whether the points `run` (in sweep order) fit one block.
     fn fits(points: &[PointConfig], run: &[usize], limits: PlanLimits) -> bool {
         let first = &points[run[0]];
+        let (max_read, max_gap) = limits.of_table(first.modbus_table());
         let start = span(first).0;
         let mut end = span(first).1;
         for &i in &run[1..] {
             let p = &points[i];
             let (s, e) = span(p);
-            if p.modbus_table() != first.modbus_table()
-                || s > end + u32::from(limits.max_gap_registers)
-            {
+            if p.modbus_table() != first.modbus_table() || s > end + u32::from(max_gap) {
                 return false;
             }
             end = end.max(e);
         }
-        end - start <= u32::from(limits.max_read_registers)
+        end - start <= u32::from(max_read)
     }
 
     /// The fewest runs the sorted points can be cut into, by exhaustive search.
@@ -618,8 +856,9 @@ mod properties {
     fn check_invariants(points: &[PointConfig], plan: &ReadPlan, limits: PlanLimits) {
         let mut seen = vec![0u32; points.len()];
         for b in plan.blocks() {
+            let (max_read, max_gap) = limits.of_table(b.table);
             assert!(b.count >= 1);
-            assert!(b.count <= limits.max_read_registers, "{b:?}");
+            assert!(b.count <= max_read, "{b:?}");
             let mut used = vec![false; usize::from(b.count)];
             for &i in &b.points {
                 seen[i] += 1;
@@ -640,7 +879,7 @@ mod properties {
             );
             let longest_gap = used.split(|&u| u).map(<[bool]>::len).max().unwrap_or(0);
             assert!(
-                longest_gap <= usize::from(limits.max_gap_registers),
+                longest_gap <= usize::from(max_gap),
                 "{b:?} has a gap of {longest_gap}"
             );
             let by_register: Vec<u16> = b
@@ -666,11 +905,9 @@ mod properties {
         #[test]
         fn every_plan_keeps_the_invariants_and_is_minimal(
             raw in proptest::collection::vec(arb_point(), 1..40),
-            max_gap in 0u16..=20,
-            max_read in 2u16..=125,
+            limits in arb_limits(),
         ) {
             let points = points_of(&raw);
-            let limits = PlanLimits { max_read_registers: max_read, max_gap_registers: max_gap };
             let plan = ReadPlan::new(&points, limits);
             check_invariants(&points, &plan, limits);
             prop_assert_eq!(plan.blocks().len(), fewest_runs(&points, limits));
@@ -691,7 +928,11 @@ mod properties {
             picks in proptest::collection::vec(any::<prop::sample::Index>(), 0..100),
         ) {
             let points = points_of(&raw);
-            let limits = PlanLimits { max_read_registers: 125, max_gap_registers: max_gap };
+            let limits = PlanLimits {
+                max_gap_registers: max_gap,
+                max_gap_bits: max_gap * 10,
+                ..PlanLimits::DEFAULT
+            };
             let mut plan = ReadPlan::new(&points, limits);
             let before = plan.blocks().len();
             for pick in picks {

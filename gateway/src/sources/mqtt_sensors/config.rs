@@ -227,6 +227,8 @@ pub fn device_problems(d: &DeviceConfig) -> Vec<(String, String)> {
             ("register", pt.register.is_some()),
             ("type", pt.data_type.is_some()),
             ("table", pt.table.is_some()),
+            ("bit", pt.bit.is_some()),
+            ("byte_order", pt.byte_order.is_some()),
         ] {
             if given {
                 add(&format!("{at}.{key}"), MODBUS_ONLY.to_string());
