@@ -883,6 +883,7 @@ impl Config {
             check_devices(&devices, &mut problems);
             return Err(report(problems));
         };
+        let all_parsed = devices.iter().all(Option::is_some);
         let config = Config {
             gateway,
             mqtt,
@@ -890,10 +891,18 @@ impl Config {
             metrics,
             mqtt_sensors,
             links: links.into_iter().flatten().collect(),
-            devices: devices.into_iter().flatten().collect(),
+            devices: devices.iter().flatten().cloned().collect(),
             rules: rules.into_iter().flatten().collect(),
         };
-        config.check(&mut problems);
+        if all_parsed {
+            config.check(&mut problems);
+        } else {
+            // Devices are named by their positions: check the list with its holes, and
+            // leave the checks across devices (GPIO pins, links) until every device parses.
+            config.check_site(&mut problems);
+            check_devices(&devices, &mut problems);
+            config.check_rules(&mut problems);
+        }
         if problems.0.is_empty() {
             Ok(config)
         } else {
@@ -902,6 +911,19 @@ impl Config {
     }
 
     fn check(&self, p: &mut Problems) {
+        self.check_site(p);
+        let devices: Vec<Option<DeviceConfig>> = self.devices.iter().cloned().map(Some).collect();
+        check_devices(&devices, p);
+        check_gpio_pins(self, p);
+        links::check_links(self, p);
+        if self.devices.is_empty() {
+            p.add("devices", "no devices: add at least one [[devices]] table");
+        }
+        self.check_rules(p);
+    }
+
+    /// The sections about the site: gateway, broker, metrics, time-series store.
+    fn check_site(&self, p: &mut Problems) {
         p.id("gateway.id", "gateway id", &self.gateway.id);
         if self.gateway.id == "console" {
             p.add(
@@ -960,15 +982,6 @@ impl Config {
                 p.add(format!("influx.{field}"), message);
             }
         }
-
-        let devices: Vec<Option<DeviceConfig>> = self.devices.iter().cloned().map(Some).collect();
-        check_devices(&devices, p);
-        check_gpio_pins(self, p);
-        links::check_links(self, p);
-        if self.devices.is_empty() {
-            p.add("devices", "no devices: add at least one [[devices]] table");
-        }
-        self.check_rules(p);
     }
 
     fn check_rules(&self, p: &mut Problems) {
@@ -1217,6 +1230,12 @@ fn devices(
             let points = match item.as_table_mut() {
                 Some(t) => {
                     let link = t.get("link").and_then(|v| v.as_str());
+                    if let (Some(name), None) = (link, link.and_then(|l| links.get(l))) {
+                        problems.add(
+                            format!("{at}.link"),
+                            format!("no link {name:?} in [[links]]"),
+                        );
+                    }
                     if let (false, Some(transport)) =
                         (t.contains_key("transport"), link.and_then(|l| links.get(l)))
                     {

@@ -307,3 +307,170 @@ pub(super) fn check_links(config: &Config, p: &mut Problems) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::modbus::links;
+
+    const SITE: &str = "[gateway]\nid = \"gw\"\ncommunity = \"c\"\ndata_dir = \"d\"\n";
+
+    /// A device at unit `unit` on link `link`, with `extra` keys, one u16 point.
+    fn device(id: &str, link: &str, unit: u8, extra: &str) -> String {
+        format!(
+            "\n[[devices]]\nid = \"{id}\"\nkind = \"smoke\"\nbuilding = \"B1\"\nfloor = \"1\"\nunit = \"1\"\n\
+             link = \"{link}\"\nunit_id = {unit}\n{extra}\n[[devices.points]]\nname = \"v\"\nregister = 0\ntype = \"u16\"\n"
+        )
+    }
+
+    fn problems_of(text: &str) -> Vec<(String, String)> {
+        match Config::from_toml_str(text, "c.toml") {
+            Ok(_) => Vec::new(),
+            Err(report) => report
+                .problems
+                .into_iter()
+                .map(|p| (p.field, p.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn devices_on_a_serial_link_take_its_transport_and_share_it() {
+        let text = format!(
+            "{SITE}[[links]]\nid = \"b1-rs485\"\ntransport = \"rtu\"\nport = \"/dev/ttyUSB0\"\nbaud = 9600\n{}{}",
+            device("a", "b1-rs485", 1, ""),
+            device("b", "b1-rs485", 2, "")
+        );
+        let config = Config::from_toml_str(&text, "c.toml").unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.devices.iter().all(|d| d.transport == Transport::Rtu));
+        let link = &config.links[0];
+        // Even parity by default (the Modbus default), one stop bit: 11-bit characters.
+        assert_eq!(link.bits_per_char(), 11);
+        let specs = links(&config);
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].devices.len(), 2);
+    }
+
+    #[test]
+    fn tcp_devices_at_one_address_share_one_link_and_a_multi_connection_link_is_lanes() {
+        let tcp = |id: &str, unit: u8| {
+            format!(
+                "\n[[devices]]\nid = \"{id}\"\nkind = \"smoke\"\nbuilding = \"B1\"\nfloor = \"1\"\nunit = \"1\"\n\
+                 transport = \"tcp\"\naddress = \"10.0.0.5:502\"\nunit_id = {unit}\n\
+                 [[devices.points]]\nname = \"v\"\nregister = 0\ntype = \"u16\"\n"
+            )
+        };
+        let text = format!(
+            "{SITE}[[links]]\nid = \"gw2\"\ntransport = \"tcp\"\naddress = \"10.0.0.6:502\"\nconnections = 2\n{}{}{}{}{}",
+            tcp("a", 1),
+            tcp("b", 2),
+            device("c", "gw2", 1, ""),
+            device("d", "gw2", 2, ""),
+            device("e", "gw2", 3, ""),
+        );
+        let config = Config::from_toml_str(&text, "c.toml").unwrap_or_else(|e| panic!("{e}"));
+        let specs = links(&config);
+        let shape: Vec<(String, usize)> = specs
+            .iter()
+            .map(|s| (s.id.clone(), s.devices.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("gw2#1".to_string(), 2),
+                ("gw2#2".to_string(), 1),
+                ("tcp:10.0.0.5:502".to_string(), 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn link_mistakes_are_named_by_their_keys() {
+        let text = format!(
+            "{SITE}[[links]]\nid = \"bus\"\ntransport = \"rtu\"\naddress = \"1.2.3.4:5\"\nbaud = 7\nconnections = 2\nstop_bits = 3\n\
+             [[links]]\nid = \"idle\"\ntransport = \"tcp\"\n{}{}{}",
+            device("a", "bus", 1, ""),
+            device("b", "bus", 1, ""),
+            device(
+                "d",
+                "bus",
+                0,
+                "transport = \"tcp\"\naddress = \"1.2.3.4:502\""
+            ),
+        );
+        let problems = problems_of(&text);
+        let has = |field: &str, words: &str| {
+            problems
+                .iter()
+                .any(|(f, m)| f == field && m.contains(words))
+        };
+        assert!(
+            has("links[0] (bus).address", "serial `port`"),
+            "{problems:?}"
+        );
+        assert!(has("links[0] (bus).port", "required"), "{problems:?}");
+        assert!(
+            has("links[0] (bus).baud", "not a serial baud rate"),
+            "{problems:?}"
+        );
+        assert!(
+            has("links[0] (bus).connections", "one request at a time"),
+            "{problems:?}"
+        );
+        assert!(has("links[0] (bus).stop_bits", "1 or 2"), "{problems:?}");
+        assert!(has("links[1] (idle).address", "required"), "{problems:?}");
+        assert!(
+            has("links[1] (idle)", "no device names this link"),
+            "{problems:?}"
+        );
+        assert!(
+            has("devices[1] (b).unit_id", "also devices[0] (a)"),
+            "{problems:?}"
+        );
+        assert!(
+            has("devices[2] (d).transport", "leave `transport` out"),
+            "{problems:?}"
+        );
+        assert!(has("devices[2] (d).address", "remove this"), "{problems:?}");
+        assert!(has("devices[2] (d).unit_id", "broadcast"), "{problems:?}");
+        let unknown = format!(
+            "{SITE}{}{}",
+            device("a", "bus", 1, ""),
+            device("c", "nowhere", 2, "")
+        );
+        let problems = problems_of(&unknown);
+        assert!(
+            problems
+                .iter()
+                .any(|(f, m)| f == "devices[1] (c).link" && m == "no link \"nowhere\" in [[links]]"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_bus_whose_polls_need_more_than_its_time_is_refused_with_the_figures() {
+        // 40 devices of two registers 19 apart (two reads: the gap is over 8) every 200 ms
+        // at 9600 baud: one exchange is 8 + 7 characters and 7 of silence (25.2 ms), and
+        // there are 400 a second: 1008 %.
+        let mut text = format!(
+            "{SITE}[[links]]\nid = \"slow\"\ntransport = \"rtu\"\nport = \"/dev/ttyS0\"\nbaud = 9600\n"
+        );
+        for unit in 1..=40u8 {
+            text.push_str(&format!(
+                "\n[[devices]]\nid = \"d{unit}\"\nkind = \"level\"\nbuilding = \"B1\"\nfloor = \"1\"\nunit = \"1\"\n\
+                 link = \"slow\"\nunit_id = {unit}\npoll_interval_ms = 200\n\
+                 [[devices.points]]\nname = \"a\"\nregister = 0\ntype = \"u16\"\n\
+                 [[devices.points]]\nname = \"b\"\nregister = 19\ntype = \"u16\"\n"
+            ));
+        }
+        let problems = problems_of(&text);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let (field, message) = &problems[0];
+        assert_eq!(field, "links[0] (slow)");
+        assert!(
+            message.contains("40 devices (400.0 requests/s) need 1008 %"),
+            "{message}"
+        );
+        assert!(message.contains("rtu /dev/ttyS0 9600 baud"), "{message}");
+    }
+}

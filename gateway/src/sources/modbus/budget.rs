@@ -34,8 +34,9 @@ pub const WARN_ABOVE: f64 = 0.8;
 pub fn answer_bytes(block: &Block) -> usize {
     match block.table {
         RegisterTable::Holding | RegisterTable::Input => 5 + 2 * usize::from(block.count),
-        #[allow(unreachable_patterns)]
-        _ => 5 + usize::from(block.count.div_ceil(8)),
+        RegisterTable::Coil | RegisterTable::DiscreteInput => {
+            5 + usize::from(block.count.div_ceil(8))
+        }
     }
 }
 
