@@ -674,7 +674,6 @@ type = "u16"
             out.contains("requests per poll 3 -> 2 (1 saved); requests per second at the configured poll intervals 6.0 -> 4.0"),
             "{out}"
         );
-        assert!(out.contains("RTU buses"), "{out}");
         assert!(!out.contains("max_read_bits"), "no bits to read: {out}");
     }
 
