@@ -429,6 +429,27 @@ pub async fn run_link(
     out: mpsc::Sender<PollOutcome>,
     heartbeat: Heartbeat,
 ) {
+    let (kind, silence) = (spec.kind.clone(), spec.recovery_silence);
+    let open = move |limit: Duration, recovering: bool| {
+        let kind = kind.clone();
+        async move { Connection::open(&kind, limit, silence, recovering).await }
+    };
+    serve_link(spec, devices, clock, out, heartbeat, open).await;
+}
+
+/// [`run_link`] with the way connections are opened given: `open(timeout, recovering)`
+/// opens one (the bus benchmark gives a simulated line this way).
+pub async fn serve_link<F, Fut>(
+    spec: LinkSpec,
+    devices: Vec<DeviceConfig>,
+    clock: Clock,
+    out: mpsc::Sender<PollOutcome>,
+    heartbeat: Heartbeat,
+    mut open: F,
+) where
+    F: FnMut(Duration, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<Connection, LinkError>>,
+{
     let started = Instant::now();
     let ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let slots: Vec<Slot> = devices
@@ -462,12 +483,10 @@ pub async fn run_link(
         let limit = Duration::from_millis(device.timeout_ms);
         let result = match conn.as_mut() {
             Some(c) => read_device(c, device, plan).await,
-            None => {
-                match Connection::open(&spec.kind, limit, spec.recovery_silence, recovering).await {
-                    Ok(c) => read_device(conn.insert(c), device, plan).await,
-                    Err(e) => Err(e),
-                }
-            }
+            None => match open(limit, recovering).await {
+                Ok(c) => read_device(conn.insert(c), device, plan).await,
+                Err(e) => Err(e),
+            },
         };
         if let Err(error) = &result {
             recovering = true;
