@@ -1672,6 +1672,14 @@ fn check_address(address: &str) -> Result<(), String> {
     if host.is_empty() {
         return Err(format!("{address:?} has no host"));
     }
+    // A host name, an IPv4 address or a bracketed IPv6 one; anything else would also need
+    // escaping where the address is shown (metric labels, task names).
+    if let Some(c) = host
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']')))
+    {
+        return Err(format!("{address:?} has {c:?} in its host"));
+    }
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok(()),
         _ => Err(format!("{address:?} has no valid port (1-65535)")),

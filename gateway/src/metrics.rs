@@ -262,8 +262,9 @@ pub fn render(
         );
     }
     // One series per supervised task. Task names are `mqtt`, `mqtt-outbox`, `influx`,
-    // `metrics`, `alarm-journal` and `modbus/<device id>`; device ids are checked by the
-    // config to need no escaping.
+    // `metrics`, `alarm-journal` and `modbus/<link id>` (a `[[links]]` id, with `#k` for a
+    // lane, or `tcp:<host:port>`); link ids and addresses are checked by the config and hold
+    // no `"`, `\` or newline, so they need no escaping.
     // (name, type, help, value of one task)
     type PerTask = (
         &'static str,

@@ -10,7 +10,7 @@
 //!
 //! | task | name | when it ends or panics | when it stalls |
 //! |---|---|---|---|
-//! | a device's poller ([`crate::sources::modbus::poll_device`]) | `modbus/<device id>` | restarted | aborted and restarted |
+//! | a Modbus link's task ([`crate::sources::modbus::run_link`]) | `modbus/<link id>` | restarted | aborted and restarted |
 //! | the MQTT sensors' link ([`crate::sources::mqtt_sensors::run`]) | `mqtt-sensors` | restarted | aborted and restarted |
 //! | the broker link ([`crate::sinks::mqtt`]'s driver) | `mqtt` | restarted | aborted and restarted |
 //! | the outbox ([`crate::sinks::mqtt::Outbox`]: replies, snapshots, readings to the broker) | `mqtt-outbox` | restarted | not watched |
@@ -34,20 +34,22 @@
 //!   how the task ended (panic message, "returned", "stalled").
 //! - **Stall**: each task beats its [`Heartbeat`] once per turn of its loop. The keeper looks
 //!   every second ([`Policy::check_every`]); a heartbeat older than the task's `stall_after`
-//!   makes the task stalled. Allowed silences: a poller `3 x poll_interval_ms + (points + 1)
-//!   x timeout_ms + 1 s` (one turn is a connect and one request per point, each bounded by
-//!   the timeout); the broker link `3 x keep_alive_s + 10 s` (rumqttc wakes the loop at
+//!   makes the task stalled. Allowed silences: a Modbus link's task its slowest device's
+//!   `3 x poll_interval_ms + (requests + 1) x timeout_ms + 1 s` plus the link's recovery
+//!   silence (one turn is a connect and the requests of one device's poll, each bounded by
+//!   the timeout; it beats at least once a second while it waits); the broker link `3 x keep_alive_s + 10 s` (rumqttc wakes the loop at
 //!   least once per keep-alive with a ping, and a connect attempt is bounded by its 5 s
 //!   timeout plus our 1 s pause), and the MQTT sensors' link the same with its own
 //!   keep-alive (it holds nothing but its connection: a restart opens a new one and
 //!   subscribes again); the journal 30 s (one fsync on a slow SD card can take seconds).
-//!   A poller beats before each poll, so one that waits that long on a full poll queue
+//!   A link's task beats before each poll, so one that waits that long on a full poll queue
 //!   (the runtime loop not keeping up) counts as stalled too: restarting it does no harm,
 //!   and the runtime loop falling that far behind is worth a fault.
-//! - **Why aborting a stalled poller is safe**: a poller holds nothing but its Modbus
-//!   connection and its interval. Alarm state lives in the watch; an outcome it was sending
-//!   is either in the channel or not sent at all (`mpsc::Sender::send` is cancel-safe). A
-//!   restarted poller opens a fresh connection, which is what a wedged one needs.
+//! - **Why aborting a stalled link task is safe**: it holds nothing but its connection, its
+//!   schedule and its devices' read plans. Alarm state lives in the watch; an outcome it was
+//!   sending is either in the channel or not sent at all (`mpsc::Sender::send` is
+//!   cancel-safe). A restarted task opens a fresh connection, which is what a wedged one
+//!   needs, and forgets its quarantines and splits (it finds them again).
 //! - **Why aborting a stalled broker link is safe**: the rumqttc `EventLoop` outlives the
 //!   driver (it is kept behind a mutex by [`crate::sinks::mqtt::spawn_drive`]) and is cleaned on
 //!   every restart, so the next run opens a new connection on the same request channel (the
