@@ -170,9 +170,14 @@ fn measure(baud: u32) {
             }
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let (_writers, mut queues) = shouwang_gateway::sources::modbus::Writers::for_links(
+            std::slice::from_ref(&spec),
+            &devices,
+        );
         let task = tokio::spawn(serve_link(
             spec,
             devices,
+            queues.remove(0),
             Clock::new(),
             tx,
             Heartbeat::default(),

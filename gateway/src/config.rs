@@ -122,13 +122,29 @@ pub struct GatewaySection {
     /// alarm journal has stopped. Needs a gateway built with `--features rpi`. Absent: the
     /// local warning is a log line and the metric `shouwang_gateway_local_warning`.
     pub local_warning_gpio: Option<u8>,
-    /// Drive `local_warning_gpio` low while warning (relay boards with an active-low
-    /// input). Default false: high while warning.
+    /// The local warning on a relay of a Modbus device instead: `{ device = "relay-b1",
+    /// point = "sounder" }`, a coil or a 16-bit holding register point of a Modbus device in
+    /// `[[devices]]`, written 1 while warning and 0 otherwise through the device's link
+    /// (between its polls), and written again every 10 s while unchanged, so a relay module
+    /// that lost power comes back in the right state. Unlike a GPIO relay it is not switched
+    /// when the gateway's runtime itself is wedged (the watchdog thread can switch a GPIO pin
+    /// only). Not together with `local_warning_gpio`.
+    pub local_warning_modbus: Option<PointRef>,
+    /// Drive the local warning output low (write 0) while warning: relay boards with an
+    /// active-low input. Default false: high (1) while warning.
     #[serde(default)]
     pub local_warning_active_low: bool,
     /// What lets an alarm event leave the durable queue. Default `console`.
     #[serde(default)]
     pub alarm_confirmation: AlarmConfirmation,
+}
+
+/// One point of one device: `{ device = "relay-b1", point = "sounder" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointRef {
+    pub device: String,
+    pub point: String,
 }
 
 /// `[gateway] alarm_confirmation`: whose word takes an alarm event out of the queue.
@@ -954,9 +970,17 @@ impl Config {
                     LOCAL_WARNING_GPIOS.end()
                 ),
             ),
-            None if self.gateway.local_warning_active_low => p.add(
-                "gateway.local_warning_active_low",
-                "only means something with local_warning_gpio; set that too, or remove this",
+            None if self.gateway.local_warning_active_low
+                && self.gateway.local_warning_modbus.is_none() =>
+            {
+                p.add(
+                    "gateway.local_warning_active_low",
+                    "only means something with local_warning_gpio or local_warning_modbus; set one, or remove this",
+                )
+            }
+            Some(_) if self.gateway.local_warning_modbus.is_some() => p.add(
+                "gateway.local_warning_modbus",
+                "give one local warning output: local_warning_gpio or local_warning_modbus",
             ),
             _ => {}
         }

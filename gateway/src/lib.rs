@@ -178,8 +178,11 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     #[cfg(feature = "rpi")]
     pollers.extend(sources::gpio::spawn(&config, clock, &poll_tx, &supervisor));
     // Modbus devices: one task per link (a serial port or a TCP endpoint), which serves
-    // every device behind it one request at a time (sources/modbus/link.rs).
-    for spec in modbus::links(&config) {
+    // every device behind it one request at a time, and every write to them
+    // (sources/modbus/link.rs).
+    let links = modbus::links(&config);
+    let (writers, write_queues) = modbus::Writers::for_links(&links, &config.devices);
+    for (spec, writes) in links.into_iter().zip(write_queues) {
         let devices: Vec<config::DeviceConfig> = spec
             .devices
             .iter()
@@ -192,7 +195,14 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
             stall_after,
             supervise::OnStall::Restart,
             move |heartbeat| {
-                modbus::run_link(spec.clone(), devices.clone(), clock, tx.clone(), heartbeat)
+                modbus::run_link(
+                    spec.clone(),
+                    devices.clone(),
+                    writes.clone(),
+                    clock,
+                    tx.clone(),
+                    heartbeat,
+                )
             },
         ));
     }
@@ -222,7 +232,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         .saturating_mul(1000);
     let mut local_warning = local_output::LocalWarning::new(
         Duration::from_secs(config.gateway.undelivered_fault_after_s),
-        local_output::from_config(&config.gateway)?,
+        local_output::from_config(&config, &writers)?,
     );
     // The runtime loop cannot be restarted, only watched (supervise.rs): by a task, for
     // /healthz and the fault, and by a thread of its own, for the log when the runtime is

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use shouwang_gateway::clock::Clock;
 use shouwang_gateway::config::Config;
+use shouwang_gateway::sinks::local_output::{LocalOutput, ModbusRelay};
 use shouwang_gateway::sources::PollOutcome;
-use shouwang_gateway::sources::modbus::{links, run_link};
+use shouwang_gateway::sources::modbus::{Writers, links, run_link};
 use shouwang_gateway::supervise::Heartbeat;
 use shouwang_hil_tests::sim_bus::{PtyLine, SimBus};
 use tokio::sync::mpsc;
@@ -42,24 +43,38 @@ fn site(port: &Path, units: &[u8], interval_ms: u64, timeout_ms: u64, link_extra
     Config::from_toml_str(&text, "test").unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Run the site's one link for `run`, returning every outcome with the time it came.
-async fn poll_for(config: &Config, run: Duration) -> Vec<(Duration, PollOutcome)> {
-    let mut specs = links(config);
+/// Start the site's one link: its writers, its outcomes, its task.
+fn start_link(
+    config: &Config,
+) -> (
+    Writers,
+    mpsc::Receiver<PollOutcome>,
+    tokio::task::JoinHandle<()>,
+) {
+    let specs = links(config);
     assert_eq!(specs.len(), 1, "{specs:?}");
-    let spec = specs.remove(0);
+    let (writers, mut queues) = Writers::for_links(&specs, &config.devices);
+    let spec = specs.into_iter().next().unwrap();
     let devices = spec
         .devices
         .iter()
         .map(|&(i, _)| config.devices[i].clone())
         .collect();
-    let (tx, mut rx) = mpsc::channel(1024);
+    let (tx, rx) = mpsc::channel(1024);
     let task = tokio::spawn(run_link(
         spec,
         devices,
+        queues.remove(0),
         Clock::new(),
         tx,
         Heartbeat::default(),
     ));
+    (writers, rx, task)
+}
+
+/// Run the site's one link for `run`, returning every outcome with the time it came.
+async fn poll_for(config: &Config, run: Duration) -> Vec<(Duration, PollOutcome)> {
+    let (_writers, mut rx, task) = start_link(config);
     let started = Instant::now();
     let mut got = Vec::new();
     while let Ok(Some(outcome)) =
@@ -308,4 +323,74 @@ async fn a_late_reply_on_the_bus_is_never_another_devices_value() {
         d2.len() / 2
     );
     assert!(d2.len() / 2 >= 30, "{}", d2.len() / 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_goes_through_the_links_task_between_polls_and_the_next_poll_reads_it() {
+    let line = PtyLine::open().unwrap();
+    let bus = SimBus::serve(&line.device_end, 19200).await.unwrap();
+    for unit in [1, 2] {
+        bus.device(unit).set_u16(1, 1);
+    }
+    let config = site(&line.master_end, &[1, 2], 50, 300, "");
+    let (writers, mut rx, task) = start_link(&config);
+    // Polls run; then a write of 7 to d2's point w (register 2) while they do.
+    for _ in 0..5 {
+        rx.recv().await.unwrap();
+    }
+    writers.write(1, "w", 7.0).await.unwrap();
+    assert_eq!(bus.device(2).get_u16(2), 7);
+    // The next poll of d2 reads it; polls went on, none failed.
+    loop {
+        let o = rx.recv().await.unwrap();
+        let polled = o.result.as_ref().expect("no poll fails around a write");
+        if config.devices[o.device].id == "d2" {
+            assert_eq!(polled.values[1], ("w".to_string(), 7.0));
+            break;
+        }
+    }
+    // An input or an unknown point is refused before anything is sent, with its reason.
+    let err = writers.write(1, "nope", 1.0).await.unwrap_err();
+    assert!(err.to_string().contains("no such point"), "{err}");
+    let err = writers.write(1, "w", 70_000.0).await.unwrap_err();
+    assert!(
+        err.to_string().contains("out of the register's range"),
+        "{err}"
+    );
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_warning_relay_on_a_modbus_module_follows_the_warning_and_retries_until_it_answers()
+ {
+    let line = PtyLine::open().unwrap();
+    let bus = SimBus::serve(&line.device_end, 19200).await.unwrap();
+    let config = site(&line.master_end, &[1], 100, 200, "");
+    let (writers, _rx, task) = start_link(&config);
+    let relay_module = bus.device(1);
+    relay_module.set_responding(false);
+    let mut relay = ModbusRelay::spawn(writers, 0, "d1", "v", false);
+    relay.set(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        relay_module.get_u16(1),
+        0,
+        "a silent module is not switched"
+    );
+    relay_module.set_responding(true);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while relay_module.get_u16(1) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the relay was not switched once the module answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay.set(false).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while relay_module.get_u16(1) != 0 {
+        assert!(Instant::now() < deadline, "the relay was not switched off");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
 }

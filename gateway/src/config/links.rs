@@ -122,6 +122,7 @@ impl LinkConfig {
 const BAUD_RATES: std::ops::RangeInclusive<u32> = 1200..=115_200;
 
 pub(super) fn check_links(config: &Config, p: &mut Problems) {
+    check_local_warning_modbus(config, p);
     let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, link) in config.links.iter().enumerate() {
         let at = format!("links[{i}] ({})", link.id);
@@ -308,6 +309,31 @@ pub(super) fn check_links(config: &Config, p: &mut Problems) {
     }
 }
 
+/// `[gateway] local_warning_modbus`: a writable point of a Modbus device.
+pub(super) fn check_local_warning_modbus(config: &Config, p: &mut Problems) {
+    let Some(at) = &config.gateway.local_warning_modbus else {
+        return;
+    };
+    let field = "gateway.local_warning_modbus";
+    let Some(device) = config.devices.iter().find(|d| d.id == at.device) else {
+        p.add(field, format!("no device {:?} in [[devices]]", at.device));
+        return;
+    };
+    if !device.transport.is_modbus() {
+        p.add(
+            field,
+            format!("device {:?} is not a Modbus device", at.device),
+        );
+        return;
+    }
+    for value in [0.0, 1.0] {
+        if let Err(e) = crate::sources::modbus::link::write_request(device, &at.point, value) {
+            p.add(field, e.to_string());
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,5 +498,30 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("rtu /dev/ttyS0 9600 baud"), "{message}");
+    }
+
+    #[test]
+    fn the_local_warning_on_a_modbus_relay_must_be_a_writable_point() {
+        let relay = "\n[[devices]]\nid = \"relay\"\nkind = \"relay\"\nbuilding = \"B1\"\nfloor = \"1\"\nunit = \"1\"\n\
+                     link = \"bus\"\nunit_id = 9\n\
+                     [[devices.points]]\nname = \"sounder\"\nregister = 0\ntable = \"coil\"\ntype = \"bit\"\n\
+                     [[devices.points]]\nname = \"feedback\"\nregister = 0\ntable = \"discrete_input\"\ntype = \"bit\"\n";
+        let with = |point: &str| {
+            format!(
+                "[gateway]\nid = \"gw\"\ncommunity = \"c\"\ndata_dir = \"d\"\nlocal_warning_modbus = {{ device = \"relay\", point = \"{point}\" }}\n\
+                 [[links]]\nid = \"bus\"\ntransport = \"rtu\"\nport = \"/dev/ttyS0\"\nbaud = 9600\n{relay}"
+            )
+        };
+        assert!(
+            problems_of(&with("sounder")).is_empty(),
+            "{:?}",
+            problems_of(&with("sounder"))
+        );
+        let problems = problems_of(&with("feedback"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "gateway.local_warning_modbus");
+        assert!(problems[0].1.contains("read-only"), "{problems:?}");
+        let problems = problems_of(&with("lamp"));
+        assert!(problems[0].1.contains("no such point"), "{problems:?}");
     }
 }

@@ -14,6 +14,12 @@
 //!   whose input is active low). The pin is left as it is when the process ends
 //!   (rppal's reset-on-drop is off): a gateway that dies while warning keeps warning, and
 //!   the next start sets it from scratch.
+//! - [`ModbusRelay`] (`[gateway] local_warning_modbus`): a coil or register of a Modbus
+//!   relay module, written through its link's task (`sources/modbus/link.rs`) by a small
+//!   task of its own that holds the wanted state, writes it again after a failure (every
+//!   second) and every 10 s while unchanged (a module that lost power forgets its coils).
+//!   The watchdog cannot switch it when the runtime is wedged: the link's task would have
+//!   to run. `set` never fails: it changes the wanted state.
 //!
 //! # When it is on
 //! The intent of GB 26875.1 is a local warning when the transmission path to the
@@ -35,7 +41,8 @@
 
 use std::time::Duration;
 
-use crate::config::GatewaySection;
+use crate::config::Config;
+use crate::sources::modbus::Writers;
 
 /// A local output that can be switched on and off.
 pub trait LocalOutput: Send {
@@ -118,9 +125,101 @@ impl LocalOutput for Relay {
     }
 }
 
-/// The output the config asks for: the relay when `local_warning_gpio` is set (the config
-/// check refuses that key in a build without the `rpi` feature), else [`LogLine`].
-pub fn from_config(gateway: &GatewaySection) -> Result<Box<dyn LocalOutput>, OutputError> {
+/// A relay on a Modbus device's point (see the module docs).
+pub struct ModbusRelay {
+    wanted: tokio::sync::watch::Sender<bool>,
+    describe: String,
+}
+
+/// How often a [`ModbusRelay`] writes its state again while it does not change.
+const REASSERT_EVERY: Duration = Duration::from_secs(10);
+
+impl ModbusRelay {
+    /// Start the relay's task, with the warning off. Must be called in a tokio runtime.
+    pub fn spawn(
+        writers: Writers,
+        device: usize,
+        device_id: &str,
+        point: &str,
+        active_low: bool,
+    ) -> ModbusRelay {
+        let (wanted, mut rx) = tokio::sync::watch::channel(false);
+        let describe = format!(
+            "Modbus {device_id}/{point} ({})",
+            if active_low {
+                "0 while warning"
+            } else {
+                "1 while warning"
+            }
+        );
+        let (id, point) = (device_id.to_string(), point.to_string());
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                let on = *rx.borrow_and_update();
+                let value = if on != active_low { 1.0 } else { 0.0 };
+                let wait = match writers.write(device, &point, value).await {
+                    Ok(()) => {
+                        if failing {
+                            tracing::info!(device = %id, %point, "local warning relay switched again");
+                        }
+                        failing = false;
+                        REASSERT_EVERY
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::error!(device = %id, %point, error = %e, "cannot switch the local warning relay; trying every second");
+                        }
+                        failing = true;
+                        Duration::from_secs(1)
+                    }
+                };
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        });
+        ModbusRelay { wanted, describe }
+    }
+}
+
+impl LocalOutput for ModbusRelay {
+    fn set(&mut self, on: bool) -> Result<(), OutputError> {
+        self.wanted.send_replace(on);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
+/// The output the config asks for: the GPIO relay when `local_warning_gpio` is set (the
+/// config check refuses that key in a build without the `rpi` feature), the Modbus relay
+/// when `local_warning_modbus` is, else [`LogLine`].
+pub fn from_config(
+    config: &Config,
+    writers: &Writers,
+) -> Result<Box<dyn LocalOutput>, OutputError> {
+    let gateway = &config.gateway;
+    if let Some(at) = &gateway.local_warning_modbus {
+        let device = config
+            .devices
+            .iter()
+            .position(|d| d.id == at.device)
+            .ok_or_else(|| OutputError {
+                output: format!("Modbus {}/{}", at.device, at.point),
+                reason: "no such device".into(),
+            })?;
+        return Ok(Box::new(ModbusRelay::spawn(
+            writers.clone(),
+            device,
+            &at.device,
+            &at.point,
+            gateway.local_warning_active_low,
+        )));
+    }
     match gateway.local_warning_gpio {
         #[cfg(feature = "rpi")]
         Some(gpio) => Ok(Box::new(Relay::open(

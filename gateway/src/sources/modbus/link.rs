@@ -21,11 +21,24 @@
 //!
 //! Then the device is quarantined by the schedule (backoff up to the cap) and the other
 //! devices keep their rates.
+//!
+//! # Writes
+//! A write to a device's point (a relay output, a command) goes to its link's task through
+//! [`Writers`] and is sent between two polls, before the next one: never around the task,
+//! so a write never meets a poll on the line. The queue ([`WriteQueue`], 16 writes per link)
+//! lives outside the task, so a restarted task serves the writes waiting for the dead one;
+//! a caller whose write could not be queued (the queue full) is told so at once. Writable:
+//! a coil (FC 5), and a 16-bit holding register (`u16` or `i16`, not a bit field: FC 6),
+//! the value unscaled with the point's `scale` and `offset`. A write that fails is not
+//! retried by the link: the caller decides.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::slave::SlaveContext;
@@ -37,7 +50,8 @@ use super::rtu::{Line, RtuMaster, Timing};
 use super::schedule::{Next, Schedule, Slot};
 use crate::clock::Clock;
 use crate::config::{
-    Config, DeviceConfig, LinkConfig, LinkTransport, Parity, PollPriority, Transport,
+    Config, DataType, DeviceConfig, LinkConfig, LinkTransport, Parity, PollPriority, RegisterTable,
+    Transport,
 };
 use crate::sources::{LinkError, PointFault, PollOutcome, PolledValues};
 use crate::supervise::Heartbeat;
@@ -406,6 +420,134 @@ pub(super) async fn resolve(address: &str) -> Result<std::net::SocketAddr, LinkE
         .ok_or_else(|| LinkError::Resolve(address.to_string()))
 }
 
+/// A write to one point of a device, waiting for its link's task.
+#[derive(Debug)]
+pub struct WriteRequest {
+    /// Index into `Config::devices`.
+    pub device: usize,
+    pub point: String,
+    /// In the point's unit (after scale and offset): the link's task unscales it.
+    pub value: f64,
+    pub done: oneshot::Sender<Result<(), WriteError>>,
+}
+
+/// Why a write was not done.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WriteError {
+    #[error("device {0} is not a Modbus device of this gateway")]
+    NoDevice(String),
+    #[error("point {point} of {device}: {reason}")]
+    NotWritable {
+        device: String,
+        point: String,
+        reason: String,
+    },
+    #[error("{0}'s link has 16 writes waiting already")]
+    Busy(String),
+    #[error("the device refused the write: Modbus exception {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("the link's task ended before answering")]
+    Gone,
+}
+
+/// The writes waiting for one link's task; kept outside the task so a restart keeps them.
+pub type WriteQueue = Arc<tokio::sync::Mutex<mpsc::Receiver<WriteRequest>>>;
+
+/// Writes waiting per link.
+const WRITES_PER_LINK: usize = 16;
+
+/// Where a write to each Modbus device goes: its link's queue. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Writers {
+    by_device: Arc<HashMap<usize, (String, mpsc::Sender<WriteRequest>)>>,
+}
+
+impl Writers {
+    /// A queue per link of `specs` (whose device indices are into `devices`, the config's):
+    /// the writers, and each link's queue in `specs`' order.
+    pub fn for_links(specs: &[LinkSpec], devices: &[DeviceConfig]) -> (Writers, Vec<WriteQueue>) {
+        let mut by_device = HashMap::new();
+        let mut queues = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let (tx, rx) = mpsc::channel(WRITES_PER_LINK);
+            for &(i, _) in &spec.devices {
+                let id = devices.get(i).map_or_else(String::new, |d| d.id.clone());
+                by_device.insert(i, (id, tx.clone()));
+            }
+            queues.push(Arc::new(tokio::sync::Mutex::new(rx)));
+        }
+        (
+            Writers {
+                by_device: Arc::new(by_device),
+            },
+            queues,
+        )
+    }
+
+    /// Write `value` to `point` of device `device` (an index into `Config::devices`), and
+    /// wait for the device's answer.
+    pub async fn write(&self, device: usize, point: &str, value: f64) -> Result<(), WriteError> {
+        let Some((id, tx)) = self.by_device.get(&device) else {
+            return Err(WriteError::NoDevice(device.to_string()));
+        };
+        let (done, answer) = oneshot::channel();
+        let request = WriteRequest {
+            device,
+            point: point.to_string(),
+            value,
+            done,
+        };
+        tx.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => WriteError::Busy(id.clone()),
+            mpsc::error::TrySendError::Closed(_) => WriteError::Gone,
+        })?;
+        answer.await.unwrap_or(Err(WriteError::Gone))
+    }
+}
+
+/// The Modbus request that writes `value` to `point`, or why it cannot be written.
+pub fn write_request(
+    device: &DeviceConfig,
+    point: &str,
+    value: f64,
+) -> Result<Request<'static>, WriteError> {
+    let not = |reason: &str| WriteError::NotWritable {
+        device: device.id.clone(),
+        point: point.to_string(),
+        reason: reason.to_string(),
+    };
+    let p = device
+        .points
+        .iter()
+        .find(|p| p.name == point)
+        .ok_or_else(|| not("no such point"))?;
+    let register = p.modbus_register();
+    if !value.is_finite() {
+        return Err(not("the value is not a finite number"));
+    }
+    match (p.modbus_table(), p.data_type) {
+        (RegisterTable::Coil, _) => Ok(Request::WriteSingleCoil(register, value != 0.0)),
+        (RegisterTable::Holding, Some(t @ (DataType::U16 | DataType::I16))) => {
+            let raw = ((value - p.offset) / p.scale).round();
+            let word = match t {
+                DataType::U16 if (0.0..=65535.0).contains(&raw) => raw as u16,
+                DataType::I16 if (-32768.0..=32767.0).contains(&raw) => (raw as i16) as u16,
+                _ => return Err(not(&format!("{value} is out of the register's range"))),
+            };
+            Ok(Request::WriteSingleRegister(register, word))
+        }
+        (RegisterTable::Holding, Some(DataType::Bit)) => Err(not(
+            "a bit of a register is not written (it would need a read-modify-write of its neighbours)",
+        )),
+        (RegisterTable::Holding, _) => Err(not("only 16-bit registers and coils are written")),
+        (RegisterTable::Input | RegisterTable::DiscreteInput, _) => {
+            Err(not("an input is read-only"))
+        }
+    }
+}
+
 /// How long [`run_link`] may go without a beat: its slowest device's turn (see
 /// [`super::stall_after`]) plus the recovery silence.
 pub fn stall_after(spec: &LinkSpec, config: &Config) -> Duration {
@@ -425,6 +567,7 @@ pub fn stall_after(spec: &LinkSpec, config: &Config) -> Duration {
 pub async fn run_link(
     spec: LinkSpec,
     devices: Vec<DeviceConfig>,
+    writes: WriteQueue,
     clock: Clock,
     out: mpsc::Sender<PollOutcome>,
     heartbeat: Heartbeat,
@@ -434,7 +577,47 @@ pub async fn run_link(
         let kind = kind.clone();
         async move { Connection::open(&kind, limit, silence, recovering).await }
     };
-    serve_link(spec, devices, clock, out, heartbeat, open).await;
+    serve_link(spec, devices, writes, clock, out, heartbeat, open).await;
+}
+
+/// The link's connection, opened when needed and dropped after a failure that calls for it.
+struct Held<F> {
+    conn: Option<Connection>,
+    /// The last exchange failed: a new connection starts with the recovery silence.
+    recovering: bool,
+    open: F,
+}
+
+impl<F, Fut> Held<F>
+where
+    F: FnMut(Duration, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<Connection, LinkError>>,
+{
+    async fn connection(&mut self, limit: Duration) -> Result<&mut Connection, LinkError> {
+        if self.conn.is_none() {
+            let c = (self.open)(limit, self.recovering).await;
+            if c.is_err() {
+                self.recovering = true;
+            }
+            self.conn = Some(c?);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| LinkError::Transport("no connection".into()))
+    }
+
+    /// Note how an exchange went: reset the connection after a failure that calls for it.
+    fn after<T>(&mut self, kind: &LinkKind, result: &Result<T, LinkError>) {
+        match result {
+            Ok(_) => self.recovering = false,
+            Err(error) => {
+                self.recovering = true;
+                if self.conn.as_ref().is_none_or(|c| c.reset_by(kind, error)) {
+                    self.conn = None;
+                }
+            }
+        }
+    }
 }
 
 /// [`run_link`] with the way connections are opened given: `open(timeout, recovering)`
@@ -442,10 +625,11 @@ pub async fn run_link(
 pub async fn serve_link<F, Fut>(
     spec: LinkSpec,
     devices: Vec<DeviceConfig>,
+    writes: WriteQueue,
     clock: Clock,
     out: mpsc::Sender<PollOutcome>,
     heartbeat: Heartbeat,
-    mut open: F,
+    open: F,
 ) where
     F: FnMut(Duration, bool) -> Fut,
     Fut: std::future::Future<Output = Result<Connection, LinkError>>,
@@ -463,15 +647,28 @@ pub async fn serve_link<F, Fut>(
     let quarantine_max_ms = u64::try_from(spec.quarantine_max.as_millis()).unwrap_or(u64::MAX);
     let mut schedule = Schedule::new(&slots, ms(), quarantine_max_ms);
     let mut plans: Vec<ReadPlan> = devices.iter().map(ReadPlan::for_device).collect();
-    let mut conn: Option<Connection> = None;
-    let mut recovering = false;
+    let mut line = Held {
+        conn: None,
+        recovering: false,
+        open,
+    };
+    // A restarted task waits here until the aborted one has let go of the queue.
+    let mut writes = writes.lock().await;
     loop {
         heartbeat.beat();
+        // Writes first, between two exchanges.
+        while let Ok(w) = writes.try_recv() {
+            write_one(&spec, &devices, &mut line, w).await;
+            heartbeat.beat();
+        }
         let k = match schedule.next(ms()) {
             Next::Poll(k) => k,
             Next::WaitUntil(t) => {
-                let wait = t.saturating_sub(ms()).min(1000);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
+                let wait = Duration::from_millis(t.saturating_sub(ms()).min(1000));
+                tokio::select! {
+                    Some(w) = writes.recv() => write_one(&spec, &devices, &mut line, w).await,
+                    _ = tokio::time::sleep(wait) => {}
+                }
                 continue;
             }
         };
@@ -481,21 +678,13 @@ pub async fn serve_link<F, Fut>(
             return;
         };
         let limit = Duration::from_millis(device.timeout_ms);
-        let result = match conn.as_mut() {
-            Some(c) => read_device(c, device, plan).await,
-            None => match open(limit, recovering).await {
-                Ok(c) => read_device(conn.insert(c), device, plan).await,
-                Err(e) => Err(e),
-            },
+        let result = match line.connection(limit).await {
+            Ok(c) => read_device(c, device, plan).await,
+            Err(e) => Err(e),
         };
+        line.after(&spec.kind, &result);
         if let Err(error) = &result {
-            recovering = true;
-            if conn.as_ref().is_none_or(|c| c.reset_by(&spec.kind, error)) {
-                conn = None;
-            }
             tracing::debug!(link = %spec.id, device = %device.id, %error, "poll failed");
-        } else {
-            recovering = false;
         }
         schedule.done(k, result.is_ok(), ms());
         let outcome = PollOutcome {
@@ -507,4 +696,45 @@ pub async fn serve_link<F, Fut>(
             return;
         }
     }
+}
+
+/// Do one write on the link and answer its caller.
+async fn write_one<F, Fut>(
+    spec: &LinkSpec,
+    devices: &[DeviceConfig],
+    line: &mut Held<F>,
+    w: WriteRequest,
+) where
+    F: FnMut(Duration, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<Connection, LinkError>>,
+{
+    let Some(device) = spec
+        .devices
+        .iter()
+        .position(|&(i, _)| i == w.device)
+        .and_then(|k| devices.get(k))
+    else {
+        let _ = w.done.send(Err(WriteError::NoDevice(w.device.to_string())));
+        return;
+    };
+    let request = match write_request(device, &w.point, w.value) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = w.done.send(Err(e));
+            return;
+        }
+    };
+    let limit = Duration::from_millis(device.timeout_ms);
+    let result = match line.connection(limit).await {
+        Ok(c) => c.call(device.modbus_unit(), request, limit).await,
+        Err(e) => Err(e),
+    };
+    line.after(&spec.kind, &result);
+    let answer = match result {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(code)) => Err(WriteError::Refused(code.to_string())),
+        Err(e) => Err(WriteError::Link(e)),
+    };
+    tracing::info!(link = %spec.id, device = %device.id, point = %w.point, value = w.value, ok = answer.is_ok(), "write");
+    let _ = w.done.send(answer);
 }

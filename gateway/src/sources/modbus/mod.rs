@@ -22,7 +22,10 @@ pub mod rtu;
 pub mod schedule;
 
 pub use decode::{DecodeError, decode, read_request, words_of};
-pub use link::{Connection, LinkKind, LinkSpec, links, read_device, run_link, serve_link};
+pub use link::{
+    Connection, LinkKind, LinkSpec, WriteError, WriteQueue, Writers, links, read_device, run_link,
+    serve_link,
+};
 pub use plan::{Block, PlanLimits, ReadPlan, SitePlan};
 
 use super::{LinkError, PolledValues};
