@@ -4,6 +4,7 @@
 //! under `tests/`.
 
 pub mod browser;
+pub mod measure;
 pub mod proxy;
 pub mod rig;
 pub mod servers;
