@@ -23,6 +23,9 @@
 //!   level (`end`) or, ending in `#`, at the node before it (`rest`).
 //! - The depth is at most the most levels of a stored filter, so every walk's recursion is
 //!   bounded by [`MAX_LEVELS`] + 1 for checked filters, whatever topic arrives.
+//! - A walk visits a node at most once (a node is one prefix of filters, and the topic's
+//!   level at each depth is fixed), so trying both a literal and a `+` child at every level
+//!   costs at most the trie's size, never an exponential search.
 //! - [`FilterTrie::find`] allocates nothing: it is on the path of every message whose topic
 //!   is no device's exact topic.
 
