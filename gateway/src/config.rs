@@ -299,9 +299,20 @@ pub struct DeviceConfig {
     /// `tcp` only.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// `mqtt` only, and required there: the one exact topic the device's JSON messages come
-    /// on, e.g. `nbiot/riverside/smoke/861234567890123`. No wildcards (`+`, `#`): one topic
-    /// per device; no two devices may share one.
+    /// `mqtt` only, and required there: the topic the device's JSON messages come on, e.g.
+    /// `nbiot/riverside/smoke/861234567890123`, or an MQTT filter that matches the device's
+    /// topics and no other device's: `+` stands for one whole level and `#`, the whole
+    /// last level, for any number of levels, none included (`lift/E12/+/status` takes
+    /// `lift/E12/car/status` and `lift/E12/door/status`, not `lift/E12/car/alarm`;
+    /// `nbiot/riverside/smoke/861234567890123/#` takes that topic and every one below it).
+    /// The gateway subscribes with it, and a message whose topic it matches is this device's.
+    /// Refused: two devices whose topics can both match one topic (`a/+` and `a/b` can,
+    /// `a/+/c` and `a/b/d` cannot; the check names both and a topic they share), so a message
+    /// is never two devices'; `+` or `#` that is not a whole level, `#` that is not last;
+    /// a topic that is empty, longer than 65535 bytes or 32 levels, holds NUL, starts with
+    /// `$` (the broker's own) or matches Shouwang's own `shouwang/v1/<community>/<gateway>/
+    /// <channel>` (so `#` alone is refused). A message on a topic no device's matches (a
+    /// broker can deliver one) is counted as rejected and logged, and changes nothing.
     pub topic: Option<String>,
     /// `mqtt` only: a dotted path (like a point's `json`) to the sensor's own time of the
     /// reading, in ms since the Unix epoch (a number) or RFC 3339 (a string, e.g.
@@ -1314,14 +1325,26 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
             }
         }
     }
-    for (i, first) in crate::sources::mqtt_sensors::config::shared_topics(devices) {
+    // A message must be one device's: no two devices' topics may both match one topic.
+    let mqtt = devices
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| Some((i, d.as_ref()?)));
+    for clash in crate::sources::mqtt_sensors::config::topic_clashes(mqtt) {
+        let (i, first) = (clash.device, clash.first);
         if let (Some(d), Some(f)) = (&devices[i], &devices[first]) {
+            let more = match clash.others {
+                0 => String::new(),
+                n => format!(" (and {n} more devices' topics)"),
+            };
             p.add(
                 format!("devices[{i}] ({}).topic", d.id),
                 format!(
-                    "topic {:?} is also devices[{first}] ({})'s: one topic per device",
+                    "{:?} and devices[{first}] ({})'s {:?}{more} both match {:?}: a message there would be both devices'; give each device a topic or filter no other device's matches",
                     d.topic.as_deref().unwrap_or_default(),
-                    f.id
+                    f.id,
+                    f.topic.as_deref().unwrap_or_default(),
+                    clash.example,
                 ),
             );
         }
@@ -2037,17 +2060,56 @@ scale = 0.01
     }
 
     #[test]
-    fn sensor_topics_must_be_exact_and_each_a_devices_own() {
-        let twin = SENSOR.replace("smoke-nb-1", "smoke-nb-2");
-        let wild = SENSOR
-            .replace("smoke-nb-1", "smoke-nb-3")
-            .replace("smoke/1", "+/1");
-        let problems = problems_of(&format!("{GOOD}{SENSOR}{twin}{wild}"));
-        assert_eq!(problems.len(), 2, "{problems:?}");
-        assert_eq!(problems[0].0, "devices[2] (smoke-nb-2).topic");
-        assert!(problems[0].1.contains("also devices[1] (smoke-nb-1)"));
-        assert_eq!(problems[1].0, "devices[3] (smoke-nb-3).topic");
-        assert!(problems[1].1.contains("wildcard"), "{problems:?}");
+    fn sensor_topics_that_can_match_one_topic_are_refused_naming_both_devices() {
+        let sensor = |id: &str, topic: &str| {
+            SENSOR
+                .replace("smoke-nb-1", id)
+                .replace("nbiot/riverside/smoke/1", topic)
+        };
+        let text = [
+            GOOD.to_string(),
+            SENSOR.to_string(), // 1: nbiot/riverside/smoke/1
+            sensor("smoke-nb-2", "nbiot/riverside/smoke/1"), // 2: the same topic
+            sensor("smoke-nb-3", "nbiot/riverside/+/1"), // 3: matches 1's
+            sensor("lift-1", "lift/E12/+/status"), // 4
+            sensor("lift-2", "lift/E12/car/alarm"), // 5: a sibling, fine
+            sensor("lift-3", "lift/E12/#"), // 6: everything under E12
+            sensor("lift-4", "lift/E13/+/status"), // 7: another lift, fine
+        ]
+        .concat();
+        let problems = problems_of(&text);
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "devices[2] (smoke-nb-2).topic",
+                "devices[3] (smoke-nb-3).topic",
+                "devices[6] (lift-3).topic",
+            ],
+            "{problems:?}"
+        );
+        assert_eq!(
+            problems[1].1,
+            "\"nbiot/riverside/+/1\" and devices[1] (smoke-nb-1)'s \"nbiot/riverside/smoke/1\" (and 1 more devices' topics) both match \"nbiot/riverside/smoke/1\": a message there would be both devices'; give each device a topic or filter no other device's matches"
+        );
+        assert!(
+            problems[2]
+                .1
+                .contains("devices[4] (lift-1)'s \"lift/E12/+/status\" (and 1 more"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_sensor_topic_with_a_wildcard_inside_a_level_is_refused() {
+        let bad = SENSOR.replace("smoke/1", "smoke+/1");
+        let problems = problems_of(&format!("{GOOD}{bad}"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "devices[1] (smoke-nb-1).topic");
+        assert!(
+            problems[0].1.contains("`+` must be a whole level"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! elevator monitoring terminals): every `transport = "mqtt"` device's JSON messages, turned
 //! into [`PollOutcome`]s for the watch like any poll.
 //!
-//! [`decode`] is pure (a payload in, values and point faults or a [`Rejection`] out);
-//! [`run`] is the one task with the sensor link's socket. It decides nothing about alarms.
+//! [`decode`] is pure (a payload in, values and point faults or a [`Rejection`] out), as is
+//! [`topic`] (checks of topics and filters, whether two can meet, the trie that finds a
+//! message's device); [`run`] is the one task with the sensor link's socket. It decides
+//! nothing about alarms.
 //!
 //! # The link
 //! - Its own rumqttc connection ([`SensorBroker`]: `[mqtt_sensors]`, by default the
@@ -11,9 +13,11 @@
 //!   session**: a message that the gateway cannot take is not handed back on every
 //!   reconnect, and what sensors publish while the link is down is lost (their silence
 //!   then counts towards `comm_lost`, which is the truth: the gateway did not hear them).
-//! - QoS 1 subscriptions to every device's one exact topic, sent again on **every ConnAck**
+//! - QoS 1 subscriptions to every device's topic or filter, sent again on **every ConnAck**
 //!   (a clean session, or a broker that restarted, has forgotten them), in SUBSCRIBE
-//!   packets of at most [`SUBSCRIBE_BATCH`] topics.
+//!   packets of at most [`SUBSCRIBE_BATCH`] topics and [`SUBSCRIBE_BATCH_BYTES`] of topics
+//!   ([`subscribe_batches`]), so a SUBSCRIBE stays below the broker's packet limit even with
+//!   topics as long as MQTT allows.
 //! - Reconnects forever, [`RECONNECT_PAUSE`] apart; connection problems are logged when
 //!   the link goes down, not on every failed attempt.
 //! - Packets up to [`MAX_INCOMING_BYTES`] (1 MiB, like the broker link) are read; rumqttc
@@ -23,13 +27,19 @@
 //!   `docs/mosquitto/` (`max_packet_size` 256 KiB) never delivers, costs a reconnect.
 //!
 //! # Messages
+//! - A message is the device's whose topic or filter matches its topic ([`Routes::find`]):
+//!   an exact topic is one hash lookup; only when that misses is the trie of filters walked
+//!   (no allocation). The config check refuses two devices whose topics can both match one
+//!   topic, so there is at most one such device.
 //! - Accepted (a JSON object of at most 64 KiB on a device's topic): a `PollOutcome` for
 //!   that device, stamped at receipt on the gateway's clocks. Each mapped point has its
 //!   value or its [`PointFault`](super::PointFault) for this message (three in a row raise `point_fault`).
 //!   The sensor's own timestamp (`timestamp_field`) replaces only the wall time written on
 //!   readings and events; the monotonic time every rule and comm-loss runs on is always
 //!   the receipt. Counted in `shouwang_gateway_sensor_messages_total`.
-//! - Rejected (too large, binary, not JSON, not an object, retained, unknown topic):
+//! - Rejected (too large, binary, not JSON, not an object, retained, a topic no device's
+//!   matches, which a broker can deliver when another subscription of the same client id
+//!   overlaps, e.g. a bridge or a session taken over):
 //!   counted in `shouwang_gateway_sensor_messages_rejected_total`, logged at most once per
 //!   [`REJECT_LOG_EVERY`] with its topic, reason and how many were not logged since, and
 //!   otherwise ignored. It is no answer from the device: a device that sends only garbage
@@ -48,13 +58,14 @@
 //! connection; the clean session loses what the broker held), and reports `task_failed`.
 //!
 //! # Left for later
-//! Topic patterns with `+`/`#` and a rule to tell devices apart (a topic level or a JSON
+//! One filter for many devices with a rule to tell them apart (a topic level or a JSON
 //! field naming the device); per-reason rejection counters.
 
 pub mod config;
 pub mod decode;
+pub mod topic;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,6 +81,7 @@ use crate::metrics::Counters;
 use crate::supervise::{Heartbeat, OnStall, Supervisor};
 pub use config::SensorBroker;
 use decode::{Rejection, SensorMap};
+use topic::FilterTrie;
 
 /// The supervised task's name.
 pub const TASK: &str = "mqtt-sensors";
@@ -78,6 +90,9 @@ pub const MAX_INCOMING_BYTES: usize = crate::sinks::mqtt::MAX_INCOMING_BYTES;
 /// Topics per SUBSCRIBE packet: 100 topics of up to a few hundred bytes stay far below the
 /// broker's packet limit.
 pub const SUBSCRIBE_BATCH: usize = 100;
+/// Bytes of topics per SUBSCRIBE packet, for long topics: a packet of one topic of MQTT's
+/// largest (64 KiB) still fits `docs/mosquitto/`'s `max_packet_size` of 256 KiB.
+pub const SUBSCRIBE_BATCH_BYTES: usize = 64 * 1024;
 /// The pause between connection attempts.
 pub const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// At most one log line about rejected messages per this long.
@@ -91,25 +106,65 @@ pub struct Route {
     pub map: SensorMap,
 }
 
-/// Every `mqtt` device by its topic.
-pub fn routes(config: &Config) -> HashMap<String, Route> {
-    config
-        .devices
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| d.transport == Transport::Mqtt)
-        .filter_map(|(i, d)| {
-            let topic = d.topic.clone()?;
-            match SensorMap::from_device(d) {
-                Ok(map) => Some((topic, Route { device: i, map })),
-                Err(why) => {
-                    // Refused by the config check: only an unchecked config gets here.
-                    tracing::error!(device = %d.id, error = %why, "mqtt device skipped");
-                    None
+/// Every `mqtt` device's [`Route`] by its topic. Exact topics are one hash lookup per
+/// message; patterns (`+`, `#`) are in a [`FilterTrie`] walked only when that lookup misses.
+/// No topic matches two devices (the config check refuses it, and [`Routes::of`] leaves out
+/// a device whose topic clashes with an earlier one's, for a config that was not checked).
+#[derive(Debug, Default)]
+pub struct Routes {
+    exact: HashMap<String, Route>,
+    patterns: FilterTrie<Route>,
+    /// What to subscribe to: every device's topic or filter, sorted.
+    filters: Vec<String>,
+}
+
+impl Routes {
+    pub fn of(config: &Config) -> Routes {
+        let mqtt = config
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.transport == Transport::Mqtt);
+        let clashing: HashSet<usize> = config::topic_clashes(mqtt.clone())
+            .into_iter()
+            .map(|c| c.device)
+            .collect();
+        let mut routes = Routes::default();
+        for (i, d) in mqtt {
+            let Some(filter) = &d.topic else { continue };
+            // Refused by the config check: only an unchecked config gets here.
+            let map = match SensorMap::from_device(d) {
+                Ok(map) if !clashing.contains(&i) && topic::check(filter).is_ok() => map,
+                Ok(_) => {
+                    tracing::error!(device = %d.id, topic = %filter, "mqtt device skipped: its topic is refused by the config check");
+                    continue;
                 }
+                Err(why) => {
+                    tracing::error!(device = %d.id, error = %why, "mqtt device skipped");
+                    continue;
+                }
+            };
+            let route = Route { device: i, map };
+            if topic::is_pattern(filter) {
+                let _ = routes.patterns.insert(filter, route);
+            } else {
+                routes.exact.insert(filter.clone(), route);
             }
-        })
-        .collect()
+            routes.filters.push(filter.clone());
+        }
+        routes.filters.sort();
+        routes
+    }
+
+    /// The route of a message's topic.
+    pub fn find(&self, topic: &str) -> Option<&Route> {
+        self.exact.get(topic).or_else(|| self.patterns.find(topic))
+    }
+
+    /// Every topic and filter to subscribe to, sorted.
+    pub fn filters(&self) -> &[String] {
+        &self.filters
+    }
 }
 
 /// Whether the config has any `mqtt` device (then [`spawn`] starts the task).
@@ -158,8 +213,8 @@ pub fn spawn(
     ))
 }
 
-/// The sensor link's client and event loop.
-pub fn connection(broker: &SensorBroker, topics: usize) -> (AsyncClient, EventLoop) {
+/// The sensor link's client and event loop, for `subscribes` SUBSCRIBE packets per ConnAck.
+pub fn connection(broker: &SensorBroker, subscribes: usize) -> (AsyncClient, EventLoop) {
     let mut options = MqttOptions::new(broker.client_id.clone(), broker.host.clone(), broker.port);
     broker.auth.apply(&mut options);
     options.set_keep_alive(broker.keep_alive);
@@ -168,8 +223,27 @@ pub fn connection(broker: &SensorBroker, topics: usize) -> (AsyncClient, EventLo
     options.set_clean_session(true);
     // Room for every SUBSCRIBE of one ConnAck: they are queued with `try_subscribe_many`
     // from the loop that drains the channel, so they must never wait.
-    let capacity = topics.div_ceil(SUBSCRIBE_BATCH) + 8;
+    let capacity = subscribes + 8;
     AsyncClient::new(options, capacity)
+}
+
+/// `topics` in runs for one SUBSCRIBE each: at most [`SUBSCRIBE_BATCH`] topics and, unless
+/// a run is a single topic, at most [`SUBSCRIBE_BATCH_BYTES`] of them.
+pub fn subscribe_batches(topics: &[String]) -> Vec<&[String]> {
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, topic) in topics.iter().enumerate() {
+        let full = i - start == SUBSCRIBE_BATCH || bytes + topic.len() > SUBSCRIBE_BATCH_BYTES;
+        if i > start && full {
+            batches.push(&topics[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += topic.len();
+    }
+    if start < topics.len() {
+        batches.push(&topics[start..]);
+    }
+    batches
 }
 
 /// The sensor link: connect, subscribe, turn each message into a [`PollOutcome`] on `out`.
@@ -181,11 +255,11 @@ pub async fn run(
     counters: Arc<Counters>,
     heartbeat: Heartbeat,
 ) {
-    let routes = routes(&config);
+    let routes = Routes::of(&config);
     let broker = SensorBroker::of(&config);
-    let mut topics: Vec<&String> = routes.keys().collect();
-    topics.sort();
-    let (client, mut events) = connection(&broker, topics.len());
+    let topics = routes.filters();
+    let batches = subscribe_batches(topics);
+    let (client, mut events) = connection(&broker, batches.len());
     let mut rejects = RejectLog::default();
     let mut up = false;
     loop {
@@ -195,10 +269,10 @@ pub async fn run(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 up = true;
                 tracing::info!(host = %broker.host, port = broker.port, topics = topics.len(), "sensor link connected; subscribing");
-                for batch in topics.chunks(SUBSCRIBE_BATCH) {
+                for batch in &batches {
                     let filters = batch
                         .iter()
-                        .map(|t| SubscribeFilter::new((*t).clone(), QoS::AtLeastOnce));
+                        .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
                     if let Err(error) = client.try_subscribe_many(filters) {
                         tracing::error!(%error, "sensor link: cannot queue a subscription");
                     }
@@ -265,7 +339,7 @@ pub async fn run(
 
 /// One message: which device it is for and what it says, or why it is ignored.
 pub fn judge(
-    routes: &HashMap<String, Route>,
+    routes: &Routes,
     topic: &str,
     retain: bool,
     payload: &[u8],
@@ -273,7 +347,7 @@ pub fn judge(
     if retain {
         return Err(Rejection::Retained);
     }
-    let route = routes.get(topic).ok_or(Rejection::UnknownTopic)?;
+    let route = routes.find(topic).ok_or(Rejection::UnknownTopic)?;
     Ok((route.device, route.map.read(payload)?))
 }
 
@@ -343,7 +417,7 @@ message = "Smoke detected"
     #[test]
     fn a_message_on_a_devices_topic_becomes_its_values() {
         let config = Config::from_toml_str(CONFIG, "c.toml").unwrap();
-        let routes = routes(&config);
+        let routes = Routes::of(&config);
         let (device, reading) = judge(
             &routes,
             "nbiot/smoke/1",
@@ -358,7 +432,7 @@ message = "Smoke detected"
     #[test]
     fn retained_messages_and_strangers_topics_are_rejected() {
         let config = Config::from_toml_str(CONFIG, "c.toml").unwrap();
-        let routes = routes(&config);
+        let routes = Routes::of(&config);
         let ok = br#"{"data":{"obscuration":310}}"#;
         assert_eq!(
             judge(&routes, "nbiot/smoke/1", true, ok).unwrap_err(),
@@ -368,6 +442,100 @@ message = "Smoke detected"
             judge(&routes, "nbiot/smoke/2", false, ok).unwrap_err(),
             Rejection::UnknownTopic
         );
+    }
+
+    /// Three devices: an exact topic, a `+` filter and a `#` filter.
+    fn patterns() -> Config {
+        let lift = CONFIG
+            .split("[[rules]]")
+            .next()
+            .unwrap()
+            .split("[[devices]]")
+            .nth(1)
+            .unwrap();
+        let device = |id: &str, topic: &str| {
+            format!("[[devices]]{lift}")
+                .replace("smoke-1", id)
+                .replace("nbiot/smoke/1", topic)
+        };
+        let text = CONFIG.replace(
+            "[[rules]]",
+            &format!(
+                "{}{}[[rules]]",
+                device("lift-E12", "lift/E12/+/status"),
+                device("smoke-2", "nbiot/smoke/2/#")
+            ),
+        );
+        Config::from_toml_str(&text, "c.toml").unwrap()
+    }
+
+    #[test]
+    fn a_message_goes_to_the_device_whose_filter_matches_its_topic() {
+        let routes = Routes::of(&patterns());
+        assert_eq!(
+            routes.filters(),
+            ["lift/E12/+/status", "nbiot/smoke/1", "nbiot/smoke/2/#"]
+        );
+        let ok = br#"{"data":{"obscuration":310}}"#;
+        let device = |topic: &str| judge(&routes, topic, false, ok).map(|(d, _)| d);
+        assert_eq!(device("nbiot/smoke/1"), Ok(0));
+        assert_eq!(device("lift/E12/car/status"), Ok(1));
+        assert_eq!(device("lift/E12/door/status"), Ok(1));
+        assert_eq!(device("nbiot/smoke/2"), Ok(2));
+        assert_eq!(device("nbiot/smoke/2/up/7"), Ok(2));
+    }
+
+    #[test]
+    fn a_message_that_matches_no_device_is_rejected_as_an_unknown_topic() {
+        let routes = Routes::of(&patterns());
+        let ok = br#"{"data":{"obscuration":310}}"#;
+        for stranger in [
+            "lift/E12/car/alarm",
+            "lift/E12/car/status/x",
+            "lift/E13/car/status",
+            "nbiot/smoke/1/x",
+            "nbiot/smoke/3",
+            "$SYS/broker/uptime",
+        ] {
+            assert_eq!(
+                judge(&routes, stranger, false, ok).unwrap_err(),
+                Rejection::UnknownTopic,
+                "{stranger}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unchecked_config_with_clashing_topics_routes_each_message_to_one_device_only() {
+        let mut config = patterns();
+        // What the check refuses: a fourth device whose filter meets the first's topic.
+        let mut clash = config.devices[1].clone();
+        clash.id = "clash".into();
+        clash.topic = Some("nbiot/+/1".into());
+        config.devices.push(clash);
+        let routes = Routes::of(&config);
+        assert!(!routes.filters().contains(&"nbiot/+/1".to_string()));
+        let ok = br#"{"data":{"obscuration":310}}"#;
+        assert_eq!(judge(&routes, "nbiot/smoke/1", false, ok).unwrap().0, 0);
+        assert_eq!(
+            judge(&routes, "nbiot/other/1", false, ok).unwrap_err(),
+            Rejection::UnknownTopic
+        );
+    }
+
+    #[test]
+    fn subscriptions_go_in_packets_of_at_most_100_topics_or_64_kib() {
+        let short: Vec<String> = (0..250).map(|i| format!("load/{i}")).collect();
+        let sizes: Vec<usize> = subscribe_batches(&short).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [100, 100, 50]);
+        let long: Vec<String> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|c| c.repeat(40_000))
+            .chain(["e".repeat(65_535), "f".into()])
+            .collect();
+        let sizes: Vec<usize> = subscribe_batches(&long).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [1, 1, 1, 1, 2]);
+        assert!(subscribe_batches(&[]).is_empty());
     }
 
     #[test]
@@ -414,7 +582,7 @@ message = "Smoke detected"
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(events[0].alarm_id, "riverside:gw-b1:smoke-1:comm_lost");
         // Its first message clears it, and is read.
-        let routes = routes(&config);
+        let routes = Routes::of(&config);
         let (device, reading) = judge(
             &routes,
             "nbiot/smoke/1",

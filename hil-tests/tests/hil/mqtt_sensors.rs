@@ -5,7 +5,9 @@
 //! What an operator would see: smoke on the sensor's topic raises the alarm on the board
 //! and clears it; garbage on the topic (text, binary, 200 KiB, JSON that is no object,
 //! a retained message) is counted and changes nothing, not even the link; a sensor that
-//! goes silent, and one that never spoke, lose communication.
+//! goes silent, and one that never spoke, lose communication. An elevator terminal whose
+//! device has a `+` filter raises its alarm from any topic the filter matches and never
+//! from a sibling topic; two devices whose topics can meet are refused by `check`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -346,4 +348,182 @@ async fn smoke_on_a_sensors_topic_raises_the_alarm_garbage_changes_nothing_and_s
     wait_state(SILENT, "returned_unacknowledged", Duration::from_secs(10))
         .await
         .unwrap_or_else(|e| fail(e, &gateway));
+}
+
+const TRAPPED: &str = "riverside:gw-m:lift-E12:lift-trapped";
+
+fn lift_config(mqtt_port: u16, metrics_port: u16, extra_device: &str) -> String {
+    format!(
+        r#"
+[gateway]
+id = "gw-m"
+community = "riverside"
+data_dir = "data"
+
+[mqtt]
+port = {mqtt_port}
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[[devices]]
+id = "lift-E12"
+kind = "elevator"
+building = "B3"
+floor = "0"
+unit = "E12"
+transport = "mqtt"
+topic = "lift/E12/+/status"
+comm_loss_after_s = 100
+
+[[devices.points]]
+name = "trapped"
+json = "trapped"
+{extra_device}
+[[rules]]
+id = "lift-trapped"
+device_kind = "elevator"
+point = "trapped"
+class = "alarm"
+priority = "high"
+above = 0.5
+deadband = 0.1
+message = "Passenger trapped"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lift_with_a_plus_filter_raises_its_alarm_from_a_matching_topic_and_never_from_a_sibling()
+{
+    let broker = servers::mosquitto().unwrap();
+    let port = broker.port();
+    let console = rig::start_console(port).unwrap();
+    let metrics_port = servers::free_port();
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let gateway = rig::start_gateway(&lift_config(port, metrics_port, "")).unwrap();
+    let http = servers::http_client();
+    let fail = |e: anyhow::Error| -> ! {
+        panic!(
+            "{e}\n--- gateway\n{}\n--- console\n{}",
+            gateway.log(),
+            console.proc.log()
+        )
+    };
+    let mut options = MqttOptions::new("lift-platform", "127.0.0.1", port);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (terminal, mut events) = AsyncClient::new(options, 64);
+    let _driver = tokio::spawn(async move {
+        loop {
+            if events.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let publish = |topic: &'static str, trapped: u8| {
+        let terminal = terminal.clone();
+        async move {
+            terminal
+                .publish(
+                    topic,
+                    QoS::AtLeastOnce,
+                    false,
+                    format!(r#"{{"trapped":{trapped}}}"#),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let read = || {
+        let (http, metrics) = (http.clone(), metrics.clone());
+        async move {
+            metric(&http, &metrics, "shouwang_gateway_sensor_messages_total")
+                .await
+                .unwrap_or(0)
+        }
+    };
+
+    // The gateway hears the car's status once it has subscribed.
+    eventually(
+        "the lift's first status",
+        Duration::from_secs(20),
+        || async {
+            publish("lift/E12/car/status", 0).await;
+            (read().await > 0).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| fail(e));
+
+    // "Trapped" on topics the filter does not match: a sibling of the status topic, one
+    // level deeper, another lift. Then a quiet status on the door's topic, which the filter
+    // matches: once it is read, everything published before it has been through the broker.
+    let before = read().await;
+    for sibling in [
+        "lift/E12/car/alarm",
+        "lift/E12/car/status/extra",
+        "lift/E13/car/status",
+    ] {
+        publish(sibling, 1).await;
+    }
+    publish("lift/E12/door/status", 0).await;
+    eventually(
+        "the door's status read",
+        Duration::from_secs(10),
+        || async { (read().await > before).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| fail(e));
+    assert_eq!(read().await, before + 1, "only the matching topic was read");
+    assert_eq!(state(&http, &console.url, TRAPPED).await, None);
+
+    // "Trapped" on a matching topic: the alarm is on the board.
+    publish("lift/E12/door/status", 1).await;
+    eventually(
+        "lift-trapped on the board",
+        Duration::from_secs(10),
+        || async {
+            (state(&http, &console.url, TRAPPED).await.as_deref() == Some("unacknowledged"))
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| fail(e));
+    assert_eq!(
+        metric(
+            &http,
+            &metrics,
+            "shouwang_gateway_sensor_messages_rejected_total"
+        )
+        .await,
+        Some(0)
+    );
+    let log = gateway.log();
+    assert!(!log.contains("panicked"), "{log}");
+
+    // A second device whose filter meets the first's: `check` refuses the config, naming
+    // both devices and a topic they share.
+    let clash = r#"
+[[devices]]
+id = "lift-E12-car"
+kind = "elevator"
+building = "B3"
+floor = "0"
+unit = "E12c"
+transport = "mqtt"
+topic = "lift/+/car/#"
+
+[[devices.points]]
+name = "trapped"
+json = "trapped"
+"#;
+    let (code, out, err) = rig::check_config(&lift_config(port, metrics_port, clash)).unwrap();
+    assert_ne!(code, 0, "{out}{err}");
+    let said = format!("{out}{err}");
+    assert!(
+        said.contains("devices[1] (lift-E12-car).topic")
+            && said.contains("devices[0] (lift-E12)'s \"lift/E12/+/status\"")
+            && said.contains("both match \"lift/E12/car/status\""),
+        "{said}"
+    );
 }

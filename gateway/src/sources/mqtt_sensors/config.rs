@@ -34,6 +34,7 @@
 //! engineering_unit = "%/m"
 //! ```
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -41,7 +42,8 @@ use serde::Deserialize;
 use shouwang_broker_auth::{BrokerAuth, Password};
 
 use super::decode::JsonPath;
-use crate::config::{Config, DeviceConfig, MqttTls};
+use super::topic::{self, FilterTrie};
+use crate::config::{Config, DeviceConfig, MqttTls, Transport};
 
 /// `[mqtt_sensors]`: where `transport = "mqtt"` devices publish.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -196,10 +198,10 @@ pub fn device_problems(d: &DeviceConfig) -> Vec<(String, String)> {
     match &d.topic {
         None => add(
             "topic",
-            "required with transport = \"mqtt\": the exact topic the device publishes on".into(),
+            "required with transport = \"mqtt\": the topic the device publishes on, or a filter with + or # that matches only its topics".into(),
         ),
-        Some(topic) => {
-            if let Err(why) = check_topic(topic) {
+        Some(t) => {
+            if let Err(why) = topic::check(t) {
                 add("topic", why);
             }
         }
@@ -286,42 +288,81 @@ fn check_good(
     }
 }
 
-/// One exact topic: no wildcards, no `$` topics (the broker's own), within MQTT's limits.
-pub fn check_topic(topic: &str) -> Result<(), String> {
-    if topic.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if topic.len() > 65_535 {
-        return Err("is longer than MQTT's 65535 bytes".into());
-    }
-    if topic.contains(['+', '#']) {
-        return Err(format!(
-            "{topic:?} has a wildcard (+ or #): give each device its one exact topic (patterns that tell devices apart are not supported yet)"
-        ));
-    }
-    if topic.contains('\0') {
-        return Err("must not hold a NUL character".into());
-    }
-    if topic.starts_with('$') {
-        return Err(format!(
-            "{topic:?} starts with '$': those topics are the broker's own"
-        ));
-    }
-    Ok(())
+/// Two `mqtt` devices whose topics can both match one topic: a message on it would be
+/// both devices'. Reported on the later device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicClash {
+    /// The later device (an index into the devices).
+    pub device: usize,
+    /// The first device before it whose topic clashes with its topic.
+    pub first: usize,
+    /// A topic both match.
+    pub example: String,
+    /// How many other devices' topics clash with the device's too.
+    pub others: usize,
 }
 
-/// Topics that more than one device names, with the devices' indices.
-pub fn shared_topics(devices: &[Option<DeviceConfig>]) -> Vec<(usize, usize)> {
-    let mut seen = std::collections::BTreeMap::new();
-    let mut shared = Vec::new();
-    for (i, d) in devices.iter().enumerate() {
-        if let Some(d) = d
-            && d.transport == crate::config::Transport::Mqtt
-            && let Some(topic) = &d.topic
-            && let Some(first) = seen.insert(topic.as_str(), i)
-        {
-            shared.push((i, first));
+/// Every pair of `mqtt` devices whose topics (exact or patterns, as [`topic::check`]
+/// accepts them; others are left to that check) can both match one topic, one
+/// [`TopicClash`] per later device, by device. Equal topics meet in a hash map and patterns
+/// are found in a [`FilterTrie`], so a config with thousands of exact topics costs a trie
+/// walk each, not a comparison with every other device.
+pub fn topic_clashes<'a>(
+    devices: impl IntoIterator<Item = (usize, &'a DeviceConfig)>,
+) -> Vec<TopicClash> {
+    let topics: BTreeMap<usize, &str> = devices
+        .into_iter()
+        .filter(|(_, d)| d.transport == Transport::Mqtt)
+        .filter_map(|(i, d)| Some((i, d.topic.as_deref()?)))
+        .filter(|(_, t)| topic::check(t).is_ok())
+        .collect();
+    // Every device of each topic, in order (two devices may give the same one).
+    let mut by_topic: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (&i, &t) in &topics {
+        by_topic.entry(t).or_default().push(i);
+    }
+    let mut patterns: FilterTrie<&str> = FilterTrie::new();
+    for &t in by_topic.keys().filter(|t| topic::is_pattern(t)) {
+        let _ = patterns.insert(t, t);
+    }
+    // The other topics each topic can meet: patterns meet patterns and exact topics, and
+    // exact topics meet only patterns (two different exact topics never meet).
+    let mut meets: HashMap<&str, Vec<&str>> = HashMap::new();
+    for &t in by_topic.keys() {
+        for &other in patterns.overlapping(t) {
+            if other != t {
+                meets.entry(t).or_default().push(other);
+                if !topic::is_pattern(t) {
+                    meets.entry(other).or_default().push(t);
+                }
+            }
         }
     }
-    shared
+    // Later device -> the earlier devices it clashes with.
+    let mut clashes: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (&i, &t) in &topics {
+        let others = meets.get(t).into_iter().flatten();
+        let earlier: Vec<usize> = std::iter::once(&t)
+            .chain(others)
+            .flat_map(|s| by_topic.get(s).into_iter().flatten())
+            .copied()
+            .filter(|&j| j < i)
+            .collect();
+        if !earlier.is_empty() {
+            clashes.insert(i, earlier);
+        }
+    }
+    clashes
+        .into_iter()
+        .filter_map(|(device, earlier)| {
+            let first = earlier.iter().copied().min()?;
+            let example = topic::common_topic(topics.get(&device)?, topics.get(&first)?)?;
+            Some(TopicClash {
+                device,
+                first,
+                example,
+                others: earlier.len() - 1,
+            })
+        })
+        .collect()
 }
