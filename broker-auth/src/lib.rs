@@ -472,6 +472,21 @@ impl BrokerAuth {
     }
 }
 
+/// A client and event loop on `options`, with Nagle's algorithm off. rumqttc leaves it on,
+/// which holds a small publish (an alarm event, a receipt, a PUBACK) back until the previous
+/// one is acknowledged: 20-30 ms more at the p99 in the sensor-load harness at 20,000
+/// msg/s, ~40 ms (the delayed-ACK timer) when traffic is sparse.
+pub fn connect_without_delay(
+    options: rumqttc::MqttOptions,
+    capacity: usize,
+) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
+    let (client, mut events) = rumqttc::AsyncClient::new(options, capacity);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    events.set_network_options(network);
+    (client, events)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -104,7 +104,7 @@ pub fn client(
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(15))
         .set_max_packet_size(MAX_INCOMING_BYTES, shouwang_wire::MAX_PUBLISH_BYTES);
-    AsyncClient::new(opts, REQUEST_CAPACITY)
+    shouwang_broker_auth::connect_without_delay(opts, REQUEST_CAPACITY)
 }
 
 /// A decoded message from a gateway.

@@ -133,7 +133,7 @@ pub fn connection(config: &Config) -> (AsyncClient, EventLoop) {
         shouwang_wire::MAX_PUBLISH_BYTES,
     );
     options.set_clean_session(true);
-    AsyncClient::new(options, 256)
+    shouwang_broker_auth::connect_without_delay(options, 256)
 }
 
 /// Start the alarm connection. The journal publishes through the returned link; `confirm`

@@ -125,7 +125,7 @@ pub fn client(config: &Config) -> (AsyncClient, EventLoop) {
         QoS::AtLeastOnce,
         true,
     ));
-    AsyncClient::new(options, CLIENT_CAPACITY)
+    shouwang_broker_auth::connect_without_delay(options, CLIENT_CAPACITY)
 }
 
 /// Whether the broker link is up, for logs and tests.
