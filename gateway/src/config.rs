@@ -337,8 +337,9 @@ pub struct DeviceConfig {
     pub comm_loss_after_s: u64,
     /// Report by exception: publish and store a point's value only when it moved more than
     /// its `report_deadband` since it was last reported, and every point at least every
-    /// this many seconds (1 to 86400). The rules still see every poll. Absent: every poll's
-    /// values are reported.
+    /// this many seconds (the heartbeat: 1 to 86400; default 60). The rules still see every
+    /// poll and every message. `0`: report every poll's values (a store that wants every
+    /// sample, at the cost of the network and the store).
     pub report_every_s: Option<u64>,
     /// `gpio` only: how long, in ms, a contact's new state must hold before it counts
     /// (relay contacts bounce for a few ms). Default 50, at most 10000. A `gpio` device
@@ -397,7 +398,20 @@ impl Transport {
     }
 }
 
+/// The heartbeat of report by exception when a device does not give `report_every_s`.
+pub const DEFAULT_REPORT_EVERY_S: u64 = 60;
+
 impl DeviceConfig {
+    /// Report by exception's heartbeat in seconds, or None to report every poll
+    /// (`report_every_s = 0`).
+    pub fn report_every(&self) -> Option<u64> {
+        match self.report_every_s {
+            Some(0) => None,
+            Some(s) => Some(s),
+            None => Some(DEFAULT_REPORT_EVERY_S),
+        }
+    }
+
     /// The Modbus unit id (`unit_id`, default 1).
     pub fn modbus_unit(&self) -> u8 {
         self.unit_id.unwrap_or(1)
@@ -1376,10 +1390,10 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
             }
             Transport::Gpio => check_gpio_device(d, &at, p),
         }
-        if d.report_every_s.is_some_and(|s| s == 0 || s > 86_400) {
+        if d.report_every_s.is_some_and(|s| s > 86_400) {
             p.add(
                 format!("{at}.report_every_s"),
-                "must be between 1 and 86400 seconds",
+                "must be at most 86400 seconds (0: every poll)",
             );
         }
         for (j, pt) in d.points.iter().enumerate() {
@@ -1387,8 +1401,8 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
                 continue;
             };
             let key = format!("{at}.points[{j}] ({}).report_deadband", pt.name);
-            if d.report_every_s.is_none() {
-                p.add(key, "only means something with the device's report_every_s; set that too, or remove this");
+            if d.report_every().is_none() {
+                p.add(key, "means nothing with report_every_s = 0 (every poll is reported); remove one of them");
             } else if !deadband.is_finite() || deadband < 0.0 {
                 p.add(key, "must be a number of at least 0");
             }
@@ -2467,7 +2481,7 @@ active_low = false
     fn report_by_exception_keys_are_checked_by_name() {
         let text = GOOD.replacen(
             "[[devices.points]]",
-            "report_every_s = 0\n\n[[devices.points]]\nreport_deadband = -1.0",
+            "report_every_s = 86401\n\n[[devices.points]]\nreport_deadband = -1.0",
             1,
         );
         let problems = problems_of(&text);
@@ -2480,18 +2494,25 @@ active_low = false
             fields.iter().any(|f| f.ends_with(".report_deadband")),
             "{problems:#?}"
         );
+        let every_poll = GOOD.replacen(
+            "[[devices.points]]",
+            "report_every_s = 0\n\n[[devices.points]]\nreport_deadband = 0.1",
+            1,
+        );
+        let problems = problems_of(&every_poll);
+        assert!(
+            problems
+                .iter()
+                .any(|(f, m)| f.ends_with(".report_deadband") && m.contains("report_every_s = 0")),
+            "{problems:#?}"
+        );
+        // The default heartbeat takes a deadband.
         let alone = GOOD.replacen(
             "[[devices.points]]",
             "[[devices.points]]\nreport_deadband = 0.1",
             1,
         );
-        let problems = problems_of(&alone);
-        assert!(
-            problems
-                .iter()
-                .any(|(f, m)| f.ends_with(".report_deadband") && m.contains("report_every_s")),
-            "{problems:#?}"
-        );
+        assert!(problems_of(&alone).is_empty());
         let good = GOOD.replacen(
             "[[devices.points]]",
             "report_every_s = 60\n\n[[devices.points]]\nreport_deadband = 0.1",

@@ -2,11 +2,11 @@
 //! readings and the time-series store). The rules see every value of every poll regardless;
 //! this only spares the network and the store values that say nothing new.
 //!
-//! A device with `report_every_s` reports a point when its value moved more than the point's
-//! `report_deadband` (default 0: any change) from the value last reported, and reports every
-//! point at least every `report_every_s` (the heartbeat: a flat line in the store still has
-//! samples, and a reader can tell "unchanged" from "gone"). A device without it reports
-//! every poll, as before. Pure: time is an argument (monotonic ms).
+//! A device reports a point when its value moved more than the point's `report_deadband`
+//! (default 0: any change) from the value last reported, and reports every point at least
+//! every `report_every_s` (default 60; the heartbeat: a flat line in the store still has
+//! samples, and a reader can tell "unchanged" from "gone"). A device with
+//! `report_every_s = 0` reports every poll. Pure: time is an argument (monotonic ms).
 
 use std::collections::HashMap;
 

@@ -59,7 +59,8 @@ struct DeviceState {
     units: HashMap<String, Option<String>>,
     /// Whether a poll of it has ended (answered or not) since the gateway started.
     polled: bool,
-    /// Report by exception (`report_every_s`); `None`: every poll's values are reported.
+    /// Report by exception (`report_every_s`, default 60 s); `None`: every poll's values
+    /// are reported (`report_every_s = 0`).
     exception: Option<exception::ExceptionFilter>,
 }
 
@@ -117,7 +118,7 @@ impl Watch {
                     .map(|p| (p.name.clone(), p.engineering_unit.clone()))
                     .collect(),
                 polled: false,
-                exception: d.report_every_s.map(|s| {
+                exception: d.report_every().map(|s| {
                     exception::ExceptionFilter::new(
                         i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX),
                         d.points
