@@ -55,15 +55,10 @@ fn start_link(
     assert_eq!(specs.len(), 1, "{specs:?}");
     let (writers, mut queues) = Writers::for_links(&specs, &config.devices);
     let spec = specs.into_iter().next().unwrap();
-    let devices = spec
-        .devices
-        .iter()
-        .map(|&(i, _)| config.devices[i].clone())
-        .collect();
     let (tx, rx) = mpsc::channel(1024);
     let task = tokio::spawn(run_link(
         spec,
-        devices,
+        std::sync::Arc::new(config.clone()),
         queues.remove(0),
         Clock::new(),
         tx,

@@ -566,7 +566,7 @@ pub fn stall_after(spec: &LinkSpec, config: &Config) -> Duration {
 /// plans and schedule, so a supervisor restarting it gets all three.
 pub async fn run_link(
     spec: LinkSpec,
-    devices: Vec<DeviceConfig>,
+    config: Arc<Config>,
     writes: WriteQueue,
     clock: Clock,
     out: mpsc::Sender<PollOutcome>,
@@ -577,7 +577,7 @@ pub async fn run_link(
         let kind = kind.clone();
         async move { Connection::open(&kind, limit, silence, recovering).await }
     };
-    serve_link(spec, devices, writes, clock, out, heartbeat, open).await;
+    serve_link(spec, config, writes, clock, out, heartbeat, open).await;
 }
 
 /// The link's connection, opened when needed and dropped after a failure that calls for it.
@@ -624,7 +624,7 @@ where
 /// opens one (the bus benchmark gives a simulated line this way).
 pub async fn serve_link<F, Fut>(
     spec: LinkSpec,
-    devices: Vec<DeviceConfig>,
+    config: Arc<Config>,
     writes: WriteQueue,
     clock: Clock,
     out: mpsc::Sender<PollOutcome>,
@@ -636,6 +636,12 @@ pub async fn serve_link<F, Fut>(
 {
     let started = Instant::now();
     let ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    // The link's devices, borrowed from the one config (1,000 devices: no copies).
+    let devices: Vec<&DeviceConfig> = spec
+        .devices
+        .iter()
+        .filter_map(|&(i, _)| config.devices.get(i))
+        .collect();
     let slots: Vec<Slot> = devices
         .iter()
         .zip(&spec.devices)
@@ -646,7 +652,7 @@ pub async fn serve_link<F, Fut>(
         .collect();
     let quarantine_max_ms = u64::try_from(spec.quarantine_max.as_millis()).unwrap_or(u64::MAX);
     let mut schedule = Schedule::new(&slots, ms(), quarantine_max_ms);
-    let mut plans: Vec<ReadPlan> = devices.iter().map(ReadPlan::for_device).collect();
+    let mut plans: Vec<ReadPlan> = devices.iter().map(|d| ReadPlan::for_device(d)).collect();
     let mut line = Held {
         conn: None,
         recovering: false,
@@ -672,7 +678,7 @@ pub async fn serve_link<F, Fut>(
                 continue;
             }
         };
-        let (Some(device), Some(plan), Some(&(index, _))) =
+        let (Some(&device), Some(plan), Some(&(index, _))) =
             (devices.get(k), plans.get_mut(k), spec.devices.get(k))
         else {
             return;
@@ -701,7 +707,7 @@ pub async fn serve_link<F, Fut>(
 /// Do one write on the link and answer its caller.
 async fn write_one<F, Fut>(
     spec: &LinkSpec,
-    devices: &[DeviceConfig],
+    devices: &[&DeviceConfig],
     line: &mut Held<F>,
     w: WriteRequest,
 ) where
@@ -712,7 +718,7 @@ async fn write_one<F, Fut>(
         .devices
         .iter()
         .position(|&(i, _)| i == w.device)
-        .and_then(|k| devices.get(k))
+        .and_then(|k| devices.get(k).copied())
     else {
         let _ = w.done.send(Err(WriteError::NoDevice(w.device.to_string())));
         return;
