@@ -196,6 +196,47 @@ async fn operator_acknowledges_smoke(room: &ControlRoom) -> anyhow::Result<()> {
         "the building filter offers {buildings}"
     );
     screenshot(b, "shouwang-board-alarm.png").await?;
+
+    // Filtered to another building, the alarm leaves the table but the header still says it
+    // waits: a filter never hides an unacknowledged alarm without a word.
+    let choose = "const s = document.querySelector('#filter-building');
+        if (arguments[0] && ![...s.options].some((o) => o.value === arguments[0])) s.append(new Option('2号楼 (B2)', arguments[0]));
+        s.value = arguments[0]; s.dispatchEvent(new Event('change'));";
+    b.execute(choose, vec![serde_json::json!("riverside/B2")])
+        .await?;
+    until(
+        "the filter to say what it hides",
+        Duration::from_secs(5),
+        || {
+            text_is(
+                b,
+                "#hidden-by-filter",
+                "1 hidden by the filter, 1 unacknowledged",
+            )
+        },
+    )
+    .await?;
+    ensure!(
+        b.find(&unacked).await?.is_none(),
+        "an alarm of B1 is listed while the board shows B2 only"
+    );
+    ensure!(
+        b.text(
+            &b.find("#unacked-count")
+                .await?
+                .context("no #unacked-count")?
+        )
+        .await?
+            == "1 unacknowledged",
+        "the header stopped counting the hidden alarm"
+    );
+    b.execute(choose, vec![serde_json::json!("")]).await?;
+    until(
+        "the alarm back on the board",
+        Duration::from_secs(5),
+        || exists(b, &unacked),
+    )
+    .await?;
     until(
         "the header to count 1 unacknowledged",
         Duration::from_secs(5),
