@@ -858,6 +858,9 @@ impl Config {
             Some(v) => section::<PlacesSection>(v, "places", &mut problems),
             None => Some(PlacesSection::default()),
         };
+        if let Some(places) = &places {
+            places::check_section(places, &mut problems);
+        }
         let links = list::<LinkConfig>(table.remove("links"), "links", &mut problems);
         let link_transports: BTreeMap<String, Transport> = links
             .iter()
@@ -958,7 +961,6 @@ impl Config {
             );
         }
         p.id("gateway.community", "community", &self.gateway.community);
-        places::check_section(&self.places, p);
         if self.gateway.data_dir.as_os_str().is_empty() {
             p.add("gateway.data_dir", "must not be empty");
         }

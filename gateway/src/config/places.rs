@@ -629,6 +629,18 @@ type = "u16"
     }
 
     #[test]
+    fn a_bad_name_is_reported_even_beside_a_missing_gateway_section() {
+        let text = SITE
+            .replace(
+                "[gateway]\nid = \"gw-b1\"\ncommunity = \"riverside\"\ndata_dir = \"data\"\n",
+                "",
+            )
+            .replace("G2 = \"第二网格\"", "G2 = \"\"");
+        let fields: Vec<String> = problems_of(&text).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(fields, ["gateway", "places.grid.G2"]);
+    }
+
+    #[test]
     fn a_building_is_in_one_grid_and_a_device_may_not_say_otherwise() {
         let text = SITE
             .replace(
