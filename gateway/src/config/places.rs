@@ -629,6 +629,25 @@ type = "u16"
     }
 
     #[test]
+    fn every_area_word_is_in_the_user_docs() {
+        // The doc comment of `area` (the config's reference), the README and docs/wire.md
+        // list the vocabulary by hand.
+        let docs = [
+            ("gateway/src/config.rs", include_str!("../config.rs")),
+            ("README.md", include_str!("../../../README.md")),
+            ("docs/wire.md", include_str!("../../../docs/wire.md")),
+        ];
+        for (word, _) in AREAS {
+            for (file, text) in docs {
+                assert!(
+                    text.contains(&format!("`{word}`")),
+                    "{file} does not list `{word}`"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_bad_name_is_reported_even_beside_a_missing_gateway_section() {
         let text = SITE
             .replace(
