@@ -264,7 +264,7 @@ mod tests {
 
     fn batch(device: &str, ts_ms: i64) -> ReadingBatch {
         ReadingBatch {
-            schema: 1,
+            schema: ReadingBatch::SCHEMA,
             gateway: "gw-1".into(),
             device: device.into(),
             device_kind: "pressure".into(),

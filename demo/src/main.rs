@@ -48,11 +48,12 @@ struct DemoArgs {
 
 #[derive(Subcommand)]
 enum DemoAction {
-    /// Put a device of a running demo into alarm, e.g. `trigger smoke B1-12-03`.
+    /// Put a device of a running demo into alarm, e.g. `trigger smoke B1-2-12-1203`.
     Trigger {
         /// smoke, leak, pressure or door.
         kind: String,
-        /// building-floor-unit, e.g. B1-12-03.
+        /// The place's ids joined by `-`: building-entrance-floor-room, e.g. B1-2-12-1203, or
+        /// building-floor-area, e.g. B1-1-pump-room.
         place: String,
         /// Write this value (in the point's engineering unit) instead of the alarm value.
         #[arg(long, allow_negative_numbers = true)]
@@ -168,11 +169,11 @@ fn print_banner(demo: &RunningDemo, scenario: bool) {
     println!(
         "Make things happen, from another terminal (`cargo run --release --` or the `shouwang` binary):"
     );
-    println!("  shouwang demo trigger smoke B1-12-03       smoke alarm on the 12th floor");
-    println!("  shouwang demo clear smoke B1-12-03         back to normal");
-    println!("  shouwang demo trigger pressure B1-01-01 --value 0.55");
+    println!("  shouwang demo trigger smoke B1-2-12-1203   smoke alarm in 1号楼 2单元 12层 1203室");
+    println!("  shouwang demo clear smoke B1-2-12-1203     back to normal");
+    println!("  shouwang demo trigger pressure B1-1-pump-room --value 0.55");
     println!();
-    println!("Devices (KIND PLACE: what `trigger` does):");
+    println!("Devices (KIND PLACE: where, and what `trigger` does):");
     for device in &demo.devices {
         let means = KINDS
             .iter()
@@ -180,9 +181,10 @@ fn print_banner(demo: &RunningDemo, scenario: bool) {
             .map(|k| k.alarm_means)
             .unwrap_or("");
         println!(
-            "  {:<9} {:<9} {}",
+            "  {:<9} {:<16} {}: {}",
             device.config.kind,
             short_place(&device.config),
+            cfg.place(&device.config).label(),
             means
         );
     }

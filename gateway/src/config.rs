@@ -18,9 +18,11 @@ use shouwang_wire::{MAX_ID_CHARS, MAX_TEXT_CHARS, Place, alarm_id, forbidden_id_
 use crate::sinks::influx::InfluxConfig;
 
 mod links;
+mod places;
 pub use crate::sinks::mqtt::auth::MqttTls;
 pub use crate::sources::mqtt_sensors::config::MqttSensorsSection;
 pub use links::{LinkConfig, LinkTransport, Parity};
+pub use places::{AREAS, PlacesSection};
 use shouwang_broker_auth::{BrokerAuth, Password};
 
 /// The rule id the gateway uses for each device's communication-lost fault.
@@ -95,6 +97,8 @@ pub struct Config {
     pub mqtt_sensors: Option<MqttSensorsSection>,
     /// `[[links]]`: serial ports and TCP endpoints shared by Modbus devices.
     pub links: Vec<LinkConfig>,
+    /// `[places]`: the names of the site's places. Absent: every place shows its ids.
+    pub places: PlacesSection,
     pub devices: Vec<DeviceConfig>,
     pub rules: Vec<RuleConfig>,
 }
@@ -267,10 +271,31 @@ pub struct DeviceConfig {
     /// What the device is: `smoke`, `leak`, `pressure`, `door`, `level`, ... Rules can
     /// select devices by kind.
     pub kind: String,
-    /// Building, floor and unit: where the device is. Strings (`"B1"`, `"12"`, `"03"`).
-    pub building: String,
-    pub floor: String,
-    pub unit: String,
+    /// Where the device is: its ids in the site's hierarchy, each ASCII letters, digits,
+    /// `-`, `_`, `.` (what operators read comes from `[places]`, e.g. `B1` is `1号楼`). Give
+    /// the levels the place has, and at least a `building` or an `area`: a smoke detector in
+    /// a home is `building = "B1"`, `entrance = "3"`, `floor = "12"`, `room = "1201"`.
+    /// `grid` (网格) may be left to `[places.grid_buildings]`.
+    pub grid: Option<String>,
+    /// The building (楼栋), e.g. `B1`.
+    pub building: Option<String>,
+    /// The stairwell entrance (单元) of the building, e.g. `3`.
+    pub entrance: Option<String>,
+    /// The floor (层), e.g. `12`, `B2` (a basement), `R` (the roof).
+    pub floor: Option<String>,
+    /// The room (室): the home, e.g. `1201`. Not with `area`.
+    pub room: Option<String>,
+    /// The old name of `room`, from configs written before places had entrances: read as
+    /// `room`. Give one or the other.
+    pub unit: Option<String>,
+    /// A place that is not a home, one of `pump-room`, `roof-tank`, `lift-machine-room`,
+    /// `lift`, `car-park`, `control-room`, `distribution-room`, `generator-room`,
+    /// `stairwell`, `corridor`, `lobby`, `roof`, `gate` or `other` (with `area_name`), within
+    /// the levels given: `building = "B1"`, `floor = "B2"`, `area = "pump-room"`.
+    pub area: Option<String>,
+    /// What operators read for the area, e.g. `消防水泵房`. Default: `[places.area]`'s
+    /// name for the word, else the word.
+    pub area_name: Option<String>,
     /// `tcp` (Modbus TCP), `rtu` (Modbus RTU on a serial line), `rtu-over-tcp` (RTU
     /// through a serial device server), `mqtt` (a sensor that publishes JSON) or `gpio`
     /// (dry contacts on the gateway's own inputs). A device with a `link` may leave it out:
@@ -375,17 +400,6 @@ pub struct DeviceConfig {
     /// The values read from the device.
     #[serde(default)]
     pub points: Vec<PointConfig>,
-}
-
-impl DeviceConfig {
-    pub fn place(&self, community: &str) -> Place {
-        Place {
-            community: community.to_string(),
-            building: self.building.clone(),
-            floor: self.floor.clone(),
-            unit: self.unit.clone(),
-        }
-    }
 }
 
 impl Transport {
@@ -881,6 +895,13 @@ impl Config {
             Some(v) => section::<MqttSensorsSection>(v, "mqtt_sensors", &mut problems).map(Some),
             None => Some(None),
         };
+        let places = match table.remove("places") {
+            Some(v) => section::<PlacesSection>(v, "places", &mut problems),
+            None => Some(PlacesSection::default()),
+        };
+        if let Some(places) = &places {
+            places::check_section(places, &mut problems);
+        }
         let links = list::<LinkConfig>(table.remove("links"), "links", &mut problems);
         let link_transports: BTreeMap<String, Transport> = links
             .iter()
@@ -892,7 +913,7 @@ impl Config {
         for key in table.keys() {
             problems.add(
                 key.as_str(),
-                "unknown section; expected gateway, mqtt, mqtt_sensors, influx, metrics, links, devices or rules",
+                "unknown section; expected gateway, mqtt, mqtt_sensors, influx, metrics, places, links, devices or rules",
             );
         }
         let has_mqtt_devices = devices
@@ -917,8 +938,14 @@ impl Config {
             }
             m
         });
-        let (Some(gateway), Some(mqtt), Some(influx), Some(metrics), Some(mqtt_sensors)) =
-            (gateway, mqtt, influx, metrics, mqtt_sensors)
+        let (
+            Some(gateway),
+            Some(mqtt),
+            Some(influx),
+            Some(metrics),
+            Some(mqtt_sensors),
+            Some(places),
+        ) = (gateway, mqtt, influx, metrics, mqtt_sensors, places)
         else {
             // Still check what parsed, so the report is complete.
             check_devices(&devices, &mut problems);
@@ -932,6 +959,7 @@ impl Config {
             metrics,
             mqtt_sensors,
             links: links.into_iter().flatten().collect(),
+            places,
             devices: devices.iter().flatten().cloned().collect(),
             rules: rules.into_iter().flatten().collect(),
         };
@@ -957,6 +985,7 @@ impl Config {
         check_devices(&devices, p);
         check_gpio_pins(self, p);
         links::check_links(self, p);
+        places::check_names_and_grids(self, p);
         if self.devices.is_empty() {
             p.add("devices", "no devices: add at least one [[devices]] table");
         }
@@ -1136,10 +1165,7 @@ impl Config {
                     device_kind: "gateway".into(),
                     point: None,
                     rule: rule.into(),
-                    place: Place {
-                        community: self.gateway.community.clone(),
-                        ..Place::default()
-                    },
+                    place: self.community_place(),
                     message: message.into(),
                     engineering_unit: None,
                 },
@@ -1167,7 +1193,7 @@ impl Config {
                         device_kind: device.kind.clone(),
                         point: None,
                         rule: rule.into(),
-                        place: device.place(&self.gateway.community),
+                        place: self.place(device),
                         message: message.into(),
                         engineering_unit: None,
                     },
@@ -1212,7 +1238,7 @@ impl Config {
                         device_kind: device.kind.clone(),
                         point: Some(rule.point.clone()),
                         rule: rule.id.clone(),
-                        place: device.place(&self.gateway.community),
+                        place: self.place(device),
                         message: rule.message.clone(),
                         engineering_unit: unit,
                     },
@@ -1375,10 +1401,8 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
             );
         }
         p.id(&format!("{at}.kind"), "device kind", &d.kind);
-        // Place parts become tags and the `B1-12-03` form operators read.
-        p.id(&format!("{at}.building"), "building", &d.building);
-        p.id(&format!("{at}.floor"), "floor", &d.floor);
-        p.id(&format!("{at}.unit"), "unit", &d.unit);
+        // Place ids become line-protocol tags and the `B1-3-12-1201` form.
+        places::check_device(d, &at, p);
         match d.transport {
             Transport::Tcp | Transport::Rtu | Transport::RtuOverTcp => {
                 check_modbus_device(d, &at, p)

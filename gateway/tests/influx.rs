@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use shouwang_gateway::sinks::influx::{InfluxApi, InfluxConfig, InfluxSink, InfluxStats};
 use shouwang_hil_tests::servers::{self, Server};
-use shouwang_wire::{Place, PointValue, ReadingBatch, SCHEMA_VERSION};
+use shouwang_wire::{Place, PointValue, ReadingBatch};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -24,12 +24,13 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn place(community: &str, building: &str, floor: &str, unit: &str) -> Place {
+fn place(community: &str, building: &str, floor: &str, room: &str) -> Place {
     Place {
         community: community.into(),
         building: building.into(),
         floor: floor.into(),
-        unit: unit.into(),
+        room: room.into(),
+        ..Place::default()
     }
 }
 
@@ -41,7 +42,7 @@ fn batch(
     points: &[(&str, f64)],
 ) -> ReadingBatch {
     ReadingBatch {
-        schema: SCHEMA_VERSION,
+        schema: ReadingBatch::SCHEMA,
         gateway: "gw-b1".into(),
         device: device.into(),
         device_kind: kind.into(),
@@ -165,14 +166,17 @@ async fn influx_query(server: &Server, db: &str, q: &str) -> Value {
 fn expected(b: &ReadingBatch, point: &str, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut l = labels(&[
         ("__name__", "shouwang_reading_value"),
+        ("area", &b.place.area),
         ("building", &b.place.building),
         ("community", &b.place.community),
         ("device", &b.device),
         ("device_kind", &b.device_kind),
+        ("entrance", &b.place.entrance),
         ("floor", &b.place.floor),
         ("gateway", &b.gateway),
+        ("grid", &b.place.grid),
         ("point", point),
-        ("unit", &b.place.unit),
+        ("room", &b.place.room),
     ]);
     l.retain(|_, v| !v.is_empty());
     l.extend(labels(extra));
@@ -185,21 +189,27 @@ async fn readings_reach_victoria_metrics_over_the_v1_api_with_every_tag() {
     let dir = tempfile::tempdir().unwrap();
     let (sink, _task) = InfluxSink::spawn(v1(vm.url(), "shouwang"), dir.path()).unwrap();
     let t0 = now_ms() - 10_000;
-    let smoke = batch(
+    let mut smoke = batch(
         "smoke-1",
         "smoke",
         place("Riverside Gardens, Phase 2", "B=1", "12", "03"),
         t0,
         &[("obscuration", 1.5), ("alarm", 3.0), ("broken", f64::NAN)],
     );
-    // No floor: the tag is left out rather than sent empty.
-    let door = batch(
+    smoke.place.grid = "G2".into();
+    smoke.place.entrance = "3".into();
+    // Names are for people: never labels.
+    smoke.place.names.building = "1号楼".into();
+    smoke.place.names.entrance = "3单元".into();
+    // No floor and no room: those tags are left out rather than sent empty.
+    let mut door = batch(
         "door-7",
         "door",
-        place("riverside", "B1", "", "lobby"),
+        place("riverside", "B1", "", ""),
         t0 + 1000,
         &[("open", 0.0)],
     );
+    door.place.area = "lobby".into();
     sink.push(smoke.clone());
     sink.push(door.clone());
 
@@ -307,13 +317,15 @@ async fn readings_reach_influxdb_1_as_float_fields_with_every_tag() {
     let dir = tempfile::tempdir().unwrap();
     let (sink, _task) = InfluxSink::spawn(v1(influx.url(), "shouwang"), dir.path()).unwrap();
     let t0 = now_ms() - 10_000;
-    let b = batch(
+    let mut b = batch(
         "smoke-1",
         "smoke",
         place("Riverside Gardens, Phase 2", r"B1\F2", "12", "u=3"),
         t0,
         &[("alarm", 3.0), ("obscuration", 0.25)],
     );
+    b.place.grid = "G2".into();
+    b.place.entrance = "3".into();
     sink.push(b.clone());
 
     let result = eventually("2 rows in InfluxDB", || async {
@@ -337,17 +349,19 @@ async fn readings_reach_influxdb_1_as_float_fields_with_every_tag() {
             "community",
             "device",
             "device_kind",
+            "entrance",
             "floor",
             "gateway",
+            "grid",
             "point",
-            "unit",
+            "room",
             "value"
         ]
     );
     let mut rows: Vec<Vec<Value>> = serde_json::from_value(series["values"].clone()).unwrap();
-    rows.sort_by_key(|r| r[7].as_str().unwrap().to_string());
+    rows.sort_by_key(|r| r[9].as_str().unwrap().to_string());
     let tags = |r: &[Value]| -> Vec<String> {
-        r[1..9]
+        r[1..11]
             .iter()
             .map(|v| v.as_str().unwrap().to_string())
             .collect()
@@ -358,8 +372,10 @@ async fn readings_reach_influxdb_1_as_float_fields_with_every_tag() {
             "Riverside Gardens, Phase 2",
             "smoke-1",
             "smoke",
+            "3",
             "12",
             "gw-b1",
+            "G2",
             point,
             "u=3",
         ]
@@ -371,7 +387,7 @@ async fn readings_reach_influxdb_1_as_float_fields_with_every_tag() {
         assert_eq!(row[0].as_i64(), Some(t0), "{row:?}");
         assert_eq!(tags(row), want_tags(point), "{row:?}");
         // InfluxDB's JSON prints the float 3 as `3`; the field type is checked below.
-        assert_eq!(row[9].as_f64(), Some(value), "{row:?}");
+        assert_eq!(row[11].as_f64(), Some(value), "{row:?}");
     }
 
     // `3` without an integer suffix was stored as a float, so later 3.5s fit the same field.

@@ -23,7 +23,7 @@ pub mod exception;
 use shouwang_rules::{AckError, Engine, RuleError, Transition};
 use shouwang_wire::{
     Action, AlarmEvent, AlarmState, Command, CommandReply, EventKey, Place, PointValue,
-    ReadingBatch, SCHEMA_VERSION, Snapshot,
+    ReadingBatch, Snapshot,
 };
 
 use crate::clock::Stamp;
@@ -95,7 +95,7 @@ impl Watch {
             .map(|d| DeviceState {
                 id: d.id.clone(),
                 kind: d.kind.clone(),
-                place: d.place(&config.gateway.community),
+                place: config.place(d),
                 comm_loss_after_ms: i64::try_from(d.comm_loss_after_s.saturating_mul(1000))
                     .unwrap_or(i64::MAX),
                 last_answer_ms: 0,
@@ -215,7 +215,7 @@ impl Watch {
             Ok(polled) => {
                 device.last_answer_ms = device.last_answer_ms.max(outcome.at.mono_ms);
                 let mut batch = ReadingBatch {
-                    schema: SCHEMA_VERSION,
+                    schema: ReadingBatch::SCHEMA,
                     gateway: self.gateway.clone(),
                     device: device.id.clone(),
                     device_kind: device.kind.clone(),
@@ -313,7 +313,7 @@ impl Watch {
     /// which the runtime loop sends ([`Watch::snapshot`]).
     pub fn on_command(&mut self, command: &Command, now: Stamp) -> (Vec<AlarmEvent>, CommandReply) {
         let mut reply = CommandReply {
-            schema: SCHEMA_VERSION,
+            schema: CommandReply::SCHEMA,
             command_id: command.command_id.clone(),
             gateway: self.gateway.clone(),
             ok: false,
@@ -398,7 +398,7 @@ impl Watch {
         let view = self.engine.alarm(&t.alarm_id)?;
         self.next_seq += 1;
         let event = AlarmEvent {
-            schema: SCHEMA_VERSION,
+            schema: AlarmEvent::SCHEMA,
             event_id: format!("{}-{}", self.boot_id, self.next_seq),
             boot: self.boot,
             seq: self.next_seq,
@@ -670,7 +670,7 @@ message = "Smoke detected"
         let mut w = watch();
         w.on_poll(&good(3.0, 1_000));
         let cmd = Command {
-            schema: SCHEMA_VERSION,
+            schema: Command::SCHEMA,
             command_id: "c1".into(),
             operator: "wang".into(),
             ts_ms: 1_500,
@@ -703,7 +703,7 @@ message = "Smoke detected"
         w.on_poll(&good(0.1, 2_000)); // boot-2: cleared
         w.on_poll(&good(3.5, 3_000)); // boot-3: raised again, not yet on the operator's screen
         let cmd = Command {
-            schema: SCHEMA_VERSION,
+            schema: Command::SCHEMA,
             command_id: "c4".into(),
             operator: "wang".into(),
             ts_ms: 3_100,
@@ -731,7 +731,7 @@ message = "Smoke detected"
 
     fn ack(alarm: &str, seen: &str) -> Command {
         Command {
-            schema: SCHEMA_VERSION,
+            schema: Command::SCHEMA,
             command_id: "c5".into(),
             operator: "wang".into(),
             ts_ms: 100,
@@ -837,7 +837,7 @@ message = "Smoke detected"
         let mut w = watch();
         w.on_poll(&good(3.0, 1_000));
         let cmd = Command {
-            schema: SCHEMA_VERSION,
+            schema: Command::SCHEMA,
             command_id: "c3".into(),
             operator: "console".into(),
             ts_ms: 5_000,
@@ -853,7 +853,7 @@ message = "Smoke detected"
     fn an_ack_for_an_unknown_alarm_is_refused_by_name() {
         let mut w = watch();
         let cmd = Command {
-            schema: SCHEMA_VERSION,
+            schema: Command::SCHEMA,
             command_id: "c2".into(),
             operator: "wang".into(),
             ts_ms: 0,

@@ -3,8 +3,12 @@
 //! One line per [`PointValue`] of a [`ReadingBatch`]:
 //!
 //! ```text
-//! shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,floor=12,gateway=gw-b1,point=obscuration,unit=03 value=1.5 1767225600000
+//! shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,entrance=3,floor=12,gateway=gw-b1,grid=G2,point=obscuration,room=1201 value=1.5 1767225600000
 //! ```
+//!
+//! The place's levels are tags by their ids (`community`, `grid`, `building`, `entrance`,
+//! `floor`, `room`, `area`); the names operators read (`1号楼`) are not written: a tag is a
+//! series' identity, and renaming a building must not split its history.
 //!
 //! Invariants of every encoded line (docs/line-protocol.md is the user-facing version):
 //! - the measurement is [`MEASUREMENT`] and the only field is [`FIELD`], a float: the value is
@@ -48,17 +52,22 @@ pub struct EncodedBatch {
 /// Encode every finite value of `batch` as one line each.
 pub fn encode_batch(batch: &ReadingBatch) -> EncodedBatch {
     // Everything before `point` is the same for every line of the batch (tags sorted by
-    // key: building, community, device, device_kind, floor, gateway | point | unit).
-    let mut prefix = String::with_capacity(128);
+    // key: area, building, community, device, device_kind, entrance, floor, gateway, grid |
+    // point | room).
+    let place = &batch.place;
+    let mut prefix = String::with_capacity(160);
     escape_measurement(MEASUREMENT, &mut prefix);
-    push_tag(&mut prefix, "building", &batch.place.building);
-    push_tag(&mut prefix, "community", &batch.place.community);
+    push_tag(&mut prefix, "area", &place.area);
+    push_tag(&mut prefix, "building", &place.building);
+    push_tag(&mut prefix, "community", &place.community);
     push_tag(&mut prefix, "device", &batch.device);
     push_tag(&mut prefix, "device_kind", &batch.device_kind);
-    push_tag(&mut prefix, "floor", &batch.place.floor);
+    push_tag(&mut prefix, "entrance", &place.entrance);
+    push_tag(&mut prefix, "floor", &place.floor);
     push_tag(&mut prefix, "gateway", &batch.gateway);
+    push_tag(&mut prefix, "grid", &place.grid);
     let mut suffix = String::with_capacity(32);
-    push_tag(&mut suffix, "unit", &batch.place.unit);
+    push_tag(&mut suffix, "room", &place.room);
 
     let mut out = EncodedBatch {
         text: String::with_capacity(batch.points.len() * (prefix.len() + suffix.len() + 48)),
@@ -132,19 +141,27 @@ fn is_line_break(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shouwang_wire::{Place, SCHEMA_VERSION};
+    use shouwang_wire::{Place, PlaceNames};
 
     fn batch(points: &[(&str, f64)]) -> ReadingBatch {
         ReadingBatch {
-            schema: SCHEMA_VERSION,
+            schema: ReadingBatch::SCHEMA,
             gateway: "gw-b1".into(),
             device: "smoke-1".into(),
             device_kind: "smoke".into(),
             place: Place {
                 community: "riverside".into(),
+                grid: "G2".into(),
                 building: "B1".into(),
+                entrance: "3".into(),
                 floor: "12".into(),
-                unit: "03".into(),
+                room: "1201".into(),
+                area: String::new(),
+                names: PlaceNames {
+                    building: "1号楼".into(),
+                    room: "1201室".into(),
+                    ..PlaceNames::default()
+                },
             },
             ts_ms: 1_767_225_600_123,
             points: points
@@ -169,8 +186,8 @@ mod tests {
         let e = encode_batch(&batch(&[("obscuration", 1.5), ("alarm", 0.0)]));
         assert_eq!(
             e.text,
-            "shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,floor=12,gateway=gw-b1,point=obscuration,unit=03 value=1.5 1767225600123\n\
-             shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,floor=12,gateway=gw-b1,point=alarm,unit=03 value=0 1767225600123\n"
+            "shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,entrance=3,floor=12,gateway=gw-b1,grid=G2,point=obscuration,room=1201 value=1.5 1767225600123\n\
+             shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,entrance=3,floor=12,gateway=gw-b1,grid=G2,point=alarm,room=1201 value=0 1767225600123\n"
         );
         assert_eq!((e.lines, e.skipped), (2, 0));
     }
@@ -222,13 +239,48 @@ mod tests {
     #[test]
     fn empty_tag_values_are_left_out() {
         let mut b = batch(&[("", 1.0)]);
+        b.place.grid.clear();
+        b.place.entrance.clear();
         b.place.floor.clear();
-        b.place.unit.clear();
+        b.place.room.clear();
         let e = encode_batch(&b);
         assert_eq!(
             e.text,
             "shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,gateway=gw-b1 value=1 1767225600123\n"
         );
+    }
+
+    #[test]
+    fn a_place_that_is_not_a_home_is_tagged_with_its_area_and_names_are_never_tags() {
+        let mut b = batch(&[("pressure", 0.65)]);
+        b.place.entrance.clear();
+        b.place.room.clear();
+        b.place.floor = "B2".into();
+        b.place.area = "pump-room".into();
+        b.place.names.area = "消防 水泵房".into();
+        let e = encode_batch(&b);
+        assert_eq!(
+            e.text,
+            "shouwang_reading,area=pump-room,building=B1,community=riverside,device=smoke-1,device_kind=smoke,floor=B2,gateway=gw-b1,grid=G2,point=pressure value=0.65 1767225600123\n"
+        );
+    }
+
+    #[test]
+    fn tags_are_sorted_by_key_whichever_levels_a_place_has() {
+        let e = encode_batch(&batch(&[("p", 1.0)]));
+        let tags: Vec<&str> = e
+            .text
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .skip(1)
+            .map(|t| t.split('=').next().unwrap_or_default())
+            .collect();
+        let mut sorted = tags.clone();
+        sorted.sort_unstable();
+        assert_eq!(tags, sorted);
+        assert_eq!(tags.len(), 10, "{tags:?}");
     }
 
     #[test]

@@ -811,7 +811,7 @@ mod tests {
 
     fn readings(device: &str) -> ReadingBatch {
         ReadingBatch {
-            schema: shouwang_wire::SCHEMA_VERSION,
+            schema: ReadingBatch::SCHEMA,
             gateway: "gw".into(),
             device: device.into(),
             device_kind: "smoke".into(),
@@ -819,7 +819,8 @@ mod tests {
                 community: "c".into(),
                 building: "b".into(),
                 floor: "f".into(),
-                unit: "u".into(),
+                room: "u".into(),
+                ..shouwang_wire::Place::default()
             },
             ts_ms: crate::clock::wall_ms(),
             points: vec![shouwang_wire::PointValue {
