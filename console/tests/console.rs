@@ -591,8 +591,9 @@ async fn gateway_status_and_readings_show_up_in_the_api() {
         ts_ms: 1_100,
         points: vec![PointValue {
             point: "pressure".into(),
-            value: 0.31,
+            value: Some(0.31),
             engineering_unit: Some("MPa".into()),
+            quality: Default::default(),
         }],
     };
     gw.publish_raw(Channel::Readings, batch.encode()).await;

@@ -64,11 +64,7 @@ fn alarm_event() -> Vec<u8> {
 
 /// One poll of one device as the gateway publishes it, about 250 bytes of JSON.
 fn reading_batch() -> Vec<u8> {
-    let point = |name: &str, value, unit: &str| PointValue {
-        point: name.into(),
-        value,
-        engineering_unit: Some(unit.into()),
-    };
+    let point = |name: &str, value, unit: &str| PointValue::good(name, value, Some(unit.into()));
     ReadingBatch {
         schema: ReadingBatch::SCHEMA,
         gateway: "gw-b3-east".into(),

@@ -43,8 +43,9 @@ fn batch(i: u64, ts_ms: i64) -> ReadingBatch {
         ts_ms,
         points: vec![PointValue {
             point: "pressure".into(),
-            value: 0.42 + (i % 100) as f64 / 1000.0,
+            value: Some(0.42 + (i % 100) as f64 / 1000.0),
             engineering_unit: Some("MPa".into()),
+            quality: Default::default(),
         }],
     }
 }

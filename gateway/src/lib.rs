@@ -283,6 +283,10 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
             _ = ticker.tick() => {
                 let now = clock.now();
                 let mut events = watch.on_tick(now);
+                // Devices gone silent: their points as comm-lost, to the readings sinks.
+                for batch in watch.take_readings() {
+                    emit.readings(batch);
+                }
                 // The gateway's own faults, from the journal's health and its tasks.
                 // A failing transmission path is also the local warning (GB 26875.1,
                 // local_output.rs), where someone on site can see it, since the console

@@ -52,8 +52,9 @@ fn batch(
             .iter()
             .map(|(p, v)| PointValue {
                 point: (*p).into(),
-                value: *v,
+                value: Some(*v),
                 engineering_unit: None,
+                quality: Default::default(),
             })
             .collect(),
     }

@@ -226,13 +226,87 @@ pub struct ReadingBatch {
     pub points: Vec<PointValue>,
 }
 
-/// One scaled value of one point.
+/// One point of a poll: its scaled value and how far to trust it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PointValue {
     pub point: String,
-    pub value: f64,
+    /// The value in `engineering_unit`; `null` when there is none to give (a wire break, a
+    /// device that lost communication). A value of a quality other than `good` is not one
+    /// to act on.
+    pub value: Option<f64>,
     pub engineering_unit: Option<String>,
+    /// `good` unless said otherwise (a schema 1 batch has only good values).
+    #[serde(default, skip_serializing_if = "Quality::is_good")]
+    pub quality: Quality,
+}
+
+impl PointValue {
+    /// A good value.
+    pub fn good(point: impl Into<String>, value: f64, engineering_unit: Option<String>) -> Self {
+        PointValue {
+            point: point.into(),
+            value: Some(value),
+            engineering_unit,
+            quality: Quality::Good,
+        }
+    }
+
+    /// The value, if it is good.
+    pub fn good_value(&self) -> Option<f64> {
+        self.value.filter(|_| self.quality.is_good())
+    }
+}
+
+/// How far a reading can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Quality {
+    /// Read from the device, within its valid range.
+    #[default]
+    Good,
+    /// Read, but old: the sensor's own time of the reading is further back than the
+    /// device's communication-loss window (a platform that relays buffered messages).
+    Stale,
+    /// The device has not answered for its communication-loss window: no value.
+    CommLost,
+    /// The raw value is outside the range the device or its profile says is valid.
+    OutOfRange,
+    /// A 4-20 mA loop below its wire-break limit (3.6 mA): no value.
+    WireBreak,
+    /// The device refused the point or sent what does not decode (an exception, NaN, a
+    /// quality flag the config does not call good).
+    Bad,
+}
+
+impl Quality {
+    pub fn is_good(&self) -> bool {
+        *self == Quality::Good
+    }
+
+    /// The name on the wire (`comm-lost`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quality::Good => "good",
+            Quality::Stale => "stale",
+            Quality::CommLost => "comm-lost",
+            Quality::OutOfRange => "out-of-range",
+            Quality::WireBreak => "wire-break",
+            Quality::Bad => "bad",
+        }
+    }
+
+    /// The number written to the time-series store (docs/line-protocol.md).
+    pub fn code(self) -> u8 {
+        match self {
+            Quality::Good => 0,
+            Quality::Stale => 1,
+            Quality::CommLost => 2,
+            Quality::OutOfRange => 3,
+            Quality::WireBreak => 4,
+            Quality::Bad => 5,
+        }
+    }
 }
 
 /// Whether a gateway is connected. Retained; the broker publishes the `offline` last will
@@ -765,6 +839,27 @@ mod tests {
     }
 
     #[test]
+    fn a_point_without_a_good_value_says_why_and_a_good_one_says_nothing_extra() {
+        let mut points = vec![PointValue::good("pressure", 0.65, Some("MPa".into()))];
+        points.push(PointValue {
+            point: "current".into(),
+            value: None,
+            engineering_unit: Some("mA".into()),
+            quality: Quality::WireBreak,
+        });
+        let text = serde_json::to_string(&points).unwrap();
+        assert_eq!(
+            text,
+            r#"[{"point":"pressure","value":0.65,"engineering_unit":"MPa"},{"point":"current","value":null,"engineering_unit":"mA","quality":"wire-break"}]"#
+        );
+        let back: Vec<PointValue> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, points);
+        assert_eq!(back[1].good_value(), None);
+        let unknown = text.replace("wire-break", "melted");
+        assert!(serde_json::from_str::<Vec<PointValue>>(&unknown).is_err());
+    }
+
+    #[test]
     fn a_version_1_reading_batch_and_snapshot_read_in_todays_shape() {
         let batch = ReadingBatch::decode(
             br#"{"schema": 1, "gateway": "gw-b1", "device": "pressure-B1-01-01", "device_kind": "pressure",
@@ -774,7 +869,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!((batch.schema, batch.place.room.as_str()), (2, "01"));
-        assert_eq!(batch.points[0].value, 0.65);
+        assert_eq!(batch.points[0].value, Some(0.65));
+        assert!(
+            batch.points[0].quality.is_good(),
+            "a v1 value is a good one"
+        );
 
         let snapshot = format!(
             r#"{{"schema": 1, "gateway": "gw-b1", "snapshot_id": "s1", "part": 1, "parts": 1,
@@ -960,8 +1059,9 @@ mod tests {
             points: (0..5000)
                 .map(|i| PointValue {
                     point: format!("p{i}"),
-                    value: f64::from(i) * 1.5,
+                    value: Some(f64::from(i) * 1.5),
                     engineering_unit: Some("kWh".into()),
+                    quality: Default::default(),
                 })
                 .collect(),
         };

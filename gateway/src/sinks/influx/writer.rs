@@ -825,8 +825,9 @@ mod tests {
             ts_ms: crate::clock::wall_ms(),
             points: vec![shouwang_wire::PointValue {
                 point: "obscuration".into(),
-                value: 1.5,
+                value: Some(1.5),
                 engineering_unit: None,
+                quality: Default::default(),
             }],
         }
     }

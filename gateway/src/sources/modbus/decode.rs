@@ -130,6 +130,17 @@ pub enum DecodeError {
     NotModbus,
 }
 
+impl DecodeError {
+    /// What the error makes of the reading.
+    pub fn quality(&self) -> shouwang_wire::Quality {
+        match self {
+            DecodeError::WrongLength { .. } | DecodeError::NotFinite | DecodeError::NotModbus => {
+                shouwang_wire::Quality::Bad
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,7 +53,7 @@ use crate::config::{
     Config, DataType, DeviceConfig, LinkConfig, LinkTransport, Parity, PollPriority, RegisterTable,
     Transport,
 };
-use crate::sources::{LinkError, PointFault, PollOutcome, PolledValues};
+use crate::sources::{LinkError, PointFault, PollOutcome, PolledValues, Quality};
 use crate::supervise::Heartbeat;
 use shouwang_rules::SignalClass;
 
@@ -329,7 +329,7 @@ pub async fn read_device(
 ) -> Result<PolledValues, LinkError> {
     let limit = Duration::from_millis(device.timeout_ms);
     let unit = device.modbus_unit();
-    let mut read: Vec<Option<Result<f64, String>>> = vec![None; device.points.len()];
+    let mut read: Vec<Option<Result<f64, (String, Quality)>>> = vec![None; device.points.len()];
     let mut i = 0;
     while let Some(block) = plan.blocks().get(i) {
         let (table, start, count) = (block.table, block.start, block.count);
@@ -372,10 +372,10 @@ pub async fn read_device(
                 Ok(registers) => {
                     let r = block.slice_of(point);
                     let words = registers.get(r).unwrap_or(&[]);
-                    decode(point, words).map_err(|e| e.to_string())
+                    decode(point, words).map_err(|e| (e.to_string(), e.quality()))
                 }
-                Err(BlockFault::Exception(code)) => Err(exception_text(*code)),
-                Err(BlockFault::Answer(reason)) => Err(reason.clone()),
+                Err(BlockFault::Exception(code)) => Err((exception_text(*code), Quality::Bad)),
+                Err(BlockFault::Answer(reason)) => Err((reason.clone(), Quality::Bad)),
             });
         }
         i += 1;
@@ -384,14 +384,16 @@ pub async fn read_device(
     for (point, result) in device.points.iter().zip(read) {
         match result {
             Some(Ok(v)) => polled.values.push((point.name.clone(), v)),
-            Some(Err(reason)) => polled.faults.push(PointFault {
+            Some(Err((reason, quality))) => polled.faults.push(PointFault {
                 point: point.name.clone(),
                 reason,
+                quality,
             }),
             // Broken invariant: the plan puts every point in a block.
             None => polled.faults.push(PointFault {
                 point: point.name.clone(),
                 reason: "not in the read plan (a bug in the planner)".into(),
+                quality: Quality::Bad,
             }),
         }
     }
