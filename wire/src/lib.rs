@@ -267,6 +267,8 @@ pub enum Quality {
     Good,
     /// Read, but old: the sensor's own time of the reading is further back than the
     /// device's communication-loss window (a platform that relays buffered messages).
+    /// Reserved: gateways do not send it yet (the judgment needs a wall clock a Pi may not
+    /// have right, and must not withhold a fire from the rules).
     Stale,
     /// The device has not answered for its communication-loss window: no value.
     CommLost,
