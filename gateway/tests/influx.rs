@@ -107,9 +107,10 @@ async fn stats_until(
     .await
 }
 
-/// Every `shouwang_reading*` series VictoriaMetrics has, sorted by labels.
+/// Every value series VictoriaMetrics has (`shouwang_reading_value`; each line's quality is
+/// `shouwang_reading_quality`, checked on its own), sorted by labels.
 async fn vm_export(vm_url: &str) -> Vec<Series> {
-    let lines = servers::vm_export(vm_url, r#"{__name__=~"shouwang_reading.*"}"#)
+    let lines = servers::vm_export(vm_url, r#"{__name__="shouwang_reading_value"}"#)
         .await
         .unwrap_or_default();
     let mut series: Vec<Series> = lines
@@ -355,15 +356,18 @@ async fn readings_reach_influxdb_1_as_float_fields_with_every_tag() {
             "gateway",
             "grid",
             "point",
+            "quality",
             "room",
             "value"
         ]
     );
     let mut rows: Vec<Vec<Value>> = serde_json::from_value(series["values"].clone()).unwrap();
     rows.sort_by_key(|r| r[9].as_str().unwrap().to_string());
+    // The tags, `quality` (a field, between `point` and `room`) left out.
     let tags = |r: &[Value]| -> Vec<String> {
-        r[1..11]
+        r[1..10]
             .iter()
+            .chain(&r[11..12])
             .map(|v| v.as_str().unwrap().to_string())
             .collect()
     };
@@ -388,14 +392,15 @@ async fn readings_reach_influxdb_1_as_float_fields_with_every_tag() {
         assert_eq!(row[0].as_i64(), Some(t0), "{row:?}");
         assert_eq!(tags(row), want_tags(point), "{row:?}");
         // InfluxDB's JSON prints the float 3 as `3`; the field type is checked below.
-        assert_eq!(row[11].as_f64(), Some(value), "{row:?}");
+        assert_eq!(row[12].as_f64(), Some(value), "{row:?}");
+        assert_eq!(row[10].as_f64(), Some(0.0), "quality good: {row:?}");
     }
 
     // `3` without an integer suffix was stored as a float, so later 3.5s fit the same field.
     let fields = influx_query(&influx, "shouwang", "SHOW FIELD KEYS FROM shouwang_reading").await;
     assert_eq!(
         fields["results"][0]["series"][0]["values"],
-        serde_json::json!([["value", "float"]])
+        serde_json::json!([["quality", "float"], ["value", "float"]])
     );
 }
 
@@ -546,4 +551,50 @@ async fn readings_left_on_disk_when_the_writer_stopped_are_sent_by_the_next_one(
     assert_eq!(ts, &(0..5).map(|i| t0 + i * 1000).collect::<Vec<_>>());
     let after = stats_until(&sink, "5 lines written", |s| s.lines_written == 5).await;
     assert_eq!((after.lines_abandoned, after.batches_shed), (0, 0));
+}
+
+#[tokio::test]
+async fn a_reading_without_a_good_value_is_stored_as_its_quality_alone() {
+    let vm = servers::victoria_metrics().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _task) = InfluxSink::spawn(v1(vm.url(), "shouwang"), dir.path()).unwrap();
+    let t0 = now_ms() - 10_000;
+    let mut b = batch(
+        "pressure-1",
+        "pressure",
+        place("riverside", "B1", "B2", ""),
+        t0,
+        &[("pressure", 0.61), ("current", 0.0)],
+    );
+    b.points[1].value = None;
+    b.points[1].quality = shouwang_wire::Quality::WireBreak;
+    sink.push(b);
+    let quality = eventually("two quality series", || async {
+        let lines = servers::vm_export(&vm.url(), r#"{__name__="shouwang_reading_quality"}"#)
+            .await
+            .ok()?;
+        let mut by_point: Vec<(String, f64)> = lines
+            .iter()
+            .map(|v| {
+                (
+                    v["metric"]["point"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    v["values"][0].as_f64().unwrap_or(-1.0),
+                )
+            })
+            .collect();
+        by_point.sort_by(|a, b| a.0.cmp(&b.0));
+        (by_point.len() == 2).then_some(by_point)
+    })
+    .await;
+    assert_eq!(
+        quality,
+        [("current".to_string(), 4.0), ("pressure".to_string(), 0.0)]
+    );
+    // Only the good reading has a value.
+    let values = vm_export(&vm.url()).await;
+    let points: Vec<&str> = values.iter().map(|s| s.0["point"].as_str()).collect();
+    assert_eq!(points, ["pressure"]);
 }

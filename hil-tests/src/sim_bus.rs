@@ -109,6 +109,48 @@ impl SimBus {
         })
     }
 
+    /// Serve on a TCP socket instead, RTU frames and all: a serial device server in
+    /// transparent mode with the bus behind it (tokio-modbus's RTU-over-TCP server).
+    /// Returns the bus and the address to connect to.
+    pub async fn serve_tcp() -> anyhow::Result<(SimBus, std::net::SocketAddr)> {
+        SimBus::serve_tcp_on(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// [`SimBus::serve_tcp`] on a given address (a server that comes back on its port).
+    pub async fn serve_tcp_on(
+        addr: std::net::SocketAddr,
+    ) -> anyhow::Result<(SimBus, std::net::SocketAddr)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let units = Arc::new(Units::default());
+        let for_connections = units.clone();
+        let task = tokio::spawn(async move {
+            let server = tokio_modbus::server::rtu_over_tcp::Server::new(listener);
+            let new_service = move |_peer| Ok(Some(BusService(for_connections.clone())));
+            let on_connected = |stream, peer| {
+                let accepted = tokio_modbus::server::rtu_over_tcp::accept_tcp_connection(
+                    stream,
+                    peer,
+                    &new_service,
+                );
+                async move { accepted }
+            };
+            let on_process_error = |e: std::io::Error| {
+                tracing::debug!(error = %e, "simulated RTU-over-TCP connection ended");
+            };
+            if let Err(e) = server.serve(&on_connected, on_process_error).await {
+                tracing::debug!(error = %e, "simulated RTU-over-TCP bus stopped");
+            }
+        });
+        Ok((
+            SimBus {
+                units,
+                server: Arc::new(ServerTask(task.abort_handle())),
+            },
+            addr,
+        ))
+    }
+
     /// The device at `unit`, created on first use.
     pub fn device(&self, unit: u8) -> SimDevice {
         let bank = self
