@@ -515,7 +515,7 @@ type = "u16"
             .iter()
             .find(|(s, _)| s.alarm_id == "riverside:gw-b1:smoke-B1-3-1201:comm_lost")
             .unwrap();
-        assert_eq!(meta.place, place);
+        assert_eq!(*meta.place, place);
     }
 
     #[test]
