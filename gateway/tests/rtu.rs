@@ -457,3 +457,47 @@ async fn devices_behind_a_serial_device_server_are_read_over_rtu_over_tcp_and_it
     }
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_link_reopens_its_port_when_the_adapter_comes_back() {
+    let mut line = PtyLine::open().unwrap();
+    let bus = SimBus::serve(&line.device_end, 19200).await.unwrap();
+    bus.device(1).set_u16(1, 11);
+    let config = site(&line.master_end, &[1], 100, 200, "quarantine_max_s = 1");
+    let (_writers, mut rx, task) = start_link(&config);
+    loop {
+        if rx.recv().await.unwrap().result.is_ok() {
+            break;
+        }
+    }
+    // Unplugged for a second: polls fail (the port is gone), then it is back with the
+    // devices on it.
+    drop(bus);
+    let line = tokio::task::spawn_blocking(move || {
+        line.replug(Duration::from_secs(1)).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let bus = SimBus::serve(&line.device_end, 19200).await.unwrap();
+    bus.device(1).set_u16(1, 12);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut failed = 0;
+    loop {
+        assert!(Instant::now() < deadline, "the port was not reopened");
+        let Ok(Some(o)) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await else {
+            continue;
+        };
+        match o.result {
+            Err(_) => failed += 1,
+            Ok(p) if p.values[0].1 == 12.0 => break,
+            Ok(_) => {}
+        }
+    }
+    assert!(
+        failed >= 1,
+        "the unplugged port must have failed some polls"
+    );
+    task.abort();
+    drop(line);
+}

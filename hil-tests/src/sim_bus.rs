@@ -41,31 +41,46 @@ impl PtyLine {
         let dir = tempfile::tempdir()?;
         let master_end = dir.path().join("master");
         let device_end = dir.path().join("devices");
-        let end = |p: &Path| format!("pty,raw,echo=0,link={}", p.display());
-        let child = Command::new("socat")
-            .arg(end(&master_end))
-            .arg(end(&device_end))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting socat (apt-get install socat)")?;
-        let line = PtyLine {
+        let child = socat(&master_end, &device_end)?;
+        Ok(PtyLine {
             child,
             master_end,
             device_end,
             _dir: dir,
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !(line.master_end.exists() && line.device_end.exists()) {
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "socat did not make its ptys"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(line)
+        })
     }
+
+    /// The line goes away (a USB adapter unplugged: both ends vanish, open ports fail) and
+    /// comes back at the same paths after `away`.
+    pub fn replug(&mut self, away: Duration) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(away);
+        self.child = socat(&self.master_end, &self.device_end)?;
+        Ok(())
+    }
+}
+
+/// socat joining two ptys linked at `a` and `b`, once both links exist (up to 5 s).
+fn socat(a: &Path, b: &Path) -> anyhow::Result<Child> {
+    let end = |p: &Path| format!("pty,raw,echo=0,link={}", p.display());
+    let child = Command::new("socat")
+        .arg(end(a))
+        .arg(end(b))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting socat (apt-get install socat)")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !(a.exists() && b.exists()) {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "socat did not make its ptys"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(child)
 }
 
 impl Drop for PtyLine {
