@@ -110,18 +110,31 @@ async fn wait_history(
 }
 
 /// Wait until the console has reconciled a snapshot of the restarted gateway.
-async fn wait_snapshot(console: &rig::ConsoleProc, gateway: &rig::Proc, nth: usize) -> Duration {
+/// The snapshot ids in the lines of `log` that contain `marker`.
+fn snapshot_ids(log: &str, marker: &str) -> std::collections::BTreeSet<String> {
+    log.lines()
+        .filter(|l| l.contains(marker))
+        .filter_map(|l| l.split("snapshot_id=").nth(1)?.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Wait until the console has reconciled a snapshot the gateway made after `old` (the ids
+/// of the snapshots its earlier runs made: [`snapshots_made`]), so a snapshot of the run
+/// before a restart is never taken for one of the run after it.
+async fn wait_snapshot(
+    console: &rig::ConsoleProc,
+    gateway: &rig::Proc,
+    old: &std::collections::BTreeSet<String>,
+) -> Duration {
     let since = Instant::now();
     eventually(
-        "the console reconciled the gateway's snapshot",
+        "the console reconciled a snapshot of the gateway's current run",
         Duration::from_secs(20),
         || async {
-            (console
-                .proc
-                .log()
-                .matches("gateway snapshot reconciled")
-                .count()
-                >= nth)
+            snapshot_ids(&console.proc.log(), "gateway snapshot reconciled")
+                .iter()
+                .any(|id| !old.contains(id))
                 .then_some(())
         },
     )
@@ -134,6 +147,12 @@ async fn wait_snapshot(console: &rig::ConsoleProc, gateway: &rig::Proc, nth: usi
         )
     });
     since.elapsed()
+}
+
+/// The ids of every snapshot the gateway (all its runs so far: their logs share a file)
+/// has made.
+fn snapshots_made(gateway: &rig::Proc) -> std::collections::BTreeSet<String> {
+    snapshot_ids(&gateway.log(), "alarm snapshot")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,12 +190,13 @@ async fn a_restarted_gateway_raises_no_alarm_twice_and_one_acknowledged_that_cle
         ("acknowledged", "acknowledged"),
     ];
     wait_history(&http, &console, &gateway, "acknowledged", &acked).await;
-    wait_snapshot(&console, &gateway, 1).await;
+    wait_snapshot(&console, &gateway, &Default::default()).await;
 
     // Power cut while it still burns; back on the same disk.
     gateway.kill();
+    let old = snapshots_made(&gateway);
     let mut gateway = rig::start_gateway_in(dir.clone(), &config).unwrap();
-    let took = wait_snapshot(&console, &gateway, 2).await;
+    let took = wait_snapshot(&console, &gateway, &old).await;
     println!("restart with the smoke still there: snapshot reconciled {took:?} after the start");
     // Room for a wrong second raise to show up.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -233,8 +253,9 @@ async fn an_alarm_awaiting_acknowledgement_before_a_restart_is_acknowledged_afte
     wait_history(&http, &console, &gateway, "returned", &returned).await;
 
     gateway.kill();
+    let old = snapshots_made(&gateway);
     let gateway = rig::start_gateway_in(dir.clone(), &config).unwrap();
-    wait_snapshot(&console, &gateway, 2).await;
+    wait_snapshot(&console, &gateway, &old).await;
     assert_eq!(
         on_board(&http, &console.url).await,
         Some(true),
