@@ -637,6 +637,20 @@ pub struct PointConfig {
     /// offset) its value must move from the value last reported to be reported again before
     /// the heartbeat. Default 0: any change.
     pub report_deadband: Option<f64>,
+    /// Raw validity, for a transmitter on a 4-20 mA loop: a raw value (as read, before
+    /// `scale` and `offset`) below this is not a reading but this point's fault for that poll,
+    /// with the reason `wire break` (a broken loop's current falls towards 0 mA). For an
+    /// input that reports µA, 3600 (3.6 mA, NAMUR NE 43); for 0-20 mA as 0-4095 counts, 737.
+    /// Modbus points only; not for `type = "bit"`.
+    pub wire_break_below: Option<f64>,
+    /// Raw validity, like `wire_break_below`: a raw value above this is this point's fault
+    /// for that poll, with the reason `sensor fault or short circuit` (above 21 mA, NAMUR NE
+    /// 43: 21000 for µA). Greater than `wire_break_below` when both are given.
+    pub fault_above: Option<f64>,
+    /// The unit of the raw value, for the fault's reason only (`wire break: 3100 µA, below
+    /// 3600 µA`), e.g. `µA`. Absent: the reason says `raw 3100`. Only with
+    /// `wire_break_below` or `fault_above`.
+    pub raw_unit: Option<String>,
     /// `gpio` devices only, and required there: the BCM GPIO number of the contact's input
     /// (2 to 27; e.g. 17 is pin 11 of the 40-pin header). The value is 1 while the contact
     /// is closed, 0 while open.
@@ -1420,6 +1434,22 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
                 }
             }
         }
+        if !d.transport.is_modbus() {
+            for (j, pt) in d.points.iter().enumerate() {
+                for (key, given) in [
+                    ("wire_break_below", pt.wire_break_below.is_some()),
+                    ("fault_above", pt.fault_above.is_some()),
+                    ("raw_unit", pt.raw_unit.is_some()),
+                ] {
+                    if given {
+                        p.add(
+                            format!("{at}.points[{j}] ({}).{key}", pt.name),
+                            "only for Modbus points (tcp, rtu, rtu-over-tcp)",
+                        );
+                    }
+                }
+            }
+        }
         if d.transport != Transport::Gpio {
             const GPIO_ONLY: &str = "only for transport = \"gpio\"";
             if d.debounce_ms.is_some() {
@@ -1674,6 +1704,44 @@ fn check_modbus_device(d: &DeviceConfig, at: &str, p: &mut Problems) {
             );
         }
         check_modbus_point_type(pt, data_type, &pat, p);
+        check_raw_validity(pt, data_type, &pat, p);
+    }
+}
+
+/// A Modbus point's `wire_break_below`, `fault_above` and `raw_unit`.
+fn check_raw_validity(pt: &PointConfig, data_type: DataType, pat: &str, p: &mut Problems) {
+    let limits = [
+        ("wire_break_below", pt.wire_break_below),
+        ("fault_above", pt.fault_above),
+    ];
+    for (key, limit) in limits {
+        match limit {
+            Some(_) if data_type == DataType::Bit => p.add(
+                format!("{pat}.{key}"),
+                "not for type = \"bit\": a bit is 0 or 1",
+            ),
+            Some(v) if !v.is_finite() => p.add(format!("{pat}.{key}"), "must be a finite number"),
+            _ => {}
+        }
+    }
+    if let (Some(low), Some(high)) = (pt.wire_break_below, pt.fault_above)
+        && low >= high
+    {
+        p.add(
+            format!("{pat}.fault_above"),
+            format!(
+                "is {high}, not above wire_break_below ({low}): every raw value would be a fault"
+            ),
+        );
+    }
+    if let Some(unit) = &pt.raw_unit {
+        if pt.wire_break_below.is_none() && pt.fault_above.is_none() {
+            p.add(
+                format!("{pat}.raw_unit"),
+                "only means something with wire_break_below or fault_above; set one, or remove this",
+            );
+        }
+        p.text(&format!("{pat}.raw_unit"), unit);
     }
 }
 
@@ -2370,6 +2438,53 @@ byte_order = "BA"
         assert!(
             problems[0].1.contains("unknown variant `cdab`") && problems[0].1.contains("`CDAB`"),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn raw_validity_is_checked_by_its_keys() {
+        let good = "register = 0\ntype = \"u16\"\nwire_break_below = 3600\nfault_above = 21000\nraw_unit = \"µA\"";
+        assert_eq!(point_problems(good), []);
+        let problems = point_problems(
+            "register = 0\ntype = \"u16\"\nwire_break_below = 21000\nfault_above = 3600",
+        );
+        assert_eq!(
+            problems,
+            [(
+                "fault_above".to_string(),
+                "is 3600, not above wire_break_below (21000): every raw value would be a fault"
+                    .to_string()
+            )]
+        );
+        let problems = point_problems(
+            "register = 0\ntype = \"bit\"\nbit = 2\nwire_break_below = 1\nraw_unit = \"mA\"",
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "wire_break_below");
+        assert!(problems[0].1.contains("a bit is 0 or 1"), "{problems:?}");
+        let problems =
+            point_problems("register = 0\ntype = \"u16\"\nfault_above = nan\nraw_unit = \"mA\"");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "fault_above");
+        let problems = point_problems("register = 0\ntype = \"u16\"\nraw_unit = \"mA\"");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "raw_unit");
+        assert!(
+            problems[0].1.contains("only means something"),
+            "{problems:?}"
+        );
+        // An MQTT sensor's values are not loop currents read by the gateway.
+        let sensor = SENSOR.replace(
+            "json = \"data.obscuration\"",
+            "json = \"data.obscuration\"\nwire_break_below = 3600",
+        );
+        let problems = problems_of(&format!("{GOOD}{sensor}"));
+        assert_eq!(
+            problems,
+            [(
+                "devices[1] (smoke-nb-1).points[0] (obscuration).wire_break_below".to_string(),
+                "only for Modbus points (tcp, rtu, rtu-over-tcp)".to_string()
+            )]
         );
     }
 
