@@ -17,11 +17,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Check a config file and print every problem in it.
+    /// Check a config file and print every problem in it; and notes, e.g. rules that the
+    /// devices' profiles expect and the config lacks.
     Check { config: PathBuf },
     /// Print how each device is read: its read requests (table, start, count, points) and
-    /// the requests per poll and per second, with and without coalescing; and each link's
-    /// load: requests per second and, for serial lines, the share of the line's time.
+    /// the requests per poll and per second, with and without coalescing; the same per
+    /// profile (requests saved by coalescing); and each link's load: requests per second
+    /// and, for serial lines, the share of the line's time.
     Plan { config: PathBuf },
     /// Run the gateway. Refuses a config with problems, printing them all.
     Run { config: PathBuf },
@@ -55,6 +57,9 @@ fn main() -> ExitCode {
                 config.rules.len(),
                 config.alarm_specs().len()
             );
+            for note in config.notes() {
+                println!("  note: {note}");
+            }
             ExitCode::SUCCESS
         }
         Cmd::Plan { .. } => {
@@ -62,12 +67,22 @@ fn main() -> ExitCode {
                 "{}",
                 shouwang_gateway::sources::modbus::SitePlan::of(&config)
             );
+            print!(
+                "{}",
+                shouwang_gateway::sources::modbus::ProfilePlans::of(
+                    &config.profiles,
+                    Some(&config)
+                )
+            );
             for load in shouwang_gateway::sources::modbus::budget::loads(&config) {
                 println!("{load}");
             }
             ExitCode::SUCCESS
         }
         Cmd::Run { .. } => {
+            for note in config.notes() {
+                tracing::info!(%note, "config note");
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

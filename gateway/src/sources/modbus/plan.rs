@@ -46,7 +46,7 @@ use std::ops::Range;
 
 use crate::config::{
     Config, DEFAULT_MAX_GAP_BITS, DEFAULT_MAX_GAP_REGISTERS, DeviceConfig, MAX_READ_BITS,
-    MAX_READ_REGISTERS, PointConfig, RegisterTable,
+    MAX_READ_REGISTERS, PointConfig, Profile, Profiles, RegisterTable,
 };
 
 /// What bounds a block: from the device's config.
@@ -298,6 +298,77 @@ impl<'a> SitePlan<'a> {
             .iter()
             .map(|(d, p)| per_s(p.blocks().len(), d.poll_interval_ms))
             .sum()
+    }
+}
+
+/// Each profile's register map read once, with and without coalescing: what the planner
+/// saves on every device of the profile. For `shouwang-gateway plan` and the benchmark.
+#[derive(Debug, Clone)]
+pub struct ProfilePlans<'a> {
+    /// (profile, its plan at its own limits, devices of the config naming it).
+    pub rows: Vec<(&'a Profile, ReadPlan, usize)>,
+}
+
+impl<'a> ProfilePlans<'a> {
+    /// Every profile of `profiles`; device counts from `config` when given.
+    pub fn of(profiles: &'a Profiles, config: Option<&Config>) -> ProfilePlans<'a> {
+        let rows = profiles
+            .iter()
+            .map(|profile| {
+                let d = PlanLimits::DEFAULT;
+                let limits = PlanLimits {
+                    max_read_registers: profile.max_read_registers.unwrap_or(d.max_read_registers),
+                    max_gap_registers: profile.max_gap_registers.unwrap_or(d.max_gap_registers),
+                    max_read_bits: profile.max_read_bits.unwrap_or(d.max_read_bits),
+                    max_gap_bits: profile.max_gap_bits.unwrap_or(d.max_gap_bits),
+                };
+                let devices = config.map_or(0, |c| {
+                    c.devices
+                        .iter()
+                        .filter(|dev| dev.profile.as_deref() == Some(profile.id.as_str()))
+                        .count()
+                });
+                (profile, ReadPlan::new(&profile.points, limits), devices)
+            })
+            .collect();
+        ProfilePlans { rows }
+    }
+}
+
+impl fmt::Display for ProfilePlans<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "profiles: requests per poll of one device, one per point -> coalesced (saved)"
+        )?;
+        let (mut before, mut after) = (0, 0);
+        for (profile, plan, devices) in &self.rows {
+            let (n, m) = (profile.points.len(), plan.blocks().len());
+            before += n * devices;
+            after += m * devices;
+            let here = match devices {
+                0 => String::new(),
+                1 => ", 1 device here".to_string(),
+                n => format!(", {n} devices here"),
+            };
+            writeln!(
+                f,
+                "  {:<22} {:>3} points: {:>3} -> {:>2} ({} saved){here}",
+                profile.id,
+                n,
+                n,
+                m,
+                n - m,
+            )?;
+        }
+        if before > 0 {
+            writeln!(
+                f,
+                "  devices with a profile here: {before} -> {after} requests per poll ({} saved)",
+                before - after
+            )?;
+        }
+        Ok(())
     }
 }
 
