@@ -1100,6 +1100,53 @@ impl Config {
         }
     }
 
+    /// Every device of a valid config written out as the gateway reads it: templates
+    /// expanded, device files read, profiles merged in, transports taken from links. TOML,
+    /// `[[devices]]` tables with their points, in device order (`shouwang-gateway expand`).
+    pub fn expand_devices(
+        text: &str,
+        source: &str,
+        dir: Option<&std::path::Path>,
+    ) -> Result<String, ConfigReport> {
+        let config = Config::from_toml_in(text, source, dir)?;
+        let report = |problems: Problems| ConfigReport {
+            source: source.to_string(),
+            problems: problems.0,
+        };
+        let mut problems = Problems::default();
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let mut p = Problems::default();
+            p.add("(syntax)", e.to_string().trim().to_string());
+            report(p)
+        })?;
+        let links: BTreeMap<String, Transport> = config
+            .links
+            .iter()
+            .map(|l| (l.id.clone(), l.transport.device_transport()))
+            .collect();
+        let devices = devices::written_out(
+            table.remove("devices"),
+            table.remove("device_files"),
+            dir,
+            &config.profiles,
+            &links,
+            &mut problems,
+        );
+        if !problems.0.is_empty() {
+            return Err(report(problems));
+        }
+        let mut out = toml::Table::new();
+        out.insert(
+            "devices".into(),
+            toml::Value::Array(devices.into_iter().map(toml::Value::Table).collect()),
+        );
+        toml::to_string(&out).map_err(|e| {
+            let mut p = Problems::default();
+            p.add("devices", format!("cannot write them out: {e}"));
+            report(p)
+        })
+    }
+
     /// What `check` says besides problems: things that are allowed but may be a mistake,
     /// e.g. devices whose profile expects rules the config does not have.
     pub fn notes(&self) -> Vec<String> {

@@ -1,5 +1,5 @@
-//! `shouwang-gateway check CONFIG`, `shouwang-gateway plan CONFIG` and
-//! `shouwang-gateway run CONFIG`.
+//! `shouwang-gateway check CONFIG`, `shouwang-gateway plan CONFIG`,
+//! `shouwang-gateway expand CONFIG` and `shouwang-gateway run CONFIG`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -27,6 +27,9 @@ enum Cmd {
     Plan { config: PathBuf },
     /// Run the gateway. Refuses a config with problems, printing them all.
     Run { config: PathBuf },
+    /// Print every device as the gateway reads it, as `[[devices]]` tables: templates
+    /// (`for`) expanded, device files read, profiles merged in.
+    Expand { config: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,28 @@ fn main() -> ExitCode {
         .init();
     let path = match &cli.command {
         Cmd::Check { config } | Cmd::Plan { config } | Cmd::Run { config } => config,
+        Cmd::Expand { config } => {
+            let text = match std::fs::read_to_string(config) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("{}: cannot read: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let source = config.display().to_string();
+            return match Config::expand_devices(&text, &source, config.parent()) {
+                Ok(devices) => {
+                    use std::io::Write as _;
+                    // A closed pipe (`| head`) is the reader's choice, not an error.
+                    let _ = std::io::stdout().write_all(devices.as_bytes());
+                    ExitCode::SUCCESS
+                }
+                Err(report) => {
+                    eprint!("{report}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -49,6 +74,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Cmd::Expand { .. } => ExitCode::SUCCESS, // answered above
         Cmd::Check { .. } => {
             println!(
                 "{}: ok ({} devices, {} rules, {} alarms)",

@@ -83,6 +83,30 @@ pub(super) fn load(
     (devices, origins)
 }
 
+/// Every device as a table, written out as the gateway reads it (templates expanded, rows
+/// read, profiles merged, transports from links), for `shouwang-gateway expand`. Problems
+/// go to `p`; a device with one is left out.
+pub(super) fn written_out(
+    devices: Option<toml::Value>,
+    files: Option<toml::Value>,
+    base_dir: Option<&Path>,
+    profiles: &Profiles,
+    links: &BTreeMap<String, Transport>,
+    p: &mut Problems,
+) -> Vec<toml::Table> {
+    let mut origins = Origins::default();
+    let mut raws = Vec::new();
+    expand_tables(devices, &mut raws, &mut origins, p);
+    read_files(files, base_dir, &mut raws, &mut origins, p);
+    raws.into_iter()
+        .filter_map(|raw| {
+            let mut table = raw.table?;
+            prepare(&mut table, &raw.label, profiles, links, p)?;
+            Some(table)
+        })
+        .collect()
+}
+
 /// `[[devices]]`: each table one device, or a template expanded into its instances.
 fn expand_tables(
     value: Option<toml::Value>,
@@ -110,8 +134,12 @@ fn expand_tables(
             continue;
         };
         let Some(each) = table.remove("for") else {
+            let label = match table.get("id").and_then(|v| v.as_str()) {
+                Some(id) => format!("devices[{i}] ({id})"),
+                None => format!("devices[{i}]"),
+            };
             raws.push(Raw {
-                label: label("devices", i, &toml::Value::Table(table.clone())),
+                label,
                 table: Some(table),
             });
             continue;
@@ -152,7 +180,7 @@ fn expand_tables(
                 continue;
             }
         }
-        let template = match DeviceTemplate::new(table, vars.names()) {
+        let template = match DeviceTemplate::new(table, vars.names(), true) {
             Ok(t) => t,
             Err(problems) => {
                 for (key, message) in problems {
@@ -226,6 +254,12 @@ fn read_files(
         let group = format!("{at} ({path})");
         let start = raws.len();
         let problems_before = p.0.len();
+        if table.remove("for").is_some() {
+            p.add(
+                format!("{group}.for"),
+                "not in [[device_files]]: each row is one device",
+            );
+        }
         let file = base_dir.map_or_else(|| PathBuf::from(&path), |d| d.join(&path));
         if let Err((field, message)) = read_file(&file, &path, table, raws, &group, origins, p) {
             p.add(field, message);
@@ -300,8 +334,8 @@ fn read_file(
             return Err((format!("{path}:1"), format!("column {}: {why}", i + 1)));
         }
     }
-    let template =
-        DeviceTemplate::new(defaults, headers.iter().map(String::as_str)).map_err(|problems| {
+    let template = DeviceTemplate::new(defaults, headers.iter().map(String::as_str), false)
+        .map_err(|problems| {
             let (key, message) = problems.into_iter().next().unwrap_or_default();
             (format!("{group}.{key}"), message)
         })?;
@@ -379,8 +413,8 @@ fn read_file(
     Ok(())
 }
 
-/// One device's table -> the device: its profile, its link's transport, then deserialized
-/// with its points one by one (so a bad point does not hide the problems of its device).
+/// One device's table -> the device: [`prepare`]d, then deserialized with its points one by
+/// one (so a bad point does not hide the problems of its device).
 fn device(
     table: &mut toml::Table,
     at: &str,
@@ -388,6 +422,52 @@ fn device(
     links: &BTreeMap<String, Transport>,
     p: &mut Problems,
 ) -> Option<DeviceConfig> {
+    let transport_from_link = prepare(table, at, profiles, links, p)?;
+    let points = table.insert("points".into(), toml::Value::Array(Vec::new()));
+    let device = match DeviceConfig::deserialize(toml::Value::Table(std::mem::take(table))) {
+        Ok(d) => Some(d),
+        // Its transport would have come from the link: saying it is missing says nothing
+        // more than the unknown link does.
+        Err(e) if transport_from_link && e.message().contains("missing field `transport`") => None,
+        Err(e) => {
+            p.add(at, e.message().trim().to_string());
+            None
+        }
+    };
+    let points = list::<PointConfig>(points, &format!("{at}.points"), p);
+    if points.is_empty() {
+        p.add(
+            format!("{at}.points"),
+            "no points: add [[devices.points]], or name a profile",
+        );
+    }
+    let device = device.map(|mut d| {
+        // A device whose points did not all parse is still checked, with the good ones;
+        // the config is refused anyway because the bad ones were reported.
+        d.points = points.into_iter().flatten().collect();
+        d
+    })?;
+    if let (Some(profile), false) = (&device.profile, device.transport.is_modbus()) {
+        p.add(
+            format!("{at}.transport"),
+            format!(
+                "profile {profile:?} is a Modbus register map: the device must be tcp, rtu or rtu-over-tcp"
+            ),
+        );
+    }
+    Some(device)
+}
+
+/// Give a device's table its profile (kind, defaults, points) and its link's transport.
+/// None when it cannot be read further (its problem is recorded); else whether its
+/// transport was to come from a link that does not exist.
+fn prepare(
+    table: &mut toml::Table,
+    at: &str,
+    profiles: &Profiles,
+    links: &BTreeMap<String, Transport>,
+    p: &mut Problems,
+) -> Option<bool> {
     let profile = match table.get("profile") {
         None => None,
         Some(toml::Value::String(name)) => match profiles.get(name) {
@@ -424,7 +504,6 @@ fn device(
             format!("no link {name:?} in [[links]]"),
         );
     }
-    // Its transport would have come from the link: saying it is missing too says nothing.
     let transport_from_link = unknown_link && !table.contains_key("transport");
     if let (false, Some(transport)) = (
         table.contains_key("transport"),
@@ -439,37 +518,7 @@ fn device(
         };
         table.insert("transport".into(), toml::Value::String(name.into()));
     }
-    let points = table.insert("points".into(), toml::Value::Array(Vec::new()));
-    let device = match DeviceConfig::deserialize(toml::Value::Table(std::mem::take(table))) {
-        Ok(d) => Some(d),
-        Err(e) if transport_from_link && e.message().contains("missing field `transport`") => None,
-        Err(e) => {
-            p.add(at, e.message().trim().to_string());
-            None
-        }
-    };
-    let points = list::<PointConfig>(points, &format!("{at}.points"), p);
-    if points.is_empty() {
-        p.add(
-            format!("{at}.points"),
-            "no points: add [[devices.points]], or name a profile",
-        );
-    }
-    let device = device.map(|mut d| {
-        // A device whose points did not all parse is still checked, with the good ones;
-        // the config is refused anyway because the bad ones were reported.
-        d.points = points.into_iter().flatten().collect();
-        d
-    })?;
-    if let (Some(profile), false) = (&device.profile, device.transport.is_modbus()) {
-        p.add(
-            format!("{at}.transport"),
-            format!(
-                "profile {profile:?} is a Modbus register map: the device must be tcp, rtu or rtu-over-tcp"
-            ),
-        );
-    }
-    Some(device)
+    Some(transport_from_link)
 }
 
 /// Fold the problems of a template's or a file's devices: a problem (the field past the

@@ -77,7 +77,8 @@ pub struct Variables(Vec<(String, Vec<Value>)>);
 pub struct Instance(Vec<(String, Value, usize)>);
 
 impl Instance {
-    /// Variables given directly, e.g. a CSV row's cells (no positions: `_index` is 0).
+    /// Variables given directly, e.g. a CSV row's cells (no positions: a template for them
+    /// is made with `indexed = false`).
     pub fn of(values: impl IntoIterator<Item = (String, String)>) -> Instance {
         Instance(
             values
@@ -517,15 +518,20 @@ pub struct DeviceTemplate {
 
 impl DeviceTemplate {
     /// Parse every string of `table` (keys are not templated) and check that it names only
-    /// `names` and their `_index`. Errors: (key path, e.g. `points[1].name`, message).
+    /// `names`, and their `_index` when `indexed` (a `for`'s variables have positions; a CSV
+    /// row's cells do not). Errors: (key path, e.g. `points[1].name`, message).
     pub fn new<'a>(
         table: toml::Table,
         names: impl IntoIterator<Item = &'a str>,
+        indexed: bool,
     ) -> Result<DeviceTemplate, Vec<(String, String)>> {
         let mut problems = Vec::new();
         let known: Vec<String> = names
             .into_iter()
-            .flat_map(|n| [n.to_string(), format!("{n}_index")])
+            .flat_map(|n| {
+                let index = indexed.then(|| format!("{n}_index"));
+                std::iter::once(n.to_string()).chain(index)
+            })
             .collect();
         for (key, value) in &table {
             check_strings(value, key, &known, &mut problems);
@@ -572,7 +578,7 @@ fn check_strings(
                         out.push((
                             path.to_string(),
                             format!(
-                                "{s:?} names {name}, which is not a variable of `for` (it has {})",
+                                "{s:?} names {name}, which is not one of the variables ({})",
                                 vars.join(", ")
                             ),
                         ));
@@ -799,19 +805,22 @@ points = [{ name = "p{storey}" }, { name = "q{" }]
 "#,
         )
         .unwrap();
-        let problems = DeviceTemplate::new(table.clone(), ["floor", "room"]).unwrap_err();
+        let problems = DeviceTemplate::new(table.clone(), ["floor", "room"], true).unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert_eq!(problems[0].0, "points[0].name");
         assert!(
             problems[0]
                 .1
-                .contains("names storey, which is not a variable of `for` (it has floor, room)"),
+                .contains("names storey, which is not one of the variables (floor, room)"),
             "{problems:?}"
         );
+        // A CSV row's cells have no positions.
+        let unindexed = toml::from_str::<toml::Table>("unit_id = \"{room_index}\"").unwrap();
+        assert!(DeviceTemplate::new(unindexed, ["room"], false).is_err());
         assert_eq!(problems[1].0, "points[1].name");
         let mut table = table;
         table.remove("points");
-        let t = DeviceTemplate::new(table, ["floor", "room"]).unwrap();
+        let t = DeviceTemplate::new(table, ["floor", "room"], true).unwrap();
         let out = t.render(&floor_room(12, "03", 2)).unwrap();
         assert_eq!(out["id"].as_str(), Some("smoke-12-03"));
         assert_eq!(out["unit_id"].as_str(), Some("3"));
@@ -820,6 +829,7 @@ points = [{ name = "p{storey}" }, { name = "q{" }]
         let bad = DeviceTemplate::new(
             toml::from_str::<toml::Table>("unit_id = \"{room * 2}\"").unwrap(),
             ["room"],
+            true,
         )
         .unwrap();
         let err = bad

@@ -434,8 +434,7 @@ fn a_template_mistake_is_reported_once_not_once_per_instance() {
         problems,
         [(
             "devices[0] (smoke-B1-{floor:02}-{room}).unit".to_string(),
-            "\"{rom}\" names rom, which is not a variable of `for` (it has floor, room)"
-                .to_string()
+            "\"{rom}\" names rom, which is not one of the variables (floor, room)".to_string()
         )]
     );
     let bad_for = TOWER.replace("\"1..=32\"", "\"1..32\"");
@@ -710,4 +709,61 @@ fn an_empty_schedule_is_a_problem_not_a_site_without_devices() {
         report.problems[0].message,
         "has no devices: no row under its header"
     );
+}
+
+#[test]
+fn a_for_in_a_device_file_is_refused() {
+    let report = with_csv(
+        SCHEDULE.as_bytes(),
+        &format!("{SCHEDULE_KEYS}\nfor = {{ x = [1] }}"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        report.problems[0].field, "device_files[0] (b1.csv).for",
+        "{report}"
+    );
+}
+
+#[test]
+fn integer_keys_take_a_string_holding_an_integer_and_nothing_else() {
+    let text = format!(
+        "{SITE}{BUS}{}",
+        device("s", "smoke-detector", 1, "timeout_ms = \" 500 \"")
+    );
+    let text = text.replace("unit_id = 1", "unit_id = \"7\"");
+    let c = load(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (c.devices[0].unit_id, c.devices[0].timeout_ms),
+        (Some(7), 500)
+    );
+    let bad = text.replace("unit_id = \"7\"", "unit_id = \"seven\"");
+    let problems = problems_of(&bad);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert_eq!(problems[0].0, "devices[0] (s)");
+    assert!(
+        problems[0]
+            .1
+            .contains("invalid value: string \"seven\", expected an integer from 0 to 255"),
+        "{problems:#?}"
+    );
+    let float = text.replace("unit_id = \"7\"", "unit_id = 7.5");
+    assert!(
+        problems_of(&float)[0].1.contains("floating point"),
+        "{:?}",
+        problems_of(&float)
+    );
+}
+
+#[test]
+fn the_devices_written_out_read_back_as_the_same_devices() {
+    let text = format!("{SITE}{}{TOWER}", risers());
+    let expanded = Config::expand_devices(&text, "c.toml", None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(expanded.matches("[[devices]]").count(), 128);
+    assert!(!expanded.contains("{floor"), "no template left");
+    let original = load(&text).unwrap();
+    let again = load(&format!("{SITE}{}\n{expanded}", risers())).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.devices, original.devices);
+    // A config with problems is not written out.
+    let bad = text.replace("\"1..=32\"", "\"1..32\"");
+    assert!(Config::expand_devices(&bad, "c.toml", None).is_err());
 }

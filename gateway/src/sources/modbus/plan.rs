@@ -353,9 +353,10 @@ impl fmt::Display for ProfilePlans<'_> {
             };
             writeln!(
                 f,
-                "  {:<22} {:>3} points: {:>3} -> {:>2} ({} saved){here}",
+                "  {:<22} {:>3} point{}: {:>3} -> {:>2} ({} saved){here}",
                 profile.id,
                 n,
+                if n == 1 { " " } else { "s" },
                 n,
                 m,
                 n - m,
