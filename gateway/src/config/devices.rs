@@ -58,6 +58,23 @@ struct Raw {
     label: String,
 }
 
+/// The devices' tables found so far, where they came from, and how many there may be.
+struct Found {
+    raws: Vec<Raw>,
+    origins: Origins,
+    limit: usize,
+}
+
+impl Found {
+    fn new(limit: usize) -> Found {
+        Found {
+            raws: Vec::new(),
+            origins: Origins::default(),
+            limit,
+        }
+    }
+}
+
 /// Read every device of the config. `links`: link id -> transport, for devices that take
 /// their link's. `base_dir`: what relative `device_files` paths are relative to.
 pub(super) fn load(
@@ -68,10 +85,25 @@ pub(super) fn load(
     links: &BTreeMap<String, Transport>,
     p: &mut Problems,
 ) -> (Vec<Option<DeviceConfig>>, Origins) {
-    let mut origins = Origins::default();
-    let mut raws = Vec::new();
-    expand_tables(devices, &mut raws, &mut origins, p);
-    read_files(files, base_dir, &mut raws, &mut origins, p);
+    load_at_most(MAX_DEVICES, devices, files, base_dir, profiles, links, p)
+}
+
+/// [`load`] with another bound than [`MAX_DEVICES`] (for tests of the bound).
+fn load_at_most(
+    limit: usize,
+    devices: Option<toml::Value>,
+    files: Option<toml::Value>,
+    base_dir: Option<&Path>,
+    profiles: &Profiles,
+    links: &BTreeMap<String, Transport>,
+    p: &mut Problems,
+) -> (Vec<Option<DeviceConfig>>, Origins) {
+    let mut found = Found::new(limit);
+    expand_tables(devices, &mut found, p);
+    read_files(files, base_dir, &mut found, p);
+    let Found {
+        raws, mut origins, ..
+    } = found;
     let devices = raws
         .into_iter()
         .map(|raw| {
@@ -94,11 +126,12 @@ pub(super) fn written_out(
     links: &BTreeMap<String, Transport>,
     p: &mut Problems,
 ) -> Vec<toml::Table> {
-    let mut origins = Origins::default();
-    let mut raws = Vec::new();
-    expand_tables(devices, &mut raws, &mut origins, p);
-    read_files(files, base_dir, &mut raws, &mut origins, p);
-    raws.into_iter()
+    let mut found = Found::new(MAX_DEVICES);
+    expand_tables(devices, &mut found, p);
+    read_files(files, base_dir, &mut found, p);
+    found
+        .raws
+        .into_iter()
         .filter_map(|raw| {
             let mut table = raw.table?;
             prepare(&mut table, &raw.label, profiles, links, p)?;
@@ -108,12 +141,13 @@ pub(super) fn written_out(
 }
 
 /// `[[devices]]`: each table one device, or a template expanded into its instances.
-fn expand_tables(
-    value: Option<toml::Value>,
-    raws: &mut Vec<Raw>,
-    origins: &mut Origins,
-    p: &mut Problems,
-) {
+fn expand_tables(value: Option<toml::Value>, found: &mut Found, p: &mut Problems) {
+    let Found {
+        raws,
+        origins,
+        limit,
+    } = found;
+    let limit = *limit;
     let items = match value {
         None => return,
         Some(toml::Value::Array(items)) => items,
@@ -163,7 +197,7 @@ fn expand_tables(
                 continue;
             }
         };
-        let room = MAX_DEVICES.saturating_sub(raws.len());
+        let room = limit.saturating_sub(raws.len());
         match vars.count() {
             Some(n) if n <= room => {}
             n => {
@@ -171,7 +205,7 @@ fn expand_tables(
                 p.add(
                     format!("{group}.for"),
                     format!(
-                        "makes {n} devices, and {} come before it: a config holds at most {MAX_DEVICES} devices \
+                        "makes {n} devices, and {} come before it: a config holds at most {limit} devices \
                          (templates and device files together)",
                         raws.len()
                     ),
@@ -213,8 +247,7 @@ fn expand_tables(
 fn read_files(
     value: Option<toml::Value>,
     base_dir: Option<&Path>,
-    raws: &mut Vec<Raw>,
-    origins: &mut Origins,
+    found: &mut Found,
     p: &mut Problems,
 ) {
     let items = match value {
@@ -244,7 +277,7 @@ fn read_files(
                     format!("{at}.path"),
                     "required: the CSV file, relative to the config file",
                 );
-                raws.push(Raw {
+                found.raws.push(Raw {
                     table: None,
                     label: at,
                 });
@@ -252,7 +285,7 @@ fn read_files(
             }
         };
         let group = format!("{at} ({path})");
-        let start = raws.len();
+        let start = found.raws.len();
         let problems_before = p.0.len();
         if table.remove("for").is_some() {
             p.add(
@@ -261,15 +294,15 @@ fn read_files(
             );
         }
         let file = base_dir.map_or_else(|| PathBuf::from(&path), |d| d.join(&path));
-        if let Err((field, message)) = read_file(&file, &path, table, raws, &group, origins, p) {
+        if let Err((field, message)) = read_file(&file, &path, table, &group, found, p) {
             p.add(field, message);
         }
-        if raws.len() == start {
+        if found.raws.len() == start {
             // Nothing came of the file: the config is incomplete, not silently smaller.
             if problems_before == p.0.len() {
                 p.add(group.clone(), "has no devices: no row under its header");
             }
-            raws.push(Raw {
+            found.raws.push(Raw {
                 table: None,
                 label: group,
             });
@@ -283,11 +316,16 @@ fn read_file(
     file: &Path,
     path: &str,
     defaults: toml::Table,
-    raws: &mut Vec<Raw>,
     group: &str,
-    origins: &mut Origins,
+    found: &mut Found,
     p: &mut Problems,
 ) -> Result<(), (String, String)> {
+    let Found {
+        raws,
+        origins,
+        limit,
+    } = found;
+    let limit = *limit;
     let bytes = std::fs::read(file).map_err(|e| {
         (
             group.to_string(),
@@ -350,11 +388,11 @@ fn read_file(
         if record.iter().all(str::is_empty) {
             continue;
         }
-        if raws.len() >= MAX_DEVICES {
+        if raws.len() >= limit {
             return Err((
                 group.to_string(),
                 format!(
-                    "line {line} would make device {}: a config holds at most {MAX_DEVICES} devices \
+                    "line {line} would make device {}: a config holds at most {limit} devices \
                      (templates and device files together)",
                     raws.len() + 1
                 ),

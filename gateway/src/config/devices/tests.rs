@@ -767,3 +767,116 @@ fn the_devices_written_out_read_back_as_the_same_devices() {
     let bad = text.replace("\"1..=32\"", "\"1..32\"");
     assert!(Config::expand_devices(&bad, "c.toml", None).is_err());
 }
+
+#[test]
+fn devices_and_device_files_that_are_not_lists_of_tables_are_named() {
+    let problems = problems_of(&format!("devices = 3\ndevice_files = \"b1.csv\"\n{SITE}"));
+    let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+    assert!(fields.contains(&"devices"), "{problems:#?}");
+    assert!(fields.contains(&"device_files"), "{problems:#?}");
+    let problems = problems_of(&format!("devices = [3]\ndevice_files = [3]\n{SITE}"));
+    let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+    assert!(fields.contains(&"devices[0]"), "{problems:#?}");
+    assert!(fields.contains(&"device_files[0]"), "{problems:#?}");
+}
+
+#[test]
+fn a_profile_that_is_not_a_string_and_points_that_are_not_tables_are_refused() {
+    let problems = problems_of(&format!(
+        "{SITE}{BUS}{}",
+        device("a", "x", 1, "").replace("profile = \"x\"", "profile = 3")
+    ));
+    assert_eq!(problems[0].0, "devices[0] (a).profile", "{problems:#?}");
+    assert!(problems[0].1.contains("not integer"), "{problems:#?}");
+    let problems = problems_of(&format!(
+        "{SITE}{BUS}{}",
+        device("a", "smoke-detector", 1, "points = \"obscuration\"")
+    ));
+    assert_eq!(problems[0].0, "devices[0] (a).points", "{problems:#?}");
+}
+
+#[test]
+fn every_mistake_in_a_site_profile_is_named_by_its_key() {
+    let bad = "id = \"relay 8\"\nkind = \"\"\ndescription = \" \"\nexpects_rules = [\"a/b\"]\n\
+        poll_interval_ms = 5\ncomm_loss_after_s = 101\nreport_every_s = 0\nmax_read_registers = 1\n\
+        [[points]]\nname = \"level\"\nregister = 0\ntype = \"f32\"\nreport_deadband = 0.1\ngpio = 4\n\
+        [[points]]\nname = \"on\"\nregister = 1\ntable = \"coil\"\ntype = \"bit\"\nengineering_unit = \"V\"\n";
+    let report = site_with_profiles(&[("r.toml", bad)], "").unwrap_err();
+    let at = "profile relay 8 (";
+    for key in [
+        ".id",
+        ".kind",
+        ".description",
+        ".expects_rules[0]",
+        ".poll_interval_ms",
+        ".comm_loss_after_s",
+        ".max_read_registers",
+        ".points[0] (level).report_deadband",
+        ".points[0] (level).gpio",
+        ".points[1] (on).engineering_unit",
+    ] {
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.field.starts_with(at) && p.field.ends_with(key)),
+            "{key}: {report}"
+        );
+    }
+    let empty = site_with_profiles(
+        &[(
+            "e.toml",
+            "id = \"e\"\nkind = \"e\"\ndescription = \"nothing\"\n",
+        )],
+        "",
+    )
+    .unwrap_err();
+    assert!(
+        fields(&empty)
+            .iter()
+            .any(|f| f.ends_with("(e.toml)") || f.ends_with(".points")),
+        "{empty}"
+    );
+}
+
+#[test]
+fn a_schedule_with_a_column_twice_is_refused() {
+    let report = with_csv(b"floor,unit,floor\n1,1,1\n", SCHEDULE_KEYS).unwrap_err();
+    assert_eq!(report.problems[0].field, "b1.csv:1", "{report}");
+    assert!(
+        report.problems[0]
+            .message
+            .contains("column 3: \"floor\" is given twice"),
+        "{report}"
+    );
+}
+
+#[test]
+fn the_device_bound_counts_templates_and_files_together() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("b1.csv"), SCHEDULE).unwrap();
+    let text = format!("{TOWER}\n[[device_files]]\npath = \"b1.csv\"\n{SCHEDULE_KEYS}\n")
+        .replace("\"1..=32\"", "\"1..=1\"");
+    let mut table: toml::Table = text.parse().unwrap();
+    let mut p = super::Problems::default();
+    let profiles = super::profiles::load(None, None, &mut p);
+    let (devices, _) = super::load_at_most(
+        5,
+        table.remove("devices"),
+        table.remove("device_files"),
+        Some(dir.path()),
+        &profiles,
+        &Default::default(),
+        &mut p,
+    );
+    // The template's 4, then one row of the file; its second row would be the sixth.
+    assert_eq!(devices.len(), 5);
+    let problem =
+        p.0.iter()
+            .find(|p| p.field == "device_files[0] (b1.csv)")
+            .unwrap();
+    assert_eq!(
+        problem.message,
+        "line 3 would make device 6: a config holds at most 5 devices (templates and device files together)"
+    );
+}
