@@ -1875,14 +1875,14 @@ fn check_modbus_points(points: &[PointConfig], at: &str, p: &mut Problems) {
         let Some(register) = pt.register else {
             p.add(
                 format!("{pat}.register"),
-                "required with transport = \"tcp\"",
+                "required for a Modbus point (tcp, rtu, rtu-over-tcp, or a profile's): the first register, 0-based",
             );
             continue;
         };
         let Some(data_type) = pt.data_type else {
             p.add(
                 format!("{pat}.type"),
-                "required with transport = \"tcp\": u16, i16, u32, i32, f32 or bit",
+                "required for a Modbus point (tcp, rtu, rtu-over-tcp, or a profile's): u16, i16, u32, i32, f32 or bit",
             );
             continue;
         };

@@ -89,20 +89,18 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Plan { .. } => {
-            print!(
-                "{}",
-                shouwang_gateway::sources::modbus::SitePlan::of(&config)
+            use shouwang_gateway::sources::modbus::{ProfilePlans, SitePlan, budget};
+            let mut out = format!(
+                "{}{}",
+                SitePlan::of(&config),
+                ProfilePlans::of(&config.profiles, Some(&config))
             );
-            print!(
-                "{}",
-                shouwang_gateway::sources::modbus::ProfilePlans::of(
-                    &config.profiles,
-                    Some(&config)
-                )
-            );
-            for load in shouwang_gateway::sources::modbus::budget::loads(&config) {
-                println!("{load}");
+            for load in budget::loads(&config) {
+                out.push_str(&format!("{load}\n"));
             }
+            use std::io::Write as _;
+            // A closed pipe (`| head`) is the reader's choice, not an error.
+            let _ = std::io::stdout().write_all(out.as_bytes());
             ExitCode::SUCCESS
         }
         Cmd::Run { .. } => {
