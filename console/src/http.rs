@@ -19,7 +19,7 @@ use futures_util::{Stream, StreamExt};
 use rumqttc::QoS;
 use serde::Deserialize;
 use serde_json::json;
-use shouwang_wire::{Action, AlarmState, Channel, Command, CommandReply, Message, SCHEMA_VERSION};
+use shouwang_wire::{Action, AlarmState, Channel, Command, CommandReply, Message};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
@@ -238,7 +238,7 @@ async fn acknowledge_own(
     app.publish(
         StreamKind::Reply,
         &CommandReply {
-            schema: SCHEMA_VERSION,
+            schema: CommandReply::SCHEMA,
             command_id: command_id.clone(),
             gateway: crate::own_alarms::SOURCE.into(),
             ok: applied.is_some(),
@@ -288,7 +288,7 @@ async fn acknowledge(
         ));
     }
     let command = Command {
-        schema: SCHEMA_VERSION,
+        schema: Command::SCHEMA,
         command_id: uuid::Uuid::now_v7().to_string(),
         operator: operator.clone(),
         ts_ms: now_ms(),

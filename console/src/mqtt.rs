@@ -21,7 +21,7 @@ use rumqttc::{
 use shouwang_rules::AlarmInput;
 use shouwang_wire::{
     Action, AlarmEvent, Channel, Command, CommandReply, GatewayState, GatewayStatus, Message,
-    ReadingBatch, SCHEMA_VERSION, Snapshot, TopicName, WireError,
+    ReadingBatch, Snapshot, TopicName, WireError,
 };
 use tokio::sync::mpsc;
 
@@ -575,7 +575,7 @@ async fn reconcile(
 /// MQTT loop, which must never wait on its own request channel.
 fn ask_for_resync(state: &AppState, community: &str, gateway: &str) {
     let command = Command {
-        schema: SCHEMA_VERSION,
+        schema: Command::SCHEMA,
         command_id: uuid::Uuid::now_v7().to_string(),
         operator: "console".into(),
         ts_ms: now_ms(),

@@ -8,7 +8,7 @@
 //! acknowledged here in the console, since there is no gateway to ask.
 
 use shouwang_rules::{AlarmInput, AlarmState, next_state};
-use shouwang_wire::{AlarmEvent, Place, Priority, SCHEMA_VERSION, SignalClass, alarm_id};
+use shouwang_wire::{AlarmEvent, Place, Priority, SignalClass, alarm_id};
 
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -39,7 +39,7 @@ pub fn next_event(
     let state = current.map_or(AlarmState::Normal, |e| e.state);
     let (state, transition) = next_state(state, input)?;
     Some(AlarmEvent {
-        schema: SCHEMA_VERSION,
+        schema: AlarmEvent::SCHEMA,
         event_id: uuid::Uuid::now_v7().to_string(),
         // The console's own alarm is ordered by its own history: one more than the event
         // it follows.

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, QoS};
-use shouwang_wire::{Channel, EventKey, Message, Receipt, SCHEMA_VERSION, topic};
+use shouwang_wire::{Channel, EventKey, Message, Receipt, topic};
 use tokio::sync::mpsc;
 
 /// How long a key may wait to be batched.
@@ -76,7 +76,7 @@ impl Batches {
                 out.push((
                     topic(&community, &gateway, Channel::Receipts),
                     Receipt {
-                        schema: SCHEMA_VERSION,
+                        schema: Receipt::SCHEMA,
                         gateway: gateway.clone(),
                         events: chunk.to_vec(),
                         ts_ms: now_ms,

@@ -132,12 +132,24 @@ impl LiveReadings {
         // A panic while holding this lock cannot leave the map half-updated (inserts are
         // atomic), so a poisoned lock is safe to use.
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let mut merged = batch.clone();
         match latest.get(&key) {
             Some(old) if old.ts_ms > batch.ts_ms => return ReadingUpdate::Stale,
             None if latest.len() >= MAX_LIVE_DEVICES => return ReadingUpdate::Full,
-            _ => {}
+            // Gateways report by exception: a batch holds the points that changed, so the
+            // others keep their last reported value.
+            Some(old) => {
+                let kept = old
+                    .points
+                    .iter()
+                    .filter(|p| !batch.points.iter().any(|n| n.point == p.point))
+                    .cloned();
+                merged.points = kept.chain(batch.points.iter().cloned()).collect();
+                merged.points.sort_by(|a, b| a.point.cmp(&b.point));
+            }
+            None => {}
         }
-        latest.insert(key, batch.clone());
+        latest.insert(key, merged);
         ReadingUpdate::Latest
     }
 
@@ -264,7 +276,7 @@ mod tests {
 
     fn batch(device: &str, ts_ms: i64) -> ReadingBatch {
         ReadingBatch {
-            schema: 1,
+            schema: ReadingBatch::SCHEMA,
             gateway: "gw-1".into(),
             device: device.into(),
             device_kind: "pressure".into(),
@@ -272,10 +284,35 @@ mod tests {
             ts_ms,
             points: vec![PointValue {
                 point: "pressure".into(),
-                value: 0.3,
+                value: Some(0.3),
                 engineering_unit: Some("MPa".into()),
+                quality: Default::default(),
             }],
         }
+    }
+
+    #[test]
+    fn a_batch_of_changed_points_keeps_the_others_last_values() {
+        let live = LiveReadings::default();
+        let mut first = batch("p1", 10);
+        first
+            .points
+            .push(PointValue::good("temperature", 21.0, None));
+        live.update("c", &first);
+        let mut second = batch("p1", 20);
+        second.points[0].value = Some(0.4);
+        live.update("c", &second);
+        let now = &live.all()[0];
+        assert_eq!(now.ts_ms, 20);
+        let values: Vec<(&str, Option<f64>)> = now
+            .points
+            .iter()
+            .map(|p| (p.point.as_str(), p.value))
+            .collect();
+        assert_eq!(
+            values,
+            [("pressure", Some(0.4)), ("temperature", Some(21.0))]
+        );
     }
 
     #[test]

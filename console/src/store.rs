@@ -23,7 +23,11 @@
 //! # On disk (schema version 2, `PRAGMA user_version`; version 1 is migrated on open)
 //!
 //! - `events(event_id PK, arrival UNIQUE, alarm_id, ts_ms, received_ms, json, boot, seq)`:
-//!   every distinct event, `json` being the event re-encoded by `shouwang-wire`.
+//!   every distinct event, `json` being the event re-encoded by `shouwang-wire`. Rows
+//!   written before the wire's alarm events reached schema version 2 hold version 1 events
+//!   (a place with `unit`, no grid, entrance or names); every `json` is read through
+//!   [`Message::decode`], which reads those in today's shape, so no row is ever rewritten
+//!   (a migration that rewrote a long history would hold the console's start for minutes).
 //! - `alarms(alarm_id PK, state, ts_ms, arrival, community, updated_ms, json, boot, seq)`: the current
 //!   event per alarm; `community` is where acknowledgements are routed; `updated_ms` is when
 //!   the console recorded that event (console clock).
@@ -56,8 +60,8 @@ const QUEUE_CAPACITY: usize = 256;
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("stored JSON does not parse: {0}")]
-    Json(#[from] serde_json::Error),
+    #[error("a stored message does not decode: {0}")]
+    Stored(#[from] shouwang_wire::WireError),
     #[error("database {path} has schema version {found}, this build understands {SCHEMA_VERSION}")]
     Schema { path: String, found: i64 },
     #[error("the store thread has stopped")]
@@ -294,7 +298,7 @@ impl Store {
         for row in rows {
             let (json, updated_ms, raised_ms) = row?;
             out.push(AlarmView {
-                event: serde_json::from_str(&json)?,
+                event: stored(&json)?,
                 updated_ms,
                 raised_ms,
             });
@@ -317,7 +321,7 @@ impl Store {
         let rows = stmt.query_map(params![prefix], |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
         for json in rows {
-            out.push(serde_json::from_str(&json?)?);
+            out.push(stored(&json?)?);
         }
         Ok(out)
     }
@@ -344,7 +348,7 @@ impl Store {
         };
         Ok(Some(AckTarget {
             alarm: AlarmView {
-                event: serde_json::from_str(&json)?,
+                event: stored(&json)?,
                 updated_ms,
                 raised_ms,
             },
@@ -365,7 +369,7 @@ impl Store {
         let rows = stmt.query_map(params![alarm_id, limit], |r| r.get::<_, String>(0))?;
         let mut history = Vec::new();
         for json in rows {
-            history.push(serde_json::from_str(&json?)?);
+            history.push(stored(&json?)?);
         }
         history.reverse();
         Ok(Some(AlarmDetail {
@@ -399,7 +403,7 @@ impl Store {
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
         for json in rows {
-            out.push(serde_json::from_str(&json?)?);
+            out.push(stored(&json?)?);
         }
         Ok(out)
     }
@@ -490,6 +494,12 @@ impl Store {
             .optional()?;
         Ok(rec)
     }
+}
+
+/// A message as the store keeps it, in today's shape whichever schema version it was
+/// written in (see the module's "On disk").
+fn stored<M: Message>(json: &str) -> Result<M, StoreError> {
+    Ok(M::decode(json.as_bytes())?)
 }
 
 /// One event, inside the caller's transaction (see [`Store::apply_event`]).
@@ -729,7 +739,7 @@ mod tests {
             AlarmState::Unacknowledged => TransitionKind::Raised,
         };
         AlarmEvent {
-            schema: 1,
+            schema: AlarmEvent::SCHEMA,
             event_id: event_id.into(),
             // Tests give events in gateway order by `ts_ms`; the sequence follows it unless
             // a test sets it apart.
@@ -752,7 +762,8 @@ mod tests {
                 community: "riverside".into(),
                 building: "B1".into(),
                 floor: "12".into(),
-                unit: "03".into(),
+                room: "03".into(),
+                ..Place::default()
             },
             message: "Smoke detected".into(),
             ts_ms,
@@ -911,6 +922,71 @@ mod tests {
         drop(s);
         let s = Store::open(&path).unwrap();
         assert_eq!(s.alarms(false).unwrap().len(), 1);
+    }
+
+    /// What the build before places had entrances wrote: store schema 2 with version 1
+    /// alarm events (`unit` for the room, no names) in `json`.
+    const EVENT_V1: &str = r#"{"schema":1,"event_id":"old-1","boot":3,"seq":7,"alarm_id":"riverside:gw-b1:smoke-B1-12-03:smoke-high","gateway":"gw-b1","device":"smoke-B1-12-03","device_kind":"smoke","point":"obscuration","rule":"smoke-high","class":"alarm","priority":"high","transition":"raised","state":"unacknowledged","active":true,"value":3.1,"engineering_unit":"%/m","place":{"community":"riverside","building":"B1","floor":"12","unit":"03"},"message":"Smoke detected","ts_ms":1795776000123,"operator":null}"#;
+
+    #[test]
+    fn a_database_of_the_build_before_places_opens_and_shows_its_alarms_in_todays_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.db");
+        {
+            // The previous build's schema, as its Store::open left it, with one alarm.
+            drop(Store::open(&path).unwrap());
+            let conn = Connection::open(&path).unwrap();
+            conn.execute(
+                "INSERT INTO events (event_id, arrival, alarm_id, ts_ms, received_ms, json, boot, seq)
+                 VALUES ('old-1', 1, 'riverside:gw-b1:smoke-B1-12-03:smoke-high', 1795776000123, 5, ?1, 3, 7)",
+                params![EVENT_V1],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO alarms (alarm_id, state, ts_ms, arrival, community, updated_ms, raised_ms, json, boot, seq)
+                 VALUES ('riverside:gw-b1:smoke-B1-12-03:smoke-high', 'unacknowledged', 1795776000123, 1,
+                         'riverside', 5, 1795776000123, ?1, 3, 7)",
+                params![EVENT_V1],
+            )
+            .unwrap();
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, 2, "the store's own schema did not change");
+        }
+        let mut s = Store::open(&path).unwrap();
+        let alarms = s.alarms(false).unwrap();
+        assert_eq!(alarms.len(), 1);
+        let place = &alarms[0].event.place;
+        assert_eq!(
+            (
+                place.building.as_str(),
+                place.floor.as_str(),
+                place.room.as_str()
+            ),
+            ("B1", "12", "03"),
+            "the old unit is the room"
+        );
+        assert_eq!(alarms[0].event.schema, AlarmEvent::SCHEMA);
+        let alarm_id = "riverside:gw-b1:smoke-B1-12-03:smoke-high";
+        assert_eq!(s.alarm(alarm_id).unwrap().unwrap().history.len(), 1);
+        assert_eq!(s.open_alarms_of("riverside", "gw-b1").unwrap().len(), 1);
+        // The gateway, upgraded, acknowledges it with a version 2 event: history holds both.
+        let mut acked = AlarmEvent::decode(EVENT_V1.as_bytes()).unwrap();
+        acked.event_id = "new-1".into();
+        acked.seq = 8;
+        acked.transition = TransitionKind::Acknowledged;
+        acked.state = AlarmState::Acknowledged;
+        acked.place.entrance = "2".into();
+        acked.place.names.building = "1号楼".into();
+        assert!(matches!(
+            s.apply_event(&acked, "riverside", 6).unwrap(),
+            EventOutcome::Current(_)
+        ));
+        let detail = s.alarm(alarm_id).unwrap().unwrap();
+        assert_eq!(detail.history.len(), 2);
+        assert_eq!(detail.alarm.event.place.names.building, "1号楼");
+        assert_eq!(detail.history[0].place.room, "03");
     }
 
     #[test]

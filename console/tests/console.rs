@@ -11,7 +11,7 @@ use shouwang_console::{ConsoleConfig, RunningConsole, start};
 use shouwang_hil_tests::servers::{self, Server};
 use shouwang_wire::{
     AlarmEvent, AlarmState, Channel, Command, CommandReply, GatewayState, GatewayStatus, Message,
-    Place, PointValue, Priority, ReadingBatch, SignalClass, TransitionKind,
+    Place, PlaceNames, PointValue, Priority, ReadingBatch, SignalClass, TransitionKind,
 };
 use tokio::sync::mpsc;
 
@@ -204,7 +204,7 @@ fn smoke(event_id: &str, ts_ms: i64, state: AlarmState) -> AlarmEvent {
         _ => TransitionKind::Cleared,
     };
     AlarmEvent {
-        schema: shouwang_wire::SCHEMA_VERSION,
+        schema: AlarmEvent::SCHEMA,
         event_id: event_id.into(),
         // The tests give one alarm's events in gateway order by `ts_ms`.
         boot: 1,
@@ -226,7 +226,8 @@ fn smoke(event_id: &str, ts_ms: i64, state: AlarmState) -> AlarmEvent {
             community: COMMUNITY.into(),
             building: "B1".into(),
             floor: "12".into(),
-            unit: "03".into(),
+            room: "03".into(),
+            ..Place::default()
         },
         message: "Smoke detected".into(),
         ts_ms,
@@ -255,7 +256,7 @@ async fn a_raised_alarm_appears_on_the_board_with_its_place_class_and_priority()
     assert_eq!(alarm["alarm_id"], ALARM_ID);
     assert_eq!(alarm["place"]["building"], "B1");
     assert_eq!(alarm["place"]["floor"], "12");
-    assert_eq!(alarm["place"]["unit"], "03");
+    assert_eq!(alarm["place"]["room"], "03");
     assert_eq!(alarm["class"], "alarm");
     assert_eq!(alarm["priority"], "high");
     assert_eq!(alarm["state"], "unacknowledged");
@@ -263,6 +264,64 @@ async fn a_raised_alarm_appears_on_the_board_with_its_place_class_and_priority()
     assert_eq!(alarm["value"], 4.2);
     assert_eq!(alarm["ts_ms"], 1_000);
     assert!(alarm["updated_ms"].as_i64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn alarms_from_gateways_of_either_schema_show_their_place_and_its_names() {
+    let broker = servers::mosquitto().unwrap();
+    let console = TestConsole::start(&broker).await;
+    let gw = TestGateway::connect(&broker).await;
+    // A gateway not yet upgraded: schema 1, its `unit` the room.
+    let v1 = format!(
+        r#"{{"schema":1,"event_id":"v1-1","boot":1,"seq":1,"alarm_id":"{COMMUNITY}:{GATEWAY}:smoke-old:smoke","gateway":"{GATEWAY}","device":"smoke-old","device_kind":"smoke","point":"obscuration","rule":"smoke","class":"alarm","priority":"high","transition":"raised","state":"unacknowledged","active":true,"value":3.1,"engineering_unit":"%/m","place":{{"community":"{COMMUNITY}","building":"B1","floor":"12","unit":"03"}},"message":"Smoke detected","ts_ms":1000,"operator":null}}"#
+    );
+    gw.publish_raw(Channel::Events, v1.into_bytes()).await;
+    // An upgraded one: every level, with the names operators read.
+    let mut v2 = smoke("v2-1", 2_000, AlarmState::Unacknowledged);
+    v2.place = Place {
+        community: COMMUNITY.into(),
+        grid: "G2".into(),
+        building: "B1".into(),
+        entrance: "3".into(),
+        floor: "12".into(),
+        room: "1201".into(),
+        area: String::new(),
+        names: PlaceNames {
+            building: "1号楼".into(),
+            entrance: "3单元".into(),
+            floor: "12层".into(),
+            room: "1201室".into(),
+            ..PlaceNames::default()
+        },
+    };
+    gw.event(&v2).await;
+
+    let board = eventually("both alarms on the board", || async {
+        let (_, list) = console.get("/api/alarms").await;
+        (list.as_array()?.len() == 2).then_some(list)
+    })
+    .await;
+    let by_id = |id: &str| {
+        board
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["alarm_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let old = by_id(&format!("{COMMUNITY}:{GATEWAY}:smoke-old:smoke"));
+    assert_eq!(old["schema"], 2, "served in today's shape");
+    assert_eq!(old["place"]["room"], "03");
+    assert_eq!(old["place"]["entrance"], "");
+    assert!(old["place"].get("unit").is_none(), "{old}");
+    let new = by_id(ALARM_ID);
+    assert_eq!(new["place"]["names"]["building"], "1号楼");
+    assert_eq!(new["place"]["grid"], "G2");
+    let detail = console
+        .alarm_where(ALARM_ID, "the alarm's history", |a| history_len(a) == 1)
+        .await;
+    assert_eq!(detail["history"][0]["place"]["names"]["room"], "1201室");
 }
 
 #[tokio::test]
@@ -356,7 +415,7 @@ async fn acknowledging_sends_a_command_to_the_owning_gateway_and_the_board_waits
     assert_eq!(cmd["status"], "pending");
 
     let reply = CommandReply {
-        schema: shouwang_wire::SCHEMA_VERSION,
+        schema: CommandReply::SCHEMA,
         command_id: command_id.clone(),
         gateway: GATEWAY.into(),
         ok: true,
@@ -518,7 +577,7 @@ async fn gateway_status_and_readings_show_up_in_the_api() {
     };
     gw.publish_raw(Channel::Status, status.encode()).await;
     let batch = ReadingBatch {
-        schema: 1,
+        schema: ReadingBatch::SCHEMA,
         gateway: GATEWAY.into(),
         device: "pressure-roof".into(),
         device_kind: "pressure".into(),
@@ -526,13 +585,15 @@ async fn gateway_status_and_readings_show_up_in_the_api() {
             community: COMMUNITY.into(),
             building: "B1".into(),
             floor: "R".into(),
-            unit: "00".into(),
+            room: "00".into(),
+            ..Place::default()
         },
         ts_ms: 1_100,
         points: vec![PointValue {
             point: "pressure".into(),
-            value: 0.31,
+            value: Some(0.31),
             engineering_unit: Some("MPa".into()),
+            quality: Default::default(),
         }],
     };
     gw.publish_raw(Channel::Readings, batch.encode()).await;

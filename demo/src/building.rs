@@ -10,6 +10,7 @@ use anyhow::{Context as _, bail};
 use shouwang_gateway::config::{
     ByteOrder, Config, ConfigReport, DataType, DeviceConfig, PointConfig,
 };
+use shouwang_wire::Level;
 use tokio_modbus::Slave;
 use tokio_modbus::client::{Writer, tcp};
 
@@ -110,12 +111,17 @@ impl fmt::Display for UnknownDevice {
 
 impl std::error::Error for UnknownDevice {}
 
-/// `B1-12-03`: building, floor, unit.
+/// `B1-2-12-1203`: the ids of building, entrance, floor and room or area, as
+/// [`shouwang_wire::Place::short`] writes them.
 pub fn short_place(device: &DeviceConfig) -> String {
-    format!("{}-{}-{}", device.building, device.floor, device.unit)
+    let ids: Vec<&str> = Level::ADDRESS
+        .iter()
+        .filter_map(|level| device.place_id(*level))
+        .collect();
+    ids.join("-")
 }
 
-/// The device of `kind` at `place` (`building-floor-unit`, e.g. `B1-12-03`).
+/// The device of `kind` at `place` (its [`short_place`], e.g. `B1-2-12-1203`).
 pub fn find_device<'a>(
     config: &'a Config,
     kind: &str,

@@ -53,7 +53,7 @@ pub fn describe(topic: &str, payload: &[u8]) -> Option<String> {
     }
 }
 
-/// `SUPERVISORY medium raised   B1-01-01 pressure-B1-01-01 Fire main pressure low (0.52 MPa)`
+/// `SUPERVISORY medium raised       1号楼 1层 消防水泵房 pressure-B1-01-01 Fire main pressure low (0.52 MPa)`
 pub fn describe_event(event: &AlarmEvent) -> String {
     let value = match (event.value, &event.engineering_unit) {
         (Some(v), Some(unit)) => format!(" ({v:.2} {unit})"),
@@ -65,11 +65,11 @@ pub fn describe_event(event: &AlarmEvent) -> String {
         None => String::new(),
     };
     format!(
-        "{:<11} {:<6} {:<12} {:<9} {:<18} {}{value}{operator}",
+        "{:<11} {:<6} {:<12} {} {:<18} {}{value}{operator}",
         format!("{:?}", event.class).to_uppercase(),
         format!("{:?}", event.priority).to_lowercase(),
         format!("{:?}", event.transition).to_lowercase(),
-        event.place.short(),
+        event.place.label(),
         event.device,
         event.message,
     )

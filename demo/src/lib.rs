@@ -166,7 +166,7 @@ impl RunningDemo {
             if options.devices_on_any_port {
                 addr.set_port(0);
             }
-            let (bus, bound) = SimBus::serve_tcp(addr).await.with_context(|| {
+            let (bus, bound) = SimBus::serve_modbus_tcp(addr).await.with_context(|| {
                 format!(
                     "starting the simulated gateway of link {} on {addr}",
                     link.id
@@ -226,7 +226,7 @@ impl RunningDemo {
         format!("http://{}/", self.console_addr)
     }
 
-    /// The simulated device of `kind` at `place` (`B1-12-03`).
+    /// The simulated device of `kind` at `place` (`B1-2-12-1203`).
     pub fn device(&self, kind: &str, place: &str) -> Result<&DemoDevice, UnknownDevice> {
         // `devices` holds one entry per `config.devices`, in the same order.
         let found = find_device(&self.config, kind, place)?;

@@ -48,11 +48,12 @@ struct DemoArgs {
 
 #[derive(Subcommand)]
 enum DemoAction {
-    /// Put a device of a running demo into alarm, e.g. `trigger smoke B1-12-03`.
+    /// Put a device of a running demo into alarm, e.g. `trigger smoke B1-2-12-1203`.
     Trigger {
         /// smoke, leak, pressure or access (the fire exit's door).
         kind: String,
-        /// building-floor-unit, e.g. B1-12-03.
+        /// The place's ids joined by `-`: building-entrance-floor-room, e.g. B1-2-12-1203, or
+        /// building-floor-area, e.g. B1-1-pump-room.
         place: String,
         /// Write this value (in the point's engineering unit) instead of the alarm value.
         #[arg(long, allow_negative_numbers = true)]
@@ -166,24 +167,37 @@ fn print_banner(demo: &RunningDemo, scenario: bool) {
     println!(
         "Make things happen, from another terminal (`cargo run --release --` or the `shouwang` binary):"
     );
-    println!("  shouwang demo trigger smoke B1-12-03       smoke alarm on the 12th floor");
-    println!("  shouwang demo clear smoke B1-12-03         back to normal");
-    println!("  shouwang demo trigger pressure B1-01-01 --value 0.55");
+    println!("  shouwang demo trigger smoke B1-2-12-1203   smoke alarm in 1号楼 2单元 12层 1203室");
+    println!("  shouwang demo clear smoke B1-2-12-1203     back to normal");
+    println!("  shouwang demo trigger pressure B1-1-pump-room --value 0.55");
     println!();
-    println!("Devices (KIND PLACE: what `trigger` does):");
+    println!("Devices (KIND PLACE: where, and what `trigger` does):");
     for kind in KINDS {
-        let places: Vec<String> = demo
+        let devices: Vec<&shouwang_demo::DemoDevice> = demo
             .devices
             .iter()
             .filter(|d| d.config.kind == kind.kind)
-            .map(|d| short_place(&d.config))
             .collect();
-        let place = match places.as_slice() {
+        match devices.as_slice() {
             [] => continue,
-            [one] => one.clone(),
-            [first, .., last] => format!("{first} .. {last} ({})", places.len()),
-        };
-        println!("  {:<9} {:<30} {}", kind.kind, place, kind.alarm_means);
+            [one] => println!(
+                "  {:<9} {:<16} {}: {}",
+                kind.kind,
+                short_place(&one.config),
+                cfg.place(&one.config).label(),
+                kind.alarm_means
+            ),
+            [first, .., last] => println!(
+                "  {:<9} {} .. {} ({} devices; {} is {}): {}",
+                kind.kind,
+                short_place(&first.config),
+                short_place(&last.config),
+                devices.len(),
+                short_place(&last.config),
+                cfg.place(&last.config).label(),
+                kind.alarm_means
+            ),
+        }
     }
     println!();
     println!(

@@ -33,37 +33,37 @@ pub const STEPS: [Step; 5] = [
     Step {
         at: Duration::from_secs(10),
         kind: "smoke",
-        place: "B1-12-03",
+        place: "B1-2-12-1203",
         change: Change::Trigger,
-        says: "smoke rises in B1-12-03 (4.0 %/m): a HIGH alarm on the board",
+        says: "smoke rises in 1号楼 2单元 12层 1203室 (4.0 %/m): a HIGH alarm on the board",
     },
     Step {
         at: Duration::from_secs(20),
         kind: "leak",
-        place: "B1-01-01",
+        place: "B1-1-pump-room",
         change: Change::Trigger,
-        says: "water on the pump-room floor in B1-01-01: a MEDIUM alarm",
+        says: "water on the fire pump room's floor (1号楼 1层 消防水泵房): a MEDIUM alarm",
     },
     Step {
         at: Duration::from_secs(30),
         kind: "pressure",
-        place: "B1-01-01",
+        place: "B1-1-pump-room",
         change: Change::Trigger,
         says: "fire-main pressure drops to 0.52 MPa: SUPERVISORY after 2 s below 0.60",
     },
     Step {
         at: Duration::from_secs(45),
         kind: "pressure",
-        place: "B1-01-01",
+        place: "B1-1-pump-room",
         change: Change::Clear,
         says: "fire-main pressure restores to 0.72 MPa",
     },
     Step {
         at: Duration::from_secs(60),
         kind: "smoke",
-        place: "B1-12-03",
+        place: "B1-2-12-1203",
         change: Change::Clear,
-        says: "smoke in B1-12-03 clears (0.3 %/m): the alarm returns to normal, still to acknowledge",
+        says: "the smoke in 1203室 clears (0.3 %/m): the alarm returns to normal, still to acknowledge",
     },
 ];
 
@@ -91,7 +91,7 @@ pub async fn play(devices: Vec<DemoDevice>, start: Instant) {
         }
     }
     println!(
-        "[+{:>5.1} s] scenario over. The leak is still active: `shouwang demo clear leak B1-01-01` ends it. \
+        "[+{:>5.1} s] scenario over. The leak is still active: `shouwang demo clear leak B1-1-pump-room` ends it. \
          Acknowledge alarms on the board; trigger more from another terminal.",
         start.elapsed().as_secs_f64()
     );

@@ -58,6 +58,22 @@ fn the_demo_building_passes_the_gateway_config_check() {
         "two devices share an address and unit id"
     );
     assert!(config.influx.is_none(), "the demo has no time-series store");
+    // Every place reads in the site's own words, and no two devices of a kind share one
+    // (`trigger KIND PLACE` finds each).
+    let mut places = Vec::new();
+    for device in &config.devices {
+        let label = config.place(device).label();
+        assert!(
+            label.starts_with("1号楼 ") && !label.chars().any(|c| c.is_ascii_alphabetic()),
+            "{}: {label}",
+            device.id
+        );
+        places.push((device.kind.clone(), short_place(device)));
+    }
+    let count = places.len();
+    places.sort_unstable();
+    places.dedup();
+    assert_eq!(places.len(), count, "two devices of a kind at one place");
 }
 
 #[test]
@@ -158,15 +174,18 @@ fn trigger_for_an_unknown_place_fails_with_the_list_of_known_places() {
 #[test]
 fn trigger_for_an_unknown_kind_also_lists_what_there_is() {
     let out = Command::new(env!("CARGO_BIN_EXE_shouwang"))
-        .args(["demo", "clear", "elevator", "B1-12-03"])
+        .args(["demo", "clear", "elevator", "B1-2-12-1203"])
         .env("RUST_LOG", "off")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("smoke     B1-01-01 B1-01-02"), "{stderr}");
-    assert!(stderr.contains("B1-12-02 B1-12-03"), "{stderr}");
-    assert!(stderr.contains("access    B1-01-02"), "{stderr}");
+    assert!(
+        stderr.contains("smoke     B1-1-1-101 B1-1-1-102"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("B1-2-12-1203"), "{stderr}");
+    assert!(stderr.contains("access    B1-1-1-stairwell"), "{stderr}");
 }
 
 // --- the embedded broker ------------------------------------------------------------------
@@ -333,7 +352,7 @@ async fn a_triggered_device_reaches_the_alarm_board_and_clears_again() {
     // Subscribed before the trigger? The subscription is queued first, give it a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let smoke = demo.device("smoke", "B1-12-03").unwrap();
+    let smoke = demo.device("smoke", "B1-2-12-1203").unwrap();
     // Over Modbus, as `shouwang demo trigger` does from another terminal.
     let (point, values) = trigger_point(&smoke.config).unwrap();
     let started = Instant::now();
@@ -353,7 +372,13 @@ async fn a_triggered_device_reaches_the_alarm_board_and_clears_again() {
         started.elapsed()
     );
     assert_eq!(raised.rule, "smoke-high");
-    assert_eq!(raised.place.short(), "B1-12-03");
+    assert_eq!(raised.place.short(), "B1-2-12-1203");
+    // The names of the demo's [places] travel with the event.
+    assert_eq!(raised.place.label(), "1号楼 2单元 12层 1203室");
+    assert_eq!(
+        (raised.place.grid.as_str(), raised.place.names.grid.as_str()),
+        ("G1", "第一网格")
+    );
 
     // The console got it too.
     let http = http_client();

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 use shouwang_gateway::sinks::queue::{DiskQueue, QueueLimits};
 use shouwang_wire::{
-    AlarmEvent, AlarmState, Message, Place, PointValue, Priority, ReadingBatch, SCHEMA_VERSION,
-    SignalClass, TransitionKind,
+    AlarmEvent, AlarmState, Message, Place, PointValue, Priority, ReadingBatch, SignalClass,
+    TransitionKind,
 };
 use tempfile::TempDir;
 
@@ -27,14 +27,15 @@ fn place() -> Place {
         community: "huayuan".into(),
         building: "B3".into(),
         floor: "12".into(),
-        unit: "1203".into(),
+        room: "1203".into(),
+        ..Place::default()
     }
 }
 
 /// One alarm transition as the gateway publishes it, about 600 bytes of JSON.
 fn alarm_event() -> Vec<u8> {
     AlarmEvent {
-        schema: SCHEMA_VERSION,
+        schema: AlarmEvent::SCHEMA,
         event_id: "0197a3c2e5b07c4d9f1e2a3b4c5d6e7f-000000000412".into(),
         boot: 1_795_776_000,
         seq: 412,
@@ -63,13 +64,9 @@ fn alarm_event() -> Vec<u8> {
 
 /// One poll of one device as the gateway publishes it, about 250 bytes of JSON.
 fn reading_batch() -> Vec<u8> {
-    let point = |name: &str, value, unit: &str| PointValue {
-        point: name.into(),
-        value,
-        engineering_unit: Some(unit.into()),
-    };
+    let point = |name: &str, value, unit: &str| PointValue::good(name, value, Some(unit.into()));
     ReadingBatch {
-        schema: SCHEMA_VERSION,
+        schema: ReadingBatch::SCHEMA,
         gateway: "gw-b3-east".into(),
         device: "pump-b3-1".into(),
         device_kind: "pressure".into(),

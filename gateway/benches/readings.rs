@@ -20,7 +20,7 @@ use shouwang_gateway::sinks::influx::{
 };
 use shouwang_gateway::sinks::queue::{DiskQueue, HEADER_BYTES};
 use shouwang_hil_tests::servers;
-use shouwang_wire::{Place, PointValue, ReadingBatch, SCHEMA_VERSION};
+use shouwang_wire::{Place, PointValue, ReadingBatch};
 use tempfile::TempDir;
 
 /// The demo's load (`demo/building.toml`): 9 devices polled every 250 ms to 1 s, about 45
@@ -29,7 +29,7 @@ const DEMO_BATCHES_PER_S: u64 = 45;
 
 fn batch(i: u64, ts_ms: i64) -> ReadingBatch {
     ReadingBatch {
-        schema: SCHEMA_VERSION,
+        schema: ReadingBatch::SCHEMA,
         gateway: "gw-b3-east".into(),
         device: format!("pump-b3-{}", i % 9),
         device_kind: "pressure".into(),
@@ -37,13 +37,15 @@ fn batch(i: u64, ts_ms: i64) -> ReadingBatch {
             community: "huayuan".into(),
             building: "B3".into(),
             floor: "12".into(),
-            unit: "1203".into(),
+            room: "1203".into(),
+            ..Place::default()
         },
         ts_ms,
         points: vec![PointValue {
             point: "pressure".into(),
-            value: 0.42 + (i % 100) as f64 / 1000.0,
+            value: Some(0.42 + (i % 100) as f64 / 1000.0),
             engineering_unit: Some("MPa".into()),
+            quality: Default::default(),
         }],
     }
 }

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use shouwang_rules::{Condition, Priority, RuleSpec, SignalClass};
@@ -19,12 +20,14 @@ use crate::sinks::influx::InfluxConfig;
 
 mod devices;
 mod links;
+mod places;
 mod profiles;
 mod template;
 pub use crate::sinks::mqtt::auth::MqttTls;
 pub use crate::sources::mqtt_sensors::config::MqttSensorsSection;
 pub use devices::MAX_DEVICES;
 pub use links::{LinkConfig, LinkTransport, Parity};
+pub use places::{AREAS, PlacesSection};
 pub use profiles::{Profile, Profiles, SHIPPED as SHIPPED_PROFILES};
 use shouwang_broker_auth::{BrokerAuth, Password};
 
@@ -100,6 +103,8 @@ pub struct Config {
     pub mqtt_sensors: Option<MqttSensorsSection>,
     /// `[[links]]`: serial ports and TCP endpoints shared by Modbus devices.
     pub links: Vec<LinkConfig>,
+    /// `[places]`: the names of the site's places. Absent: every place shows its ids.
+    pub places: PlacesSection,
     /// Every profile devices may name: the shipped ones and `[gateway] profiles_dir`'s.
     pub profiles: Profiles,
     /// Every device, templates expanded and device files read (see `config/devices.rs`).
@@ -291,10 +296,31 @@ pub struct DeviceConfig {
     /// What the device is: `smoke`, `leak`, `pressure`, `door`, `level`, ... Rules can
     /// select devices by kind. With a `profile`, the profile's (leave it out).
     pub kind: String,
-    /// Building, floor and unit: where the device is. Strings (`"B1"`, `"12"`, `"03"`).
-    pub building: String,
-    pub floor: String,
-    pub unit: String,
+    /// Where the device is: its ids in the site's hierarchy, each ASCII letters, digits,
+    /// `-`, `_`, `.` (what operators read comes from `[places]`, e.g. `B1` is `1号楼`). Give
+    /// the levels the place has, and at least a `building` or an `area`: a smoke detector in
+    /// a home is `building = "B1"`, `entrance = "3"`, `floor = "12"`, `room = "1201"`.
+    /// `grid` (网格) may be left to `[places.grid_buildings]`.
+    pub grid: Option<String>,
+    /// The building (楼栋), e.g. `B1`.
+    pub building: Option<String>,
+    /// The stairwell entrance (单元) of the building, e.g. `3`.
+    pub entrance: Option<String>,
+    /// The floor (层), e.g. `12`, `B2` (a basement), `R` (the roof).
+    pub floor: Option<String>,
+    /// The room (室): the home, e.g. `1201`. Not with `area`.
+    pub room: Option<String>,
+    /// The old name of `room`, from configs written before places had entrances: read as
+    /// `room`. Give one or the other.
+    pub unit: Option<String>,
+    /// A place that is not a home, one of `pump-room`, `roof-tank`, `lift-machine-room`,
+    /// `lift`, `car-park`, `control-room`, `distribution-room`, `generator-room`,
+    /// `stairwell`, `corridor`, `lobby`, `roof`, `gate` or `other` (with `area_name`), within
+    /// the levels given: `building = "B1"`, `floor = "B2"`, `area = "pump-room"`.
+    pub area: Option<String>,
+    /// What operators read for the area, e.g. `消防水泵房`. Default: `[places.area]`'s
+    /// name for the word, else the word.
+    pub area_name: Option<String>,
     /// `tcp` (Modbus TCP), `rtu` (Modbus RTU on a serial line), `rtu-over-tcp` (RTU
     /// through a serial device server), `mqtt` (a sensor that publishes JSON) or `gpio`
     /// (dry contacts on the gateway's own inputs). A device with a `link` may leave it out:
@@ -473,17 +499,6 @@ mod number {
 
     pub fn some<'de, D: Deserializer<'de>, T: Int>(d: D) -> Result<Option<T>, D::Error> {
         exactly(d).map(Some)
-    }
-}
-
-impl DeviceConfig {
-    pub fn place(&self, community: &str) -> Place {
-        Place {
-            community: community.to_string(),
-            building: self.building.clone(),
-            floor: self.floor.clone(),
-            unit: self.unit.clone(),
-        }
     }
 }
 
@@ -1020,6 +1035,13 @@ impl Config {
             Some(v) => section::<MqttSensorsSection>(v, "mqtt_sensors", &mut problems).map(Some),
             None => Some(None),
         };
+        let places = match table.remove("places") {
+            Some(v) => section::<PlacesSection>(v, "places", &mut problems),
+            None => Some(PlacesSection::default()),
+        };
+        if let Some(places) = &places {
+            places::check_section(places, &mut problems);
+        }
         let links = list::<LinkConfig>(table.remove("links"), "links", &mut problems);
         let link_transports: BTreeMap<String, Transport> = links
             .iter()
@@ -1040,7 +1062,7 @@ impl Config {
         for key in table.keys() {
             problems.add(
                 key.as_str(),
-                "unknown section; expected gateway, mqtt, mqtt_sensors, influx, metrics, links, devices, device_files or rules",
+                "unknown section; expected gateway, mqtt, mqtt_sensors, influx, metrics, places, links, devices, device_files or rules",
             );
         }
         let has_mqtt_devices = devices
@@ -1065,8 +1087,14 @@ impl Config {
             }
             m
         });
-        let (Some(gateway), Some(mqtt), Some(influx), Some(metrics), Some(mqtt_sensors)) =
-            (gateway, mqtt, influx, metrics, mqtt_sensors)
+        let (
+            Some(gateway),
+            Some(mqtt),
+            Some(influx),
+            Some(metrics),
+            Some(mqtt_sensors),
+            Some(places),
+        ) = (gateway, mqtt, influx, metrics, mqtt_sensors, places)
         else {
             // Still check what parsed, so the report is complete.
             check_devices(&devices, labels, &mut problems);
@@ -1080,6 +1108,7 @@ impl Config {
             metrics,
             mqtt_sensors,
             links: links.into_iter().flatten().collect(),
+            places,
             profiles,
             devices: devices.iter().flatten().cloned().collect(),
             rules: rules.into_iter().flatten().collect(),
@@ -1160,6 +1189,7 @@ impl Config {
         check_devices(&devices, labels, p);
         check_gpio_pins(self, labels, p);
         links::check_links(self, labels, p);
+        places::check_names_and_grids(self, p);
         if self.devices.is_empty() {
             p.add("devices", "no devices: add at least one [[devices]] table");
         }
@@ -1335,21 +1365,39 @@ impl Config {
                     on_delay_ms: 0,
                 },
                 AlarmMeta {
-                    device: id.clone(),
+                    device: id.as_str().into(),
                     device_kind: "gateway".into(),
                     point: None,
                     rule: rule.into(),
-                    place: Place {
-                        community: self.gateway.community.clone(),
-                        ..Place::default()
-                    },
+                    place: Arc::new(self.community_place()),
                     message: message.into(),
                     engineering_unit: None,
                 },
             ));
         }
-        for device in &self.devices {
-            for (rule, message) in DEVICE_FAULTS {
+        // One copy of each device's id, kind and place for all its alarms.
+        let shared: Vec<(Arc<str>, Arc<str>, Arc<Place>)> = self
+            .devices
+            .iter()
+            .map(|d| {
+                (
+                    Arc::from(d.id.as_str()),
+                    Arc::from(d.kind.as_str()),
+                    Arc::new(self.place(d)),
+                )
+            })
+            .collect();
+        let index: std::collections::HashMap<&str, usize> = self
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.as_str(), i))
+            .collect();
+        let of = |device: &DeviceConfig| index.get(device.id.as_str()).and_then(|&i| shared.get(i));
+        let fault_messages: Vec<Arc<str>> =
+            DEVICE_FAULTS.iter().map(|(_, m)| Arc::from(*m)).collect();
+        for (device, (id, kind, place)) in self.devices.iter().zip(&shared) {
+            for ((rule, _), message) in DEVICE_FAULTS.iter().zip(&fault_messages) {
                 out.push((
                     RuleSpec {
                         alarm_id: alarm_id(
@@ -1366,12 +1414,12 @@ impl Config {
                         on_delay_ms: 0,
                     },
                     AlarmMeta {
-                        device: device.id.clone(),
-                        device_kind: device.kind.clone(),
+                        device: id.clone(),
+                        device_kind: kind.clone(),
                         point: None,
-                        rule: rule.into(),
-                        place: device.place(&self.gateway.community),
-                        message: message.into(),
+                        rule: (*rule).into(),
+                        place: place.clone(),
+                        message: message.clone(),
                         engineering_unit: None,
                     },
                 ));
@@ -1389,7 +1437,11 @@ impl Config {
                 },
                 (None, None) => continue, // refused by check()
             };
+            let message: Arc<str> = Arc::from(rule.message.as_str());
             for device in self.devices_of(rule) {
+                let Some((id, kind, place)) = of(device) else {
+                    continue;
+                };
                 let unit = device
                     .points
                     .iter()
@@ -1411,12 +1463,12 @@ impl Config {
                         on_delay_ms: rule.on_delay_ms,
                     },
                     AlarmMeta {
-                        device: device.id.clone(),
-                        device_kind: device.kind.clone(),
+                        device: id.clone(),
+                        device_kind: kind.clone(),
                         point: Some(rule.point.clone()),
                         rule: rule.id.clone(),
-                        place: device.place(&self.gateway.community),
-                        message: rule.message.clone(),
+                        place: place.clone(),
+                        message: message.clone(),
                         engineering_unit: unit,
                     },
                 ));
@@ -1426,15 +1478,17 @@ impl Config {
     }
 }
 
-/// What the gateway says about an alarm besides its state: where, what, which rule.
+/// What the gateway says about an alarm besides its state: where, what, which rule. The
+/// parts shared by a device's alarms (its id, kind and place; a rule's message) are shared,
+/// not copied: 1,000 devices have 3,000 alarms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlarmMeta {
-    pub device: String,
-    pub device_kind: String,
+    pub device: Arc<str>,
+    pub device_kind: Arc<str>,
     pub point: Option<String>,
     pub rule: String,
-    pub place: Place,
-    pub message: String,
+    pub place: Arc<Place>,
+    pub message: Arc<str>,
     pub engineering_unit: Option<String>,
 }
 
@@ -1529,10 +1583,8 @@ fn check_devices(devices: &[Option<DeviceConfig>], labels: &[String], p: &mut Pr
             );
         }
         p.id(&format!("{at}.kind"), "device kind", &d.kind);
-        // Place parts become tags and the `B1-12-03` form operators read.
-        p.id(&format!("{at}.building"), "building", &d.building);
-        p.id(&format!("{at}.floor"), "floor", &d.floor);
-        p.id(&format!("{at}.unit"), "unit", &d.unit);
+        // Place ids become line-protocol tags and the `B1-3-12-1201` form.
+        places::check_device(d, &at, p);
         match d.transport {
             Transport::Tcp | Transport::Rtu | Transport::RtuOverTcp => {
                 check_modbus_device(d, &at, p)

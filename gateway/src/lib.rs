@@ -183,12 +183,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     let links = modbus::links(&config);
     let (writers, write_queues) = modbus::Writers::for_links(&links, &config.devices);
     for (spec, writes) in links.into_iter().zip(write_queues) {
-        let devices: Vec<config::DeviceConfig> = spec
-            .devices
-            .iter()
-            .filter_map(|&(i, _)| config.devices.get(i).cloned())
-            .collect();
-        let tx = poll_tx.clone();
+        let (tx, config) = (poll_tx.clone(), config.clone());
         let stall_after = modbus::link::stall_after(&spec, &config);
         pollers.push(supervisor.spawn(
             format!("modbus/{}", spec.id),
@@ -197,7 +192,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
             move |heartbeat| {
                 modbus::run_link(
                     spec.clone(),
-                    devices.clone(),
+                    config.clone(),
                     writes.clone(),
                     clock,
                     tx.clone(),
@@ -288,6 +283,10 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
             _ = ticker.tick() => {
                 let now = clock.now();
                 let mut events = watch.on_tick(now);
+                // Devices gone silent: their points as comm-lost, to the readings sinks.
+                for batch in watch.take_readings() {
+                    emit.readings(batch);
+                }
                 // The gateway's own faults, from the journal's health and its tasks.
                 // A failing transmission path is also the local warning (GB 26875.1,
                 // local_output.rs), where someone on site can see it, since the console

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use shouwang_gateway::sinks::influx::{InfluxApi, InfluxConfig, InfluxSink, InfluxStats};
 use shouwang_hil_tests::servers::{self, Server};
-use shouwang_wire::{Place, PointValue, ReadingBatch, SCHEMA_VERSION};
+use shouwang_wire::{Place, PointValue, ReadingBatch};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -24,12 +24,13 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn place(community: &str, building: &str, floor: &str, unit: &str) -> Place {
+fn place(community: &str, building: &str, floor: &str, room: &str) -> Place {
     Place {
         community: community.into(),
         building: building.into(),
         floor: floor.into(),
-        unit: unit.into(),
+        room: room.into(),
+        ..Place::default()
     }
 }
 
@@ -41,7 +42,7 @@ fn batch(
     points: &[(&str, f64)],
 ) -> ReadingBatch {
     ReadingBatch {
-        schema: SCHEMA_VERSION,
+        schema: ReadingBatch::SCHEMA,
         gateway: "gw-b1".into(),
         device: device.into(),
         device_kind: kind.into(),
@@ -51,8 +52,9 @@ fn batch(
             .iter()
             .map(|(p, v)| PointValue {
                 point: (*p).into(),
-                value: *v,
+                value: Some(*v),
                 engineering_unit: None,
+                quality: Default::default(),
             })
             .collect(),
     }
@@ -105,9 +107,10 @@ async fn stats_until(
     .await
 }
 
-/// Every `shouwang_reading*` series VictoriaMetrics has, sorted by labels.
+/// Every value series VictoriaMetrics has (`shouwang_reading_value`; each line's quality is
+/// `shouwang_reading_quality`, checked on its own), sorted by labels.
 async fn vm_export(vm_url: &str) -> Vec<Series> {
-    let lines = servers::vm_export(vm_url, r#"{__name__=~"shouwang_reading.*"}"#)
+    let lines = servers::vm_export(vm_url, r#"{__name__="shouwang_reading_value"}"#)
         .await
         .unwrap_or_default();
     let mut series: Vec<Series> = lines
@@ -165,14 +168,17 @@ async fn influx_query(server: &Server, db: &str, q: &str) -> Value {
 fn expected(b: &ReadingBatch, point: &str, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut l = labels(&[
         ("__name__", "shouwang_reading_value"),
+        ("area", &b.place.area),
         ("building", &b.place.building),
         ("community", &b.place.community),
         ("device", &b.device),
         ("device_kind", &b.device_kind),
+        ("entrance", &b.place.entrance),
         ("floor", &b.place.floor),
         ("gateway", &b.gateway),
+        ("grid", &b.place.grid),
         ("point", point),
-        ("unit", &b.place.unit),
+        ("room", &b.place.room),
     ]);
     l.retain(|_, v| !v.is_empty());
     l.extend(labels(extra));
@@ -185,21 +191,27 @@ async fn readings_reach_victoria_metrics_over_the_v1_api_with_every_tag() {
     let dir = tempfile::tempdir().unwrap();
     let (sink, _task) = InfluxSink::spawn(v1(vm.url(), "shouwang"), dir.path()).unwrap();
     let t0 = now_ms() - 10_000;
-    let smoke = batch(
+    let mut smoke = batch(
         "smoke-1",
         "smoke",
         place("Riverside Gardens, Phase 2", "B=1", "12", "03"),
         t0,
         &[("obscuration", 1.5), ("alarm", 3.0), ("broken", f64::NAN)],
     );
-    // No floor: the tag is left out rather than sent empty.
-    let door = batch(
+    smoke.place.grid = "G2".into();
+    smoke.place.entrance = "3".into();
+    // Names are for people: never labels.
+    smoke.place.names.building = "1号楼".into();
+    smoke.place.names.entrance = "3单元".into();
+    // No floor and no room: those tags are left out rather than sent empty.
+    let mut door = batch(
         "door-7",
         "door",
-        place("riverside", "B1", "", "lobby"),
+        place("riverside", "B1", "", ""),
         t0 + 1000,
         &[("open", 0.0)],
     );
+    door.place.area = "lobby".into();
     sink.push(smoke.clone());
     sink.push(door.clone());
 
@@ -307,13 +319,15 @@ async fn readings_reach_influxdb_1_as_float_fields_with_every_tag() {
     let dir = tempfile::tempdir().unwrap();
     let (sink, _task) = InfluxSink::spawn(v1(influx.url(), "shouwang"), dir.path()).unwrap();
     let t0 = now_ms() - 10_000;
-    let b = batch(
+    let mut b = batch(
         "smoke-1",
         "smoke",
         place("Riverside Gardens, Phase 2", r"B1\F2", "12", "u=3"),
         t0,
         &[("alarm", 3.0), ("obscuration", 0.25)],
     );
+    b.place.grid = "G2".into();
+    b.place.entrance = "3".into();
     sink.push(b.clone());
 
     let result = eventually("2 rows in InfluxDB", || async {
@@ -337,18 +351,23 @@ async fn readings_reach_influxdb_1_as_float_fields_with_every_tag() {
             "community",
             "device",
             "device_kind",
+            "entrance",
             "floor",
             "gateway",
+            "grid",
             "point",
-            "unit",
+            "quality",
+            "room",
             "value"
         ]
     );
     let mut rows: Vec<Vec<Value>> = serde_json::from_value(series["values"].clone()).unwrap();
-    rows.sort_by_key(|r| r[7].as_str().unwrap().to_string());
+    rows.sort_by_key(|r| r[9].as_str().unwrap().to_string());
+    // The tags, `quality` (a field, between `point` and `room`) left out.
     let tags = |r: &[Value]| -> Vec<String> {
-        r[1..9]
+        r[1..10]
             .iter()
+            .chain(&r[11..12])
             .map(|v| v.as_str().unwrap().to_string())
             .collect()
     };
@@ -358,8 +377,10 @@ async fn readings_reach_influxdb_1_as_float_fields_with_every_tag() {
             "Riverside Gardens, Phase 2",
             "smoke-1",
             "smoke",
+            "3",
             "12",
             "gw-b1",
+            "G2",
             point,
             "u=3",
         ]
@@ -371,14 +392,15 @@ async fn readings_reach_influxdb_1_as_float_fields_with_every_tag() {
         assert_eq!(row[0].as_i64(), Some(t0), "{row:?}");
         assert_eq!(tags(row), want_tags(point), "{row:?}");
         // InfluxDB's JSON prints the float 3 as `3`; the field type is checked below.
-        assert_eq!(row[9].as_f64(), Some(value), "{row:?}");
+        assert_eq!(row[12].as_f64(), Some(value), "{row:?}");
+        assert_eq!(row[10].as_f64(), Some(0.0), "quality good: {row:?}");
     }
 
     // `3` without an integer suffix was stored as a float, so later 3.5s fit the same field.
     let fields = influx_query(&influx, "shouwang", "SHOW FIELD KEYS FROM shouwang_reading").await;
     assert_eq!(
         fields["results"][0]["series"][0]["values"],
-        serde_json::json!([["value", "float"]])
+        serde_json::json!([["quality", "float"], ["value", "float"]])
     );
 }
 
@@ -529,4 +551,50 @@ async fn readings_left_on_disk_when_the_writer_stopped_are_sent_by_the_next_one(
     assert_eq!(ts, &(0..5).map(|i| t0 + i * 1000).collect::<Vec<_>>());
     let after = stats_until(&sink, "5 lines written", |s| s.lines_written == 5).await;
     assert_eq!((after.lines_abandoned, after.batches_shed), (0, 0));
+}
+
+#[tokio::test]
+async fn a_reading_without_a_good_value_is_stored_as_its_quality_alone() {
+    let vm = servers::victoria_metrics().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _task) = InfluxSink::spawn(v1(vm.url(), "shouwang"), dir.path()).unwrap();
+    let t0 = now_ms() - 10_000;
+    let mut b = batch(
+        "pressure-1",
+        "pressure",
+        place("riverside", "B1", "B2", ""),
+        t0,
+        &[("pressure", 0.61), ("current", 0.0)],
+    );
+    b.points[1].value = None;
+    b.points[1].quality = shouwang_wire::Quality::WireBreak;
+    sink.push(b);
+    let quality = eventually("two quality series", || async {
+        let lines = servers::vm_export(&vm.url(), r#"{__name__="shouwang_reading_quality"}"#)
+            .await
+            .ok()?;
+        let mut by_point: Vec<(String, f64)> = lines
+            .iter()
+            .map(|v| {
+                (
+                    v["metric"]["point"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    v["values"][0].as_f64().unwrap_or(-1.0),
+                )
+            })
+            .collect();
+        by_point.sort_by(|a, b| a.0.cmp(&b.0));
+        (by_point.len() == 2).then_some(by_point)
+    })
+    .await;
+    assert_eq!(
+        quality,
+        [("current".to_string(), 4.0), ("pressure".to_string(), 0.0)]
+    );
+    // Only the good reading has a value.
+    let values = vm_export(&vm.url()).await;
+    let points: Vec<&str> = values.iter().map(|s| s.0["point"].as_str()).collect();
+    assert_eq!(points, ["pressure"]);
 }

@@ -55,15 +55,10 @@ fn start_link(
     assert_eq!(specs.len(), 1, "{specs:?}");
     let (writers, mut queues) = Writers::for_links(&specs, &config.devices);
     let spec = specs.into_iter().next().unwrap();
-    let devices = spec
-        .devices
-        .iter()
-        .map(|&(i, _)| config.devices[i].clone())
-        .collect();
     let (tx, rx) = mpsc::channel(1024);
     let task = tokio::spawn(run_link(
         spec,
-        devices,
+        std::sync::Arc::new(config.clone()),
         queues.remove(0),
         Clock::new(),
         tx,
@@ -393,4 +388,116 @@ async fn the_local_warning_relay_on_a_modbus_module_follows_the_warning_and_retr
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_behind_a_serial_device_server_are_read_over_rtu_over_tcp_and_it_reconnects() {
+    let (bus, addr) = SimBus::serve_tcp().await.unwrap();
+    for unit in [5u8, 6] {
+        bus.device(unit).set_u16(1, u16::from(unit) * 10);
+        bus.device(unit).set_u16(2, u16::from(unit) * 10 + 1);
+    }
+    let mut text = format!(
+        "[gateway]\nid = \"gw\"\ncommunity = \"c\"\ndata_dir = \"/nonexistent\"\n\n\
+         [[links]]\nid = \"b1-server\"\ntransport = \"rtu-over-tcp\"\naddress = \"{addr}\"\nbaud = 9600\n"
+    );
+    for unit in [5u8, 6] {
+        text.push_str(&format!(
+            "\n[[devices]]\nid = \"d{unit}\"\nkind = \"level\"\nbuilding = \"B1\"\nfloor = \"01\"\n\
+             room = \"{unit:02}\"\nlink = \"b1-server\"\nunit_id = {unit}\npoll_interval_ms = 100\n\
+             timeout_ms = 300\n\n[[devices.points]]\nname = \"v\"\nregister = 1\ntype = \"u16\"\n\
+             \n[[devices.points]]\nname = \"w\"\nregister = 2\ntype = \"u16\"\n"
+        ));
+    }
+    let config = Config::from_toml_str(&text, "test").unwrap_or_else(|e| panic!("{e}"));
+    let (_writers, mut rx, task) = start_link(&config);
+    let mut seen = BTreeMap::new();
+    while seen.len() < 2 {
+        let o = rx.recv().await.unwrap();
+        if let Ok(p) = &o.result {
+            seen.insert(config.devices[o.device].id.clone(), p.values.clone());
+        }
+    }
+    assert_eq!(
+        seen["d5"],
+        vec![("v".to_string(), 50.0), ("w".to_string(), 51.0)]
+    );
+    assert_eq!(
+        seen["d6"],
+        vec![("v".to_string(), 60.0), ("w".to_string(), 61.0)]
+    );
+    // The server goes away and comes back on the same port: the link reconnects by itself.
+    drop(bus);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bus = loop {
+        match SimBus::serve_tcp_on(addr).await {
+            Ok((bus, new_addr)) => break (bus, new_addr),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let (bus, new_addr) = bus;
+    assert_eq!(new_addr, addr);
+    bus.device(5).set_u16(1, 500);
+    bus.device(6).set_u16(1, 600);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut back = BTreeMap::new();
+    while back.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the link did not reconnect: {back:?}"
+        );
+        let Ok(Some(o)) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await else {
+            continue;
+        };
+        if let Ok(p) = &o.result
+            && (p.values[0].1 == 500.0 || p.values[0].1 == 600.0)
+        {
+            back.insert(config.devices[o.device].id.clone(), p.values[0].1);
+        }
+    }
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_link_reopens_its_port_when_the_adapter_comes_back() {
+    let mut line = PtyLine::open().unwrap();
+    let bus = SimBus::serve(&line.device_end, 19200).await.unwrap();
+    bus.device(1).set_u16(1, 11);
+    let config = site(&line.master_end, &[1], 100, 200, "quarantine_max_s = 1");
+    let (_writers, mut rx, task) = start_link(&config);
+    loop {
+        if rx.recv().await.unwrap().result.is_ok() {
+            break;
+        }
+    }
+    // Unplugged for a second: polls fail (the port is gone), then it is back with the
+    // devices on it.
+    drop(bus);
+    let line = tokio::task::spawn_blocking(move || {
+        line.replug(Duration::from_secs(1)).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let bus = SimBus::serve(&line.device_end, 19200).await.unwrap();
+    bus.device(1).set_u16(1, 12);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut failed = 0;
+    loop {
+        assert!(Instant::now() < deadline, "the port was not reopened");
+        let Ok(Some(o)) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await else {
+            continue;
+        };
+        match o.result {
+            Err(_) => failed += 1,
+            Ok(p) if p.values[0].1 == 12.0 => break,
+            Ok(_) => {}
+        }
+    }
+    assert!(
+        failed >= 1,
+        "the unplugged port must have failed some polls"
+    );
+    task.abort();
+    drop(line);
 }

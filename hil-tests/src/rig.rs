@@ -472,6 +472,8 @@ transport = "tcp"
 address = "{smoke}"
 poll_interval_ms = 100
 timeout_ms = 300
+# Every poll reported: these tests count readings to see polls.
+report_every_s = 0
 comm_loss_after_s = 1
 
 [[devices.points]]
@@ -505,6 +507,8 @@ transport = "tcp"
 address = "{leak}"
 poll_interval_ms = 100
 timeout_ms = 300
+# Every poll reported: these tests count readings to see polls.
+report_every_s = 0
 
 [[devices.points]]
 name = "leak"

@@ -11,7 +11,7 @@
 //! What a pty does not do: it does not pace bytes at the baud rate, so wire time is not
 //! simulated here (the bus benchmark simulates it).
 //!
-//! [`SimBus::serve_tcp`] puts the same devices behind a simulated Modbus TCP gateway
+//! [`SimBus::serve_modbus_tcp`] puts the same devices behind a simulated Modbus TCP gateway
 //! instead: one TCP port, each request to the unit its unit id names (the demo's building).
 
 use std::collections::BTreeMap;
@@ -46,31 +46,46 @@ impl PtyLine {
         let dir = tempfile::tempdir()?;
         let master_end = dir.path().join("master");
         let device_end = dir.path().join("devices");
-        let end = |p: &Path| format!("pty,raw,echo=0,link={}", p.display());
-        let child = Command::new("socat")
-            .arg(end(&master_end))
-            .arg(end(&device_end))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting socat (apt-get install socat)")?;
-        let line = PtyLine {
+        let child = socat(&master_end, &device_end)?;
+        Ok(PtyLine {
             child,
             master_end,
             device_end,
             _dir: dir,
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !(line.master_end.exists() && line.device_end.exists()) {
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "socat did not make its ptys"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(line)
+        })
     }
+
+    /// The line goes away (a USB adapter unplugged: both ends vanish, open ports fail) and
+    /// comes back at the same paths after `away`.
+    pub fn replug(&mut self, away: Duration) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(away);
+        self.child = socat(&self.master_end, &self.device_end)?;
+        Ok(())
+    }
+}
+
+/// socat joining two ptys linked at `a` and `b`, once both links exist (up to 5 s).
+fn socat(a: &Path, b: &Path) -> anyhow::Result<Child> {
+    let end = |p: &Path| format!("pty,raw,echo=0,link={}", p.display());
+    let child = Command::new("socat")
+        .arg(end(a))
+        .arg(end(b))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting socat (apt-get install socat)")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !(a.exists() && b.exists()) {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "socat did not make its ptys"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(child)
 }
 
 impl Drop for PtyLine {
@@ -114,11 +129,53 @@ impl SimBus {
         })
     }
 
+    /// Serve on a TCP socket instead, RTU frames and all: a serial device server in
+    /// transparent mode with the bus behind it (tokio-modbus's RTU-over-TCP server).
+    /// Returns the bus and the address to connect to.
+    pub async fn serve_tcp() -> anyhow::Result<(SimBus, std::net::SocketAddr)> {
+        SimBus::serve_tcp_on(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// [`SimBus::serve_tcp`] on a given address (a server that comes back on its port).
+    pub async fn serve_tcp_on(
+        addr: std::net::SocketAddr,
+    ) -> anyhow::Result<(SimBus, std::net::SocketAddr)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let units = Arc::new(Units::default());
+        let for_connections = units.clone();
+        let task = tokio::spawn(async move {
+            let server = tokio_modbus::server::rtu_over_tcp::Server::new(listener);
+            let new_service = move |_peer| Ok(Some(BusService(for_connections.clone())));
+            let on_connected = |stream, peer| {
+                let accepted = tokio_modbus::server::rtu_over_tcp::accept_tcp_connection(
+                    stream,
+                    peer,
+                    &new_service,
+                );
+                async move { accepted }
+            };
+            let on_process_error = |e: std::io::Error| {
+                tracing::debug!(error = %e, "simulated RTU-over-TCP connection ended");
+            };
+            if let Err(e) = server.serve(&on_connected, on_process_error).await {
+                tracing::debug!(error = %e, "simulated RTU-over-TCP bus stopped");
+            }
+        });
+        Ok((
+            SimBus {
+                units,
+                server: Arc::new(ServerTask(task.abort_handle())),
+            },
+            addr,
+        ))
+    }
+
     /// Serve on a TCP port at `addr` (port 0: the OS picks), as a Modbus TCP gateway in
     /// front of an RS-485 bus: each request goes to the unit its unit id names, and a unit
     /// nobody serves stays silent (the master times out), as behind a real gateway. Returns
     /// the address it listens on. Must be called inside a tokio runtime.
-    pub async fn serve_tcp(addr: SocketAddr) -> anyhow::Result<(SimBus, SocketAddr)> {
+    pub async fn serve_modbus_tcp(addr: SocketAddr) -> anyhow::Result<(SimBus, SocketAddr)> {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("simulated Modbus TCP gateway: binding {addr}"))?;

@@ -1,8 +1,12 @@
-//! The wire contract between Shouwang gateways and the console, schema version 1.
+//! The wire contract between Shouwang gateways and the console.
 //!
 //! Everything that crosses the MQTT broker is defined here and documented in
-//! `docs/wire.md`; change both together. Receivers reject a message whose `schema` they do
-//! not know with [`WireError::UnsupportedSchema`] instead of guessing.
+//! `docs/wire.md`; change both together. Each message has its own schema version
+//! ([`Message::SCHEMA`], the version this build writes): alarm events, reading batches and
+//! snapshots are at version 2 (the place of schema 2, see [`Place`]), the others at 1.
+//! Receivers read every version from [`OLDEST_SCHEMA`] up to the one they write, a message
+//! of an older version arriving in today's shape ([`Message::decode`]), and reject a newer
+//! one with [`WireError::UnsupportedSchema`] instead of guessing.
 //!
 //! Identities: every [`AlarmEvent`] carries an `event_id` that is unique and stays the same
 //! when the event is sent again, so receivers drop duplicates; every [`Command`] carries a
@@ -13,20 +17,25 @@ use serde::{Deserialize, Serialize};
 
 pub use shouwang_rules::{AlarmState, Priority, SignalClass, TransitionKind};
 
-/// The schema version every message of this crate carries in its `schema` field.
-pub const SCHEMA_VERSION: u32 = 1;
+mod place;
+pub use place::{Level, MAX_NAME_CHARS, Place, PlaceNames, PlaceV1, forbidden_name_char};
 
-/// The first two levels of every topic.
+/// The oldest schema version a receiver of this build reads, of every message.
+pub const OLDEST_SCHEMA: u32 = 1;
+
+/// The first two levels of every topic. The topic's `v1` is the topic layout's version, not
+/// a message's schema: schema 2 changed no topic.
 pub const TOPIC_ROOT: &str = "shouwang/v1";
 
 /// The largest MQTT packet a Shouwang client publishes, whole (header, topic and payload).
 /// The broker's `max_packet_size` must be at least this (docs/mosquitto/); a receiver must
 /// accept at least this. Reading batches that would pass it are split
 /// ([`ReadingBatch::split_to_fit`]); config checks keep every alarm event far below it
-/// (see [`MAX_ID_CHARS`], [`MAX_TEXT_CHARS`]).
+/// (see [`MAX_ID_CHARS`], [`MAX_NAME_CHARS`], [`MAX_TEXT_CHARS`]).
 pub const MAX_PUBLISH_BYTES: usize = 256 * 1024;
 
-/// The most characters of a community, gateway, device, rule or point id, or a place part.
+/// The most characters of a community, gateway, device, rule or point id, or a place's id
+/// at one level.
 pub const MAX_ID_CHARS: usize = 64;
 
 /// The most characters of a free text that travels in alarm events: a rule's message, an
@@ -42,26 +51,17 @@ pub enum WireError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("{kind} has schema version {found}, this build understands {SCHEMA_VERSION}")]
-    UnsupportedSchema { kind: &'static str, found: u32 },
+    #[error(
+        "{kind} has schema version {found}, this build reads versions {OLDEST_SCHEMA} to {newest}"
+    )]
+    UnsupportedSchema {
+        kind: &'static str,
+        found: u32,
+        /// The newest version of this message this build reads.
+        newest: u32,
+    },
     #[error("topic {0:?} is not a Shouwang v1 topic (shouwang/v1/<community>/<gateway>/<channel>)")]
     Topic(String),
-}
-
-/// Where a device is, in the site hierarchy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Place {
-    pub community: String,
-    pub building: String,
-    pub floor: String,
-    pub unit: String,
-}
-
-impl Place {
-    /// The short form operators use, e.g. `B1-12-03` (building, floor, unit).
-    pub fn short(&self) -> String {
-        format!("{}-{}-{}", self.building, self.floor, self.unit)
-    }
 }
 
 /// The channels under one gateway's topic prefix.
@@ -226,13 +226,89 @@ pub struct ReadingBatch {
     pub points: Vec<PointValue>,
 }
 
-/// One scaled value of one point.
+/// One point of a poll: its scaled value and how far to trust it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PointValue {
     pub point: String,
-    pub value: f64,
+    /// The value in `engineering_unit`; `null` when there is none to give (a wire break, a
+    /// device that lost communication). A value of a quality other than `good` is not one
+    /// to act on.
+    pub value: Option<f64>,
     pub engineering_unit: Option<String>,
+    /// `good` unless said otherwise (a schema 1 batch has only good values).
+    #[serde(default, skip_serializing_if = "Quality::is_good")]
+    pub quality: Quality,
+}
+
+impl PointValue {
+    /// A good value.
+    pub fn good(point: impl Into<String>, value: f64, engineering_unit: Option<String>) -> Self {
+        PointValue {
+            point: point.into(),
+            value: Some(value),
+            engineering_unit,
+            quality: Quality::Good,
+        }
+    }
+
+    /// The value, if it is good.
+    pub fn good_value(&self) -> Option<f64> {
+        self.value.filter(|_| self.quality.is_good())
+    }
+}
+
+/// How far a reading can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Quality {
+    /// Read from the device, within its valid range.
+    #[default]
+    Good,
+    /// Read, but old: the sensor's own time of the reading is further back than the
+    /// device's communication-loss window (a platform that relays buffered messages).
+    /// Reserved: gateways do not send it yet (the judgment needs a wall clock a Pi may not
+    /// have right, and must not withhold a fire from the rules).
+    Stale,
+    /// The device has not answered for its communication-loss window: no value.
+    CommLost,
+    /// The raw value is outside the range the device or its profile says is valid.
+    OutOfRange,
+    /// A 4-20 mA loop below its wire-break limit (3.6 mA): no value.
+    WireBreak,
+    /// The device refused the point or sent what does not decode (an exception, NaN, a
+    /// quality flag the config does not call good).
+    Bad,
+}
+
+impl Quality {
+    pub fn is_good(&self) -> bool {
+        *self == Quality::Good
+    }
+
+    /// The name on the wire (`comm-lost`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quality::Good => "good",
+            Quality::Stale => "stale",
+            Quality::CommLost => "comm-lost",
+            Quality::OutOfRange => "out-of-range",
+            Quality::WireBreak => "wire-break",
+            Quality::Bad => "bad",
+        }
+    }
+
+    /// The number written to the time-series store (docs/line-protocol.md).
+    pub fn code(self) -> u8 {
+        match self {
+            Quality::Good => 0,
+            Quality::Stale => 1,
+            Quality::CommLost => 2,
+            Quality::OutOfRange => 3,
+            Quality::WireBreak => 4,
+            Quality::Bad => 5,
+        }
+    }
 }
 
 /// Whether a gateway is connected. Retained; the broker publishes the `offline` last will
@@ -381,7 +457,7 @@ impl AlarmEvent {
         let mut part = || parts.next().unwrap_or_default().to_string();
         let (community, gateway, device, rule) = (part(), part(), part(), part());
         AlarmEvent {
-            schema: SCHEMA_VERSION,
+            schema: AlarmEvent::SCHEMA,
             event_id: format!("{boot}-{seq}"),
             boot,
             seq,
@@ -402,7 +478,8 @@ impl AlarmEvent {
                 community,
                 building: "B1".into(),
                 floor: "1".into(),
-                unit: "1".into(),
+                room: "1".into(),
+                ..Place::default()
             },
             message: "Smoke".into(),
             ts_ms: 0,
@@ -493,7 +570,7 @@ impl Snapshot {
         max_bytes: usize,
     ) -> Vec<Snapshot> {
         let empty = Snapshot {
-            schema: SCHEMA_VERSION,
+            schema: Snapshot::SCHEMA,
             gateway: gateway.to_string(),
             snapshot_id: snapshot_id.to_string(),
             part: u32::MAX,
@@ -548,31 +625,47 @@ impl Snapshot {
 /// A message of this contract: it knows its name and carries a schema version.
 pub trait Message: Serialize + DeserializeOwned {
     const KIND: &'static str;
+    /// The schema version this build writes for this message, and the newest it reads.
+    const SCHEMA: u32;
     fn schema(&self) -> u32;
 
-    /// Parse a payload and check its schema version.
+    /// A payload of an older schema version `found` (`OLDEST_SCHEMA <= found < SCHEMA`) in
+    /// this version's shape, with `schema` set to [`Message::SCHEMA`]. Only messages whose
+    /// shape changed override it.
+    fn upgrade(found: u32, payload: &[u8]) -> Result<Self, serde_json::Error> {
+        let _ = found;
+        serde_json::from_slice(payload)
+    }
+
+    /// Parse a payload and check its schema version; an older version is read in today's
+    /// shape (see [`Message::upgrade`]).
     fn decode(payload: &[u8]) -> Result<Self, WireError> {
-        // Look at the schema first, so a v2 message gets "unsupported schema" rather
+        // Look at the schema first, so a v3 message gets "unsupported schema" rather
         // than a confusing field error.
         #[derive(Deserialize)]
         struct Probe {
             schema: Option<u32>,
         }
+        let json = |source| WireError::Json {
+            kind: Self::KIND,
+            source,
+        };
         if let Ok(Probe {
             schema: Some(found),
         }) = serde_json::from_slice::<Probe>(payload)
-            && found != SCHEMA_VERSION
         {
-            return Err(WireError::UnsupportedSchema {
-                kind: Self::KIND,
-                found,
-            });
+            if !(OLDEST_SCHEMA..=Self::SCHEMA).contains(&found) {
+                return Err(WireError::UnsupportedSchema {
+                    kind: Self::KIND,
+                    found,
+                    newest: Self::SCHEMA,
+                });
+            }
+            if found < Self::SCHEMA {
+                return Self::upgrade(found, payload).map_err(json);
+            }
         }
-        let msg: Self = serde_json::from_slice(payload).map_err(|source| WireError::Json {
-            kind: Self::KIND,
-            source,
-        })?;
-        Ok(msg)
+        serde_json::from_slice(payload).map_err(json)
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -581,23 +674,69 @@ pub trait Message: Serialize + DeserializeOwned {
     }
 }
 
+/// A version 1 alarm event or reading batch, as JSON, in its version 2 shape: its place's
+/// `unit` becomes the room (see [`PlaceV1`]), and `schema` becomes `schema`. A place that is not a
+/// version 1 place is refused; anything else is left for the version 2 parser to judge.
+fn place_v1_to_v2(message: &mut serde_json::Value, schema: u32) -> Result<(), serde_json::Error> {
+    if let Some(fields) = message.as_object_mut() {
+        if let Some(place) = fields.get_mut("place") {
+            let v1: PlaceV1 = serde_json::from_value(place.take())?;
+            *place = serde_json::to_value(Place::from(v1))?;
+        }
+        fields.insert("schema".into(), schema.into());
+    }
+    Ok(())
+}
+
+/// Version 1 of [`AlarmEvent`] and [`ReadingBatch`]: the same fields, with a [`PlaceV1`].
+fn upgrade_place_v1<T: Message>(payload: &[u8]) -> Result<T, serde_json::Error> {
+    let mut message: serde_json::Value = serde_json::from_slice(payload)?;
+    place_v1_to_v2(&mut message, T::SCHEMA)?;
+    serde_json::from_value(message)
+}
+
+/// Version 1 of [`Snapshot`]: the same fields, its events version 1 alarm events.
+fn upgrade_snapshot_v1(payload: &[u8]) -> Result<Snapshot, serde_json::Error> {
+    let mut message: serde_json::Value = serde_json::from_slice(payload)?;
+    if let Some(fields) = message.as_object_mut() {
+        if let Some(serde_json::Value::Array(events)) = fields.get_mut("events") {
+            for event in events {
+                place_v1_to_v2(event, AlarmEvent::SCHEMA)?;
+            }
+        }
+        fields.insert("schema".into(), Snapshot::SCHEMA.into());
+    }
+    serde_json::from_value(message)
+}
+
 macro_rules! message {
-    ($t:ty, $kind:literal) => {
+    ($t:ty, $kind:literal, $schema:literal $(, $upgrade:expr)?) => {
+        impl $t {
+            /// The schema version this build writes for this message.
+            pub const SCHEMA: u32 = $schema;
+        }
         impl Message for $t {
             const KIND: &'static str = $kind;
+            const SCHEMA: u32 = $schema;
             fn schema(&self) -> u32 {
                 self.schema
             }
+            $(
+                fn upgrade(_found: u32, payload: &[u8]) -> Result<Self, serde_json::Error> {
+                    // Every older version of this message is version 1.
+                    $upgrade(payload)
+                }
+            )?
         }
     };
 }
-message!(AlarmEvent, "alarm event");
-message!(ReadingBatch, "reading batch");
-message!(GatewayStatus, "gateway status");
-message!(Command, "command");
-message!(CommandReply, "command reply");
-message!(Receipt, "receipt");
-message!(Snapshot, "snapshot");
+message!(AlarmEvent, "alarm event", 2, upgrade_place_v1);
+message!(ReadingBatch, "reading batch", 2, upgrade_place_v1);
+message!(GatewayStatus, "gateway status", 1);
+message!(Command, "command", 1);
+message!(CommandReply, "command reply", 1);
+message!(Receipt, "receipt", 1);
+message!(Snapshot, "snapshot", 2, upgrade_snapshot_v1);
 
 #[cfg(test)]
 mod tests {
@@ -629,7 +768,7 @@ mod tests {
     #[test]
     fn a_command_carries_its_action_flat() {
         let cmd = Command {
-            schema: SCHEMA_VERSION,
+            schema: Command::SCHEMA,
             command_id: "c1".into(),
             operator: "li".into(),
             ts_ms: 5,
@@ -656,10 +795,176 @@ mod tests {
 
     #[test]
     fn a_newer_schema_is_refused_with_its_version() {
+        // A status is still at version 1: a 2 is from the future.
         let err = GatewayStatus::decode(br#"{"schema":2,"gateway":"g"}"#).unwrap_err();
         assert!(
             matches!(err, WireError::UnsupportedSchema { found: 2, .. }),
             "{err}"
+        );
+        for payload in [
+            &br#"{"schema":3,"event_id":"e"}"#[..],
+            br#"{"schema":0,"event_id":"e"}"#,
+        ] {
+            let err = AlarmEvent::decode(payload).unwrap_err();
+            assert!(
+                err.to_string().contains("this build reads versions 1 to 2"),
+                "{err}"
+            );
+        }
+    }
+
+    /// An alarm event exactly as a version 1 gateway sent it (docs/wire.md of schema 1).
+    const EVENT_V1: &str = r#"{"schema":1,"event_id":"0193a7c4e2f07d5e9a1b3c4d5e6f7a8b-17","boot":1795776000,"seq":17,"alarm_id":"riverside:gw-b1:smoke-B1-12-03:smoke-high","gateway":"gw-b1","device":"smoke-B1-12-03","device_kind":"smoke","point":"obscuration","rule":"smoke-high","class":"alarm","priority":"high","transition":"raised","state":"unacknowledged","active":true,"value":3.1,"engineering_unit":"%/m","place":{"community":"riverside","building":"B1","floor":"12","unit":"03"},"message":"Smoke detected","ts_ms":1795776000123,"operator":null}"#;
+
+    #[test]
+    fn a_version_1_alarm_event_reads_with_its_unit_as_the_room() {
+        let event = AlarmEvent::decode(EVENT_V1.as_bytes()).unwrap();
+        assert_eq!(event.schema, 2, "read in today's shape");
+        assert_eq!(
+            event.place,
+            Place {
+                community: "riverside".into(),
+                building: "B1".into(),
+                floor: "12".into(),
+                room: "03".into(),
+                ..Place::default()
+            }
+        );
+        assert_eq!(event.place.label(), "B1-12-03");
+        assert_eq!(event.event_id, "0193a7c4e2f07d5e9a1b3c4d5e6f7a8b-17");
+        assert_eq!(
+            (event.boot, event.seq, event.value),
+            (1_795_776_000, 17, Some(3.1))
+        );
+        // Written again, it is a version 2 event that reads back the same.
+        assert_eq!(AlarmEvent::decode(&event.encode()).unwrap(), event);
+    }
+
+    #[test]
+    fn a_point_without_a_good_value_says_why_and_a_good_one_says_nothing_extra() {
+        let mut points = vec![PointValue::good("pressure", 0.65, Some("MPa".into()))];
+        points.push(PointValue {
+            point: "current".into(),
+            value: None,
+            engineering_unit: Some("mA".into()),
+            quality: Quality::WireBreak,
+        });
+        let text = serde_json::to_string(&points).unwrap();
+        assert_eq!(
+            text,
+            r#"[{"point":"pressure","value":0.65,"engineering_unit":"MPa"},{"point":"current","value":null,"engineering_unit":"mA","quality":"wire-break"}]"#
+        );
+        let back: Vec<PointValue> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, points);
+        assert_eq!(back[1].good_value(), None);
+        let unknown = text.replace("wire-break", "melted");
+        assert!(serde_json::from_str::<Vec<PointValue>>(&unknown).is_err());
+    }
+
+    #[test]
+    fn a_version_1_reading_batch_and_snapshot_read_in_todays_shape() {
+        let batch = ReadingBatch::decode(
+            br#"{"schema": 1, "gateway": "gw-b1", "device": "pressure-B1-01-01", "device_kind": "pressure",
+                "place": {"community": "riverside", "building": "B1", "floor": "01", "unit": "01"},
+                "ts_ms": 1795776000123,
+                "points": [{"point": "pressure", "value": 0.65, "engineering_unit": "MPa"}]}"#,
+        )
+        .unwrap();
+        assert_eq!((batch.schema, batch.place.room.as_str()), (2, "01"));
+        assert_eq!(batch.points[0].value, Some(0.65));
+        assert!(
+            batch.points[0].quality.is_good(),
+            "a v1 value is a good one"
+        );
+
+        let snapshot = format!(
+            r#"{{"schema": 1, "gateway": "gw-b1", "snapshot_id": "s1", "part": 1, "parts": 1,
+                "boot": 1795776000, "seq": 17, "events": [{EVENT_V1}],
+                "quiet": ["riverside:gw-b1:smoke-2:smoke-high"], "ts_ms": 1795776001010}}"#
+        );
+        let snapshot = Snapshot::decode(snapshot.as_bytes()).unwrap();
+        assert_eq!(snapshot.schema, 2);
+        assert_eq!(snapshot.events[0].schema, 2);
+        assert_eq!(snapshot.events[0].place.room, "03");
+        assert_eq!(snapshot.quiet, ["riverside:gw-b1:smoke-2:smoke-high"]);
+    }
+
+    #[test]
+    fn each_version_holds_its_own_place_shape() {
+        // A version 1 place with a room, or a version 2 place with a unit, is a mistake.
+        let v1_with_room = EVENT_V1.replace(r#""unit":"03""#, r#""room":"03""#);
+        let err = AlarmEvent::decode(v1_with_room.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("unit"), "{err}");
+        let v2_with_unit = EVENT_V1.replace(r#""schema":1"#, r#""schema":2"#);
+        let err = AlarmEvent::decode(v2_with_unit.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("unit"), "{err}");
+    }
+
+    #[test]
+    fn a_version_2_event_round_trips_with_every_level_and_name() {
+        let mut event = AlarmEvent::example("riverside:gw-b1:smoke-B1-3-1201:smoke-high", 4, 9);
+        event.place = Place {
+            community: "riverside".into(),
+            grid: "G2".into(),
+            building: "B1".into(),
+            entrance: "3".into(),
+            floor: "12".into(),
+            room: "1201".into(),
+            area: String::new(),
+            names: PlaceNames {
+                community: "江畔花园".into(),
+                grid: "第二网格".into(),
+                building: "1号楼".into(),
+                entrance: "3单元".into(),
+                floor: "12层".into(),
+                room: "1201室".into(),
+                area: String::new(),
+            },
+        };
+        let bytes = event.encode();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["schema"], 2);
+        assert_eq!(json["place"]["entrance"], "3");
+        assert_eq!(json["place"]["names"]["building"], "1号楼");
+        // Names travel as UTF-8, not as \u escapes.
+        assert!(
+            String::from_utf8_lossy(&bytes).contains("1201室"),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert_eq!(AlarmEvent::decode(&bytes).unwrap(), event);
+
+        let snapshot = Snapshot::split(
+            "gw-b1",
+            "s",
+            event.key(),
+            vec![event.clone()],
+            vec![],
+            0,
+            4096,
+        );
+        assert_eq!(
+            Snapshot::decode(&snapshot[0].encode()).unwrap(),
+            snapshot[0]
+        );
+    }
+
+    #[test]
+    fn messages_whose_shape_did_not_change_stay_at_version_1() {
+        // An older gateway refuses a command or receipt of a version it does not know: they
+        // keep version 1 so a console upgraded first still acknowledges and confirms.
+        assert_eq!(
+            [
+                Command::SCHEMA,
+                Receipt::SCHEMA,
+                GatewayStatus::SCHEMA,
+                CommandReply::SCHEMA
+            ],
+            [1, 1, 1, 1]
+        );
+        assert_eq!(
+            [AlarmEvent::SCHEMA, ReadingBatch::SCHEMA, Snapshot::SCHEMA],
+            [2, 2, 2]
         );
     }
 
@@ -669,15 +974,73 @@ mod tests {
         assert!(err.to_string().contains("alarm event"), "{err}");
     }
 
+    fn decode_every_kind(bytes: &[u8]) {
+        let _ = AlarmEvent::decode(bytes);
+        let _ = ReadingBatch::decode(bytes);
+        let _ = GatewayStatus::decode(bytes);
+        let _ = Command::decode(bytes);
+        let _ = CommandReply::decode(bytes);
+        let _ = Receipt::decode(bytes);
+        let _ = Snapshot::decode(bytes);
+    }
+
+    /// Any JSON value, a few levels deep.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            "[a-z0-9一-丐\"]{0,6}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("unit".to_string()),
+                        Just("room".to_string()),
+                        Just("place".to_string()),
+                        Just("names".to_string()),
+                        Just("events".to_string()),
+                        "[a-z]{1,8}"
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest::proptest! {
         #[test]
         fn no_payload_makes_a_decoder_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            let _ = AlarmEvent::decode(&bytes);
-            let _ = ReadingBatch::decode(&bytes);
-            let _ = GatewayStatus::decode(&bytes);
-            let _ = Command::decode(&bytes);
-            let _ = CommandReply::decode(&bytes);
-            let _ = Receipt::decode(&bytes);
+            decode_every_kind(&bytes);
+        }
+
+        /// Well-formed JSON of every version, with anything in the place and the events: the
+        /// paths that read version 1 in today's shape never panic either.
+        #[test]
+        fn no_json_of_any_version_makes_a_decoder_panic(
+            schema in proptest::prop_oneof![proptest::strategy::Just(1u32), proptest::strategy::Just(2), 0u32..5],
+            place in json_value(),
+            events in proptest::collection::vec(json_value(), 0..3),
+            extra in json_value(),
+        ) {
+            let message = serde_json::json!({
+                "schema": schema,
+                "place": place,
+                "events": events,
+                "extra": extra,
+            });
+            decode_every_kind(&serde_json::to_vec(&message).unwrap());
+            // A real version 1 event with its place replaced.
+            let mut event: serde_json::Value = serde_json::from_str(EVENT_V1).unwrap();
+            event["place"] = place;
+            event["schema"] = schema.into();
+            decode_every_kind(&serde_json::to_vec(&event).unwrap());
         }
 
         #[test]
@@ -689,7 +1052,7 @@ mod tests {
     #[test]
     fn a_reading_batch_too_large_for_one_publish_is_split_in_order_keeping_its_device() {
         let batch = ReadingBatch {
-            schema: SCHEMA_VERSION,
+            schema: ReadingBatch::SCHEMA,
             gateway: "gw".into(),
             device: "meter".into(),
             device_kind: "energy".into(),
@@ -698,8 +1061,9 @@ mod tests {
             points: (0..5000)
                 .map(|i| PointValue {
                     point: format!("p{i}"),
-                    value: f64::from(i) * 1.5,
+                    value: Some(f64::from(i) * 1.5),
                     engineering_unit: Some("kWh".into()),
+                    quality: Default::default(),
                 })
                 .collect(),
         };
@@ -720,14 +1084,16 @@ mod tests {
         // Every text at its limit, made of the character JSON escapes longest.
         let id = "x".repeat(MAX_ID_CHARS);
         let text = "\u{1}".repeat(MAX_TEXT_CHARS);
-        let place = Place {
-            community: id.clone(),
-            building: id.clone(),
-            floor: id.clone(),
-            unit: id.clone(),
-        };
+        // Names have no control characters; the longest character that may be in one is a
+        // 4-byte one, which JSON does not escape.
+        let name = "\u{20000}".repeat(MAX_NAME_CHARS);
+        let mut place = Place::default();
+        for level in Level::ALL {
+            *place.id_mut(level) = id.clone();
+            *place.names.get_mut(level) = name.clone();
+        }
         let event = AlarmEvent {
-            schema: SCHEMA_VERSION,
+            schema: AlarmEvent::SCHEMA,
             event_id: text.clone(),
             boot: u64::MAX,
             seq: u64::MAX,
@@ -757,7 +1123,7 @@ mod tests {
     #[test]
     fn a_command_expires_on_the_consoles_clock_whatever_the_gateways_reads() {
         let cmd = Command {
-            schema: SCHEMA_VERSION,
+            schema: Command::SCHEMA,
             command_id: "c1".into(),
             operator: "li".into(),
             ts_ms: 1_800_000_000_000,
@@ -786,7 +1152,7 @@ mod tests {
     #[test]
     fn a_command_with_an_oversized_field_is_named() {
         let mut cmd = Command {
-            schema: SCHEMA_VERSION,
+            schema: Command::SCHEMA,
             command_id: "c1".into(),
             operator: "li".into(),
             ts_ms: 5,

@@ -39,7 +39,7 @@ impl LinkTransport {
 #[serde(rename_all = "lowercase")]
 pub enum Parity {
     None,
-    /// The Modbus default ([SL] §2.5.1).
+    /// The Modbus default (Modbus over Serial Line V1.02 §2.5.1).
     #[default]
     Even,
     Odd,

@@ -146,6 +146,25 @@ mod tests {
     }
 
     #[test]
+    fn a_state_saved_before_places_had_entrances_loads_with_its_unit_as_the_room() {
+        // A line as a gateway writing version 1 alarm events saved it: an upgraded gateway
+        // resumes the alarm where it was.
+        let dir = tempfile::tempdir().unwrap();
+        let line = r#"{"schema":1,"event_id":"b-4","boot":1,"seq":4,"alarm_id":"c:g:a:r","gateway":"g","device":"a","device_kind":"smoke","point":null,"rule":"r","class":"alarm","priority":"high","transition":"acknowledged","state":"acknowledged","active":true,"value":3.0,"engineering_unit":null,"place":{"community":"c","building":"B1","floor":"12","unit":"03"},"message":"Smoke","ts_ms":0,"operator":"li"}"#;
+        std::fs::write(dir.path().join(FILE), format!("{HEADER}\n{line}\n")).unwrap();
+        let loaded = load(dir.path()).unwrap();
+        assert_eq!(loaded.bad_lines, 0);
+        let [event] = loaded.events.as_slice() else {
+            panic!("{loaded:?}")
+        };
+        assert_eq!(
+            (event.state, event.place.room.as_str()),
+            (AlarmState::Acknowledged, "03")
+        );
+        assert_eq!(event.schema, AlarmEvent::SCHEMA);
+    }
+
+    #[test]
     fn merging_keeps_the_latest_event_by_boot_then_sequence() {
         let mut latest = HashMap::new();
         assert!(merge(

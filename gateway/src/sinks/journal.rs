@@ -424,11 +424,14 @@ impl Lane {
                 }
             }
             self.rewrite_memory_only();
-            self.save_state(false);
             self.sync();
             if link.connected.load(Ordering::Relaxed) {
                 self.publish(&client, &topic, connection);
             }
+            // After the publish: writing the state file (once a second while alarms change)
+            // can take milliseconds on an SD card, and an alarm on disk need not wait for
+            // it. The records it lets go of are synced on the next turn.
+            self.save_state(false);
             self.report();
         }
     }

@@ -209,6 +209,7 @@ pub async fn watch_contacts(
                 Err(reason) => faults.push(PointFault {
                     point: name.clone(),
                     reason: format!("cannot read the input: {reason}"),
+                    quality: crate::sources::Quality::Bad,
                 }),
             }
         }

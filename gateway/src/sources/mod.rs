@@ -39,7 +39,12 @@ pub enum LinkError {
 pub struct PointFault {
     pub point: String,
     pub reason: String,
+    /// What the fault makes of the reading: `bad` (refused, undecodable), `wire-break`,
+    /// `out-of-range`, `stale`. It reaches the broker and the store with no value.
+    pub quality: Quality,
 }
+
+pub use shouwang_wire::Quality;
 
 /// The result of one poll of one device.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,11 +6,13 @@
 //! (default 0: any change) from the value last reported, and reports every point at least
 //! every `report_every_s` (default 60; the heartbeat: a flat line in the store still has
 //! samples, and a reader can tell "unchanged" from "gone"). A device with
-//! `report_every_s = 0` reports every poll. Pure: time is an argument (monotonic ms).
+//! `report_every_s = 0` reports every poll. A change of a point's quality (good to
+//! wire-break, comm-lost to good) is always reported at once. Pure: time is an argument
+//! (monotonic ms).
 
 use std::collections::HashMap;
 
-use shouwang_wire::PointValue;
+use shouwang_wire::{PointValue, Quality};
 
 /// One device's filter.
 #[derive(Debug, Clone)]
@@ -18,8 +20,8 @@ pub struct ExceptionFilter {
     every_ms: i64,
     /// Per point; a point not named has deadband 0.
     deadbands: HashMap<String, f64>,
-    /// The value last reported, per point.
-    last: HashMap<String, f64>,
+    /// The value and quality last reported, per point.
+    last: HashMap<String, (Option<f64>, Quality)>,
     /// When every point was last reported (monotonic ms).
     last_full_ms: Option<i64>,
 }
@@ -46,14 +48,24 @@ impl ExceptionFilter {
             .into_iter()
             .filter(|p| {
                 let deadband = self.deadbands.get(&p.point).copied().unwrap_or(0.0);
-                let moved = self.last.get(&p.point).is_none_or(|&last| {
-                    let moved = (p.value - last).abs();
-                    // NaN (a value appearing or vanishing) counts as a move.
-                    moved > deadband || moved.is_nan()
+                let moved = self.last.get(&p.point).is_none_or(|&(last, quality)| {
+                    // A change of quality is always news (a wire break, and its repair).
+                    if quality != p.quality {
+                        return true;
+                    }
+                    match (last, p.value) {
+                        (Some(last), Some(value)) => {
+                            let moved = (value - last).abs();
+                            // NaN (a value appearing or vanishing) counts as a move.
+                            moved > deadband || moved.is_nan()
+                        }
+                        (None, None) => false,
+                        _ => true,
+                    }
                 });
                 let report = heartbeat || moved;
                 if report {
-                    self.last.insert(p.point.clone(), p.value);
+                    self.last.insert(p.point.clone(), (p.value, p.quality));
                 }
                 report
             })
@@ -67,11 +79,7 @@ mod tests {
 
     fn values(v: &[(&str, f64)]) -> Vec<PointValue> {
         v.iter()
-            .map(|&(point, value)| PointValue {
-                point: point.into(),
-                value,
-                engineering_unit: None,
-            })
+            .map(|&(point, value)| PointValue::good(point, value, None))
             .collect()
     }
 
@@ -108,5 +116,23 @@ mod tests {
         assert!(f.filter(values(&[("level", 3.0)]), 9_999).is_empty());
         assert_eq!(f.filter(values(&[("level", 3.0)]), 10_000).len(), 1);
         assert!(f.filter(values(&[("level", 3.0)]), 10_001).is_empty());
+    }
+
+    #[test]
+    fn a_change_of_quality_is_reported_at_once_and_a_steady_bad_point_is_not() {
+        let mut f = ExceptionFilter::new(60_000, HashMap::new());
+        f.filter(values(&[("current", 12.0)]), 0);
+        let broken = PointValue {
+            point: "current".into(),
+            value: None,
+            engineering_unit: None,
+            quality: Quality::WireBreak,
+        };
+        assert_eq!(names(&f.filter(vec![broken.clone()], 1_000)), ["current"]);
+        assert!(f.filter(vec![broken], 2_000).is_empty());
+        assert_eq!(
+            names(&f.filter(values(&[("current", 12.0)]), 3_000)),
+            ["current"]
+        );
     }
 }

@@ -22,8 +22,8 @@ pub mod exception;
 
 use shouwang_rules::{AckError, Engine, RuleError, Transition};
 use shouwang_wire::{
-    Action, AlarmEvent, AlarmState, Command, CommandReply, EventKey, Place, PointValue,
-    ReadingBatch, SCHEMA_VERSION, Snapshot,
+    Action, AlarmEvent, AlarmState, Command, CommandReply, EventKey, Place, PointValue, Quality,
+    ReadingBatch, Snapshot, TransitionKind,
 };
 
 use crate::clock::Stamp;
@@ -77,6 +77,9 @@ pub struct Watch {
     /// Each alarm's latest event (restored ones included): what a snapshot states, and
     /// what an acknowledgement is checked against. Bounded by the number of alarms.
     latest: HashMap<String, AlarmEvent>,
+    /// Batches saying a device's points are `comm-lost`, made when its communication loss
+    /// was raised by a tick ([`Watch::take_readings`]); at most one per device.
+    comm_lost_readings: Vec<ReadingBatch>,
 }
 
 impl Watch {
@@ -95,7 +98,7 @@ impl Watch {
             .map(|d| DeviceState {
                 id: d.id.clone(),
                 kind: d.kind.clone(),
-                place: d.place(&config.gateway.community),
+                place: config.place(d),
                 comm_loss_after_ms: i64::try_from(d.comm_loss_after_s.saturating_mul(1000))
                     .unwrap_or(i64::MAX),
                 last_answer_ms: 0,
@@ -138,6 +141,7 @@ impl Watch {
             boot_id,
             boot,
             next_seq: 0,
+            comm_lost_readings: Vec::new(),
             latest: HashMap::new(),
         })
     }
@@ -209,13 +213,17 @@ impl Watch {
                 let silent = outcome.at.mono_ms.saturating_sub(device.last_answer_ms);
                 if silent >= device.comm_loss_after_ms {
                     let id = device.comm_lost_alarm.clone();
-                    transitions.extend(self.external(&id, true, outcome.at.mono_ms));
+                    let raised = self.external(&id, true, outcome.at.mono_ms);
+                    if raised.iter().any(|t| t.kind == TransitionKind::Raised) {
+                        report.readings = self.comm_lost_batch(outcome.device, outcome.at);
+                    }
+                    transitions.extend(raised);
                 }
             }
             Ok(polled) => {
                 device.last_answer_ms = device.last_answer_ms.max(outcome.at.mono_ms);
                 let mut batch = ReadingBatch {
-                    schema: SCHEMA_VERSION,
+                    schema: ReadingBatch::SCHEMA,
                     gateway: self.gateway.clone(),
                     device: device.id.clone(),
                     device_kind: device.kind.clone(),
@@ -224,11 +232,19 @@ impl Watch {
                     points: polled
                         .values
                         .iter()
-                        .map(|(point, value)| PointValue {
-                            point: point.clone(),
-                            value: *value,
-                            engineering_unit: device.units.get(point).cloned().flatten(),
+                        .map(|(point, value)| {
+                            PointValue::good(
+                                point.clone(),
+                                *value,
+                                device.units.get(point).cloned().flatten(),
+                            )
                         })
+                        .chain(polled.faults.iter().map(|fault| PointValue {
+                            point: fault.point.clone(),
+                            value: None,
+                            engineering_unit: device.units.get(&fault.point).cloned().flatten(),
+                            quality: fault.quality,
+                        }))
                         .collect(),
                 };
                 // Same threshold as comm loss: one bad answer is not yet a fault.
@@ -281,21 +297,65 @@ impl Watch {
     /// Time passes: on-delays may run out, and devices silent for too long (whether their
     /// polls fail or never come, as from a stalled poller) lose communication.
     pub fn on_tick(&mut self, now: Stamp) -> Vec<AlarmEvent> {
-        let silent: Vec<String> = self
+        let silent: Vec<(usize, String)> = self
             .devices
             .iter()
-            .filter(|d| now.mono_ms.saturating_sub(d.last_answer_ms) >= d.comm_loss_after_ms)
-            .map(|d| d.comm_lost_alarm.clone())
+            .enumerate()
+            .filter(|(_, d)| now.mono_ms.saturating_sub(d.last_answer_ms) >= d.comm_loss_after_ms)
+            .map(|(i, d)| (i, d.comm_lost_alarm.clone()))
             .collect();
         let mut transitions = Vec::new();
-        for id in silent {
-            transitions.extend(self.external(&id, true, now.mono_ms));
+        for (device, id) in silent {
+            let raised = self.external(&id, true, now.mono_ms);
+            if raised.iter().any(|t| t.kind == TransitionKind::Raised)
+                && let Some(batch) = self.comm_lost_batch(device, now)
+            {
+                self.comm_lost_readings.push(batch);
+            }
+            transitions.extend(raised);
         }
         transitions.extend(self.engine.tick(now.mono_ms));
         transitions
             .into_iter()
             .filter_map(|t| self.event(t, None, now.wall_ms))
             .collect()
+    }
+
+    /// The readings batches made since the last call: every point of a device whose
+    /// communication loss a tick raised, as `comm-lost` with no value, so the broker's
+    /// listeners and the store see the device go dark rather than its last value standing.
+    pub fn take_readings(&mut self) -> Vec<ReadingBatch> {
+        std::mem::take(&mut self.comm_lost_readings)
+    }
+
+    /// Every point of device `index` as `comm-lost`, through its report-by-exception filter
+    /// (so the point's return to good is reported at once too).
+    fn comm_lost_batch(&mut self, index: usize, now: Stamp) -> Option<ReadingBatch> {
+        let device = self.devices.get_mut(index)?;
+        let mut names: Vec<&String> = device.units.keys().collect();
+        names.sort();
+        let points: Vec<PointValue> = names
+            .into_iter()
+            .map(|point| PointValue {
+                point: point.clone(),
+                value: None,
+                engineering_unit: device.units.get(point).cloned().flatten(),
+                quality: Quality::CommLost,
+            })
+            .collect();
+        let points = match device.exception.as_mut() {
+            Some(filter) => filter.filter(points, now.mono_ms),
+            None => points,
+        };
+        (!points.is_empty()).then(|| ReadingBatch {
+            schema: ReadingBatch::SCHEMA,
+            gateway: self.gateway.clone(),
+            device: device.id.clone(),
+            device_kind: device.kind.clone(),
+            place: device.place.clone(),
+            ts_ms: now.wall_ms,
+            points,
+        })
     }
 
     /// One of the gateway's own faults ([`crate::config::GATEWAY_FAULTS`]) is active or not.
@@ -313,7 +373,7 @@ impl Watch {
     /// which the runtime loop sends ([`Watch::snapshot`]).
     pub fn on_command(&mut self, command: &Command, now: Stamp) -> (Vec<AlarmEvent>, CommandReply) {
         let mut reply = CommandReply {
-            schema: SCHEMA_VERSION,
+            schema: CommandReply::SCHEMA,
             command_id: command.command_id.clone(),
             gateway: self.gateway.clone(),
             ok: false,
@@ -398,14 +458,14 @@ impl Watch {
         let view = self.engine.alarm(&t.alarm_id)?;
         self.next_seq += 1;
         let event = AlarmEvent {
-            schema: SCHEMA_VERSION,
+            schema: AlarmEvent::SCHEMA,
             event_id: format!("{}-{}", self.boot_id, self.next_seq),
             boot: self.boot,
             seq: self.next_seq,
             alarm_id: t.alarm_id.clone(),
             gateway: self.gateway.clone(),
-            device: meta.device.clone(),
-            device_kind: meta.device_kind.clone(),
+            device: meta.device.to_string(),
+            device_kind: meta.device_kind.to_string(),
             point: meta.point.clone(),
             rule: meta.rule.clone(),
             class: view.spec.class,
@@ -415,8 +475,8 @@ impl Watch {
             active: t.active,
             value: t.value.or(view.last_value),
             engineering_unit: meta.engineering_unit.clone(),
-            place: meta.place.clone(),
-            message: meta.message.clone(),
+            place: (*meta.place).clone(),
+            message: meta.message.to_string(),
             ts_ms: wall_ms,
             operator,
         };
@@ -530,7 +590,7 @@ message = "Smoke detected"
         assert!(flat.readings.is_none() && flat.events.is_empty());
         // Smoke: reported, and the rule raised it.
         let smoke = w.on_poll(&good(3.0, 3_000));
-        assert_eq!(smoke.readings.unwrap().points[0].value, 3.0);
+        assert_eq!(smoke.readings.unwrap().points[0].value, Some(3.0));
         assert_eq!(smoke.events.len(), 1);
         // Still smoke: nothing new to report, and the alarm is not raised twice.
         let still = w.on_poll(&good(3.0, 4_000));
@@ -631,6 +691,30 @@ message = "Smoke detected"
     }
 
     #[test]
+    fn a_device_that_goes_silent_reports_its_points_comm_lost_once_and_good_again_at_once() {
+        let mut w = watch();
+        w.on_poll(&good(0.2, 1_000));
+        assert!(w.take_readings().is_empty());
+        w.on_tick(Stamp::at(3_000));
+        let dark = w.take_readings();
+        assert_eq!(dark.len(), 1, "{dark:?}");
+        assert!(
+            dark[0]
+                .points
+                .iter()
+                .all(|p| p.quality == Quality::CommLost && p.value.is_none()),
+            "{dark:?}"
+        );
+        w.on_tick(Stamp::at(4_000));
+        assert!(w.take_readings().is_empty(), "once, not per tick");
+        // The first answer is reported at once (its quality changed), though the value
+        // did not move.
+        let back = w.on_poll(&good(0.2, 5_000)).readings.expect("reported");
+        assert_eq!(back.points[0].quality, Quality::Good);
+        assert_eq!(back.points[0].value, Some(0.2));
+    }
+
+    #[test]
     fn the_silence_limit_is_checked_by_the_config_against_gb_50166() {
         let bad = CONFIG.replace("comm_loss_after_s = 2", "comm_loss_after_s = 101");
         let report = Config::from_toml_str(&bad, "t").unwrap_err();
@@ -651,6 +735,7 @@ message = "Smoke detected"
                 faults: vec![crate::sources::PointFault {
                     point: "obscuration".into(),
                     reason: "exception".into(),
+                    quality: shouwang_wire::Quality::Bad,
                 }],
             }),
         };
@@ -670,7 +755,7 @@ message = "Smoke detected"
         let mut w = watch();
         w.on_poll(&good(3.0, 1_000));
         let cmd = Command {
-            schema: SCHEMA_VERSION,
+            schema: Command::SCHEMA,
             command_id: "c1".into(),
             operator: "wang".into(),
             ts_ms: 1_500,
@@ -703,7 +788,7 @@ message = "Smoke detected"
         w.on_poll(&good(0.1, 2_000)); // boot-2: cleared
         w.on_poll(&good(3.5, 3_000)); // boot-3: raised again, not yet on the operator's screen
         let cmd = Command {
-            schema: SCHEMA_VERSION,
+            schema: Command::SCHEMA,
             command_id: "c4".into(),
             operator: "wang".into(),
             ts_ms: 3_100,
@@ -731,7 +816,7 @@ message = "Smoke detected"
 
     fn ack(alarm: &str, seen: &str) -> Command {
         Command {
-            schema: SCHEMA_VERSION,
+            schema: Command::SCHEMA,
             command_id: "c5".into(),
             operator: "wang".into(),
             ts_ms: 100,
@@ -837,7 +922,7 @@ message = "Smoke detected"
         let mut w = watch();
         w.on_poll(&good(3.0, 1_000));
         let cmd = Command {
-            schema: SCHEMA_VERSION,
+            schema: Command::SCHEMA,
             command_id: "c3".into(),
             operator: "console".into(),
             ts_ms: 5_000,
@@ -853,7 +938,7 @@ message = "Smoke detected"
     fn an_ack_for_an_unknown_alarm_is_refused_by_name() {
         let mut w = watch();
         let cmd = Command {
-            schema: SCHEMA_VERSION,
+            schema: Command::SCHEMA,
             command_id: "c2".into(),
             operator: "wang".into(),
             ts_ms: 0,

@@ -279,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
                 .address
                 .parse()
                 .with_context(|| format!("address of {}: {:?}", d.id, d.address))?;
-            let (bus, _) = SimBus::serve_tcp(addr)
+            let (bus, _) = SimBus::serve_modbus_tcp(addr)
                 .await
                 .with_context(|| format!("simulating {} at {}", d.id, d.address))?;
             buses.insert(d.address.clone(), bus);

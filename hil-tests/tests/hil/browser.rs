@@ -25,9 +25,26 @@ const SMOKE_DEVICE: &str = "smoke-B1-12-03";
 const SMOKE_ALARM: &str = "riverside:gw-b1:smoke-B1-12-03:smoke-high";
 const OPERATOR: &str = "Wang Li";
 
-/// The shared end-to-end config, with the smoke detector only.
+/// The names of the site's places: the detector at building B1, floor 12, room 03 reads
+/// `1号楼 12层 03室` on the board.
+const PLACES: &str = r#"
+[places]
+community = "江畔花园"
+
+[places.building]
+B1 = "1号楼"
+
+[places.floor]
+"*" = "{id}层"
+
+[places.room]
+"*" = "{id}室"
+"#;
+const PLACE_SHOWN: &str = "1号楼 12层 03室";
+
+/// The shared end-to-end config, with the smoke detector only and the site's place names.
 fn config(gateway: &str, mqtt_port: u16, smoke: &SimDevice) -> String {
-    rig::gateway_config(gateway, mqtt_port, smoke.local_addr(), None, "")
+    rig::gateway_config(gateway, mqtt_port, smoke.local_addr(), None, PLACES)
 }
 
 /// Everything the test runs, kept together so a failure can show each part's side.
@@ -113,7 +130,7 @@ async fn operator_acknowledges_smoke(room: &ControlRoom) -> anyhow::Result<()> {
     )
     .await?;
     ensure!(
-        reading.place == "B1-12-03"
+        reading.place == PLACE_SHOWN
             && reading.gateway == GATEWAY
             && reading.device == SMOKE_DEVICE
             && reading.kind == "smoke"
@@ -147,7 +164,7 @@ async fn operator_acknowledges_smoke(room: &ControlRoom) -> anyhow::Result<()> {
     ensure!(
         row.state == "unacknowledged"
             && row.needs_ack == "true"
-            && row.place == "B1-12-03"
+            && row.place == PLACE_SHOWN
             && row.class.eq_ignore_ascii_case("alarm")
             && row.priority == "high"
             && row.message == "Smoke detected"
@@ -155,7 +172,71 @@ async fn operator_acknowledges_smoke(room: &ControlRoom) -> anyhow::Result<()> {
             && row.action == "Acknowledge",
         "the alarm row shows {row:?}"
     );
+    // The ids are in the place's tooltip, the building in the filter by its name.
+    let title = b
+        .execute(
+            "return document.querySelector(arguments[0]).title;",
+            vec![serde_json::json!(format!(
+                r#"tr.alarm-row[data-alarm-id="{SMOKE_ALARM}"] td.place"#
+            ))],
+        )
+        .await?;
+    ensure!(
+        title.as_str() == Some("江畔花园 · B1-12-03"),
+        "the place's tooltip is {title}"
+    );
+    let buildings = b
+        .execute(
+            "return Array.from(document.querySelectorAll('#filter-building option')).map((o) => o.textContent);",
+            vec![],
+        )
+        .await?;
+    ensure!(
+        buildings == serde_json::json!(["all", "1号楼 (B1)"]),
+        "the building filter offers {buildings}"
+    );
     screenshot(b, "shouwang-board-alarm.png").await?;
+
+    // Filtered to another building, the alarm leaves the table but the header still says it
+    // waits: a filter never hides an unacknowledged alarm without a word.
+    let choose = "const s = document.querySelector('#filter-building');
+        if (arguments[0] && ![...s.options].some((o) => o.value === arguments[0])) s.append(new Option('2号楼 (B2)', arguments[0]));
+        s.value = arguments[0]; s.dispatchEvent(new Event('change'));";
+    b.execute(choose, vec![serde_json::json!("riverside/B2")])
+        .await?;
+    until(
+        "the filter to say what it hides",
+        Duration::from_secs(5),
+        || {
+            text_is(
+                b,
+                "#hidden-by-filter",
+                "1 hidden by the filter, 1 unacknowledged",
+            )
+        },
+    )
+    .await?;
+    ensure!(
+        b.find(&unacked).await?.is_none(),
+        "an alarm of B1 is listed while the board shows B2 only"
+    );
+    ensure!(
+        b.text(
+            &b.find("#unacked-count")
+                .await?
+                .context("no #unacked-count")?
+        )
+        .await?
+            == "1 unacknowledged",
+        "the header stopped counting the hidden alarm"
+    );
+    b.execute(choose, vec![serde_json::json!("")]).await?;
+    until(
+        "the alarm back on the board",
+        Duration::from_secs(5),
+        || exists(b, &unacked),
+    )
+    .await?;
     until(
         "the header to count 1 unacknowledged",
         Duration::from_secs(5),

@@ -173,7 +173,7 @@ async fn a_smoke_alarm_reaches_the_broker_within_2_s_and_an_acknowledgement_thro
     assert_eq!(listed["class"], "alarm");
     assert_eq!(listed["place"]["building"], "B1");
     assert_eq!(listed["place"]["floor"], "12");
-    assert_eq!(listed["place"]["unit"], "03");
+    assert_eq!(listed["place"]["room"], "03");
 
     // The operator acknowledges through the console; the gateway reports it back.
     let resp = http
@@ -472,7 +472,7 @@ async fn readings_arrive_in_victoria_metrics_and_influxdb_1_under_the_documented
         ("gateway", "gw-vm"),
         ("building", "B1"),
         ("floor", "12"),
-        ("unit", "03"),
+        ("room", "03"),
         ("device", "smoke-B1-12-03"),
         ("device_kind", "smoke"),
         ("point", "obscuration"),
@@ -560,7 +560,7 @@ async fn readings_arrive_in_victoria_metrics_and_influxdb_1_under_the_documented
         "floor",
         "gateway",
         "point",
-        "unit",
+        "room",
         "value",
     ] {
         assert!(

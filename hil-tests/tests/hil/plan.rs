@@ -67,7 +67,7 @@ fn value(batch: &ReadingBatch, point: &str) -> Option<f64> {
         .points
         .iter()
         .find(|p| p.point == point)
-        .map(|p| p.value)
+        .and_then(|p| p.good_value())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

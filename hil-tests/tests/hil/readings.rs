@@ -78,6 +78,8 @@ transport = "tcp"
 address = "{meter}"
 poll_interval_ms = 100
 timeout_ms = 300
+# Every poll reported: these tests count readings to see polls.
+report_every_s = 0
 "#
     );
     for i in 0..points {

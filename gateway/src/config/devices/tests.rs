@@ -358,7 +358,10 @@ fn a_template_makes_one_device_per_combination_with_computed_ids_links_and_unit_
     assert_eq!(c.devices.len(), 128);
     let d = &c.devices[45]; // floor 12, room 02
     assert_eq!(d.id, "smoke-B1-12-02");
-    assert_eq!((d.floor.as_str(), d.unit.as_str()), ("12", "02"));
+    assert_eq!(
+        (d.floor.as_deref(), d.unit.as_deref()),
+        (Some("12"), Some("02"))
+    );
     assert_eq!(d.link.as_deref(), Some("riser-2"));
     assert_eq!(d.unit_id, Some(14));
     assert_eq!(d.transport, Transport::RtuOverTcp);
@@ -571,7 +574,13 @@ fn each_row_of_a_point_schedule_is_a_device_with_the_tables_keys() {
     let shape: Vec<(&str, &str, Option<u8>)> = c
         .devices
         .iter()
-        .map(|d| (d.id.as_str(), d.floor.as_str(), d.unit_id))
+        .map(|d| {
+            (
+                d.id.as_str(),
+                d.floor.as_deref().unwrap_or_default(),
+                d.unit_id,
+            )
+        })
         .collect();
     assert_eq!(
         shape,

@@ -1,15 +1,22 @@
 //! Readings -> InfluxDB line protocol. Pure: no I/O, no clock.
 //!
-//! One line per [`PointValue`] of a [`ReadingBatch`]:
+//! One line per [`PointValue`](shouwang_wire::PointValue) of a [`ReadingBatch`]:
 //!
 //! ```text
-//! shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,floor=12,gateway=gw-b1,point=obscuration,unit=03 value=1.5 1767225600000
+//! shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,entrance=3,floor=12,gateway=gw-b1,grid=G2,point=obscuration,room=1201 value=1.5,quality=0 1767225600000
+//! shouwang_reading,building=B1,community=riverside,device=pressure-1,device_kind=pressure,gateway=gw-b1,point=current quality=4 1767225600000
 //! ```
 //!
+//! The place's levels are tags by their ids (`community`, `grid`, `building`, `entrance`,
+//! `floor`, `room`, `area`); the names operators read (`1号楼`) are not written: a tag is a
+//! series' identity, and renaming a building must not split its history.
+//!
 //! Invariants of every encoded line (docs/line-protocol.md is the user-facing version):
-//! - the measurement is [`MEASUREMENT`] and the only field is [`FIELD`], a float: the value is
-//!   written in Rust's shortest round-trip decimal form without an exponent and never with
-//!   the `i`/`u` integer suffixes, so `3.0` is written `3`, which line protocol reads as a float;
+//! - the measurement is [`MEASUREMENT`]; the fields are [`FIELD`], a float, only when the
+//!   reading is good, and [`QUALITY_FIELD`] always, a float holding the quality's code:
+//!   numbers are written in Rust's shortest round-trip decimal form without an exponent and
+//!   never with the `i`/`u` integer suffixes, so `3.0` is written `3`, which line protocol
+//!   reads as a float;
 //! - tags come sorted by key (InfluxDB's preferred order, it saves the server a sort);
 //! - a tag whose value is empty is left out, because InfluxDB rejects empty tag values;
 //! - a value that is NaN or infinite is left out (line protocol has no spelling for it) and
@@ -26,13 +33,18 @@
 
 use std::fmt::Write as _;
 
-use shouwang_wire::{PointValue, ReadingBatch};
+use shouwang_wire::ReadingBatch;
 
 /// The measurement every reading is written to.
 pub const MEASUREMENT: &str = "shouwang_reading";
 /// The one field of every line. VictoriaMetrics names the series
 /// `<measurement>_<field>`, i.e. `shouwang_reading_value`.
 pub const FIELD: &str = "value";
+/// The field on every line that says how far the reading can be trusted, as a number:
+/// 0 good, 1 stale, 2 comm-lost, 3 out-of-range, 4 wire-break, 5 bad
+/// ([`shouwang_wire::Quality::code`]). A line of any other quality than good has no
+/// `value` field.
+pub const QUALITY_FIELD: &str = "quality";
 
 /// The lines of one [`ReadingBatch`], ready to be appended to a request body.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -48,34 +60,46 @@ pub struct EncodedBatch {
 /// Encode every finite value of `batch` as one line each.
 pub fn encode_batch(batch: &ReadingBatch) -> EncodedBatch {
     // Everything before `point` is the same for every line of the batch (tags sorted by
-    // key: building, community, device, device_kind, floor, gateway | point | unit).
-    let mut prefix = String::with_capacity(128);
+    // key: area, building, community, device, device_kind, entrance, floor, gateway, grid |
+    // point | room).
+    let place = &batch.place;
+    let mut prefix = String::with_capacity(160);
     escape_measurement(MEASUREMENT, &mut prefix);
-    push_tag(&mut prefix, "building", &batch.place.building);
-    push_tag(&mut prefix, "community", &batch.place.community);
+    push_tag(&mut prefix, "area", &place.area);
+    push_tag(&mut prefix, "building", &place.building);
+    push_tag(&mut prefix, "community", &place.community);
     push_tag(&mut prefix, "device", &batch.device);
     push_tag(&mut prefix, "device_kind", &batch.device_kind);
-    push_tag(&mut prefix, "floor", &batch.place.floor);
+    push_tag(&mut prefix, "entrance", &place.entrance);
+    push_tag(&mut prefix, "floor", &place.floor);
     push_tag(&mut prefix, "gateway", &batch.gateway);
+    push_tag(&mut prefix, "grid", &place.grid);
     let mut suffix = String::with_capacity(32);
-    push_tag(&mut suffix, "unit", &batch.place.unit);
+    push_tag(&mut suffix, "room", &place.room);
 
     let mut out = EncodedBatch {
         text: String::with_capacity(batch.points.len() * (prefix.len() + suffix.len() + 48)),
         ..EncodedBatch::default()
     };
-    for PointValue { point, value, .. } in &batch.points {
-        if !value.is_finite() {
+    for p in &batch.points {
+        // Only a good value is written as the value: a dashboard that plots `value` never
+        // shows a stale or out-of-range number as if it were one.
+        let value = p.good_value();
+        if value.is_some_and(|v| !v.is_finite()) {
             out.skipped += 1;
             continue;
         }
         out.text.push_str(&prefix);
-        push_tag(&mut out.text, "point", point);
+        push_tag(&mut out.text, "point", &p.point);
         out.text.push_str(&suffix);
         out.text.push(' ');
-        escape_key(FIELD, &mut out.text);
         // Writing into a String cannot fail.
-        let _ = writeln!(out.text, "={value} {}", batch.ts_ms);
+        if let Some(value) = value {
+            escape_key(FIELD, &mut out.text);
+            let _ = write!(out.text, "={value},");
+        }
+        escape_key(QUALITY_FIELD, &mut out.text);
+        let _ = writeln!(out.text, "={} {}", p.quality.code(), batch.ts_ms);
         out.lines += 1;
     }
     out
@@ -132,27 +156,36 @@ fn is_line_break(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shouwang_wire::{Place, SCHEMA_VERSION};
+    use shouwang_wire::{Place, PlaceNames};
 
     fn batch(points: &[(&str, f64)]) -> ReadingBatch {
         ReadingBatch {
-            schema: SCHEMA_VERSION,
+            schema: ReadingBatch::SCHEMA,
             gateway: "gw-b1".into(),
             device: "smoke-1".into(),
             device_kind: "smoke".into(),
             place: Place {
                 community: "riverside".into(),
+                grid: "G2".into(),
                 building: "B1".into(),
+                entrance: "3".into(),
                 floor: "12".into(),
-                unit: "03".into(),
+                room: "1201".into(),
+                area: String::new(),
+                names: PlaceNames {
+                    building: "1号楼".into(),
+                    room: "1201室".into(),
+                    ..PlaceNames::default()
+                },
             },
             ts_ms: 1_767_225_600_123,
             points: points
                 .iter()
-                .map(|(p, v)| PointValue {
+                .map(|(p, v)| shouwang_wire::PointValue {
                     point: (*p).into(),
-                    value: *v,
+                    value: Some(*v),
                     engineering_unit: Some("%/m".into()),
+                    quality: Default::default(),
                 })
                 .collect(),
         }
@@ -169,8 +202,8 @@ mod tests {
         let e = encode_batch(&batch(&[("obscuration", 1.5), ("alarm", 0.0)]));
         assert_eq!(
             e.text,
-            "shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,floor=12,gateway=gw-b1,point=obscuration,unit=03 value=1.5 1767225600123\n\
-             shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,floor=12,gateway=gw-b1,point=alarm,unit=03 value=0 1767225600123\n"
+            "shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,entrance=3,floor=12,gateway=gw-b1,grid=G2,point=obscuration,room=1201 value=1.5,quality=0 1767225600123\n\
+             shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,entrance=3,floor=12,gateway=gw-b1,grid=G2,point=alarm,room=1201 value=0,quality=0 1767225600123\n"
         );
         assert_eq!((e.lines, e.skipped), (2, 0));
     }
@@ -191,14 +224,16 @@ mod tests {
         assert_eq!(
             values,
             [
-                "value=3",
-                "value=-0.25",
-                "value=100000000000000000000",
-                "value=0.0000001"
+                "value=3,quality=0",
+                "value=-0.25,quality=0",
+                "value=100000000000000000000,quality=0",
+                "value=0.0000001,quality=0"
             ]
         );
         for v in &values {
-            let n = v.trim_start_matches("value=");
+            let n = v
+                .trim_start_matches("value=")
+                .trim_end_matches(",quality=0");
             assert!(
                 !n.ends_with('i') && !n.ends_with('u') && !n.contains('e'),
                 "{v}"
@@ -222,13 +257,48 @@ mod tests {
     #[test]
     fn empty_tag_values_are_left_out() {
         let mut b = batch(&[("", 1.0)]);
+        b.place.grid.clear();
+        b.place.entrance.clear();
         b.place.floor.clear();
-        b.place.unit.clear();
+        b.place.room.clear();
         let e = encode_batch(&b);
         assert_eq!(
             e.text,
-            "shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,gateway=gw-b1 value=1 1767225600123\n"
+            "shouwang_reading,building=B1,community=riverside,device=smoke-1,device_kind=smoke,gateway=gw-b1 value=1,quality=0 1767225600123\n"
         );
+    }
+
+    #[test]
+    fn a_place_that_is_not_a_home_is_tagged_with_its_area_and_names_are_never_tags() {
+        let mut b = batch(&[("pressure", 0.65)]);
+        b.place.entrance.clear();
+        b.place.room.clear();
+        b.place.floor = "B2".into();
+        b.place.area = "pump-room".into();
+        b.place.names.area = "消防 水泵房".into();
+        let e = encode_batch(&b);
+        assert_eq!(
+            e.text,
+            "shouwang_reading,area=pump-room,building=B1,community=riverside,device=smoke-1,device_kind=smoke,floor=B2,gateway=gw-b1,grid=G2,point=pressure value=0.65,quality=0 1767225600123\n"
+        );
+    }
+
+    #[test]
+    fn tags_are_sorted_by_key_whichever_levels_a_place_has() {
+        let e = encode_batch(&batch(&[("p", 1.0)]));
+        let tags: Vec<&str> = e
+            .text
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .skip(1)
+            .map(|t| t.split('=').next().unwrap_or_default())
+            .collect();
+        let mut sorted = tags.clone();
+        sorted.sort_unstable();
+        assert_eq!(tags, sorted);
+        assert_eq!(tags.len(), 10, "{tags:?}");
     }
 
     #[test]
@@ -299,7 +369,22 @@ mod tests {
         }
         parts.push(current);
         assert_eq!(parts.len(), 3, "{line}");
-        assert_eq!(parts[1], "value=1");
+        assert_eq!(parts[1], "value=1,quality=0");
         assert_eq!(parts[2], "1767225600123");
+    }
+
+    #[test]
+    fn a_reading_that_is_not_good_has_its_quality_and_no_value() {
+        let mut b = batch(&[("current", 12.0), ("pressure", 0.6)]);
+        b.points[0].value = None;
+        b.points[0].quality = shouwang_wire::Quality::WireBreak;
+        // An out-of-range value is not written as a value either.
+        b.points[1].quality = shouwang_wire::Quality::OutOfRange;
+        let text = encode_batch(&b).text;
+        let fields: Vec<&str> = text
+            .lines()
+            .map(|l| l.split(' ').nth(1).unwrap_or_default())
+            .collect();
+        assert_eq!(fields, ["quality=4", "quality=3"], "{text}");
     }
 }

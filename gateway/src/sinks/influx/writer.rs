@@ -811,7 +811,7 @@ mod tests {
 
     fn readings(device: &str) -> ReadingBatch {
         ReadingBatch {
-            schema: shouwang_wire::SCHEMA_VERSION,
+            schema: ReadingBatch::SCHEMA,
             gateway: "gw".into(),
             device: device.into(),
             device_kind: "smoke".into(),
@@ -819,13 +819,15 @@ mod tests {
                 community: "c".into(),
                 building: "b".into(),
                 floor: "f".into(),
-                unit: "u".into(),
+                room: "u".into(),
+                ..shouwang_wire::Place::default()
             },
             ts_ms: crate::clock::wall_ms(),
             points: vec![shouwang_wire::PointValue {
                 point: "obscuration".into(),
-                value: 1.5,
+                value: Some(1.5),
                 engineering_unit: None,
+                quality: Default::default(),
             }],
         }
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, SubscribeFilter};
 use shouwang_wire::{
     Channel, Command, CommandReply, GatewayState, GatewayStatus, Message, ReadingBatch, Receipt,
-    SCHEMA_VERSION, Snapshot, topic,
+    Snapshot, topic,
 };
 use tokio::sync::mpsc;
 
@@ -88,7 +88,7 @@ impl Topics {
 
 fn status(config: &Config, state: GatewayState, ts_ms: i64) -> Vec<u8> {
     GatewayStatus {
-        schema: SCHEMA_VERSION,
+        schema: GatewayStatus::SCHEMA,
         gateway: config.gateway.id.clone(),
         community: config.gateway.community.clone(),
         state,
@@ -299,7 +299,7 @@ async fn drive(
                 // channel that a waiting publish would need).
                 let refuse = |command_id: String, why: String| {
                     let reply = CommandReply {
-                        schema: SCHEMA_VERSION,
+                        schema: CommandReply::SCHEMA,
                         command_id,
                         gateway: config.gateway.id.clone(),
                         ok: false,
@@ -662,7 +662,7 @@ mod tests {
 
     fn reply(command_id: &str) -> CommandReply {
         CommandReply {
-            schema: SCHEMA_VERSION,
+            schema: CommandReply::SCHEMA,
             command_id: command_id.into(),
             gateway: "gw".into(),
             ok: true,

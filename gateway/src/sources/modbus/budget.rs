@@ -2,7 +2,7 @@
 //!
 //! One exchange on an RTU line takes the request's characters, the answer's characters and
 //! two silences of 3.5 characters (before the request, and the device's wait before it
-//! answers; [SL] §2.5.1.1):
+//! answers; Modbus over Serial Line V1.02 §2.5.1.1):
 //!
 //! `exchange = t3.5 + request + t3.5 + answer`, with an 8-byte read request and a
 //! `5 + 2 x count`-byte answer for registers (`5 + ceil(count / 8)` for bits).

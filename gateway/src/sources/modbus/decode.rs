@@ -193,6 +193,19 @@ fn raw_text(value: f64, unit: &Option<String>) -> String {
     }
 }
 
+impl DecodeError {
+    /// What the error makes of the reading.
+    pub fn quality(&self) -> shouwang_wire::Quality {
+        match self {
+            DecodeError::WrongLength { .. } | DecodeError::NotFinite | DecodeError::NotModbus => {
+                shouwang_wire::Quality::Bad
+            }
+            DecodeError::WireBreak { .. } => shouwang_wire::Quality::WireBreak,
+            DecodeError::OutOfRange { .. } => shouwang_wire::Quality::OutOfRange,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

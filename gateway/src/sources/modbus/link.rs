@@ -53,7 +53,7 @@ use crate::config::{
     Config, DataType, DeviceConfig, LinkConfig, LinkTransport, Parity, PollPriority, RegisterTable,
     Transport,
 };
-use crate::sources::{LinkError, PointFault, PollOutcome, PolledValues};
+use crate::sources::{LinkError, PointFault, PollOutcome, PolledValues, Quality};
 use crate::supervise::Heartbeat;
 use shouwang_rules::SignalClass;
 
@@ -329,7 +329,7 @@ pub async fn read_device(
 ) -> Result<PolledValues, LinkError> {
     let limit = Duration::from_millis(device.timeout_ms);
     let unit = device.modbus_unit();
-    let mut read: Vec<Option<Result<f64, String>>> = vec![None; device.points.len()];
+    let mut read: Vec<Option<Result<f64, (String, Quality)>>> = vec![None; device.points.len()];
     let mut i = 0;
     while let Some(block) = plan.blocks().get(i) {
         let (table, start, count) = (block.table, block.start, block.count);
@@ -372,10 +372,10 @@ pub async fn read_device(
                 Ok(registers) => {
                     let r = block.slice_of(point);
                     let words = registers.get(r).unwrap_or(&[]);
-                    decode(point, words).map_err(|e| e.to_string())
+                    decode(point, words).map_err(|e| (e.to_string(), e.quality()))
                 }
-                Err(BlockFault::Exception(code)) => Err(exception_text(*code)),
-                Err(BlockFault::Answer(reason)) => Err(reason.clone()),
+                Err(BlockFault::Exception(code)) => Err((exception_text(*code), Quality::Bad)),
+                Err(BlockFault::Answer(reason)) => Err((reason.clone(), Quality::Bad)),
             });
         }
         i += 1;
@@ -384,14 +384,16 @@ pub async fn read_device(
     for (point, result) in device.points.iter().zip(read) {
         match result {
             Some(Ok(v)) => polled.values.push((point.name.clone(), v)),
-            Some(Err(reason)) => polled.faults.push(PointFault {
+            Some(Err((reason, quality))) => polled.faults.push(PointFault {
                 point: point.name.clone(),
                 reason,
+                quality,
             }),
             // Broken invariant: the plan puts every point in a block.
             None => polled.faults.push(PointFault {
                 point: point.name.clone(),
                 reason: "not in the read plan (a bug in the planner)".into(),
+                quality: Quality::Bad,
             }),
         }
     }
@@ -566,7 +568,7 @@ pub fn stall_after(spec: &LinkSpec, config: &Config) -> Duration {
 /// plans and schedule, so a supervisor restarting it gets all three.
 pub async fn run_link(
     spec: LinkSpec,
-    devices: Vec<DeviceConfig>,
+    config: Arc<Config>,
     writes: WriteQueue,
     clock: Clock,
     out: mpsc::Sender<PollOutcome>,
@@ -577,7 +579,7 @@ pub async fn run_link(
         let kind = kind.clone();
         async move { Connection::open(&kind, limit, silence, recovering).await }
     };
-    serve_link(spec, devices, writes, clock, out, heartbeat, open).await;
+    serve_link(spec, config, writes, clock, out, heartbeat, open).await;
 }
 
 /// The link's connection, opened when needed and dropped after a failure that calls for it.
@@ -624,7 +626,7 @@ where
 /// opens one (the bus benchmark gives a simulated line this way).
 pub async fn serve_link<F, Fut>(
     spec: LinkSpec,
-    devices: Vec<DeviceConfig>,
+    config: Arc<Config>,
     writes: WriteQueue,
     clock: Clock,
     out: mpsc::Sender<PollOutcome>,
@@ -636,6 +638,12 @@ pub async fn serve_link<F, Fut>(
 {
     let started = Instant::now();
     let ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    // The link's devices, borrowed from the one config (1,000 devices: no copies).
+    let devices: Vec<&DeviceConfig> = spec
+        .devices
+        .iter()
+        .filter_map(|&(i, _)| config.devices.get(i))
+        .collect();
     let slots: Vec<Slot> = devices
         .iter()
         .zip(&spec.devices)
@@ -646,7 +654,7 @@ pub async fn serve_link<F, Fut>(
         .collect();
     let quarantine_max_ms = u64::try_from(spec.quarantine_max.as_millis()).unwrap_or(u64::MAX);
     let mut schedule = Schedule::new(&slots, ms(), quarantine_max_ms);
-    let mut plans: Vec<ReadPlan> = devices.iter().map(ReadPlan::for_device).collect();
+    let mut plans: Vec<ReadPlan> = devices.iter().map(|d| ReadPlan::for_device(d)).collect();
     let mut line = Held {
         conn: None,
         recovering: false,
@@ -672,7 +680,7 @@ pub async fn serve_link<F, Fut>(
                 continue;
             }
         };
-        let (Some(device), Some(plan), Some(&(index, _))) =
+        let (Some(&device), Some(plan), Some(&(index, _))) =
             (devices.get(k), plans.get_mut(k), spec.devices.get(k))
         else {
             return;
@@ -701,7 +709,7 @@ pub async fn serve_link<F, Fut>(
 /// Do one write on the link and answer its caller.
 async fn write_one<F, Fut>(
     spec: &LinkSpec,
-    devices: &[DeviceConfig],
+    devices: &[&DeviceConfig],
     line: &mut Held<F>,
     w: WriteRequest,
 ) where
@@ -712,7 +720,7 @@ async fn write_one<F, Fut>(
         .devices
         .iter()
         .position(|&(i, _)| i == w.device)
-        .and_then(|k| devices.get(k))
+        .and_then(|k| devices.get(k).copied())
     else {
         let _ = w.done.send(Err(WriteError::NoDevice(w.device.to_string())));
         return;

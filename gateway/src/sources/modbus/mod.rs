@@ -1,11 +1,11 @@
 //! Polling Modbus devices: TCP, RTU on serial lines, RTU over TCP.
 //!
-//! [`decode`] is pure: registers in, a scaled value out. [`plan`] is pure too: a device's
+//! [`decode()`] is pure: registers in, a scaled value out. [`plan`] is pure too: a device's
 //! points in, the fewest read requests ([`ReadPlan`]) out, split further when the device
 //! refuses a block. [`schedule`] is pure: which device of a link to poll next, priorities,
 //! spread and quarantine. [`rtu`] frames RTU and keeps its silences. [`link`] is the one
 //! task per link that owns its connection, its timeouts and reconnects, and every device's
-//! plan; it reports every poll, good or failed, as a [`PollOutcome`] and decides nothing
+//! plan; it reports every poll, good or failed, as a [`PollOutcome`](super::PollOutcome) and decides nothing
 //! about alarms.
 //!
 //! "The device answered with a Modbus exception" (it is there, but refuses that register)

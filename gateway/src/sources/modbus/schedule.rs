@@ -17,10 +17,12 @@
 //!   ones are due (the config check refuses a plan whose polls do not fit the bus, so that
 //!   is a burst, not starvation).
 //! - **Quarantine.** A device whose poll failed as a whole (no answer, a garbled one) is
-//!   next due one interval later after its first failure, then `2^(k-1)` intervals later
-//!   after the k-th failure in a row, never more than the cap (`quarantine_max_s`, or its
-//!   interval if that is longer). One good poll ends it. A dead device then costs the bus
-//!   one timeout per cap, and every other device keeps its rate.
+//!   tried again at once after its first failure (one lost answer may be a glitch, and a
+//!   device that answers every other request must not drift into communication loss), then
+//!   `2^(k-2)` intervals later after the k-th failure in a row (k >= 2), never more than the
+//!   cap (`quarantine_max_s`, or its interval if that is longer). One good poll ends it. A
+//!   dead device then costs the bus one timeout per cap, and every other device keeps its
+//!   rate.
 //!
 //! # Invariants (the property test checks them against a reference model)
 //! - [`Schedule::next`] names only a device that is due, and among the due ones the one the
@@ -133,7 +135,10 @@ impl Schedule {
 
 /// How long after its `failures`-th failure in a row a device is polled again.
 pub fn backoff(interval_ms: u64, failures: u32, max_ms: u64) -> u64 {
-    let doublings = failures.saturating_sub(1).min(32);
+    if failures <= 1 {
+        return 0;
+    }
+    let doublings = failures.saturating_sub(2).min(32);
     interval_ms
         .saturating_mul(1u64 << doublings)
         .min(max_ms.max(interval_ms))
@@ -197,7 +202,7 @@ mod tests {
         }
         assert_eq!(
             gaps,
-            vec![1000, 2000, 4000, 8000, 16_000, 30_000, 30_000, 30_000]
+            vec![0, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000]
         );
         assert!(s.quarantined(0));
         s.done(0, true, now);

@@ -228,6 +228,7 @@ impl SensorMap {
                 Err(reason) => values.faults.push(PointFault {
                     point: point.name.clone(),
                     reason,
+                    quality: crate::sources::Quality::Bad,
                 }),
             }
         }

@@ -2,7 +2,7 @@
 //! out. No I/O and no time (the silences are kept by [`super::RtuMaster`]).
 //!
 //! An RTU frame (an ADU) is the unit id, the PDU (function code and data) and a CRC-16,
-//! low byte first, at most 256 bytes ([SL] §2.2, §2.5.1). Requests and answers use
+//! low byte first, at most 256 bytes (Modbus over Serial Line V1.02 §2.2, §2.5.1). Requests and answers use
 //! tokio-modbus's [`Request`] and [`Response`], so the poll path speaks one language over
 //! Modbus TCP (tokio-modbus's client) and RTU (ours).
 //!
@@ -22,7 +22,7 @@
 
 use tokio_modbus::{ExceptionCode, Request, Response};
 
-/// The longest RTU frame ([SL] §2.2).
+/// The longest RTU frame (Modbus over Serial Line V1.02 §2.2).
 pub const MAX_FRAME: usize = 256;
 
 /// Modbus CRC-16 (polynomial 0xA001 reflected, initial value 0xFFFF). On the wire low byte

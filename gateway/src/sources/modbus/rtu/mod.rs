@@ -6,7 +6,7 @@
 //!
 //! # How one exchange goes ([`RtuMaster::call`])
 //! 1. **Silence first.** The line must have been quiet for 3.5 character times (1.75 ms
-//!    above 19200 baud; [SL] §2.5.1.1) since the last byte sent or received, and for
+//!    above 19200 baud; Modbus over Serial Line V1.02 §2.5.1.1) since the last byte sent or received, and for
 //!    `recovery_silence`, counted from the failure, after a failed exchange. Every byte that arrives meanwhile (a late
 //!    reply, noise, another master's traffic) is read and thrown away, and the silence
 //!    starts again from it; a line that never falls silent within the timeout fails the
