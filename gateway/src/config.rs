@@ -1189,7 +1189,7 @@ impl Config {
         check_devices(&devices, labels, p);
         check_gpio_pins(self, labels, p);
         links::check_links(self, labels, p);
-        places::check_names_and_grids(self, p);
+        places::check_names_and_grids(self, labels, p);
         if self.devices.is_empty() {
             p.add("devices", "no devices: add at least one [[devices]] table");
         }

@@ -889,3 +889,21 @@ fn the_device_bound_counts_templates_and_files_together() {
         "line 3 would make device 6: a config holds at most 5 devices (templates and device files together)"
     );
 }
+
+#[test]
+fn a_place_problem_of_a_templates_devices_names_the_template_and_is_reported_once() {
+    let places = "\n[places]\ngrid_buildings = { G1 = [\"B1\"] }\n";
+    let tower = TOWER.replace("building = \"B1\"", "building = \"B1\"\ngrid = \"G2\"");
+    let problems = problems_of(&format!("{SITE}{places}{}{tower}", risers()));
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert_eq!(
+        problems[0].0,
+        "devices[0] (smoke-B1-{floor:02}-{room} floor=1 room=01).grid"
+    );
+    assert!(
+        problems[0]
+            .1
+            .ends_with("(and the same in 127 more devices of this template)"),
+        "{problems:#?}"
+    );
+}

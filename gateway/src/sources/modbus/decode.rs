@@ -447,6 +447,21 @@ mod tests {
     }
 
     #[test]
+    fn a_wire_break_and_an_out_of_range_raw_value_give_their_own_qualities() {
+        use shouwang_wire::Quality;
+        let p = loop_input(Some("µA"));
+        let quality = |raw: u16| decode(&p, &[raw]).unwrap_err().quality();
+        assert_eq!(quality(0), Quality::WireBreak);
+        assert_eq!(quality(30_000), Quality::OutOfRange);
+        assert_eq!(
+            decode(&point(DataType::F32, 1.0, 0.0), &[1])
+                .unwrap_err()
+                .quality(),
+            Quality::Bad
+        );
+    }
+
+    #[test]
     fn raw_limits_apply_to_signed_and_32_bit_raw_values() {
         let p = PointConfig {
             wire_break_below: Some(-100.0),
