@@ -62,8 +62,8 @@ pub const KINDS: [KindValues; 4] = [
         alarm_means: "fire main at 0.52 MPa (supervisory below 0.60 for 2 s)",
     },
     KindValues {
-        kind: "door",
-        point: "open",
+        kind: "access",
+        point: "door_open",
         normal: 0.0,
         alarm: 1.0,
         alarm_means: "fire exit door open (supervisory after 30 s)",
@@ -85,14 +85,25 @@ pub struct UnknownDevice {
 }
 
 impl fmt::Display for UnknownDevice {
+    /// Every known place, by kind, several to a line (the building has 128 smoke detectors).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "no {} device at {} in the demo building. Known devices (KIND PLACE):",
             self.kind, self.place
         )?;
-        for (kind, place) in &self.known {
-            writeln!(f, "  {kind:<9} {place}")?;
+        let mut kinds: Vec<&str> = self.known.iter().map(|(k, _)| k.as_str()).collect();
+        kinds.dedup();
+        for kind in kinds {
+            let places: Vec<&str> = self
+                .known
+                .iter()
+                .filter(|(k, _)| k == kind)
+                .map(|(_, p)| p.as_str())
+                .collect();
+            for line in places.chunks(8) {
+                writeln!(f, "  {kind:<9} {}", line.join(" "))?;
+            }
         }
         Ok(())
     }
@@ -256,9 +267,18 @@ pub async fn write_value(
         })?
 }
 
-/// The device's `address` as a socket address.
-pub fn device_addr(device: &DeviceConfig) -> anyhow::Result<SocketAddr> {
-    let address = device.address.as_deref().unwrap_or_default();
+/// Where the device answers Modbus TCP: its link's address (a gateway in front of its bus,
+/// where it answers at its unit id), or its own `address`.
+pub fn device_addr(config: &Config, device: &DeviceConfig) -> anyhow::Result<SocketAddr> {
+    let address = match &device.link {
+        Some(link) => config
+            .links
+            .iter()
+            .find(|l| &l.id == link)
+            .and_then(|l| l.address.as_deref())
+            .with_context(|| format!("device {}: link {link:?} has no address", device.id))?,
+        None => device.address.as_deref().unwrap_or_default(),
+    };
     address
         .parse()
         .with_context(|| format!("device {}: address {:?} is not ip:port", device.id, address))

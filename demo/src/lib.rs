@@ -1,8 +1,10 @@
 //! `shouwang demo`: a whole Shouwang site in one process, with nothing to install.
 //!
 //! [`RunningDemo::start`] brings up, in this order: the embedded MQTT broker ([`broker`]),
-//! one simulated Modbus TCP device per device of `demo/building.toml` ([`building`]), the
-//! gateway polling them, and the console with its alarm board. The launcher binary
+//! the console with its alarm board, one simulated Modbus TCP gateway per link of
+//! `demo/building.toml` with every device of the link behind it at its unit id (and a
+//! simulated Modbus TCP device for a device with an address of its own) ([`building`]), and
+//! the gateway polling them. The launcher binary
 //! (`src/main.rs`) adds the scripted scenario ([`scenario`]) and Ctrl-C.
 //!
 //! `shouwang demo trigger|clear KIND PLACE` talks to a running demo only over Modbus TCP,
@@ -15,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use shouwang_gateway::config::{Config, DeviceConfig};
 use shouwang_hil_tests::sim::SimDevice;
+use shouwang_hil_tests::sim_bus::SimBus;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -35,9 +38,9 @@ pub struct DemoOptions {
     pub console_port: u16,
     /// The embedded broker's port on 127.0.0.1; replaces `[mqtt] port` of the building.
     pub mqtt_port: u16,
-    /// Serve each simulated device on a port the OS picks instead of its configured
-    /// `address` (for tests running next to a demo). `trigger` from another process cannot
-    /// find devices started this way.
+    /// Serve each simulated gateway and device on a port the OS picks instead of its
+    /// configured `address` (for tests running next to a demo). `trigger` from another
+    /// process cannot find devices started this way.
     pub devices_on_any_port: bool,
     /// Where the console keeps its database and the gateway its data directory. None: a
     /// temporary directory removed at exit.
@@ -58,9 +61,12 @@ impl Default for DemoOptions {
 /// One simulated device of the building.
 #[derive(Debug, Clone)]
 pub struct DemoDevice {
-    /// Its entry in the gateway config (with the address it really listens on).
+    /// Its entry in the gateway config.
     pub config: DeviceConfig,
+    /// Its registers.
     pub sim: SimDevice,
+    /// Where it answers Modbus TCP (at its unit id): its link's gateway, or its own port.
+    pub addr: SocketAddr,
 }
 
 impl DemoDevice {
@@ -148,19 +154,51 @@ impl RunningDemo {
         .context("starting the console")?;
         let console_addr = console.local_addr();
 
-        let mut devices = Vec::with_capacity(config.devices.len());
-        for device in &mut config.devices {
-            let mut addr = building::device_addr(device)?;
+        // One simulated Modbus TCP gateway per link, its bus's devices behind it.
+        let mut buses = std::collections::BTreeMap::new();
+        for link in &mut config.links {
+            let Some(address) = &link.address else {
+                continue;
+            };
+            let mut addr: SocketAddr = address
+                .parse()
+                .with_context(|| format!("link {}: address {address:?} is not ip:port", link.id))?;
             if options.devices_on_any_port {
                 addr.set_port(0);
             }
-            let sim = SimDevice::start(addr)
-                .await
-                .with_context(|| format!("starting simulated device {} on {addr}", device.id))?;
-            device.address = Some(sim.local_addr().to_string());
+            let (bus, bound) = SimBus::serve_modbus_tcp(addr).await.with_context(|| {
+                format!(
+                    "starting the simulated gateway of link {} on {addr}",
+                    link.id
+                )
+            })?;
+            link.address = Some(bound.to_string());
+            buses.insert(link.id.clone(), (bus, bound));
+        }
+        let mut devices = Vec::with_capacity(config.devices.len());
+        for device in &mut config.devices {
+            let (sim, addr) = match device.link.as_ref().and_then(|l| buses.get(l)) {
+                Some((bus, addr)) => (bus.device(device.modbus_unit()), *addr),
+                None => {
+                    let address = device.address.clone().unwrap_or_default();
+                    let mut addr: SocketAddr = address.parse().with_context(|| {
+                        format!("device {}: address {address:?} is not ip:port", device.id)
+                    })?;
+                    if options.devices_on_any_port {
+                        addr.set_port(0);
+                    }
+                    let sim = SimDevice::start(addr).await.with_context(|| {
+                        format!("starting simulated device {} on {addr}", device.id)
+                    })?;
+                    device.address = Some(sim.local_addr().to_string());
+                    let addr = sim.local_addr();
+                    (sim, addr)
+                }
+            };
             let demo_device = DemoDevice {
                 config: device.clone(),
                 sim,
+                addr,
             };
             demo_device.clear()?;
             devices.push(demo_device);
@@ -188,7 +226,7 @@ impl RunningDemo {
         format!("http://{}/", self.console_addr)
     }
 
-    /// The simulated device of `kind` at `place` (`B1-12-03`).
+    /// The simulated device of `kind` at `place` (`B1-2-12-1203`).
     pub fn device(&self, kind: &str, place: &str) -> Result<&DemoDevice, UnknownDevice> {
         // `devices` holds one entry per `config.devices`, in the same order.
         let found = find_device(&self.config, kind, place)?;

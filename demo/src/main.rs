@@ -50,7 +50,7 @@ struct DemoArgs {
 enum DemoAction {
     /// Put a device of a running demo into alarm, e.g. `trigger smoke B1-2-12-1203`.
     Trigger {
-        /// smoke, leak, pressure or door.
+        /// smoke, leak, pressure or access (the fire exit's door).
         kind: String,
         /// The place's ids joined by `-`: building-entrance-floor-room, e.g. B1-2-12-1203, or
         /// building-floor-area, e.g. B1-1-pump-room.
@@ -144,16 +144,13 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
 
 fn print_banner(demo: &RunningDemo, scenario: bool) {
     let cfg = &demo.config;
-    let first = demo
-        .devices
-        .first()
-        .map(|d| d.sim.local_addr().port())
-        .unwrap_or(0);
-    let last = demo
-        .devices
-        .last()
-        .map(|d| d.sim.local_addr().port())
-        .unwrap_or(0);
+    let mut ports: Vec<u16> = demo.devices.iter().map(|d| d.addr.port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let (first, last) = (
+        ports.first().copied().unwrap_or(0),
+        ports.last().copied().unwrap_or(0),
+    );
     println!(
         "Shouwang demo: community {}, gateway {}",
         cfg.gateway.community, cfg.gateway.id
@@ -162,8 +159,9 @@ fn print_banner(demo: &RunningDemo, scenario: bool) {
     println!("  console (alarm board)  {}", demo.console_url());
     println!("  MQTT broker (embedded) mqtt://{}", demo.mqtt_addr);
     println!(
-        "  simulated devices      {} Modbus TCP devices on 127.0.0.1:{first}-{last}",
-        demo.devices.len()
+        "  simulated devices      {} Modbus devices behind {} Modbus TCP gateways on 127.0.0.1:{first}-{last}",
+        demo.devices.len(),
+        ports.len()
     );
     println!();
     println!(
@@ -174,19 +172,32 @@ fn print_banner(demo: &RunningDemo, scenario: bool) {
     println!("  shouwang demo trigger pressure B1-1-pump-room --value 0.55");
     println!();
     println!("Devices (KIND PLACE: where, and what `trigger` does):");
-    for device in &demo.devices {
-        let means = KINDS
+    for kind in KINDS {
+        let devices: Vec<&shouwang_demo::DemoDevice> = demo
+            .devices
             .iter()
-            .find(|k| k.kind == device.config.kind)
-            .map(|k| k.alarm_means)
-            .unwrap_or("");
-        println!(
-            "  {:<9} {:<16} {}: {}",
-            device.config.kind,
-            short_place(&device.config),
-            cfg.place(&device.config).label(),
-            means
-        );
+            .filter(|d| d.config.kind == kind.kind)
+            .collect();
+        match devices.as_slice() {
+            [] => continue,
+            [one] => println!(
+                "  {:<9} {:<16} {}: {}",
+                kind.kind,
+                short_place(&one.config),
+                cfg.place(&one.config).label(),
+                kind.alarm_means
+            ),
+            [first, .., last] => println!(
+                "  {:<9} {} .. {} ({} devices; {} is {}): {}",
+                kind.kind,
+                short_place(&first.config),
+                short_place(&last.config),
+                devices.len(),
+                short_place(&last.config),
+                cfg.place(&last.config).label(),
+                kind.alarm_means
+            ),
+        }
     }
     println!();
     println!(
@@ -219,7 +230,7 @@ async fn poke(kind: &str, place: &str, value: Option<f64>, trigger: bool) -> Exi
     let result = async {
         let (point, values) = building::trigger_point(device)?;
         let value = value.unwrap_or(if trigger { values.alarm } else { values.normal });
-        let addr = building::device_addr(device)?;
+        let addr = building::device_addr(&config, device)?;
         building::write_value(addr, device.modbus_unit(), point, value).await?;
         anyhow::Ok((point, value))
     }

@@ -28,20 +28,34 @@ fn the_demo_building_passes_the_gateway_config_check() {
         kinds.iter().filter(|k| **k == "smoke").count() >= 5,
         "{kinds:?}"
     );
-    for kind in ["leak", "pressure", "door"] {
+    for kind in ["leak", "pressure", "access"] {
         assert!(kinds.contains(&kind), "no {kind} device");
     }
-    let mut addresses: Vec<&str> = config
+    // A whole tower: a smoke detector in each of its 32 x 4 homes, declared in one table.
+    assert_eq!(kinds.iter().filter(|k| **k == "smoke").count(), 128);
+    assert!(
+        config
+            .devices
+            .iter()
+            .all(|d| d.profile.is_some() && d.link.is_some()),
+        "every demo device names a profile and a link"
+    );
+    let mut places: Vec<(String, u8)> = config
         .devices
         .iter()
-        .map(|d| d.address.as_deref().unwrap())
+        .map(|d| {
+            (
+                building::device_addr(&config, d).unwrap().to_string(),
+                d.modbus_unit(),
+            )
+        })
         .collect();
-    addresses.sort_unstable();
-    addresses.dedup();
+    places.sort_unstable();
+    places.dedup();
     assert_eq!(
-        addresses.len(),
+        places.len(),
         config.devices.len(),
-        "two devices share an address"
+        "two devices share an address and unit id"
     );
     assert!(config.influx.is_none(), "the demo has no time-series store");
     // Every place reads in the site's own words, and no two devices of a kind share one
@@ -147,6 +161,10 @@ fn trigger_for_an_unknown_place_fails_with_the_list_of_known_places() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no smoke device at B9-99-99"), "{stderr}");
+    assert!(
+        stderr.lines().count() < 40,
+        "the list is compact:\n{stderr}"
+    );
     for device in &building_config().unwrap().devices {
         let place = short_place(device);
         assert!(stderr.contains(&place), "{place} is not listed:\n{stderr}");
@@ -162,7 +180,12 @@ fn trigger_for_an_unknown_kind_also_lists_what_there_is() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("smoke     B1-2-12-1203"), "{stderr}");
+    assert!(
+        stderr.contains("smoke     B1-1-1-101 B1-1-1-102"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("B1-2-12-1203"), "{stderr}");
+    assert!(stderr.contains("access    B1-1-1-stairwell"), "{stderr}");
 }
 
 // --- the embedded broker ------------------------------------------------------------------
@@ -333,14 +356,9 @@ async fn a_triggered_device_reaches_the_alarm_board_and_clears_again() {
     // Over Modbus, as `shouwang demo trigger` does from another terminal.
     let (point, values) = trigger_point(&smoke.config).unwrap();
     let started = Instant::now();
-    building::write_value(
-        smoke.sim.local_addr(),
-        smoke.config.modbus_unit(),
-        point,
-        values.alarm,
-    )
-    .await
-    .unwrap();
+    building::write_value(smoke.addr, smoke.config.modbus_unit(), point, values.alarm)
+        .await
+        .unwrap();
 
     let raised = loop {
         let event = AlarmEvent::decode(&next_on(&mut heard, events_topic).await.payload).unwrap();

@@ -3,7 +3,9 @@
 //! `cargo bench -p shouwang-gateway --bench plan`
 //!
 //! Prints, before criterion's timings, requests per poll without the planner (one per point)
-//! and with it, for the demo's building (`demo/building.toml`), a device with 20 scattered
+//! and with it, for each shipped device profile (`gateway/profiles/`), the demo's building
+//! (`demo/building.toml`), the 32-storey example (`docs/examples/building-32-floors.toml`),
+//! a device with 20 scattered
 //! points (the layout of `gateway/tests/modbus.rs`), an elevator monitoring terminal, a
 //! fire panel interface with a register per zone and one with a coil and a discrete input
 //! per zone and its status word's bits as bit fields; then, for a device with 100 points
@@ -18,9 +20,10 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group};
 use shouwang_gateway::config::{
-    Config, DEFAULT_MAX_GAP_BITS, DEFAULT_MAX_GAP_REGISTERS, DataType, PointConfig, RegisterTable,
+    Config, DEFAULT_MAX_GAP_BITS, DEFAULT_MAX_GAP_REGISTERS, DataType, PointConfig, Profiles,
+    RegisterTable,
 };
-use shouwang_gateway::sources::modbus::{PlanLimits, ReadPlan, SitePlan};
+use shouwang_gateway::sources::modbus::{PlanLimits, ProfilePlans, ReadPlan, SitePlan};
 
 const DEFAULT_LIMITS: PlanLimits = PlanLimits::DEFAULT;
 
@@ -38,6 +41,9 @@ fn point(i: usize, table: RegisterTable, register: u16, data_type: DataType) -> 
         gpio: None,
         active_low: None,
         report_deadband: None,
+        wire_break_below: None,
+        fault_above: None,
+        raw_unit: None,
         scale: 1.0,
         offset: 0.0,
         engineering_unit: None,
@@ -154,22 +160,33 @@ fn rtu_ms(count: u32, baud: f64) -> f64 {
 }
 
 fn figures() {
-    let demo = Config::from_toml_str(
-        include_str!("../../demo/building.toml"),
-        "demo/building.toml",
-    )
-    .unwrap();
-    let site = SitePlan::of(&demo);
-    println!(
-        "demo building: {} devices, {} points; requests per poll {} -> {}; per second {:.1} -> {:.1} \
-         (every demo device has one point: nothing to coalesce)",
-        site.devices.len(),
-        site.points(),
-        site.requests_per_poll_unplanned(),
-        site.requests_per_poll(),
-        site.requests_per_s_unplanned(),
-        site.requests_per_s(),
-    );
+    let shipped = Profiles::shipped();
+    print!("shipped {}", ProfilePlans::of(&shipped, None));
+    for (name, path, text) in [
+        (
+            "demo building",
+            "demo/building.toml",
+            include_str!("../../demo/building.toml"),
+        ),
+        (
+            "32-storey example",
+            "docs/examples/building-32-floors.toml",
+            include_str!("../../docs/examples/building-32-floors.toml"),
+        ),
+    ] {
+        let config = Config::from_toml_str(text, path).unwrap();
+        let site = SitePlan::of(&config);
+        println!(
+            "{name}: {} devices, {} points; requests per poll {} -> {} ({} saved); per second {:.1} -> {:.1}",
+            site.devices.len(),
+            site.points(),
+            site.requests_per_poll_unplanned(),
+            site.requests_per_poll(),
+            site.requests_per_poll_unplanned() - site.requests_per_poll(),
+            site.requests_per_s_unplanned(),
+            site.requests_per_s(),
+        );
+    }
     for (name, pts) in [
         ("20 scattered points", scattered_20()),
         ("elevator terminal", elevator_terminal()),

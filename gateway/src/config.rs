@@ -18,12 +18,17 @@ use shouwang_wire::{MAX_ID_CHARS, MAX_TEXT_CHARS, Place, alarm_id, forbidden_id_
 
 use crate::sinks::influx::InfluxConfig;
 
+mod devices;
 mod links;
 mod places;
+mod profiles;
+mod template;
 pub use crate::sinks::mqtt::auth::MqttTls;
 pub use crate::sources::mqtt_sensors::config::MqttSensorsSection;
+pub use devices::MAX_DEVICES;
 pub use links::{LinkConfig, LinkTransport, Parity};
 pub use places::{AREAS, PlacesSection};
+pub use profiles::{Profile, Profiles, SHIPPED as SHIPPED_PROFILES};
 use shouwang_broker_auth::{BrokerAuth, Password};
 
 /// The rule id the gateway uses for each device's communication-lost fault.
@@ -100,6 +105,9 @@ pub struct Config {
     pub links: Vec<LinkConfig>,
     /// `[places]`: the names of the site's places. Absent: every place shows its ids.
     pub places: PlacesSection,
+    /// Every profile devices may name: the shipped ones and `[gateway] profiles_dir`'s.
+    pub profiles: Profiles,
+    /// Every device, templates expanded and device files read (see `config/devices.rs`).
     pub devices: Vec<DeviceConfig>,
     pub rules: Vec<RuleConfig>,
 }
@@ -117,6 +125,13 @@ pub struct GatewaySection {
     /// file's directory is taken from there. Use local storage (an SD card or SSD), not a
     /// network mount; e.g. `/var/lib/shouwang`.
     pub data_dir: std::path::PathBuf,
+    /// A directory of the site's own device profiles, one `*.toml` each (the format of the
+    /// shipped ones in `gateway/profiles/`); relative to the config file's directory, like
+    /// `data_dir`. Devices name them by their `id` like the shipped ones. A site profile may
+    /// not take a shipped profile's id unless it sets `replaces_shipped = true`, which then
+    /// replaces the shipped one for every device of the site. Absent: the shipped profiles
+    /// only.
+    pub profiles_dir: Option<std::path::PathBuf>,
     /// Raise the gateway's `undelivered` fault, and the local warning, when an alarm event
     /// has waited this long for the console's confirmation. Default 60.
     #[serde(default = "default_undelivered_fault_after_s")]
@@ -263,14 +278,23 @@ pub enum Transport {
     Gpio,
 }
 
-/// `[[devices]]`: one field device.
+/// `[[devices]]`: one field device, or with `for` a template for many (see
+/// `config/template.rs`); `[[device_files]]` rows are devices too (see `config/devices.rs`).
+///
+/// Keys that take an integer also take a string that holds one (`unit_id = "12"`): what a
+/// template's `{...}` and a CSV cell give.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
     /// Unique device id, e.g. `smoke-B1-12-03`. ASCII letters, digits, `-`, `_`, `.`.
     pub id: String,
+    /// The device profile (`gateway/profiles/`, or the site's `profiles_dir`) the device is
+    /// an instance of, e.g. `smoke-detector`: it gives the device its `kind`, its points and
+    /// defaults for its polling keys; keys the device gives override the defaults, and
+    /// points it gives are merged by name (see `config/profiles.rs`). Modbus devices only.
+    pub profile: Option<String>,
     /// What the device is: `smoke`, `leak`, `pressure`, `door`, `level`, ... Rules can
-    /// select devices by kind.
+    /// select devices by kind. With a `profile`, the profile's (leave it out).
     pub kind: String,
     /// Where the device is: its ids in the site's hierarchy, each ASCII letters, digits,
     /// `-`, `_`, `.` (what operators read comes from `[places]`, e.g. `B1` is `1号楼`). Give
@@ -311,6 +335,7 @@ pub struct DeviceConfig {
     pub address: Option<String>,
     /// Modbus unit (slave) id: 1-247, required on a link; 0-247 with `address` (default 1).
     /// Modbus devices only.
+    #[serde(default, deserialize_with = "number::some")]
     pub unit_id: Option<u8>,
     /// Modbus devices only: which devices a busy link serves first. `life-safety` (fire,
     /// smoke, leak, trapped passenger), `supervisory` or `routine`. Default: from the
@@ -319,11 +344,14 @@ pub struct DeviceConfig {
     pub poll_priority: Option<PollPriority>,
     /// How often to read all points, in ms. Default 1000. `tcp` only (an `mqtt` device
     /// reports when it wants; its silence is judged by `comm_loss_after_s`).
-    #[serde(default = "default_poll_interval_ms")]
+    #[serde(
+        default = "default_poll_interval_ms",
+        deserialize_with = "number::exactly"
+    )]
     pub poll_interval_ms: u64,
     /// How long one request may take before it counts as failed, in ms. Default 1000.
     /// `tcp` only.
-    #[serde(default = "default_timeout_ms")]
+    #[serde(default = "default_timeout_ms", deserialize_with = "number::exactly")]
     pub timeout_ms: u64,
     /// `mqtt` only, and required there: the topic the device's JSON messages come on, e.g.
     /// `nbiot/riverside/smoke/861234567890123`, or an MQTT filter that matches the device's
@@ -359,17 +387,22 @@ pub struct DeviceConfig {
     /// Raise the device's communication-lost fault when it has not answered for this many
     /// seconds (measured on the monotonic clock, so a poller that stalls is caught too, not
     /// only polls that fail). Default 30; at most 100 (GB 50166).
-    #[serde(default = "default_comm_loss_after_s")]
+    #[serde(
+        default = "default_comm_loss_after_s",
+        deserialize_with = "number::exactly"
+    )]
     pub comm_loss_after_s: u64,
     /// Report by exception: publish and store a point's value only when it moved more than
     /// its `report_deadband` since it was last reported, and every point at least every
     /// this many seconds (the heartbeat: 1 to 86400; default 60). The rules still see every
     /// poll and every message. `0`: report every poll's values (a store that wants every
     /// sample, at the cost of the network and the store).
+    #[serde(default, deserialize_with = "number::some")]
     pub report_every_s: Option<u64>,
     /// `gpio` only: how long, in ms, a contact's new state must hold before it counts
     /// (relay contacts bounce for a few ms). Default 50, at most 10000. A `gpio` device
     /// reports at once on a change and every `poll_interval_ms` otherwise.
+    #[serde(default, deserialize_with = "number::some")]
     pub debounce_ms: Option<u64>,
     /// The read planner may read this many registers that no point uses between two points,
     /// to fetch both in one request (see `sources/modbus/plan.rs`). 0: only contiguous or
@@ -380,27 +413,93 @@ pub struct DeviceConfig {
     /// reaches into registers a device does not have. A block the device refuses is split by
     /// itself. At most 123. Holding and input registers only: coils and discrete inputs have
     /// `max_gap_bits`.
-    #[serde(default = "default_max_gap_registers")]
+    #[serde(
+        default = "default_max_gap_registers",
+        deserialize_with = "number::exactly"
+    )]
     pub max_gap_registers: u16,
     /// The most registers one read request may ask for: 125 (the Modbus limit for function
     /// codes 3 and 4) unless the device's manual gives less. 1 reads every point on its own.
     /// Default 125.
-    #[serde(default = "default_max_read_registers")]
+    #[serde(
+        default = "default_max_read_registers",
+        deserialize_with = "number::exactly"
+    )]
     pub max_read_registers: u16,
     /// Like `max_gap_registers`, for coils and discrete inputs, counted in bits: the read
     /// planner may read this many bits that no point uses between two bit points. Default
     /// 128, the 16 bytes of 8 registers: on Modbus RTU one more request costs about 20
     /// characters of wire time and one more bit an eighth of one, so a gap of up to 160 bits
     /// is never slower. At most 1998.
-    #[serde(default = "default_max_gap_bits")]
+    #[serde(default = "default_max_gap_bits", deserialize_with = "number::exactly")]
     pub max_gap_bits: u16,
     /// The most coils or discrete inputs one read request may ask for: 2000 (the Modbus
     /// limit for function codes 1 and 2) unless the device's manual gives less. Default 2000.
-    #[serde(default = "default_max_read_bits")]
+    #[serde(
+        default = "default_max_read_bits",
+        deserialize_with = "number::exactly"
+    )]
     pub max_read_bits: u16,
-    /// The values read from the device.
+    /// The values read from the device. With a `profile`: the profile's, and these merged
+    /// in by name.
     #[serde(default)]
     pub points: Vec<PointConfig>,
+}
+
+/// Integer keys that also take a string holding the integer, as templates and CSV cells
+/// give them (`unit_id = "{room_index + 1}"`, a cell `12`), whatever the key: nothing in
+/// the templating needs to know which keys are numbers.
+mod number {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{self, Deserializer, Unexpected, Visitor};
+
+    pub trait Int: TryFrom<i64> + TryFrom<u64> + Sized {
+        const RANGE: &'static str;
+    }
+    impl Int for u8 {
+        const RANGE: &'static str = "from 0 to 255";
+    }
+    impl Int for u16 {
+        const RANGE: &'static str = "from 0 to 65535";
+    }
+    impl Int for u64 {
+        const RANGE: &'static str = "of at least 0";
+    }
+
+    struct IntVisitor<T>(PhantomData<T>);
+
+    impl<T: Int> Visitor<'_> for IntVisitor<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "an integer {}", T::RANGE)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            T::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            T::try_from(v).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            match v.trim().parse::<i64>() {
+                Ok(n) => self.visit_i64(n),
+                Err(_) => Err(E::invalid_value(Unexpected::Str(v), &self)),
+            }
+        }
+    }
+
+    pub fn exactly<'de, D: Deserializer<'de>, T: Int>(d: D) -> Result<T, D::Error> {
+        d.deserialize_any(IntVisitor(PhantomData))
+    }
+
+    pub fn some<'de, D: Deserializer<'de>, T: Int>(d: D) -> Result<Option<T>, D::Error> {
+        exactly(d).map(Some)
+    }
 }
 
 impl Transport {
@@ -652,6 +751,20 @@ pub struct PointConfig {
     /// offset) its value must move from the value last reported to be reported again before
     /// the heartbeat. Default 0: any change.
     pub report_deadband: Option<f64>,
+    /// Raw validity, for a transmitter on a 4-20 mA loop: a raw value (as read, before
+    /// `scale` and `offset`) below this is not a reading but this point's fault for that poll,
+    /// with the reason `wire break` (a broken loop's current falls towards 0 mA). For an
+    /// input that reports µA, 3600 (3.6 mA, NAMUR NE 43); for 0-20 mA as 0-4095 counts, 737.
+    /// Modbus points only; not for `type = "bit"`.
+    pub wire_break_below: Option<f64>,
+    /// Raw validity, like `wire_break_below`: a raw value above this is this point's fault
+    /// for that poll, with the reason `sensor fault or short circuit` (above 21 mA, NAMUR NE
+    /// 43: 21000 for µA). Greater than `wire_break_below` when both are given.
+    pub fault_above: Option<f64>,
+    /// The unit of the raw value, for the fault's reason only (`wire break: 3100 µA, below
+    /// 3600 µA`), e.g. `µA`. Absent: the reason says `raw 3100`. Only with
+    /// `wire_break_below` or `fault_above`.
+    pub raw_unit: Option<String>,
     /// `gpio` devices only, and required there: the BCM GPIO number of the contact's input
     /// (2 to 27; e.g. 17 is pin 11 of the 40-pin header). The value is 1 while the contact
     /// is closed, 0 while open.
@@ -832,16 +945,23 @@ fn label(list: &str, i: usize, value: &toml::Value) -> String {
 }
 
 impl Config {
-    /// Read and check a config file.
+    /// Read and check a config file. Relative paths in it (`data_dir`, `profiles_dir`,
+    /// `device_files`) are taken from the file's directory.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigReport> {
         let source = path.display().to_string();
         match std::fs::read_to_string(path) {
             Ok(text) => {
-                let mut config = Config::from_toml_str(&text, &source)?;
-                if config.gateway.data_dir.is_relative()
-                    && let Some(dir) = path.parent()
-                {
-                    config.gateway.data_dir = dir.join(&config.gateway.data_dir);
+                let dir = path.parent();
+                let mut config = Config::from_toml_in(&text, &source, dir)?;
+                if let Some(dir) = dir {
+                    if config.gateway.data_dir.is_relative() {
+                        config.gateway.data_dir = dir.join(&config.gateway.data_dir);
+                    }
+                    if let Some(profiles) = &mut config.gateway.profiles_dir
+                        && profiles.is_relative()
+                    {
+                        *profiles = dir.join(&*profiles);
+                    }
                 }
                 Ok(config)
             }
@@ -855,20 +975,39 @@ impl Config {
         }
     }
 
-    /// Parse and check config text. `source` names it in the report.
+    /// Parse and check config text. `source` names it in the report. Relative paths in it
+    /// (`profiles_dir`, `device_files`) are taken from the working directory.
     pub fn from_toml_str(text: &str, source: &str) -> Result<Config, ConfigReport> {
-        let report = |problems: Problems| ConfigReport {
+        Config::from_toml_in(text, source, None)
+    }
+
+    /// Parse and check config text whose relative paths are taken from `dir`.
+    pub fn from_toml_in(
+        text: &str,
+        source: &str,
+        dir: Option<&std::path::Path>,
+    ) -> Result<Config, ConfigReport> {
+        let mut origins = devices::Origins::default();
+        let report = |problems: Problems, origins: &devices::Origins| ConfigReport {
             source: source.to_string(),
-            problems: problems.0,
+            problems: devices::fold(problems.0, origins),
         };
         let mut problems = Problems::default();
         let mut table: toml::Table = match text.parse() {
             Ok(t) => t,
             Err(e) => {
                 problems.add("(syntax)", e.to_string().trim().to_string());
-                return Err(report(problems));
+                return Err(report(problems, &origins));
             }
         };
+        // Read before `[gateway]` is deserialized, so that devices naming the site's
+        // profiles are not reported as naming unknown ones when `[gateway]` has a typo.
+        let profiles_dir = table
+            .get("gateway")
+            .and_then(|g| g.get("profiles_dir"))
+            .and_then(|d| d.as_str())
+            .map(|d| dir.map_or_else(|| d.into(), |base| base.join(d)));
+        let profiles = profiles::load(profiles_dir.as_deref(), None, &mut problems);
 
         let gateway = match table.remove("gateway") {
             Some(v) => section::<GatewaySection>(v, "gateway", &mut problems),
@@ -909,12 +1048,21 @@ impl Config {
             .flatten()
             .map(|l| (l.id.clone(), l.transport.device_transport()))
             .collect();
-        let devices = devices(table.remove("devices"), &link_transports, &mut problems);
+        let (devices, found) = devices::load(
+            table.remove("devices"),
+            table.remove("device_files"),
+            dir,
+            &profiles,
+            &link_transports,
+            &mut problems,
+        );
+        origins = found;
+        let labels = &origins.labels;
         let rules = list::<RuleConfig>(table.remove("rules"), "rules", &mut problems);
         for key in table.keys() {
             problems.add(
                 key.as_str(),
-                "unknown section; expected gateway, mqtt, mqtt_sensors, influx, metrics, places, links, devices or rules",
+                "unknown section; expected gateway, mqtt, mqtt_sensors, influx, metrics, places, links, devices, device_files or rules",
             );
         }
         let has_mqtt_devices = devices
@@ -949,8 +1097,8 @@ impl Config {
         ) = (gateway, mqtt, influx, metrics, mqtt_sensors, places)
         else {
             // Still check what parsed, so the report is complete.
-            check_devices(&devices, &mut problems);
-            return Err(report(problems));
+            check_devices(&devices, labels, &mut problems);
+            return Err(report(problems, &origins));
         };
         let all_parsed = devices.iter().all(Option::is_some);
         let config = Config {
@@ -961,32 +1109,87 @@ impl Config {
             mqtt_sensors,
             links: links.into_iter().flatten().collect(),
             places,
+            profiles,
             devices: devices.iter().flatten().cloned().collect(),
             rules: rules.into_iter().flatten().collect(),
         };
         if all_parsed {
-            config.check(&mut problems);
+            config.check(labels, &mut problems);
         } else {
-            // Devices are named by their positions: check the list with its holes, and
+            // Devices are named by their origins: check the list with its holes, and
             // leave the checks across devices (GPIO pins, links) until every device parses.
             config.check_site(&mut problems);
-            check_devices(&devices, &mut problems);
+            check_devices(&devices, labels, &mut problems);
             config.check_rules(&mut problems);
         }
         if problems.0.is_empty() {
             Ok(config)
         } else {
-            Err(report(problems))
+            Err(report(problems, &origins))
         }
     }
 
-    fn check(&self, p: &mut Problems) {
+    /// Every device of a valid config written out as the gateway reads it: templates
+    /// expanded, device files read, profiles merged in, transports taken from links. TOML,
+    /// `[[devices]]` tables with their points, in device order (`shouwang-gateway expand`).
+    pub fn expand_devices(
+        text: &str,
+        source: &str,
+        dir: Option<&std::path::Path>,
+    ) -> Result<String, ConfigReport> {
+        let config = Config::from_toml_in(text, source, dir)?;
+        let report = |problems: Problems| ConfigReport {
+            source: source.to_string(),
+            problems: problems.0,
+        };
+        let mut problems = Problems::default();
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let mut p = Problems::default();
+            p.add("(syntax)", e.to_string().trim().to_string());
+            report(p)
+        })?;
+        let links: BTreeMap<String, Transport> = config
+            .links
+            .iter()
+            .map(|l| (l.id.clone(), l.transport.device_transport()))
+            .collect();
+        let devices = devices::written_out(
+            table.remove("devices"),
+            table.remove("device_files"),
+            dir,
+            &config.profiles,
+            &links,
+            &mut problems,
+        );
+        if !problems.0.is_empty() {
+            return Err(report(problems));
+        }
+        let mut out = toml::Table::new();
+        out.insert(
+            "devices".into(),
+            toml::Value::Array(devices.into_iter().map(toml::Value::Table).collect()),
+        );
+        toml::to_string(&out).map_err(|e| {
+            let mut p = Problems::default();
+            p.add("devices", format!("cannot write them out: {e}"));
+            report(p)
+        })
+    }
+
+    /// What `check` says besides problems: things that are allowed but may be a mistake,
+    /// e.g. devices whose profile expects rules the config does not have.
+    pub fn notes(&self) -> Vec<String> {
+        profiles::missing_rules(self)
+    }
+
+    /// `labels`: how messages name each device (one per device, in order).
+    fn check(&self, labels: &[String], p: &mut Problems) {
         self.check_site(p);
         let devices: Vec<Option<DeviceConfig>> = self.devices.iter().cloned().map(Some).collect();
-        check_devices(&devices, p);
-        check_gpio_pins(self, p);
-        links::check_links(self, p);
-        places::check_names_and_grids(self, p);
+        check_devices(&devices, labels, p);
+        check_gpio_pins(self, labels, p);
+        links::check_links(self, labels, p);
+        places::check_names_and_grids(self, labels, p);
         if self.devices.is_empty() {
             p.add("devices", "no devices: add at least one [[devices]] table");
         }
@@ -1313,64 +1516,14 @@ fn list<T: for<'de> Deserialize<'de>>(
     }
 }
 
-/// Like [`list`], but each device's points are deserialized on their own too, so a bad
-/// point does not hide the problems of its device.
-/// The `[[devices]]` entries; a device on a link without its own `transport` takes the
-/// link's (`links`: link id -> transport).
-fn devices(
-    value: Option<toml::Value>,
-    links: &BTreeMap<String, Transport>,
-    problems: &mut Problems,
-) -> Vec<Option<DeviceConfig>> {
-    let Some(toml::Value::Array(items)) = value else {
-        return list(value, "devices", problems);
+/// `labels`: how messages name each device (see `config/devices.rs`).
+fn check_devices(devices: &[Option<DeviceConfig>], labels: &[String], p: &mut Problems) {
+    let at_of = |i: usize, d: &DeviceConfig| {
+        labels
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("devices[{i}] ({})", d.id))
     };
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut item)| {
-            let at = label("devices", i, &item);
-            let points = match item.as_table_mut() {
-                Some(t) => {
-                    let link = t.get("link").and_then(|v| v.as_str());
-                    if let (Some(name), None) = (link, link.and_then(|l| links.get(l))) {
-                        problems.add(
-                            format!("{at}.link"),
-                            format!("no link {name:?} in [[links]]"),
-                        );
-                    }
-                    if let (false, Some(transport)) =
-                        (t.contains_key("transport"), link.and_then(|l| links.get(l)))
-                    {
-                        let name = match transport {
-                            Transport::Tcp => "tcp",
-                            Transport::Rtu => "rtu",
-                            Transport::RtuOverTcp => "rtu-over-tcp",
-                            Transport::Mqtt => "mqtt",
-                            Transport::Gpio => "gpio",
-                        };
-                        t.insert("transport".into(), toml::Value::String(name.into()));
-                    }
-                    t.insert("points".into(), toml::Value::Array(Vec::new()))
-                }
-                None => None,
-            };
-            let device = section::<DeviceConfig>(item, &at, problems);
-            let points = list::<PointConfig>(points, &format!("{at}.points"), problems);
-            if points.is_empty() {
-                problems.add(format!("{at}.points"), "no points: add [[devices.points]]");
-            }
-            // A device whose points did not all parse is still checked, with the good
-            // ones; the config is refused anyway because the bad ones were reported.
-            device.map(|mut d| {
-                d.points = points.into_iter().flatten().collect();
-                d
-            })
-        })
-        .collect()
-}
-
-fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
     // Two devices at one Modbus address and unit id would read each other's registers and
     // raise each other's alarms under the wrong place.
     let mut addresses: BTreeMap<(String, u8), (usize, &str)> = BTreeMap::new();
@@ -1382,10 +1535,11 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
         let at = (address.trim().to_ascii_lowercase(), d.modbus_unit());
         match addresses.get(&at) {
             Some(&(first, first_id)) => p.add(
-                format!("devices[{i}] ({}).address", d.id),
+                format!("{}.address", at_of(i, d)),
                 format!(
-                    "{address} unit {} is also devices[{first}] ({first_id}): one device per address and unit id",
-                    d.modbus_unit()
+                    "{address} unit {} is also {}: one device per address and unit id",
+                    d.modbus_unit(),
+                    labels.get(first).map_or(first_id, String::as_str),
                 ),
             ),
             None => {
@@ -1406,11 +1560,11 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
                 n => format!(" (and {n} more devices' topics)"),
             };
             p.add(
-                format!("devices[{i}] ({}).topic", d.id),
+                format!("{}.topic", at_of(i, d)),
                 format!(
-                    "{:?} and devices[{first}] ({})'s {:?}{more} both match {:?}: a message there would be both devices'; give each device a topic or filter no other device's matches",
+                    "{:?} and {}'s {:?}{more} both match {:?}: a message there would be both devices'; give each device a topic or filter no other device's matches",
                     d.topic.as_deref().unwrap_or_default(),
-                    f.id,
+                    at_of(first, f),
                     f.topic.as_deref().unwrap_or_default(),
                     clash.example,
                 ),
@@ -1420,12 +1574,12 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
     let mut ids = BTreeMap::new();
     for (i, device) in devices.iter().enumerate() {
         let Some(d) = device else { continue };
-        let at = format!("devices[{i}] ({})", d.id);
+        let at = at_of(i, d);
         p.id(&format!("{at}.id"), "device id", &d.id);
         if let Some(first) = ids.insert(d.id.as_str(), i) {
             p.add(
                 format!("{at}.id"),
-                format!("duplicate device id {:?} (also devices[{first}])", d.id),
+                format!("duplicate device id {:?} (also {})", d.id, at_of(first, d)),
             );
         }
         p.id(&format!("{at}.kind"), "device kind", &d.kind);
@@ -1441,12 +1595,6 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
                 }
             }
             Transport::Gpio => check_gpio_device(d, &at, p),
-        }
-        if d.report_every_s.is_some_and(|s| s > 86_400) {
-            p.add(
-                format!("{at}.report_every_s"),
-                "must be at most 86400 seconds (0: every poll)",
-            );
         }
         for (j, pt) in d.points.iter().enumerate() {
             let Some(deadband) = pt.report_deadband else {
@@ -1472,6 +1620,22 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
                 }
             }
         }
+        if !d.transport.is_modbus() {
+            for (j, pt) in d.points.iter().enumerate() {
+                for (key, given) in [
+                    ("wire_break_below", pt.wire_break_below.is_some()),
+                    ("fault_above", pt.fault_above.is_some()),
+                    ("raw_unit", pt.raw_unit.is_some()),
+                ] {
+                    if given {
+                        p.add(
+                            format!("{at}.points[{j}] ({}).{key}", pt.name),
+                            "only for Modbus points (tcp, rtu, rtu-over-tcp)",
+                        );
+                    }
+                }
+            }
+        }
         if d.transport != Transport::Gpio {
             const GPIO_ONLY: &str = "only for transport = \"gpio\"";
             if d.debounce_ms.is_some() {
@@ -1488,95 +1652,140 @@ fn check_devices(devices: &[Option<DeviceConfig>], p: &mut Problems) {
                 }
             }
         }
-        if d.poll_interval_ms < 10 {
-            p.add(format!("{at}.poll_interval_ms"), "must be at least 10 ms");
+        check_poll_keys(&PollKeys::of(d), &d.points, &at, p);
+        check_point_values(&d.points, &at, p);
+    }
+}
+
+/// The device keys that say how a device is polled and reported, as a device has them
+/// (every one given) or a profile (those it gives defaults for).
+struct PollKeys {
+    pub poll_interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub comm_loss_after_s: Option<u64>,
+    pub report_every_s: Option<u64>,
+    pub max_gap_registers: Option<u16>,
+    pub max_read_registers: Option<u16>,
+    pub max_gap_bits: Option<u16>,
+    pub max_read_bits: Option<u16>,
+}
+
+impl PollKeys {
+    fn of(d: &DeviceConfig) -> PollKeys {
+        PollKeys {
+            poll_interval_ms: Some(d.poll_interval_ms),
+            timeout_ms: Some(d.timeout_ms),
+            comm_loss_after_s: Some(d.comm_loss_after_s),
+            report_every_s: d.report_every_s,
+            max_gap_registers: Some(d.max_gap_registers),
+            max_read_registers: Some(d.max_read_registers),
+            max_gap_bits: Some(d.max_gap_bits),
+            max_read_bits: Some(d.max_read_bits),
         }
-        if d.timeout_ms == 0 {
-            p.add(format!("{at}.timeout_ms"), "must be at least 1 ms");
-        }
-        if d.comm_loss_after_s == 0 || d.comm_loss_after_s > COMM_LOSS_MAX_S {
+    }
+}
+
+/// The ranges of the polling keys, and that one read holds each of `points`.
+fn check_poll_keys(k: &PollKeys, points: &[PointConfig], at: &str, p: &mut Problems) {
+    if k.report_every_s.is_some_and(|s| s > 86_400) {
+        p.add(
+            format!("{at}.report_every_s"),
+            "must be at most 86400 seconds (0: every poll)",
+        );
+    }
+    if k.poll_interval_ms.is_some_and(|ms| ms < 10) {
+        p.add(format!("{at}.poll_interval_ms"), "must be at least 10 ms");
+    }
+    if k.timeout_ms == Some(0) {
+        p.add(format!("{at}.timeout_ms"), "must be at least 1 ms");
+    }
+    if k.comm_loss_after_s
+        .is_some_and(|s| s == 0 || s > COMM_LOSS_MAX_S)
+    {
+        p.add(
+            format!("{at}.comm_loss_after_s"),
+            format!("must be between 1 and {COMM_LOSS_MAX_S} seconds (GB 50166)"),
+        );
+    }
+    if let Some(n) = k
+        .max_read_registers
+        .filter(|&n| n == 0 || n > MAX_READ_REGISTERS)
+    {
+        p.add(
+            format!("{at}.max_read_registers"),
+            format!(
+                "is {n}; must be between 1 and {MAX_READ_REGISTERS} (the Modbus limit for one read)"
+            ),
+        );
+    }
+    // A gap lies between two points of at least one register each, inside one read.
+    let gap_limit = MAX_READ_REGISTERS - 2;
+    if let Some(n) = k.max_gap_registers.filter(|&n| n > gap_limit) {
+        p.add(
+            format!("{at}.max_gap_registers"),
+            format!(
+                "is {n}; must be at most {gap_limit} (a read holds at most {MAX_READ_REGISTERS} registers, \
+                 and a gap lies between two points)"
+            ),
+        );
+    }
+    if let Some(n) = k.max_read_bits.filter(|&n| n == 0 || n > MAX_READ_BITS) {
+        p.add(
+            format!("{at}.max_read_bits"),
+            format!(
+                "is {n}; must be between 1 and {MAX_READ_BITS} (the Modbus limit for one read of coils or discrete inputs)"
+            ),
+        );
+    }
+    let gap_limit = MAX_READ_BITS - 2;
+    if let Some(n) = k.max_gap_bits.filter(|&n| n > gap_limit) {
+        p.add(
+            format!("{at}.max_gap_bits"),
+            format!(
+                "is {n}; must be at most {gap_limit} (a read holds at most {MAX_READ_BITS} bits, \
+                 and a gap lies between two points)"
+            ),
+        );
+    }
+    let max_read = k.max_read_registers.unwrap_or(MAX_READ_REGISTERS);
+    if let Some(big) = points
+        .iter()
+        .filter(|pt| !pt.modbus_table().holds_bits())
+        .find(|pt| pt.modbus_registers() > max_read)
+        && max_read > 0
+    {
+        p.add(
+            format!("{at}.max_read_registers"),
+            format!(
+                "is {max_read}, but point {:?} takes {} registers: one read must hold a whole point",
+                big.name,
+                big.modbus_registers()
+            ),
+        );
+    }
+}
+
+/// What every point must be, whatever its transport: a unique name, a usable scale and
+/// offset, a unit that fits an alarm event.
+fn check_point_values(points: &[PointConfig], at: &str, p: &mut Problems) {
+    let mut names = BTreeSet::new();
+    for (j, pt) in points.iter().enumerate() {
+        let pat = format!("{at}.points[{j}] ({})", pt.name);
+        p.id(&format!("{pat}.name"), "point name", &pt.name);
+        if !names.insert(pt.name.as_str()) {
             p.add(
-                format!("{at}.comm_loss_after_s"),
-                format!("must be between 1 and {COMM_LOSS_MAX_S} seconds (GB 50166)"),
+                format!("{pat}.name"),
+                format!("duplicate point {:?}", pt.name),
             );
         }
-        if d.max_read_registers == 0 || d.max_read_registers > MAX_READ_REGISTERS {
-            p.add(
-                format!("{at}.max_read_registers"),
-                format!(
-                    "is {}; must be between 1 and {MAX_READ_REGISTERS} (the Modbus limit for one read)",
-                    d.max_read_registers
-                ),
-            );
+        if !pt.scale.is_finite() || pt.scale == 0.0 {
+            p.add(format!("{pat}.scale"), "must be a finite, non-zero number");
         }
-        // A gap lies between two points of at least one register each, inside one read.
-        let gap_limit = MAX_READ_REGISTERS - 2;
-        if d.max_gap_registers > gap_limit {
-            p.add(
-                format!("{at}.max_gap_registers"),
-                format!(
-                    "is {}; must be at most {gap_limit} (a read holds at most {MAX_READ_REGISTERS} registers, \
-                     and a gap lies between two points)",
-                    d.max_gap_registers
-                ),
-            );
+        if !pt.offset.is_finite() {
+            p.add(format!("{pat}.offset"), "must be a finite number");
         }
-        if d.max_read_bits == 0 || d.max_read_bits > MAX_READ_BITS {
-            p.add(
-                format!("{at}.max_read_bits"),
-                format!(
-                    "is {}; must be between 1 and {MAX_READ_BITS} (the Modbus limit for one read of coils or discrete inputs)",
-                    d.max_read_bits
-                ),
-            );
-        }
-        let gap_limit = MAX_READ_BITS - 2;
-        if d.max_gap_bits > gap_limit {
-            p.add(
-                format!("{at}.max_gap_bits"),
-                format!(
-                    "is {}; must be at most {gap_limit} (a read holds at most {MAX_READ_BITS} bits, \
-                     and a gap lies between two points)",
-                    d.max_gap_bits
-                ),
-            );
-        }
-        if let Some(big) = d
-            .points
-            .iter()
-            .filter(|pt| !pt.modbus_table().holds_bits())
-            .find(|pt| pt.modbus_registers() > d.max_read_registers)
-            && d.max_read_registers > 0
-        {
-            p.add(
-                format!("{at}.max_read_registers"),
-                format!(
-                    "is {}, but point {:?} takes {} registers: one read must hold a whole point",
-                    d.max_read_registers,
-                    big.name,
-                    big.modbus_registers()
-                ),
-            );
-        }
-        let mut names = BTreeSet::new();
-        for (j, pt) in d.points.iter().enumerate() {
-            let pat = format!("{at}.points[{j}] ({})", pt.name);
-            p.id(&format!("{pat}.name"), "point name", &pt.name);
-            if !names.insert(pt.name.as_str()) {
-                p.add(
-                    format!("{pat}.name"),
-                    format!("duplicate point {:?}", pt.name),
-                );
-            }
-            if !pt.scale.is_finite() || pt.scale == 0.0 {
-                p.add(format!("{pat}.scale"), "must be a finite, non-zero number");
-            }
-            if !pt.offset.is_finite() {
-                p.add(format!("{pat}.offset"), "must be a finite number");
-            }
-            if let Some(unit) = &pt.engineering_unit {
-                p.text(&format!("{pat}.engineering_unit"), unit);
-            }
+        if let Some(unit) = &pt.engineering_unit {
+            p.text(&format!("{pat}.engineering_unit"), unit);
         }
     }
 }
@@ -1641,7 +1850,7 @@ fn check_gpio_device(d: &DeviceConfig, at: &str, p: &mut Problems) {
 }
 
 /// Every GPIO the config uses, input or output, once: two uses of one pin are refused.
-fn check_gpio_pins(config: &Config, p: &mut Problems) {
+fn check_gpio_pins(config: &Config, labels: &[String], p: &mut Problems) {
     let mut used: BTreeMap<u8, String> = BTreeMap::new();
     if let Some(pin) = config.gateway.local_warning_gpio {
         used.insert(pin, "gateway.local_warning_gpio".into());
@@ -1651,7 +1860,11 @@ fn check_gpio_pins(config: &Config, p: &mut Problems) {
             let (Transport::Gpio, Some(pin)) = (d.transport, pt.gpio) else {
                 continue;
             };
-            let here = format!("devices[{i}] ({}).points[{j}] ({}).gpio", d.id, pt.name);
+            let device = labels
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("devices[{i}] ({})", d.id));
+            let here = format!("{device}.points[{j}] ({}).gpio", pt.name);
             if let Some(first) = used.get(&pin) {
                 p.add(here, format!("GPIO {pin} is already used by {first}"));
             } else {
@@ -1693,7 +1906,14 @@ fn check_modbus_device(d: &DeviceConfig, at: &str, p: &mut Problems) {
             p.add(format!("{at}.{key}"), MQTT_ONLY);
         }
     }
-    for (j, pt) in d.points.iter().enumerate() {
+    check_modbus_points(&d.points, at, p);
+}
+
+/// The points of a Modbus register map (a device's or a profile's): a register and a type
+/// each, which fit together and the register space, and no key of another transport.
+fn check_modbus_points(points: &[PointConfig], at: &str, p: &mut Problems) {
+    const MQTT_ONLY: &str = "only for transport = \"mqtt\"";
+    for (j, pt) in points.iter().enumerate() {
         let pat = format!("{at}.points[{j}] ({})", pt.name);
         for (key, given) in [
             ("json", pt.json.is_some()),
@@ -1707,14 +1927,14 @@ fn check_modbus_device(d: &DeviceConfig, at: &str, p: &mut Problems) {
         let Some(register) = pt.register else {
             p.add(
                 format!("{pat}.register"),
-                "required with transport = \"tcp\"",
+                "required for a Modbus point (tcp, rtu, rtu-over-tcp, or a profile's): the first register, 0-based",
             );
             continue;
         };
         let Some(data_type) = pt.data_type else {
             p.add(
                 format!("{pat}.type"),
-                "required with transport = \"tcp\": u16, i16, u32, i32, f32 or bit",
+                "required for a Modbus point (tcp, rtu, rtu-over-tcp, or a profile's): u16, i16, u32, i32, f32 or bit",
             );
             continue;
         };
@@ -1726,6 +1946,44 @@ fn check_modbus_device(d: &DeviceConfig, at: &str, p: &mut Problems) {
             );
         }
         check_modbus_point_type(pt, data_type, &pat, p);
+        check_raw_validity(pt, data_type, &pat, p);
+    }
+}
+
+/// A Modbus point's `wire_break_below`, `fault_above` and `raw_unit`.
+fn check_raw_validity(pt: &PointConfig, data_type: DataType, pat: &str, p: &mut Problems) {
+    let limits = [
+        ("wire_break_below", pt.wire_break_below),
+        ("fault_above", pt.fault_above),
+    ];
+    for (key, limit) in limits {
+        match limit {
+            Some(_) if data_type == DataType::Bit => p.add(
+                format!("{pat}.{key}"),
+                "not for type = \"bit\": a bit is 0 or 1",
+            ),
+            Some(v) if !v.is_finite() => p.add(format!("{pat}.{key}"), "must be a finite number"),
+            _ => {}
+        }
+    }
+    if let (Some(low), Some(high)) = (pt.wire_break_below, pt.fault_above)
+        && low >= high
+    {
+        p.add(
+            format!("{pat}.fault_above"),
+            format!(
+                "is {high}, not above wire_break_below ({low}): every raw value would be a fault"
+            ),
+        );
+    }
+    if let Some(unit) = &pt.raw_unit {
+        if pt.wire_break_below.is_none() && pt.fault_above.is_none() {
+            p.add(
+                format!("{pat}.raw_unit"),
+                "only means something with wire_break_below or fault_above; set one, or remove this",
+            );
+        }
+        p.text(&format!("{pat}.raw_unit"), unit);
     }
 }
 
@@ -2422,6 +2680,53 @@ byte_order = "BA"
         assert!(
             problems[0].1.contains("unknown variant `cdab`") && problems[0].1.contains("`CDAB`"),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn raw_validity_is_checked_by_its_keys() {
+        let good = "register = 0\ntype = \"u16\"\nwire_break_below = 3600\nfault_above = 21000\nraw_unit = \"µA\"";
+        assert_eq!(point_problems(good), []);
+        let problems = point_problems(
+            "register = 0\ntype = \"u16\"\nwire_break_below = 21000\nfault_above = 3600",
+        );
+        assert_eq!(
+            problems,
+            [(
+                "fault_above".to_string(),
+                "is 3600, not above wire_break_below (21000): every raw value would be a fault"
+                    .to_string()
+            )]
+        );
+        let problems = point_problems(
+            "register = 0\ntype = \"bit\"\nbit = 2\nwire_break_below = 1\nraw_unit = \"mA\"",
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "wire_break_below");
+        assert!(problems[0].1.contains("a bit is 0 or 1"), "{problems:?}");
+        let problems =
+            point_problems("register = 0\ntype = \"u16\"\nfault_above = nan\nraw_unit = \"mA\"");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "fault_above");
+        let problems = point_problems("register = 0\ntype = \"u16\"\nraw_unit = \"mA\"");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "raw_unit");
+        assert!(
+            problems[0].1.contains("only means something"),
+            "{problems:?}"
+        );
+        // An MQTT sensor's values are not loop currents read by the gateway.
+        let sensor = SENSOR.replace(
+            "json = \"data.obscuration\"",
+            "json = \"data.obscuration\"\nwire_break_below = 3600",
+        );
+        let problems = problems_of(&format!("{GOOD}{sensor}"));
+        assert_eq!(
+            problems,
+            [(
+                "devices[1] (smoke-nb-1).points[0] (obscuration).wire_break_below".to_string(),
+                "only for Modbus points (tcp, rtu, rtu-over-tcp)".to_string()
+            )]
         );
     }
 

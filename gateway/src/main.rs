@@ -1,5 +1,5 @@
-//! `shouwang-gateway check CONFIG`, `shouwang-gateway plan CONFIG` and
-//! `shouwang-gateway run CONFIG`.
+//! `shouwang-gateway check CONFIG`, `shouwang-gateway plan CONFIG`,
+//! `shouwang-gateway expand CONFIG` and `shouwang-gateway run CONFIG`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -17,14 +17,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Check a config file and print every problem in it.
+    /// Check a config file and print every problem in it; and notes, e.g. rules that the
+    /// devices' profiles expect and the config lacks.
     Check { config: PathBuf },
     /// Print how each device is read: its read requests (table, start, count, points) and
-    /// the requests per poll and per second, with and without coalescing; and each link's
-    /// load: requests per second and, for serial lines, the share of the line's time.
+    /// the requests per poll and per second, with and without coalescing; the same per
+    /// profile (requests saved by coalescing); and each link's load: requests per second
+    /// and, for serial lines, the share of the line's time.
     Plan { config: PathBuf },
     /// Run the gateway. Refuses a config with problems, printing them all.
     Run { config: PathBuf },
+    /// Print every device as the gateway reads it, as `[[devices]]` tables: templates
+    /// (`for`) expanded, device files read, profiles merged in.
+    Expand { config: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -38,6 +43,28 @@ fn main() -> ExitCode {
         .init();
     let path = match &cli.command {
         Cmd::Check { config } | Cmd::Plan { config } | Cmd::Run { config } => config,
+        Cmd::Expand { config } => {
+            let text = match std::fs::read_to_string(config) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("{}: cannot read: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let source = config.display().to_string();
+            return match Config::expand_devices(&text, &source, config.parent()) {
+                Ok(devices) => {
+                    use std::io::Write as _;
+                    // A closed pipe (`| head`) is the reader's choice, not an error.
+                    let _ = std::io::stdout().write_all(devices.as_bytes());
+                    ExitCode::SUCCESS
+                }
+                Err(report) => {
+                    eprint!("{report}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -47,6 +74,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Cmd::Expand { .. } => ExitCode::SUCCESS, // answered above
         Cmd::Check { .. } => {
             println!(
                 "{}: ok ({} devices, {} rules, {} alarms)",
@@ -55,19 +83,30 @@ fn main() -> ExitCode {
                 config.rules.len(),
                 config.alarm_specs().len()
             );
-            ExitCode::SUCCESS
-        }
-        Cmd::Plan { .. } => {
-            print!(
-                "{}",
-                shouwang_gateway::sources::modbus::SitePlan::of(&config)
-            );
-            for load in shouwang_gateway::sources::modbus::budget::loads(&config) {
-                println!("{load}");
+            for note in config.notes() {
+                println!("  note: {note}");
             }
             ExitCode::SUCCESS
         }
+        Cmd::Plan { .. } => {
+            use shouwang_gateway::sources::modbus::{ProfilePlans, SitePlan, budget};
+            let mut out = format!(
+                "{}{}",
+                SitePlan::of(&config),
+                ProfilePlans::of(&config.profiles, Some(&config))
+            );
+            for load in budget::loads(&config) {
+                out.push_str(&format!("{load}\n"));
+            }
+            use std::io::Write as _;
+            // A closed pipe (`| head`) is the reader's choice, not an error.
+            let _ = std::io::stdout().write_all(out.as_bytes());
+            ExitCode::SUCCESS
+        }
         Cmd::Run { .. } => {
+            for note in config.notes() {
+                tracing::info!(%note, "config note");
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -10,9 +10,13 @@
 //!
 //! What a pty does not do: it does not pace bytes at the baud rate, so wire time is not
 //! simulated here (the bus benchmark simulates it).
+//!
+//! [`SimBus::serve_modbus_tcp`] puts the same devices behind a simulated Modbus TCP gateway
+//! instead: one TCP port, each request to the unit its unit id names (the demo's building).
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
@@ -20,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tokio::net::TcpListener;
 use tokio_modbus::{ExceptionCode, Response, SlaveRequest};
 
 use crate::sim::{RegisterBank, ServerTask, SimDevice};
@@ -163,6 +168,41 @@ impl SimBus {
                 server: Arc::new(ServerTask(task.abort_handle())),
             },
             addr,
+        ))
+    }
+
+    /// Serve on a TCP port at `addr` (port 0: the OS picks), as a Modbus TCP gateway in
+    /// front of an RS-485 bus: each request goes to the unit its unit id names, and a unit
+    /// nobody serves stays silent (the master times out), as behind a real gateway. Returns
+    /// the address it listens on. Must be called inside a tokio runtime.
+    pub async fn serve_modbus_tcp(addr: SocketAddr) -> anyhow::Result<(SimBus, SocketAddr)> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("simulated Modbus TCP gateway: binding {addr}"))?;
+        let local_addr = listener.local_addr()?;
+        let units = Arc::new(Units::default());
+        let served = units.clone();
+        let task = tokio::spawn(async move {
+            let server = tokio_modbus::server::tcp::Server::new(listener);
+            let new_service = move |_peer: SocketAddr| Ok(Some(BusService(served.clone())));
+            let on_connected = move |stream, peer| {
+                let accepted =
+                    tokio_modbus::server::tcp::accept_tcp_connection(stream, peer, &new_service);
+                async move { accepted }
+            };
+            let on_process_error = move |err: std::io::Error| {
+                tracing::debug!(gateway = %local_addr, error = %err, "simulated gateway: connection ended");
+            };
+            if let Err(err) = server.serve(&on_connected, on_process_error).await {
+                tracing::warn!(gateway = %local_addr, error = %err, "simulated gateway: accept loop stopped");
+            }
+        });
+        Ok((
+            SimBus {
+                units,
+                server: Arc::new(ServerTask(task.abort_handle())),
+            },
+            local_addr,
         ))
     }
 

@@ -121,7 +121,8 @@ impl LinkConfig {
 
 const BAUD_RATES: std::ops::RangeInclusive<u32> = 1200..=115_200;
 
-pub(super) fn check_links(config: &Config, p: &mut Problems) {
+/// `labels`: how messages name each device, in device order.
+pub(super) fn check_links(config: &Config, labels: &[String], p: &mut Problems) {
     check_local_warning_modbus(config, p);
     let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, link) in config.links.iter().enumerate() {
@@ -256,9 +257,15 @@ pub(super) fn check_links(config: &Config, p: &mut Problems) {
     }
 
     // Every device's link: named and of its transport; one device per unit id on a link.
-    let mut units: BTreeMap<(&str, u8), (usize, &str)> = BTreeMap::new();
+    let label = |i: usize| {
+        labels.get(i).cloned().unwrap_or_else(|| {
+            let id = config.devices.get(i).map_or("?", |d| d.id.as_str());
+            format!("devices[{i}] ({id})")
+        })
+    };
+    let mut units: BTreeMap<(&str, u8), usize> = BTreeMap::new();
     for (i, d) in config.devices.iter().enumerate() {
-        let at = format!("devices[{i}] ({})", d.id);
+        let at = label(i);
         let Some(name) = &d.link else { continue };
         let Some(link) = config.links.iter().find(|l| &l.id == name) else {
             p.add(
@@ -296,14 +303,15 @@ pub(super) fn check_links(config: &Config, p: &mut Problems) {
             );
         }
         match units.get(&(name.as_str(), unit)) {
-            Some(&(first, first_id)) => p.add(
+            Some(&first) => p.add(
                 format!("{at}.unit_id"),
                 format!(
-                    "unit {unit} on link {name:?} is also devices[{first}] ({first_id}): one device per unit id on a link"
+                    "unit {unit} on link {name:?} is also {}: one device per unit id on a link",
+                    label(first)
                 ),
             ),
             None => {
-                units.insert((name.as_str(), unit), (i, d.id.as_str()));
+                units.insert((name.as_str(), unit), i);
             }
         }
     }

@@ -330,10 +330,14 @@ pub(super) fn check_device(d: &DeviceConfig, at: &str, p: &mut Problems) {
 
 /// Across `[places]` and the devices: every name a device's place gets from a pattern fits
 /// [`MAX_NAME_CHARS`] (names listed in a table are judged there), and a device's `grid`
-/// agrees with `[places.grid_buildings]`.
-pub(super) fn check_names_and_grids(config: &Config, p: &mut Problems) {
+/// agrees with `[places.grid_buildings]`. `labels`: how messages name each device (where
+/// it came from: see `config/devices.rs`).
+pub(super) fn check_names_and_grids(config: &Config, labels: &[String], p: &mut Problems) {
     for (i, d) in config.devices.iter().enumerate() {
-        let at = format!("devices[{i}] ({})", d.id);
+        let at = labels
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("devices[{i}] ({})", d.id));
         if let (Some(grid), Some(building)) = (&d.grid, &d.building)
             && let Some(listed) = config.places.grid_of(building)
             && listed != grid

@@ -7,9 +7,10 @@
 //! target/release/alarm-latency [--trials 30] [--idle-s 10] [--config demo/building.toml]
 //! ```
 //!
-//! It starts a real mosquitto, one simulated Modbus TCP device per device of the config (at
-//! the config's addresses, registers at values that keep every rule quiet), and the
-//! `shouwang-gateway` binary from the same target directory as itself. Then, for each trial,
+//! It starts a real mosquitto, the config's devices simulated (as `shouwang-gateway expand`
+//! writes them out: templates expanded, profiles merged), one simulated Modbus TCP gateway
+//! per address with each device at its unit id, registers at values that keep every rule
+//! quiet, and the `shouwang-gateway` binary from the same target directory as itself. Then, for each trial,
 //! it pushes one smoke detector's register over its rule's limit and times how long until a
 //! test subscriber on the broker receives the `raised` event, then puts it back and waits for
 //! the `cleared` event. Trials start at staggered offsets so they sample the whole poll
@@ -23,6 +24,7 @@ use anyhow::{Context, bail};
 use shouwang_hil_tests::rig::{self, Listener};
 use shouwang_hil_tests::servers;
 use shouwang_hil_tests::sim::SimDevice;
+use shouwang_hil_tests::sim_bus::SimBus;
 use shouwang_wire::{AlarmEvent, Message, TransitionKind};
 use toml::Value;
 
@@ -58,6 +60,10 @@ fn args() -> anyhow::Result<Args> {
 struct Point {
     register: u16,
     data_type: String,
+    /// `ABCD` unless the point says otherwise (32-bit types).
+    byte_order: String,
+    /// Holding and input registers are one bank in the simulator; bits are left at 0.
+    is_register: bool,
     scale: f64,
     offset: f64,
     quiet: f64,
@@ -66,31 +72,78 @@ struct Point {
 }
 
 fn write(sim: &SimDevice, p: &Point, value: f64) {
+    if !p.is_register {
+        return;
+    }
     let raw = (value - p.offset) / p.scale;
+    let double = |bits: u32| {
+        let (high, low) = ((bits >> 16) as u16, bits as u16);
+        let [a, b] = match p.byte_order.as_str() {
+            "CDAB" => [low, high],
+            "BADC" => [high.swap_bytes(), low.swap_bytes()],
+            "DCBA" => [low.swap_bytes(), high.swap_bytes()],
+            _ => [high, low],
+        };
+        sim.set_u16(p.register, a);
+        sim.set_u16(p.register.wrapping_add(1), b);
+    };
     match p.data_type.as_str() {
-        "f32" => sim.set_f32(p.register, raw as f32),
-        "u32" | "i32" => sim.set_u32(p.register, raw.round() as i64 as u32),
+        "f32" => double((raw as f32).to_bits()),
+        "u32" | "i32" => double(raw.round() as i64 as u32),
         "i16" => sim.set_i16(p.register, raw.round() as i16),
-        _ => sim.set_u16(p.register, raw.round() as u16),
+        "u16" => sim.set_u16(p.register, raw.round() as u16),
+        _ => {} // a bit field: its register stays 0
     }
 }
 
 /// One device of the config, to simulate.
 struct Device {
     id: String,
+    /// Its own `address`, or its link's.
     address: String,
+    unit: u8,
+    poll_interval_ms: i64,
     points: Vec<Point>,
 }
 
-/// The config's devices, with quiet and alarm values derived from its rules.
-fn building(config: &Value) -> anyhow::Result<Vec<Device>> {
+/// An integer key as `expand` writes it: an integer, or a string holding one (a template's).
+fn int(v: Option<&Value>) -> Option<i64> {
+    v.and_then(|v| v.as_integer().or_else(|| v.as_str()?.trim().parse().ok()))
+}
+
+/// The devices of `config` (the file at `path`) written out by `shouwang-gateway expand`,
+/// with quiet and alarm values derived from its rules.
+fn building(config: &Value, path: &std::path::Path) -> anyhow::Result<Vec<Device>> {
+    let out = std::process::Command::new(rig::binary("shouwang-gateway")?)
+        .arg("expand")
+        .arg(path)
+        .output()
+        .context("running shouwang-gateway expand")?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let expanded: toml::Table = String::from_utf8(out.stdout)?
+        .parse()
+        .context("parsing what `shouwang-gateway expand` wrote")?;
+    let links: BTreeMap<String, String> = config
+        .get("links")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+            Some((
+                l.get("id")?.as_str()?.to_string(),
+                l.get("address")?.as_str()?.to_string(),
+            ))
+        })
+        .collect();
     let rules = config
         .get("rules")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
     let mut out = Vec::new();
-    for d in config
+    for d in expanded
         .get("devices")
         .and_then(Value::as_array)
         .context("no [[devices]]")?
@@ -101,7 +154,13 @@ fn building(config: &Value) -> anyhow::Result<Vec<Device>> {
                 .unwrap_or_default()
                 .to_string()
         };
-        let (id, kind, address) = (s("id"), s("kind"), s("address"));
+        let (id, kind) = (s("id"), s("kind"));
+        let address = match d.get("link").and_then(Value::as_str) {
+            Some(link) => links.get(link).cloned().unwrap_or_default(),
+            None => s("address"),
+        };
+        let unit = u8::try_from(int(d.get("unit_id")).unwrap_or(1)).unwrap_or(1);
+        let poll_interval_ms = int(d.get("poll_interval_ms")).unwrap_or(1000);
         let mut points = Vec::new();
         for p in d
             .get("points")
@@ -142,6 +201,7 @@ fn building(config: &Value) -> anyhow::Result<Vec<Device>> {
                     quiet = quiet.max(limit + deadband + 0.1);
                 }
             }
+            let table = p.get("table").and_then(Value::as_str).unwrap_or("holding");
             points.push(Point {
                 register: p.get("register").and_then(Value::as_integer).unwrap_or(0) as u16,
                 data_type: p
@@ -149,6 +209,12 @@ fn building(config: &Value) -> anyhow::Result<Vec<Device>> {
                     .and_then(Value::as_str)
                     .unwrap_or("u16")
                     .to_string(),
+                byte_order: p
+                    .get("byte_order")
+                    .and_then(Value::as_str)
+                    .unwrap_or("ABCD")
+                    .to_string(),
+                is_register: matches!(table, "holding" | "input"),
                 scale: f("scale", 1.0),
                 offset: f("offset", 0.0),
                 quiet,
@@ -158,6 +224,8 @@ fn building(config: &Value) -> anyhow::Result<Vec<Device>> {
         out.push(Device {
             id,
             address,
+            unit,
+            poll_interval_ms,
             points,
         });
     }
@@ -203,15 +271,20 @@ async fn main() -> anyhow::Result<()> {
         .to_string();
 
     let mut sims = BTreeMap::new();
-    let devices = building(&config)?;
+    let mut buses: BTreeMap<String, SimBus> = BTreeMap::new();
+    let devices = building(&config, &args.config)?;
     for d in &devices {
-        let sim = SimDevice::start(
-            d.address
+        if !buses.contains_key(&d.address) {
+            let addr = d
+                .address
                 .parse()
-                .with_context(|| format!("address of {}", d.id))?,
-        )
-        .await
-        .with_context(|| format!("simulating {} at {}", d.id, d.address))?;
+                .with_context(|| format!("address of {}: {:?}", d.id, d.address))?;
+            let (bus, _) = SimBus::serve_modbus_tcp(addr)
+                .await
+                .with_context(|| format!("simulating {} at {}", d.id, d.address))?;
+            buses.insert(d.address.clone(), bus);
+        }
+        let sim = buses[&d.address].device(d.unit);
         for p in &d.points {
             write(&sim, p, p.quiet);
         }
@@ -227,12 +300,10 @@ async fn main() -> anyhow::Result<()> {
         })
         .context("no device with an `above` rule to trigger")?;
     let sim = &sims[target_id];
-    let poll_ms = config["devices"]
-        .as_array()
-        .and_then(|ds| ds.iter().find(|d| d["id"].as_str() == Some(target_id)))
-        .and_then(|d| d.get("poll_interval_ms"))
-        .and_then(Value::as_integer)
-        .unwrap_or(1000);
+    let poll_ms = devices
+        .iter()
+        .find(|d| &d.id == target_id)
+        .map_or(1000, |d| d.poll_interval_ms);
 
     let listener = Listener::start(broker.port(), "shouwang/v1/+/+/events").await?;
     let gateway = rig::start_gateway(&toml::to_string(&config)?)?;

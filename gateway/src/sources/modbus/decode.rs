@@ -67,6 +67,11 @@ pub fn words_of(response: Response, count: u16) -> Result<Vec<u16>, String> {
 
 /// Turn a point's raw registers into its scaled value: its `type` in its `byte_order` (see
 /// the module docs), times `scale`, plus `offset`.
+///
+/// A raw value outside the point's raw validity (`wire_break_below`, `fault_above`: a 4-20 mA
+/// loop below 3.6 mA is a broken wire, above 21 mA a failed sensor or a short) is that
+/// point's fault for this poll, never a reading: a broken loop reads as a pressure of -0.1
+/// MPa or an empty tank, which a rule would take for the real thing.
 pub fn decode(point: &PointConfig, registers: &[u16]) -> Result<f64, DecodeError> {
     // The config refuses a `tcp` point without a type; this keeps a broken invariant a
     // point fault rather than a panic.
@@ -92,7 +97,32 @@ pub fn decode(point: &PointConfig, registers: &[u16]) -> Result<f64, DecodeError
     if !raw.is_finite() {
         return Err(DecodeError::NotFinite);
     }
+    check_raw_validity(point, raw)?;
     Ok(raw * point.scale + point.offset)
+}
+
+/// The point's raw validity: `wire_break_below` and `fault_above`, in raw units.
+fn check_raw_validity(point: &PointConfig, raw: f64) -> Result<(), DecodeError> {
+    let unit = || point.raw_unit.clone();
+    if let Some(limit) = point.wire_break_below
+        && raw < limit
+    {
+        return Err(DecodeError::WireBreak {
+            raw,
+            limit,
+            unit: unit(),
+        });
+    }
+    if let Some(limit) = point.fault_above
+        && raw > limit
+    {
+        return Err(DecodeError::OutOfRange {
+            raw,
+            limit,
+            unit: unit(),
+        });
+    }
+    Ok(())
 }
 
 /// A 16-bit value from its register, `AB` unless `order` says `BA`. (The config gives a
@@ -120,6 +150,9 @@ fn double_word(registers: &[u16], order: Option<ByteOrder>) -> u32 {
     u32::from_be_bytes(at.map(|i| wire[i]))
 }
 
+/// Why a point's registers give no reading. Each is that point's fault for the poll (the
+/// device's `point_fault`), never a value; the kinds are kept apart so that a reading's
+/// quality can tell a wire break from a device that answered nonsense.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DecodeError {
     #[error("expected {expected} registers, the device sent {got}")]
@@ -128,6 +161,36 @@ pub enum DecodeError {
     NotFinite,
     #[error("the point has no Modbus register or type")]
     NotModbus,
+    /// The raw value is below the point's `wire_break_below`: on a 4-20 mA loop, a broken
+    /// wire or a dead transmitter (the loop current falls towards 0).
+    #[error("wire break: {}, below {} (wire_break_below)", raw_text(*raw, unit), raw_text(*limit, unit))]
+    WireBreak {
+        /// The raw value read, before scale and offset.
+        raw: f64,
+        /// The point's `wire_break_below`.
+        limit: f64,
+        /// The point's `raw_unit`, for the message.
+        unit: Option<String>,
+    },
+    /// The raw value is above the point's `fault_above`: on a 4-20 mA loop, a failed
+    /// sensor or a short circuit (NAMUR NE 43 puts both above 21 mA).
+    #[error("sensor fault or short circuit: {}, above {} (fault_above)", raw_text(*raw, unit), raw_text(*limit, unit))]
+    OutOfRange {
+        /// The raw value read, before scale and offset.
+        raw: f64,
+        /// The point's `fault_above`.
+        limit: f64,
+        /// The point's `raw_unit`, for the message.
+        unit: Option<String>,
+    },
+}
+
+/// `3100 µA` with the point's `raw_unit`, `raw 3100` without.
+fn raw_text(value: f64, unit: &Option<String>) -> String {
+    match unit {
+        Some(unit) => format!("{value} {unit}"),
+        None => format!("raw {value}"),
+    }
 }
 
 impl DecodeError {
@@ -137,6 +200,8 @@ impl DecodeError {
             DecodeError::WrongLength { .. } | DecodeError::NotFinite | DecodeError::NotModbus => {
                 shouwang_wire::Quality::Bad
             }
+            DecodeError::WireBreak { .. } => shouwang_wire::Quality::WireBreak,
+            DecodeError::OutOfRange { .. } => shouwang_wire::Quality::OutOfRange,
         }
     }
 }
@@ -159,6 +224,9 @@ mod tests {
             gpio: None,
             active_low: None,
             report_deadband: None,
+            wire_break_below: None,
+            fault_above: None,
+            raw_unit: None,
             scale,
             offset,
             engineering_unit: None,
@@ -300,6 +368,122 @@ mod tests {
         assert_eq!(decode(&inverted, &[0]), Ok(1.0));
     }
 
+    /// A pressure transmitter on a 4-20 mA input that reports µA (0-20000): 4 mA is 0 MPa,
+    /// 20 mA is 1.6 MPa.
+    fn loop_input(unit: Option<&str>) -> PointConfig {
+        PointConfig {
+            wire_break_below: Some(3600.0),
+            fault_above: Some(21000.0),
+            raw_unit: unit.map(String::from),
+            ..point(DataType::U16, 0.0001, -0.4)
+        }
+    }
+
+    #[test]
+    fn a_4_20_ma_loop_below_3_6_ma_is_a_wire_break_not_a_pressure() {
+        let err = decode(&loop_input(Some("µA")), &[3100]).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::WireBreak {
+                raw: 3100.0,
+                limit: 3600.0,
+                unit: Some("µA".into())
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "wire break: 3100 µA, below 3600 µA (wire_break_below)"
+        );
+        // An open loop reads 0.
+        assert!(matches!(
+            decode(&loop_input(None), &[0]),
+            Err(DecodeError::WireBreak { .. })
+        ));
+        // Without a raw_unit the message says the figures are raw.
+        assert_eq!(
+            decode(&loop_input(None), &[0]).unwrap_err().to_string(),
+            "wire break: raw 0, below raw 3600 (wire_break_below)"
+        );
+    }
+
+    #[test]
+    fn a_4_20_ma_loop_above_21_ma_is_a_sensor_fault_not_a_pressure() {
+        let err = decode(&loop_input(Some("µA")), &[21_500]).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::OutOfRange {
+                raw: 21_500.0,
+                limit: 21_000.0,
+                unit: Some("µA".into())
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "sensor fault or short circuit: 21500 µA, above 21000 µA (fault_above)"
+        );
+    }
+
+    #[test]
+    fn the_limits_themselves_and_everything_between_are_readings_scaled_as_usual() {
+        let p = loop_input(Some("µA"));
+        for (raw, want) in [
+            (3600u16, -0.04),
+            (4000, 0.0),
+            (12_000, 0.8),
+            (20_000, 1.6),
+            (21_000, 1.7),
+        ] {
+            let v = decode(&p, &[raw]).unwrap();
+            assert!((v - want).abs() < 1e-9, "{raw}: {v}");
+        }
+        // The limits are raw: a point whose scale inverts the value still judges the raw one.
+        let inverted = PointConfig {
+            scale: -1.0,
+            offset: 0.0,
+            ..loop_input(None)
+        };
+        assert!(decode(&inverted, &[3000]).is_err());
+        assert_eq!(decode(&inverted, &[4000]), Ok(-4000.0));
+    }
+
+    #[test]
+    fn a_wire_break_and_an_out_of_range_raw_value_give_their_own_qualities() {
+        use shouwang_wire::Quality;
+        let p = loop_input(Some("µA"));
+        let quality = |raw: u16| decode(&p, &[raw]).unwrap_err().quality();
+        assert_eq!(quality(0), Quality::WireBreak);
+        assert_eq!(quality(30_000), Quality::OutOfRange);
+        assert_eq!(
+            decode(&point(DataType::F32, 1.0, 0.0), &[1])
+                .unwrap_err()
+                .quality(),
+            Quality::Bad
+        );
+    }
+
+    #[test]
+    fn raw_limits_apply_to_signed_and_32_bit_raw_values() {
+        let p = PointConfig {
+            wire_break_below: Some(-100.0),
+            fault_above: Some(100_000.0),
+            ..point(DataType::I16, 1.0, 0.0)
+        };
+        assert!(matches!(
+            decode(&p, &[(-101i16) as u16]),
+            Err(DecodeError::WireBreak { .. })
+        ));
+        assert_eq!(decode(&p, &[(-100i16) as u16]), Ok(-100.0));
+        let p = PointConfig {
+            fault_above: Some(100_000.0),
+            ..point(DataType::U32, 1.0, 0.0)
+        };
+        assert!(matches!(
+            decode(&p, &[0x0001, 0x86A1]),
+            Err(DecodeError::OutOfRange { .. })
+        ));
+        assert_eq!(decode(&p, &[0x0001, 0x86A0]), Ok(100_000.0));
+    }
+
     #[test]
     fn each_table_is_read_with_its_own_function_code() {
         use RegisterTable::*;
@@ -386,6 +570,9 @@ mod properties {
             gpio: None,
             active_low: None,
             report_deadband: None,
+            wire_break_below: None,
+            fault_above: None,
+            raw_unit: None,
             scale: 1.0,
             offset: 0.0,
             engineering_unit: None,

@@ -26,7 +26,7 @@ pub use link::{
     Connection, LinkKind, LinkSpec, WriteError, WriteQueue, Writers, links, read_device, run_link,
     serve_link,
 };
-pub use plan::{Block, PlanLimits, ReadPlan, SitePlan};
+pub use plan::{Block, PlanLimits, ProfilePlans, ReadPlan, SitePlan};
 
 use super::{LinkError, PolledValues};
 use crate::config::DeviceConfig;

@@ -46,7 +46,7 @@ use std::ops::Range;
 
 use crate::config::{
     Config, DEFAULT_MAX_GAP_BITS, DEFAULT_MAX_GAP_REGISTERS, DeviceConfig, MAX_READ_BITS,
-    MAX_READ_REGISTERS, PointConfig, RegisterTable,
+    MAX_READ_REGISTERS, PointConfig, Profile, Profiles, RegisterTable,
 };
 
 /// What bounds a block: from the device's config.
@@ -301,6 +301,78 @@ impl<'a> SitePlan<'a> {
     }
 }
 
+/// Each profile's register map read once, with and without coalescing: what the planner
+/// saves on every device of the profile. For `shouwang-gateway plan` and the benchmark.
+#[derive(Debug, Clone)]
+pub struct ProfilePlans<'a> {
+    /// (profile, its plan at its own limits, devices of the config naming it).
+    pub rows: Vec<(&'a Profile, ReadPlan, usize)>,
+}
+
+impl<'a> ProfilePlans<'a> {
+    /// Every profile of `profiles`; device counts from `config` when given.
+    pub fn of(profiles: &'a Profiles, config: Option<&Config>) -> ProfilePlans<'a> {
+        let rows = profiles
+            .iter()
+            .map(|profile| {
+                let d = PlanLimits::DEFAULT;
+                let limits = PlanLimits {
+                    max_read_registers: profile.max_read_registers.unwrap_or(d.max_read_registers),
+                    max_gap_registers: profile.max_gap_registers.unwrap_or(d.max_gap_registers),
+                    max_read_bits: profile.max_read_bits.unwrap_or(d.max_read_bits),
+                    max_gap_bits: profile.max_gap_bits.unwrap_or(d.max_gap_bits),
+                };
+                let devices = config.map_or(0, |c| {
+                    c.devices
+                        .iter()
+                        .filter(|dev| dev.profile.as_deref() == Some(profile.id.as_str()))
+                        .count()
+                });
+                (profile, ReadPlan::new(&profile.points, limits), devices)
+            })
+            .collect();
+        ProfilePlans { rows }
+    }
+}
+
+impl fmt::Display for ProfilePlans<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "profiles: requests per poll of one device, one per point -> coalesced (saved)"
+        )?;
+        let (mut before, mut after) = (0, 0);
+        for (profile, plan, devices) in &self.rows {
+            let (n, m) = (profile.points.len(), plan.blocks().len());
+            before += n * devices;
+            after += m * devices;
+            let here = match devices {
+                0 => String::new(),
+                1 => ", 1 device here".to_string(),
+                n => format!(", {n} devices here"),
+            };
+            writeln!(
+                f,
+                "  {:<22} {:>3} point{}: {:>3} -> {:>2} ({} saved){here}",
+                profile.id,
+                n,
+                if n == 1 { " " } else { "s" },
+                n,
+                m,
+                n - m,
+            )?;
+        }
+        if before > 0 {
+            writeln!(
+                f,
+                "  devices with a profile here: {before} -> {after} requests per poll ({} saved)",
+                before - after
+            )?;
+        }
+        Ok(())
+    }
+}
+
 fn per_s(requests: usize, interval_ms: u64) -> f64 {
     requests as f64 * 1000.0 / interval_ms.max(1) as f64
 }
@@ -397,6 +469,9 @@ mod tests {
             gpio: None,
             active_low: None,
             report_deadband: None,
+            wire_break_below: None,
+            fault_above: None,
+            raw_unit: None,
             scale: 1.0,
             offset: 0.0,
             engineering_unit: None,
@@ -790,6 +865,9 @@ mod properties {
                     gpio: None,
                     active_low: None,
                     report_deadband: None,
+                    wire_break_below: None,
+                    fault_above: None,
+                    raw_unit: None,
                     data_type: Some(data_type),
                     bit,
                     byte_order: None,
