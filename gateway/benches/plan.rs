@@ -10,8 +10,8 @@
 //! fire panel interface with a register per zone and one with a coil and a discrete input
 //! per zone and its status word's bits as bit fields; then, for a device with 100 points
 //! scattered over 2,000 registers, requests and registers read at several
-//! `max_gap_registers`, with the RTU wire time they would take at 9600 baud (the gateway
-//! has no RTU buses yet: an estimate from frame sizes, to show why the default gap is 8).
+//! `max_gap_registers`, with the RTU wire time they would take at 9600 baud (an estimate
+//! from frame sizes, to show why the default gap is 8; `--bench bus` measures a line).
 //! Asserts nothing about timings.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
