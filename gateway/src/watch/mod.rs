@@ -17,6 +17,7 @@
 //! only written on events and readings for people to read.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub mod exception;
 
@@ -46,7 +47,7 @@ pub struct PollReport {
 struct DeviceState {
     id: String,
     kind: String,
-    place: Place,
+    place: Arc<Place>,
     /// Silence longer than this raises `comm_lost` (monotonic ms).
     comm_loss_after_ms: i64,
     /// When the device last answered (monotonic ms; the gateway's start until it has).
@@ -87,9 +88,14 @@ impl Watch {
     /// `boot` must be larger than at any earlier start ([`crate::clock::BootCounter`]).
     pub fn new(config: &Config, boot_id: String, boot: u64) -> Result<Watch, Vec<RuleError>> {
         let specs = config.alarm_specs();
-        let meta = specs
+        let meta: HashMap<String, AlarmMeta> = specs
             .iter()
             .map(|(spec, meta)| (spec.alarm_id.clone(), meta.clone()))
+            .collect();
+        // Each device's place, shared with its alarms' metadata (one copy per device).
+        let places: HashMap<&str, Arc<Place>> = meta
+            .values()
+            .map(|m| (&*m.device, m.place.clone()))
             .collect();
         let engine = Engine::new(specs.into_iter().map(|(spec, _)| spec).collect())?;
         let devices = config
@@ -98,7 +104,10 @@ impl Watch {
             .map(|d| DeviceState {
                 id: d.id.clone(),
                 kind: d.kind.clone(),
-                place: config.place(d),
+                place: places
+                    .get(d.id.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(config.place(d))),
                 comm_loss_after_ms: i64::try_from(d.comm_loss_after_s.saturating_mul(1000))
                     .unwrap_or(i64::MAX),
                 last_answer_ms: 0,
@@ -227,7 +236,7 @@ impl Watch {
                     gateway: self.gateway.clone(),
                     device: device.id.clone(),
                     device_kind: device.kind.clone(),
-                    place: device.place.clone(),
+                    place: (*device.place).clone(),
                     ts_ms: outcome.at.wall_ms,
                     points: polled
                         .values
@@ -352,7 +361,7 @@ impl Watch {
             gateway: self.gateway.clone(),
             device: device.id.clone(),
             device_kind: device.kind.clone(),
-            place: device.place.clone(),
+            place: (*device.place).clone(),
             ts_ms: now.wall_ms,
             points,
         })
