@@ -12,7 +12,8 @@
 //! address, as behind a Modbus TCP gateway or serial device server (1: a device per
 //! address, each its own link). Every `--interval-ms` each detector is polled; during the
 //! run 1 % of them see smoke and clear again, so alarm events flow too. It prints, over
-//! `--seconds` after the first poll:
+//! `--seconds` after the first poll (`--template` declares the devices as a site would, with
+//! one `for` table, and then leaves out the smoke):
 //! - polls per second (`shouwang_gateway_polls_total`) against the configured rate, and
 //!   failed polls;
 //! - the gateway's CPU (utime + stime from `/proc/<pid>/stat`) as a share of one core and
@@ -31,6 +32,8 @@ struct Args {
     per_address: usize,
     interval_ms: u64,
     seconds: u64,
+    /// Declare the devices with one template (`for`) instead of one table each.
+    template: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -39,6 +42,7 @@ fn args() -> anyhow::Result<Args> {
         per_address: 100,
         interval_ms: 1000,
         seconds: 30,
+        template: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -48,8 +52,9 @@ fn args() -> anyhow::Result<Args> {
             "--per-address" => a.per_address = value()?.parse()?,
             "--interval-ms" => a.interval_ms = value()?.parse()?,
             "--seconds" => a.seconds = value()?.parse()?,
+            "--template" => a.template = true,
             other => bail!(
-                "unknown flag {other}; flags: --devices N --per-address K --interval-ms MS --seconds S"
+                "unknown flag {other}; flags: --devices N --per-address K --interval-ms MS --seconds S --template"
             ),
         }
     }
@@ -84,6 +89,40 @@ deadband = 0.5
 message = "Smoke detected"
 "#
     );
+    if args.template {
+        // One table for all of them, as a site writes it: every address times every unit
+        // id (so --devices is rounded up to whole addresses). Every unit reads register 0.
+        let addresses: Vec<String> = sims
+            .iter()
+            .map(|s| format!("\"{}\"", s.local_addr()))
+            .collect();
+        text.push_str(&format!(
+            r#"
+[[devices]]
+for = {{ sim = [{list}], unit = "1..={per}" }}
+id = "smoke-{{sim_index}}-{{unit}}"
+kind = "smoke"
+building = "B{{sim_index}}"
+floor = "{{(unit - 1) / 10}}"
+room = "{{unit}}"
+transport = "tcp"
+address = "{{sim}}"
+unit_id = "{{unit}}"
+poll_interval_ms = {interval}
+timeout_ms = 1000
+
+[[devices.points]]
+name = "obscuration"
+register = 0
+type = "u16"
+scale = 0.01
+"#,
+            list = addresses.join(", "),
+            per = args.per_address,
+            interval = args.interval_ms,
+        ));
+        return text;
+    }
     for i in 0..args.devices {
         let sim = &sims[i / args.per_address];
         text.push_str(&format!(
@@ -163,8 +202,13 @@ async fn main() -> anyhow::Result<()> {
     let cpu_at_start = cpu_ticks(pid).unwrap_or(0);
     let started = Instant::now();
 
-    // 1 % of the detectors see smoke for a while, one after another.
-    let smoky = (args.devices / 100).max(1);
+    // 1 % of the detectors see smoke for a while, one after another (not with --template,
+    // where every unit behind an address reads one register).
+    let smoky = if args.template {
+        0
+    } else {
+        (args.devices / 100).max(1)
+    };
     let each = Duration::from_secs(args.seconds) / (smoky as u32 + 1);
     for k in 0..smoky {
         let i = k * 100 % args.devices;
