@@ -28,26 +28,7 @@ use shouwang_gateway::sources::modbus::{PlanLimits, ProfilePlans, ReadPlan, Site
 const DEFAULT_LIMITS: PlanLimits = PlanLimits::DEFAULT;
 
 fn point(i: usize, table: RegisterTable, register: u16, data_type: DataType) -> PointConfig {
-    PointConfig {
-        name: format!("p{i}"),
-        register: Some(register),
-        table: Some(table),
-        data_type: Some(data_type),
-        bit: None,
-        byte_order: None,
-        json: None,
-        quality_field: None,
-        quality_good: None,
-        gpio: None,
-        active_low: None,
-        report_deadband: None,
-        wire_break_below: None,
-        fault_above: None,
-        raw_unit: None,
-        scale: 1.0,
-        offset: 0.0,
-        engineering_unit: None,
-    }
+    PointConfig::modbus(format!("p{i}"), table, register, data_type)
 }
 
 fn points(layout: &[(u16, RegisterTable, DataType)]) -> Vec<PointConfig> {

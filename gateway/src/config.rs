@@ -26,7 +26,9 @@ mod template;
 pub use crate::sinks::mqtt::auth::MqttTls;
 pub use crate::sources::mqtt_sensors::config::MqttSensorsSection;
 pub use devices::MAX_DEVICES;
-pub use links::{LinkConfig, LinkTransport, Parity};
+pub use links::{
+    LinkConfig, LinkTransport, Parity, default_quarantine_max_s, default_recovery_silence_ms,
+};
 pub use places::{AREAS, PlacesSection};
 pub use profiles::{Profile, Profiles, SHIPPED as SHIPPED_PROFILES};
 use shouwang_broker_auth::{BrokerAuth, Password};
@@ -783,6 +785,36 @@ pub struct PointConfig {
 }
 
 impl PointConfig {
+    /// A Modbus point as the config would hold it with only these keys given: unscaled,
+    /// the default byte order, no other keys. For tests, benchmarks and tools.
+    pub fn modbus(
+        name: impl Into<String>,
+        table: RegisterTable,
+        register: u16,
+        data_type: DataType,
+    ) -> PointConfig {
+        PointConfig {
+            name: name.into(),
+            register: Some(register),
+            table: Some(table),
+            data_type: Some(data_type),
+            bit: None,
+            byte_order: None,
+            json: None,
+            quality_field: None,
+            quality_good: None,
+            gpio: None,
+            active_low: None,
+            report_deadband: None,
+            wire_break_below: None,
+            fault_above: None,
+            raw_unit: None,
+            scale: 1.0,
+            offset: 0.0,
+            engineering_unit: None,
+        }
+    }
+
     /// The first register: for `tcp` devices, whose points the config check requires to
     /// have one (0 otherwise).
     pub fn modbus_register(&self) -> u16 {

@@ -409,26 +409,7 @@ fn the_reader_decodes_every_type_the_config_has() {
         DataType::Bit,
     ];
     for t in types {
-        let p = PointConfig {
-            name: "x".into(),
-            register: Some(0),
-            table: Some(RegisterTable::Holding),
-            data_type: Some(t),
-            bit: None,
-            byte_order: None,
-            json: None,
-            quality_field: None,
-            quality_good: None,
-            gpio: None,
-            active_low: None,
-            report_deadband: None,
-            wire_break_below: None,
-            fault_above: None,
-            raw_unit: None,
-            scale: 1.0,
-            offset: 0.0,
-            engineering_unit: None,
-        };
+        let p = PointConfig::modbus("x", RegisterTable::Holding, 0, t);
         assert!(decode(&p, &vec![0; usize::from(t.registers())]).is_ok());
     }
 }

@@ -87,11 +87,11 @@ pub struct LinkConfig {
     pub quarantine_max_s: u64,
 }
 
-fn default_recovery_silence_ms() -> u64 {
+pub fn default_recovery_silence_ms() -> u64 {
     100
 }
 
-fn default_quarantine_max_s() -> u64 {
+pub fn default_quarantine_max_s() -> u64 {
     30
 }
 
@@ -531,5 +531,31 @@ mod tests {
         assert!(problems[0].1.contains("read-only"), "{problems:?}");
         let problems = problems_of(&with("lamp"));
         assert!(problems[0].1.contains("no such point"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_device_is_polled_first_when_an_alarm_rule_watches_it_unless_it_says_otherwise() {
+        let rule = |id: &str, kind: &str, class: &str| {
+            format!(
+                "\n[[rules]]\nid = \"{id}\"\ndevice_kind = \"{kind}\"\npoint = \"v\"\nclass = \"{class}\"\n\
+                 priority = \"high\"\nabove = 1.0\nmessage = \"m\"\n"
+            )
+        };
+        let kind = |k: &str| format!("kind = \"{k}\"\n");
+        let text = format!(
+            "{SITE}[[links]]\nid = \"bus\"\ntransport = \"rtu\"\nport = \"/dev/ttyS0\"\nbaud = 9600\n{}{}{}{}{}{}",
+            device("smoke", "bus", 1, ""),
+            device("valve", "bus", 2, "").replace("kind = \"smoke\"\n", &kind("valve")),
+            device("meter", "bus", 3, "").replace("kind = \"smoke\"\n", &kind("meter")),
+            device("told", "bus", 4, "poll_priority = \"routine\""),
+            rule("smoke-high", "smoke", "alarm"),
+            rule("valve-closed", "valve", "supervisory"),
+        );
+        let config = Config::from_toml_str(&text, "c.toml").unwrap_or_else(|e| panic!("{e}"));
+        use crate::config::PollPriority::*;
+        assert_eq!(
+            crate::sources::modbus::link::poll_priorities(&config),
+            [LifeSafety, Supervisory, Routine, Routine]
+        );
     }
 }

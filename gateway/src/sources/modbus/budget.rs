@@ -83,8 +83,8 @@ fn load(config: &Config, spec: &LinkSpec) -> LinkLoad {
     }
     let describe = match &spec.kind {
         LinkKind::Tcp { address } => format!("tcp {address}"),
-        LinkKind::RtuOverTcp { address, timing } => {
-            format!("rtu-over-tcp {address} ({})", baud_of(timing))
+        LinkKind::RtuOverTcp { address, baud, .. } => {
+            format!("rtu-over-tcp {address} ({baud} baud behind it)")
         }
         LinkKind::Rtu { port, baud, .. } => format!("rtu {port} {baud} baud"),
     };
@@ -95,12 +95,6 @@ fn load(config: &Config, spec: &LinkSpec) -> LinkLoad {
         requests_per_s,
         utilisation: spec.kind.timing().map(|_| busy),
     }
-}
-
-/// "9600 baud", from a timing (11-bit characters assumed for the label only).
-fn baud_of(timing: &Timing) -> String {
-    let nanos = timing.char_time.as_nanos().max(1);
-    format!("~{} baud", 11 * 1_000_000_000 / nanos)
 }
 
 impl fmt::Display for LinkLoad {

@@ -212,24 +212,9 @@ mod tests {
 
     fn point(data_type: DataType, scale: f64, offset: f64) -> PointConfig {
         PointConfig {
-            name: "p".into(),
-            register: Some(0),
-            table: None,
-            data_type: Some(data_type),
-            bit: None,
-            byte_order: None,
-            json: None,
-            quality_field: None,
-            quality_good: None,
-            gpio: None,
-            active_low: None,
-            report_deadband: None,
-            wire_break_below: None,
-            fault_above: None,
-            raw_unit: None,
             scale,
             offset,
-            engineering_unit: None,
+            ..PointConfig::modbus("p", RegisterTable::Holding, 0, data_type)
         }
     }
 
@@ -558,24 +543,8 @@ mod properties {
 
     fn point(data_type: DataType, order: ByteOrder) -> PointConfig {
         PointConfig {
-            name: "p".into(),
-            register: Some(0),
-            table: None,
-            data_type: Some(data_type),
-            bit: None,
             byte_order: Some(order),
-            json: None,
-            quality_field: None,
-            quality_good: None,
-            gpio: None,
-            active_low: None,
-            report_deadband: None,
-            wire_break_below: None,
-            fault_above: None,
-            raw_unit: None,
-            scale: 1.0,
-            offset: 0.0,
-            engineering_unit: None,
+            ..PointConfig::modbus("p", RegisterTable::Holding, 0, data_type)
         }
     }
 

@@ -456,26 +456,7 @@ mod tests {
     use crate::config::DataType;
 
     fn pt(name: &str, table: RegisterTable, register: u16, data_type: DataType) -> PointConfig {
-        PointConfig {
-            name: name.into(),
-            register: Some(register),
-            table: Some(table),
-            data_type: Some(data_type),
-            bit: None,
-            byte_order: None,
-            json: None,
-            quality_field: None,
-            quality_good: None,
-            gpio: None,
-            active_low: None,
-            report_deadband: None,
-            wire_break_below: None,
-            fault_above: None,
-            raw_unit: None,
-            scale: 1.0,
-            offset: 0.0,
-            engineering_unit: None,
-        }
+        PointConfig::modbus(name, table, register, data_type)
     }
 
     fn holding(register: u16, data_type: DataType) -> PointConfig {
@@ -856,24 +837,8 @@ mod properties {
                 };
                 let bit = (data_type == DataType::Bit && !table.holds_bits()).then_some(bit);
                 PointConfig {
-                    name: format!("p{i}"),
-                    register: Some(register),
-                    table: Some(table),
-                    json: None,
-                    quality_field: None,
-                    quality_good: None,
-                    gpio: None,
-                    active_low: None,
-                    report_deadband: None,
-                    wire_break_below: None,
-                    fault_above: None,
-                    raw_unit: None,
-                    data_type: Some(data_type),
                     bit,
-                    byte_order: None,
-                    scale: 1.0,
-                    offset: 0.0,
-                    engineering_unit: None,
+                    ..PointConfig::modbus(format!("p{i}"), table, register, data_type)
                 }
             })
             .collect()
