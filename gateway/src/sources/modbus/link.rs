@@ -771,3 +771,46 @@ async fn write_one<F, Fut>(
     tracing::info!(link = %spec.id, device = %device.id, point = %w.point, value = w.value, ok = answer.is_ok(), "write");
     let _ = w.done.send(answer);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_flood_of_writes_is_told_busy_at_once_beyond_the_queue_and_none_is_lost_silently() {
+        let config = Config::from_toml_str(
+            "[gateway]\nid = \"gw\"\ncommunity = \"c\"\ndata_dir = \"d\"\n\
+             [[devices]]\nid = \"relay\"\nkind = \"relay\"\nbuilding = \"B1\"\nfloor = \"1\"\nunit = \"1\"\n\
+             transport = \"tcp\"\naddress = \"127.0.0.1:1\"\n\
+             [[devices.points]]\nname = \"sounder\"\nregister = 0\ntable = \"coil\"\ntype = \"bit\"\n",
+            "t",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let specs = links(&config);
+        // No link task runs: every write waits in the queue.
+        let (writers, queues) = Writers::for_links(&specs, &config.devices);
+        let waiting: Vec<_> = (0..WRITES_PER_LINK)
+            .map(|_| {
+                let w = writers.clone();
+                tokio::spawn(async move { w.write(0, "sounder", 1.0).await })
+            })
+            .collect();
+        // Let the spawned writes take their places in the queue.
+        while queues[0].lock().await.len() < WRITES_PER_LINK {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            writers.write(0, "sounder", 1.0).await,
+            Err(WriteError::Busy("relay".into()))
+        );
+        assert_eq!(
+            writers.write(7, "sounder", 1.0).await,
+            Err(WriteError::NoDevice("7".into()))
+        );
+        // The queue goes away (no link will serve it): every waiting caller hears so.
+        drop(queues);
+        for w in waiting {
+            assert_eq!(w.await.ok(), Some(Err(WriteError::Gone)));
+        }
+    }
+}
