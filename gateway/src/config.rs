@@ -372,10 +372,13 @@ pub struct DeviceConfig {
     pub topic: Option<String>,
     /// `mqtt` only: a dotted path (like a point's `json`) to the sensor's own time of the
     /// reading, in ms since the Unix epoch (a number) or RFC 3339 (a string, e.g.
-    /// `2025-03-01T08:00:00+08:00`). Used for display only (the time written on readings
-    /// and alarm events): every rule, on-delay and comm-loss runs on the gateway's own
-    /// monotonic clock at receipt, never on the sensor's clock. Absent, missing or
-    /// unreadable: the gateway's time of receipt.
+    /// `2025-03-01T08:00:00+08:00`). It is the time written on readings and alarm events,
+    /// and it tells a new report from one already taken: the same timestamp with the same
+    /// values again, or a timestamp older than the newest taken, makes every point of the
+    /// message `stale` (not seen by the rules, no answer for comm loss; see
+    /// `sources/mqtt_sensors/repeat.rs`). Every rule, on-delay and comm-loss runs on the
+    /// gateway's own monotonic clock at receipt, never on the sensor's clock. Absent,
+    /// missing or unreadable: the gateway's time of receipt, and every message is new.
     pub timestamp_field: Option<String>,
     /// `mqtt` only: a dotted path to a quality or status field that covers every point of
     /// the message (a point's own `quality_field` takes precedence). When the field is
@@ -442,10 +445,31 @@ pub struct DeviceConfig {
         deserialize_with = "number::exactly"
     )]
     pub max_read_bits: u16,
+    /// A point the device (or the protocol converter in front of it) moves while what it
+    /// reports is fresh, such as a heartbeat register that counts up every second. When it
+    /// has not changed for `stale_after_s`, the device is serving held values: every point
+    /// of it reads `stale` (no value reaches the rules, so a held value neither raises nor
+    /// clears an alarm) and such a poll is no answer, so `comm_lost` follows
+    /// `comm_loss_after_s` after the last fresh one. Not for `gpio` devices.
+    /// `alive_counter = { point = "heartbeat", stale_after_s = 5 }`.
+    pub alive_counter: Option<AliveCounter>,
     /// The values read from the device. With a `profile`: the profile's, and these merged
     /// in by name.
     #[serde(default)]
     pub points: Vec<PointConfig>,
+}
+
+/// A device's `alive_counter`: see [`DeviceConfig::alive_counter`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliveCounter {
+    /// The point's name.
+    pub point: String,
+    /// How long, in seconds, the point may stay unchanged before the device's values count
+    /// as stale: 1 to 100, and more than the device's own period of change (a counter of
+    /// seconds polled every second: at least 3).
+    #[serde(deserialize_with = "number::exactly")]
+    pub stale_after_s: u64,
 }
 
 /// Integer keys that also take a string holding the integer, as templates and CSV cells
@@ -1686,6 +1710,46 @@ fn check_devices(devices: &[Option<DeviceConfig>], labels: &[String], p: &mut Pr
         }
         check_poll_keys(&PollKeys::of(d), &d.points, &at, p);
         check_point_values(&d.points, &at, p);
+        if let Some(alive) = &d.alive_counter {
+            if d.transport == Transport::Gpio {
+                p.add(
+                    format!("{at}.alive_counter"),
+                    "not for gpio devices: a contact has no counter",
+                );
+            }
+            check_alive_counter(alive, &d.points, &at, p);
+        }
+    }
+}
+
+/// A device's or profile's `alive_counter`: its point exists, its time is in range.
+fn check_alive_counter(alive: &AliveCounter, points: &[PointConfig], at: &str, p: &mut Problems) {
+    if !points.iter().any(|pt| pt.name == alive.point) {
+        p.add(
+            format!("{at}.alive_counter.point"),
+            format!(
+                "names {:?}, which is no point of the device{}",
+                alive.point,
+                if points.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (its points: {})",
+                        points
+                            .iter()
+                            .map(|pt| pt.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ),
+        );
+    }
+    if alive.stale_after_s == 0 || alive.stale_after_s > COMM_LOSS_MAX_S {
+        p.add(
+            format!("{at}.alive_counter.stale_after_s"),
+            format!("must be between 1 and {COMM_LOSS_MAX_S} seconds"),
+        );
     }
 }
 

@@ -265,10 +265,8 @@ pub enum Quality {
     /// Read from the device, within its valid range.
     #[default]
     Good,
-    /// Read, but old: the sensor's own time of the reading is further back than the
-    /// device's communication-loss window (a platform that relays buffered messages).
-    /// Reserved: gateways do not send it yet (the judgment needs a wall clock a Pi may not
-    /// have right, and must not withhold a fire from the rules).
+    /// Answered, but with a held value, not a fresh one: the device's alive counter has
+    /// stopped, or a sensor's report repeats one already taken. No value.
     Stale,
     /// The device has not answered for its communication-loss window: no value.
     CommLost,

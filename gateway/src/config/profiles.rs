@@ -14,7 +14,7 @@
 //!   expects select devices by kind).
 //! - the defaults (`poll_interval_ms`, `timeout_ms`, `comm_loss_after_s`, `report_every_s`,
 //!   `max_gap_registers`, `max_read_registers`, `max_gap_bits`, `max_read_bits`,
-//!   `poll_priority`): each one the device does not give.
+//!   `poll_priority`, `alive_counter`): each one the device does not give.
 //! - the points, merged by name: a device point named like a profile point changes only the
 //!   keys it gives (`{ name = "pressure", register = 2 }` moves the transmitter to the
 //!   module's third channel); a device point with a new name is added after the profile's.
@@ -34,8 +34,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{
-    DataType, PointConfig, PollPriority, Problems, check_modbus_points, check_point_values,
-    check_poll_keys, section,
+    AliveCounter, DataType, PointConfig, PollPriority, Problems, check_alive_counter,
+    check_modbus_points, check_point_values, check_poll_keys, section,
 };
 
 /// The profiles shipped in the binary: (file name, text).
@@ -79,7 +79,7 @@ pub const SHIPPED: [(&str, &str); 9] = [
 ];
 
 /// The device keys a profile may give defaults for.
-pub const DEFAULT_KEYS: [&str; 9] = [
+pub const DEFAULT_KEYS: [&str; 10] = [
     "poll_interval_ms",
     "timeout_ms",
     "comm_loss_after_s",
@@ -89,6 +89,7 @@ pub const DEFAULT_KEYS: [&str; 9] = [
     "max_gap_bits",
     "max_read_bits",
     "poll_priority",
+    "alive_counter",
 ];
 
 /// A profile file: what a kind of product is and how it is read.
@@ -121,6 +122,7 @@ pub struct Profile {
     pub max_gap_bits: Option<u16>,
     pub max_read_bits: Option<u16>,
     pub poll_priority: Option<PollPriority>,
+    pub alive_counter: Option<AliveCounter>,
     /// The register map: `[[points]]` with the keys of a device's points.
     #[serde(default)]
     pub points: Vec<PointConfig>,
@@ -321,6 +323,9 @@ fn check(profile: &Profile, at: &str, p: &mut Problems) {
     );
     check_modbus_points(&profile.points, at, p);
     check_point_values(&profile.points, at, p);
+    if let Some(alive) = &profile.alive_counter {
+        check_alive_counter(alive, &profile.points, at, p);
+    }
     for (j, pt) in profile.points.iter().enumerate() {
         let pat = format!("{at}.points[{j}] ({})", pt.name);
         for (key, given) in [

@@ -64,3 +64,33 @@ pub struct PolledValues {
     /// Points the device answered for with an exception or a value that would not decode.
     pub faults: Vec<PointFault>,
 }
+
+impl PolledValues {
+    /// Every point of this poll, values and faults alike, as a `stale` point fault saying
+    /// `reason`: the device answered with what it holds, not with what it reads now.
+    pub fn into_stale(self, reason: &str) -> PolledValues {
+        let faults = self
+            .values
+            .into_iter()
+            .map(|(point, _)| point)
+            .chain(self.faults.into_iter().map(|f| f.point))
+            .map(|point| PointFault {
+                point,
+                reason: reason.to_string(),
+                quality: Quality::Stale,
+            })
+            .collect();
+        PolledValues {
+            values: Vec::new(),
+            faults,
+        }
+    }
+
+    /// Whether the poll brought anything fresh: a value, or a point fault that is not
+    /// `stale` (a refused register is an answer; a held value is not).
+    pub fn is_fresh(&self) -> bool {
+        !(self.values.is_empty()
+            && !self.faults.is_empty()
+            && self.faults.iter().all(|f| f.quality == Quality::Stale))
+    }
+}

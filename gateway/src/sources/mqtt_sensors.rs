@@ -37,6 +37,10 @@
 //!   The sensor's own timestamp (`timestamp_field`) replaces only the wall time written on
 //!   readings and events; the monotonic time every rule and comm-loss runs on is always
 //!   the receipt. Counted in `shouwang_gateway_sensor_messages_total`.
+//! - With a `timestamp_field`, a report the sensor already made (the same timestamp and
+//!   values again, or one overtaken by a newer report) has every point `stale`, and is no
+//!   answer for comm loss ([`repeat`]); a sensor clock set back is followed after
+//!   [`repeat::SET_BACK_AFTER`] such reports.
 //! - Rejected (too large, binary, not JSON, not an object, retained, a topic no device's
 //!   matches, which a broker can deliver when another subscription of the same client id
 //!   overlaps, e.g. a bridge or a session taken over):
@@ -63,6 +67,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod repeat;
 pub mod topic;
 
 use std::collections::{HashMap, HashSet};
@@ -260,6 +265,7 @@ pub async fn run(
     let topics = routes.filters();
     let batches = subscribe_batches(topics);
     let (client, mut events) = connection(&broker, batches.len());
+    let mut reports = repeat::Reports::default();
     let mut rejects = RejectLog::default();
     let mut up = false;
     loop {
@@ -300,10 +306,11 @@ pub async fn run(
                         if let Some(ms) = reading.sensor_wall_ms {
                             at.wall_ms = ms;
                         }
+                        let values = reports.judge(device, reading.sensor_wall_ms, reading.values);
                         let outcome = PollOutcome {
                             device,
                             at,
-                            result: Ok(reading.values),
+                            result: Ok(values),
                         };
                         if out.send(outcome).await.is_err() {
                             return;

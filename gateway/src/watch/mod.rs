@@ -29,7 +29,7 @@ use shouwang_wire::{
 
 use crate::clock::Stamp;
 use crate::config::{AlarmMeta, COMM_LOST_RULE, Config, POINT_FAULT_RULE};
-use crate::sources::PollOutcome;
+use crate::sources::{PollOutcome, PolledValues};
 
 /// Polls in a row with a point the device refuses before its `point_fault` is raised: one
 /// bad answer is not yet a fault.
@@ -63,6 +63,44 @@ struct DeviceState {
     /// Report by exception (`report_every_s`, default 60 s); `None`: every poll's values
     /// are reported (`report_every_s = 0`).
     exception: Option<exception::ExceptionFilter>,
+    /// The device's `alive_counter`, and when it last moved.
+    alive: Option<Alive>,
+}
+
+/// A counter that must move for a device's values to be fresh (see
+/// [`crate::config::DeviceConfig::alive_counter`]).
+struct Alive {
+    point: String,
+    stale_after_ms: i64,
+    /// Its last value, and when (monotonic ms) it took it; `None` until it is first read.
+    last: Option<(f64, i64)>,
+}
+
+impl Alive {
+    /// Why the poll's values are held ones, if they are: the counter has not moved for
+    /// `stale_after_ms`. Its first reading counts as a move; a poll without it (a point
+    /// fault) moves nothing.
+    fn stale(&mut self, polled: &PolledValues, now_ms: i64) -> Option<String> {
+        let value = polled
+            .values
+            .iter()
+            .find(|(name, _)| *name == self.point)
+            .map(|(_, v)| *v);
+        match (value, self.last) {
+            (Some(v), Some((last, _))) if v != last => self.last = Some((v, now_ms)),
+            (Some(v), None) => self.last = Some((v, now_ms)),
+            _ => {}
+        }
+        let since = self.last.map_or(0, |(_, at)| at);
+        let still = now_ms.saturating_sub(since);
+        (self.last.is_some() && still >= self.stale_after_ms).then(|| {
+            format!(
+                "alive counter `{}` has not changed for {} s: the device serves held values",
+                self.point,
+                still / 1000
+            )
+        })
+    }
 }
 
 pub struct Watch {
@@ -130,6 +168,12 @@ impl Watch {
                     .map(|p| (p.name.clone(), p.engineering_unit.clone()))
                     .collect(),
                 polled: false,
+                alive: d.alive_counter.as_ref().map(|a| Alive {
+                    point: a.point.clone(),
+                    stale_after_ms: i64::try_from(a.stale_after_s.saturating_mul(1000))
+                        .unwrap_or(i64::MAX),
+                    last: None,
+                }),
                 exception: d.report_every().map(|s| {
                     exception::ExceptionFilter::new(
                         i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX),
@@ -219,18 +263,27 @@ impl Watch {
         let mut transitions = Vec::new();
         match &outcome.result {
             Err(_) => {
-                let silent = outcome.at.mono_ms.saturating_sub(device.last_answer_ms);
-                if silent >= device.comm_loss_after_ms {
-                    let id = device.comm_lost_alarm.clone();
-                    let raised = self.external(&id, true, outcome.at.mono_ms);
-                    if raised.iter().any(|t| t.kind == TransitionKind::Raised) {
-                        report.readings = self.comm_lost_batch(outcome.device, outcome.at);
-                    }
-                    transitions.extend(raised);
-                }
+                let (lost, batch) = self.silence(outcome.device, outcome.at);
+                transitions.extend(lost);
+                report.readings = batch;
             }
             Ok(polled) => {
-                device.last_answer_ms = device.last_answer_ms.max(outcome.at.mono_ms);
+                let held;
+                let polled = match device
+                    .alive
+                    .as_mut()
+                    .and_then(|a| a.stale(polled, outcome.at.mono_ms))
+                {
+                    Some(reason) => {
+                        held = polled.clone().into_stale(&reason);
+                        &held
+                    }
+                    None => polled,
+                };
+                let fresh = polled.is_fresh();
+                if fresh {
+                    device.last_answer_ms = device.last_answer_ms.max(outcome.at.mono_ms);
+                }
                 let mut batch = ReadingBatch {
                     schema: ReadingBatch::SCHEMA,
                     gateway: self.gateway.clone(),
@@ -256,8 +309,10 @@ impl Watch {
                         }))
                         .collect(),
                 };
-                // Same threshold as comm loss: one bad answer is not yet a fault.
-                let point_fault = if polled.faults.is_empty() {
+                // Same threshold as comm loss: one bad answer is not yet a fault. Held
+                // values are no answer at all: they count towards comm loss instead.
+                let refused = polled.faults.iter().any(|f| f.quality != Quality::Stale);
+                let point_fault = if !refused {
                     device.point_failures = 0;
                     false
                 } else {
@@ -267,13 +322,23 @@ impl Watch {
                 let device_id = device.id.clone();
                 let comm_lost = device.comm_lost_alarm.clone();
                 let point_fault_alarm = device.point_fault_alarm.clone();
-                transitions.extend(self.external(&comm_lost, false, outcome.at.mono_ms));
-                if point_fault || polled.faults.is_empty() {
-                    transitions.extend(self.external(
-                        &point_fault_alarm,
-                        point_fault,
-                        outcome.at.mono_ms,
-                    ));
+                if !fresh {
+                    let (lost, batch) = self.silence(outcome.device, outcome.at);
+                    transitions.extend(lost);
+                    if batch.is_some() {
+                        report.readings = batch;
+                        report.events = self.events(transitions, outcome.at.wall_ms);
+                        return report;
+                    }
+                } else {
+                    transitions.extend(self.external(&comm_lost, false, outcome.at.mono_ms));
+                    if point_fault || !refused {
+                        transitions.extend(self.external(
+                            &point_fault_alarm,
+                            point_fault,
+                            outcome.at.mono_ms,
+                        ));
+                    }
                 }
                 for (point, value) in &polled.values {
                     transitions.extend(self.engine.on_reading(
@@ -296,38 +361,49 @@ impl Watch {
                 }
             }
         }
-        report.events = transitions
-            .into_iter()
-            .filter_map(|t| self.event(t, None, outcome.at.wall_ms))
-            .collect();
+        report.events = self.events(transitions, outcome.at.wall_ms);
         report
+    }
+
+    /// The events of transitions that happened at `wall_ms`.
+    fn events(&mut self, transitions: Vec<Transition>, wall_ms: i64) -> Vec<AlarmEvent> {
+        transitions
+            .into_iter()
+            .filter_map(|t| self.event(t, None, wall_ms))
+            .collect()
+    }
+
+    /// Device `index` gave no fresh answer at `at`: when it has been silent for its
+    /// `comm_loss_after_s`, its `comm_lost` is raised, with the batch of its points as
+    /// `comm-lost` when that raise is new.
+    fn silence(&mut self, index: usize, at: Stamp) -> (Vec<Transition>, Option<ReadingBatch>) {
+        let Some(device) = self.devices.get(index) else {
+            return (Vec::new(), None);
+        };
+        if at.mono_ms.saturating_sub(device.last_answer_ms) < device.comm_loss_after_ms {
+            return (Vec::new(), None);
+        }
+        let id = device.comm_lost_alarm.clone();
+        let raised = self.external(&id, true, at.mono_ms);
+        let batch = if raised.iter().any(|t| t.kind == TransitionKind::Raised) {
+            self.comm_lost_batch(index, at)
+        } else {
+            None
+        };
+        (raised, batch)
     }
 
     /// Time passes: on-delays may run out, and devices silent for too long (whether their
     /// polls fail or never come, as from a stalled poller) lose communication.
     pub fn on_tick(&mut self, now: Stamp) -> Vec<AlarmEvent> {
-        let silent: Vec<(usize, String)> = self
-            .devices
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| now.mono_ms.saturating_sub(d.last_answer_ms) >= d.comm_loss_after_ms)
-            .map(|(i, d)| (i, d.comm_lost_alarm.clone()))
-            .collect();
         let mut transitions = Vec::new();
-        for (device, id) in silent {
-            let raised = self.external(&id, true, now.mono_ms);
-            if raised.iter().any(|t| t.kind == TransitionKind::Raised)
-                && let Some(batch) = self.comm_lost_batch(device, now)
-            {
-                self.comm_lost_readings.push(batch);
-            }
-            transitions.extend(raised);
+        for device in 0..self.devices.len() {
+            let (lost, batch) = self.silence(device, now);
+            transitions.extend(lost);
+            self.comm_lost_readings.extend(batch);
         }
         transitions.extend(self.engine.tick(now.mono_ms));
-        transitions
-            .into_iter()
-            .filter_map(|t| self.event(t, None, now.wall_ms))
-            .collect()
+        self.events(transitions, now.wall_ms)
     }
 
     /// The readings batches made since the last call: every point of a device whose
@@ -757,6 +833,107 @@ message = "Smoke detected"
         let back = w.on_poll(&good(0.1, 3_000)).events;
         assert_eq!(back[0].rule, "point_fault");
         assert_eq!(back[0].state, AlarmState::ReturnedUnacknowledged);
+    }
+
+    /// The test device with a heartbeat register as its alive counter (stale after 1 s;
+    /// comm loss after 2 s).
+    fn watch_with_alive_counter() -> Watch {
+        let text = CONFIG
+            .replace(
+                "comm_loss_after_s = 2",
+                "comm_loss_after_s = 2\nreport_every_s = 0\n\
+                 alive_counter = { point = \"heartbeat\", stale_after_s = 1 }",
+            )
+            .replace(
+                "[[rules]]",
+                "[[devices.points]]\nname = \"heartbeat\"\nregister = 1\ntype = \"u16\"\n\n[[rules]]",
+            );
+        let config = Config::from_toml_str(&text, "t").unwrap();
+        Watch::new(&config, "boot".into(), 7).unwrap()
+    }
+
+    fn counted(obscuration: f64, heartbeat: f64, ts_ms: i64) -> PollOutcome {
+        PollOutcome {
+            device: 0,
+            at: Stamp::at(ts_ms),
+            result: Ok(PolledValues {
+                values: vec![
+                    ("obscuration".into(), obscuration),
+                    ("heartbeat".into(), heartbeat),
+                ],
+                faults: vec![],
+            }),
+        }
+    }
+
+    #[test]
+    fn values_held_behind_a_counter_that_stopped_are_stale_reach_no_rule_and_lose_communication() {
+        let mut w = watch_with_alive_counter();
+        assert!(w.on_poll(&counted(0.2, 1.0, 1_000)).events.is_empty());
+        assert!(w.on_poll(&counted(0.2, 2.0, 1_500)).events.is_empty());
+        // The counter stops at 2 (a converter whose own link died serves held registers).
+        let fresh = w.on_poll(&counted(0.2, 2.0, 2_400)).readings.unwrap();
+        assert!(fresh.points.iter().all(|p| p.quality == Quality::Good));
+        let held = w.on_poll(&counted(3.0, 2.0, 2_500));
+        assert!(
+            held.events.is_empty(),
+            "a held value raises nothing: {held:?}"
+        );
+        let points = held.readings.unwrap().points;
+        assert!(
+            points
+                .iter()
+                .all(|p| p.quality == Quality::Stale && p.value.is_none()),
+            "{points:?}"
+        );
+        // Two seconds after the last fresh answer (at 2_400: the counter moved at 1_500,
+        // so the poll at 2_400 was still fresh): communication is lost.
+        assert!(w.on_poll(&counted(3.0, 2.0, 4_000)).events.is_empty());
+        let lost = w.on_poll(&counted(3.0, 2.0, 4_400));
+        assert_eq!(lost.events.len(), 1, "{lost:?}");
+        assert_eq!(lost.events[0].rule, "comm_lost");
+        assert!(
+            lost.readings
+                .unwrap()
+                .points
+                .iter()
+                .all(|p| p.quality == Quality::CommLost)
+        );
+        // The counter moves again: communication is back, and the rules see the smoke.
+        let back = w.on_poll(&counted(3.0, 3.0, 5_000));
+        let rules: Vec<&str> = back.events.iter().map(|e| e.rule.as_str()).collect();
+        assert_eq!(rules, ["comm_lost", "smoke-high"], "{back:?}");
+        assert!(back.events[1].active);
+    }
+
+    #[test]
+    fn a_held_value_does_not_clear_an_alarm() {
+        let mut w = watch_with_alive_counter();
+        w.on_poll(&counted(0.2, 1.0, 1_000));
+        let raised = w.on_poll(&counted(3.0, 2.0, 1_500)).events;
+        assert_eq!(raised[0].rule, "smoke-high");
+        // The counter stops; the register falls back to clean air (held, or reset by the
+        // converter): the alarm stays.
+        assert!(w.on_poll(&counted(3.0, 2.0, 2_000)).events.is_empty());
+        assert!(w.on_poll(&counted(0.1, 2.0, 2_600)).events.is_empty());
+    }
+
+    #[test]
+    fn an_alive_counter_must_name_a_point_of_the_device_and_a_sane_time() {
+        let text = CONFIG.replace(
+            "comm_loss_after_s = 2",
+            "comm_loss_after_s = 2\nalive_counter = { point = \"beat\", stale_after_s = 0 }",
+        );
+        let report = Config::from_toml_str(&text, "t").unwrap_err().to_string();
+        assert!(
+            report.contains("alive_counter.point") && report.contains("\"beat\""),
+            "{report}"
+        );
+        assert!(report.contains("its points: obscuration"), "{report}");
+        assert!(
+            report.contains("alive_counter.stale_after_s: must be between 1 and 100"),
+            "{report}"
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! What an operator would see: smoke on the sensor's topic raises the alarm on the board
 //! and clears it; garbage on the topic (text, binary, 200 KiB, JSON that is no object,
 //! a retained message) is counted and changes nothing, not even the link; a sensor that
-//! goes silent, and one that never spoke, lose communication. An elevator terminal whose
+//! goes silent, one that never spoke, and one whose platform only repeats its last report
+//! (stale readings) lose communication. An elevator terminal whose
 //! device has a `+` filter raises its alarm from any topic the filter matches and never
 //! from a sibling topic; two devices whose topics can meet are refused by `check`.
 
@@ -91,6 +92,9 @@ struct Sensor {
     client: AsyncClient,
     counts: Arc<AtomicU64>,
     on: Arc<AtomicBool>,
+    /// Non-zero: the timestamp every report carries (a platform that resends the sensor's
+    /// last report instead of new ones).
+    frozen_ts: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -108,14 +112,20 @@ impl Sensor {
         });
         let counts = Arc::new(AtomicU64::new(20)); // 0.20 %/m: clean air
         let on = Arc::new(AtomicBool::new(true));
+        let frozen_ts = Arc::new(AtomicU64::new(0));
         let publisher = {
             let (client, counts, on) = (client.clone(), counts.clone(), on.clone());
+            let frozen = frozen_ts.clone();
             tokio::spawn(async move {
                 loop {
                     if on.load(Ordering::Relaxed) {
+                        let ts = match frozen.load(Ordering::Relaxed) {
+                            0 => rig::wall_ms(),
+                            ts => ts as i64,
+                        };
                         let payload = serde_json::json!({
                             "imei": "861234567890123",
-                            "ts": rig::wall_ms(),
+                            "ts": ts,
                             "data": {"obscuration": counts.load(Ordering::Relaxed)},
                         });
                         let _ = client
@@ -130,6 +140,7 @@ impl Sensor {
             client,
             counts,
             on,
+            frozen_ts,
             tasks: vec![driver, publisher],
         }
     }
@@ -345,6 +356,47 @@ async fn smoke_on_a_sensors_topic_raises_the_alarm_garbage_changes_nothing_and_s
     assert!(silent_for >= Duration::from_millis(2500), "{silent_for:?}");
     // It speaks again: communication back.
     sensor.on.store(true, Ordering::Relaxed);
+    wait_state(SILENT, "returned_unacknowledged", Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| fail(e, &gateway));
+
+    // The platform only resends the sensor's last report (same timestamp, same values),
+    // now smoky: the repeats are stale, raise nothing, and the sensor loses communication
+    // as if silent; the board's readings say stale.
+    sensor
+        .frozen_ts
+        .store(rig::wall_ms() as u64, Ordering::Relaxed);
+    sensor.counts.store(310, Ordering::Relaxed);
+    let smoke_history = history_len(&http, &console.url, SMOKE).await;
+    eventually("a stale reading", Duration::from_secs(10), || async {
+        let all = get(&http, &format!("{}/api/readings", console.url)).await?;
+        let point = all
+            .as_array()?
+            .iter()
+            .find(|b| b["device"] == "smoke-nb-1")?["points"]
+            .as_array()?
+            .iter()
+            .find(|p| p["point"] == "obscuration")?
+            .clone();
+        (point["quality"] == "stale" && point["value"].is_null()).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| fail(e, &gateway));
+    let since = Instant::now();
+    wait_state(SILENT, "unacknowledged", Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| fail(e, &gateway));
+    println!(
+        "comm_lost on the board {:?} after the platform began to repeat",
+        since.elapsed()
+    );
+    // The first repeated report (the first with the frozen time) was new and smoky: the
+    // smoke alarm may have been raised by it, once; the repeats raised nothing more.
+    let after = history_len(&http, &console.url, SMOKE).await;
+    assert!(after <= smoke_history + 1, "{smoke_history} -> {after}");
+    // Fresh reports again: back.
+    sensor.frozen_ts.store(0, Ordering::Relaxed);
+    sensor.counts.store(20, Ordering::Relaxed);
     wait_state(SILENT, "returned_unacknowledged", Duration::from_secs(10))
         .await
         .unwrap_or_else(|e| fail(e, &gateway));
