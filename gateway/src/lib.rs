@@ -86,11 +86,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
     let topics = Topics::new(&config);
     // The one way out for alarm events: on disk first, then to the broker until the
     // console confirms them.
-    let known = config
-        .alarm_specs()
-        .into_iter()
-        .map(|(spec, _)| spec.alarm_id)
-        .collect();
+    let known = watch.alarm_ids();
     // Whose word takes an event out of the queue: the console's receipt, or (a site's
     // choice, with its limits) the broker's PUBACK on a connection of the journal's own.
     let (outlet, outlet_link, pubacks) = match config.gateway.alarm_confirmation {
@@ -112,6 +108,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> an
         &known,
     )
     .context("starting the alarm journal")?;
+    drop(known);
     if let Some(acks) = pubacks {
         broker_confirm::confirm_into(acks, journal.clone());
     }

@@ -15,9 +15,9 @@ const DEVICES: usize = 1_000;
 fn engine() -> Engine {
     let mut specs = Vec::new();
     for d in 0..DEVICES {
-        let device = format!("smoke-{d}");
+        let device: std::sync::Arc<str> = format!("smoke-{d}").into();
         specs.push(RuleSpec {
-            alarm_id: format!("gw:{device}:smoke-high"),
+            alarm_id: format!("gw:{device}:smoke-high").into(),
             device: device.clone(),
             point: "obscuration".into(),
             class: SignalClass::Alarm,
@@ -29,9 +29,9 @@ fn engine() -> Engine {
             on_delay_ms: 0,
         });
         specs.push(RuleSpec {
-            alarm_id: format!("gw:{device}:comm_lost"),
+            alarm_id: format!("gw:{device}:comm_lost").into(),
             device,
-            point: String::new(),
+            point: "".into(),
             class: SignalClass::Fault,
             priority: Priority::Medium,
             condition: Condition::External,

@@ -53,18 +53,20 @@
 //! unchanged): a sensor reporting garbage is a fault for the driver to report, not a value.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::{AlarmState, Priority, SignalClass, TransitionKind};
 
 /// One alarm rule, already bound to a device and point by the gateway's config compiler.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleSpec {
-    /// Names the alarm; unique within an [`Engine`].
-    pub alarm_id: String,
-    /// The device whose readings this rule watches.
-    pub device: String,
+    /// Names the alarm; unique within an [`Engine`]. Shared (an `Arc`): the engine's index
+    /// and every transition hold the same one, and the caller may keep it too.
+    pub alarm_id: Arc<str>,
+    /// The device whose readings this rule watches (shared by the rules of one device).
+    pub device: Arc<str>,
     /// The point of `device` this rule watches. Ignored for [`Condition::External`].
-    pub point: String,
+    pub point: Arc<str>,
     pub class: SignalClass,
     pub priority: Priority,
     pub condition: Condition,
@@ -86,7 +88,7 @@ pub enum Condition {
 /// Something that happened to one alarm.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
-    pub alarm_id: String,
+    pub alarm_id: Arc<str>,
     pub kind: TransitionKind,
     /// The alarm's state right after the transition.
     pub state: AlarmState,
@@ -146,10 +148,11 @@ pub struct Engine {
     /// One per spec, in spec order: transitions of a call and [`Engine::alarms`] follow it.
     alarms: Vec<Alarm>,
     /// alarm id -> index in `alarms`, for acknowledgements and external settings.
-    by_id: HashMap<String, usize>,
-    /// device -> point -> indices of the threshold rules watching it, ascending. External rules
-    /// are not listed: readings never touch them.
-    watchers: HashMap<String, HashMap<String, Vec<usize>>>,
+    by_id: HashMap<Arc<str>, usize>,
+    /// device -> (point, index of a threshold rule watching it), in spec order. External
+    /// rules are not listed: readings never touch them. A device has few rules, so its list
+    /// is scanned: one small vector per device instead of a map per device.
+    watchers: HashMap<Arc<str>, Vec<(Arc<str>, usize)>>,
 }
 
 impl Engine {
@@ -162,7 +165,7 @@ impl Engine {
             if spec.alarm_id.is_empty() {
                 errors.push(RuleError::EmptyAlarmId { index });
             } else if by_id.insert(spec.alarm_id.clone(), index).is_some() {
-                errors.push(RuleError::DuplicateAlarmId(spec.alarm_id.clone()));
+                errors.push(RuleError::DuplicateAlarmId(spec.alarm_id.to_string()));
             }
             validate_condition(spec, &mut errors);
         }
@@ -170,17 +173,17 @@ impl Engine {
             return Err(errors);
         }
 
-        let mut watchers: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        let mut watchers: HashMap<Arc<str>, Vec<(Arc<str>, usize)>> = HashMap::new();
         for (index, spec) in specs.iter().enumerate() {
             if spec.condition != Condition::External {
                 watchers
                     .entry(spec.device.clone())
                     .or_default()
-                    .entry(spec.point.clone())
-                    .or_default()
-                    .push(index);
+                    .push((spec.point.clone(), index));
             }
         }
+        watchers.values_mut().for_each(|w| w.shrink_to_fit());
+        by_id.shrink_to_fit();
         let alarms = specs.into_iter().map(Alarm::new).collect();
         Ok(Self {
             alarms,
@@ -202,16 +205,13 @@ impl Engine {
         if !value.is_finite() {
             return Vec::new();
         }
-        let Some(indices) = self
-            .watchers
-            .get(device)
-            .and_then(|points| points.get(point))
-        else {
+        let Some(watching) = self.watchers.get(device) else {
             return Vec::new();
         };
-        indices
+        watching
             .iter()
-            .filter_map(|&index| {
+            .filter(|(p, _)| **p == *point)
+            .filter_map(|&(_, index)| {
                 let alarm = self.alarms.get_mut(index)?;
                 let level = alarm.spec.condition.level(value);
                 alarm.apply(level, Some(value), ts_ms)
@@ -288,6 +288,13 @@ impl Engine {
         Ok(())
     }
 
+    /// Where the alarm with this id is in the spec order the engine was made with: its
+    /// position in [`Engine::alarms`], so a caller can keep what it knows of each alarm in a
+    /// vector in the same order.
+    pub fn index_of(&self, alarm_id: &str) -> Option<usize> {
+        self.by_id.get(alarm_id).copied()
+    }
+
     /// The alarm with this id, if there is one.
     pub fn alarm(&self, alarm_id: &str) -> Option<AlarmView<'_>> {
         let &index = self.by_id.get(alarm_id)?;
@@ -319,7 +326,7 @@ fn validate_condition(spec: &RuleSpec, errors: &mut Vec<RuleError>) {
         Condition::Below { limit, deadband } => (limit, deadband, limit + deadband),
         Condition::External => return,
     };
-    let alarm_id = || spec.alarm_id.clone();
+    let alarm_id = || spec.alarm_id.to_string();
     if !limit.is_finite() {
         errors.push(RuleError::BadLimit {
             alarm_id: alarm_id(),

@@ -517,7 +517,7 @@ type = "u16"
         let specs = c.alarm_specs();
         let (_, meta) = specs
             .iter()
-            .find(|(s, _)| s.alarm_id == "riverside:gw-b1:smoke-B1-3-1201:comm_lost")
+            .find(|(s, _)| &*s.alarm_id == "riverside:gw-b1:smoke-B1-3-1201:comm_lost")
             .unwrap();
         assert_eq!(*meta.place, place);
     }
@@ -540,7 +540,7 @@ type = "u16"
         let specs = c.alarm_specs();
         let (_, meta) = specs
             .iter()
-            .find(|(s, _)| s.alarm_id == "riverside:gw-b1:gw-b1:queue_disk")
+            .find(|(s, _)| &*s.alarm_id == "riverside:gw-b1:gw-b1:queue_disk")
             .unwrap();
         assert_eq!(meta.place.community, "riverside");
         assert_eq!(meta.place.names.community, "江畔花园");

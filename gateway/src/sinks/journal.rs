@@ -160,7 +160,7 @@ impl Journal {
         client: Outlet,
         events_topic: String,
         link: Arc<crate::sinks::mqtt::LinkState>,
-        known: &HashSet<String>,
+        known: &HashSet<Arc<str>>,
     ) -> anyhow::Result<(Journal, Vec<AlarmEvent>)> {
         let health = Arc::new(JournalHealth::default());
         let dir = data_dir.join("alarms");
@@ -284,7 +284,7 @@ impl Lane {
         mut queue: Option<DiskQueue>,
         health: Arc<JournalHealth>,
         data_dir: &Path,
-        known: &HashSet<String>,
+        known: &HashSet<Arc<str>>,
     ) -> Lane {
         let mut lane = Lane {
             queue: None,
@@ -357,7 +357,7 @@ impl Lane {
         }
         lane.queue = queue;
         let before = lane.latest.len();
-        lane.latest.retain(|id, _| known.contains(id));
+        lane.latest.retain(|id, _| known.contains(id.as_str()));
         if lane.latest.len() != before {
             tracing::info!(
                 alarms = before - lane.latest.len(),
@@ -714,7 +714,7 @@ mod tests {
 
     fn lane(dir: &Path, known: &[&str]) -> Lane {
         let (queue, _) = DiskQueue::open(&dir.join("alarms"), QueueLimits::default()).unwrap();
-        let known = known.iter().map(|s| s.to_string()).collect();
+        let known = known.iter().map(|s| Arc::from(*s)).collect();
         Lane::new(Some(queue), Arc::default(), dir, &known)
     }
 

@@ -10,28 +10,40 @@
 //! wire-break, comm-lost to good) is always reported at once. Pure: time is an argument
 //! (monotonic ms).
 
-use std::collections::HashMap;
-
 use shouwang_wire::{PointValue, Quality};
 
 /// One device's filter.
 #[derive(Debug, Clone)]
 pub struct ExceptionFilter {
     every_ms: i64,
-    /// Per point; a point not named has deadband 0.
-    deadbands: HashMap<String, f64>,
-    /// The value and quality last reported, per point.
-    last: HashMap<String, (Option<f64>, Quality)>,
+    /// Per point: its deadband and what was last reported. A device has a few points, so
+    /// a short vector scanned by name costs less than a map, in memory and in time.
+    points: Vec<PointState>,
     /// When every point was last reported (monotonic ms).
     last_full_ms: Option<i64>,
 }
 
+#[derive(Debug, Clone)]
+struct PointState {
+    name: String,
+    deadband: f64,
+    /// The value and quality last reported.
+    last: Option<(Option<f64>, Quality)>,
+}
+
 impl ExceptionFilter {
-    pub fn new(every_ms: i64, deadbands: HashMap<String, f64>) -> ExceptionFilter {
+    /// `deadbands`: the device's points and their deadbands (a point not named has 0).
+    pub fn new(every_ms: i64, deadbands: Vec<(String, f64)>) -> ExceptionFilter {
         ExceptionFilter {
             every_ms,
-            deadbands,
-            last: HashMap::new(),
+            points: deadbands
+                .into_iter()
+                .map(|(name, deadband)| PointState {
+                    name,
+                    deadband,
+                    last: None,
+                })
+                .collect(),
             last_full_ms: None,
         }
     }
@@ -47,8 +59,19 @@ impl ExceptionFilter {
         points
             .into_iter()
             .filter(|p| {
-                let deadband = self.deadbands.get(&p.point).copied().unwrap_or(0.0);
-                let moved = self.last.get(&p.point).is_none_or(|&(last, quality)| {
+                let state = match self.points.iter().position(|s| s.name == p.point) {
+                    Some(i) => &mut self.points[i],
+                    None => {
+                        self.points.push(PointState {
+                            name: p.point.clone(),
+                            deadband: 0.0,
+                            last: None,
+                        });
+                        let last = self.points.len() - 1;
+                        &mut self.points[last]
+                    }
+                };
+                let moved = state.last.is_none_or(|(last, quality)| {
                     // A change of quality is always news (a wire break, and its repair).
                     if quality != p.quality {
                         return true;
@@ -57,7 +80,7 @@ impl ExceptionFilter {
                         (Some(last), Some(value)) => {
                             let moved = (value - last).abs();
                             // NaN (a value appearing or vanishing) counts as a move.
-                            moved > deadband || moved.is_nan()
+                            moved > state.deadband || moved.is_nan()
                         }
                         (None, None) => false,
                         _ => true,
@@ -65,7 +88,7 @@ impl ExceptionFilter {
                 });
                 let report = heartbeat || moved;
                 if report {
-                    self.last.insert(p.point.clone(), (p.value, p.quality));
+                    state.last = Some((p.value, p.quality));
                 }
                 report
             })
@@ -111,7 +134,7 @@ mod tests {
 
     #[test]
     fn every_point_is_reported_at_each_heartbeat_even_when_flat() {
-        let mut f = ExceptionFilter::new(10_000, HashMap::new());
+        let mut f = ExceptionFilter::new(10_000, Vec::new());
         assert_eq!(f.filter(values(&[("level", 3.0)]), 0).len(), 1);
         assert!(f.filter(values(&[("level", 3.0)]), 9_999).is_empty());
         assert_eq!(f.filter(values(&[("level", 3.0)]), 10_000).len(), 1);
@@ -120,7 +143,7 @@ mod tests {
 
     #[test]
     fn a_change_of_quality_is_reported_at_once_and_a_steady_bad_point_is_not() {
-        let mut f = ExceptionFilter::new(60_000, HashMap::new());
+        let mut f = ExceptionFilter::new(60_000, Vec::new());
         f.filter(values(&[("current", 12.0)]), 0);
         let broken = PointValue {
             point: "current".into(),

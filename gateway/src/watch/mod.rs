@@ -52,12 +52,13 @@ struct DeviceState {
     comm_loss_after_ms: i64,
     /// When the device last answered (monotonic ms; the gateway's start until it has).
     last_answer_ms: i64,
-    comm_lost_alarm: String,
+    comm_lost_alarm: Arc<str>,
     /// Polls in a row in which some point could not be read.
     point_failures: u32,
-    point_fault_alarm: String,
-    /// Engineering unit per point name.
-    units: HashMap<String, Option<String>>,
+    point_fault_alarm: Arc<str>,
+    /// Each point's name and engineering unit, by name (a device has a few points: a
+    /// vector, not a map per device).
+    units: Vec<(String, Option<String>)>,
     /// Whether a poll of it has ended (answered or not) since the gateway started.
     polled: bool,
     /// Report by exception (`report_every_s`, default 60 s); `None`: every poll's values
@@ -74,6 +75,16 @@ struct Alive {
     stale_after_ms: i64,
     /// Its last value, and when (monotonic ms) it took it; `None` until it is first read.
     last: Option<(f64, i64)>,
+}
+
+impl DeviceState {
+    /// The engineering unit of point `point`.
+    fn unit(&self, point: &str) -> Option<String> {
+        self.units
+            .binary_search_by(|(name, _)| name.as_str().cmp(point))
+            .ok()
+            .and_then(|i| self.units[i].1.clone())
+    }
 }
 
 impl Alive {
@@ -107,7 +118,8 @@ pub struct Watch {
     gateway: String,
     community: String,
     engine: Engine,
-    meta: HashMap<String, AlarmMeta>,
+    /// What each alarm is, in the engine's order ([`Engine::index_of`]).
+    meta: Vec<AlarmMeta>,
     devices: Vec<DeviceState>,
     boot_id: String,
     /// This start's boot counter: events are ordered by `(boot, seq)`.
@@ -125,17 +137,26 @@ impl Watch {
     /// `boot_id` must be new at every gateway start (a UUID): event ids are built from it.
     /// `boot` must be larger than at any earlier start ([`crate::clock::BootCounter`]).
     pub fn new(config: &Config, boot_id: String, boot: u64) -> Result<Watch, Vec<RuleError>> {
-        let specs = config.alarm_specs();
-        let meta: HashMap<String, AlarmMeta> = specs
-            .iter()
-            .map(|(spec, meta)| (spec.alarm_id.clone(), meta.clone()))
-            .collect();
+        let (specs, meta): (Vec<_>, Vec<AlarmMeta>) = config.alarm_specs().into_iter().unzip();
         // Each device's place, shared with its alarms' metadata (one copy per device).
         let places: HashMap<&str, Arc<Place>> = meta
-            .values()
+            .iter()
             .map(|m| (&*m.device, m.place.clone()))
             .collect();
-        let engine = Engine::new(specs.into_iter().map(|(spec, _)| spec).collect())?;
+        let engine = Engine::new(specs)?;
+        // A device's own faults by the engine's copy of their ids.
+        let fault = |device: &str, rule: &str| -> Arc<str> {
+            let id = shouwang_wire::alarm_id(
+                &config.gateway.community,
+                &config.gateway.id,
+                device,
+                rule,
+            );
+            engine
+                .alarm(&id)
+                .map(|a| a.spec.alarm_id.clone())
+                .unwrap_or_else(|| id.into())
+        };
         let devices = config
             .devices
             .iter()
@@ -149,24 +170,18 @@ impl Watch {
                 comm_loss_after_ms: i64::try_from(d.comm_loss_after_s.saturating_mul(1000))
                     .unwrap_or(i64::MAX),
                 last_answer_ms: 0,
-                comm_lost_alarm: shouwang_wire::alarm_id(
-                    &config.gateway.community,
-                    &config.gateway.id,
-                    &d.id,
-                    COMM_LOST_RULE,
-                ),
+                comm_lost_alarm: fault(&d.id, COMM_LOST_RULE),
                 point_failures: 0,
-                point_fault_alarm: shouwang_wire::alarm_id(
-                    &config.gateway.community,
-                    &config.gateway.id,
-                    &d.id,
-                    POINT_FAULT_RULE,
-                ),
-                units: d
-                    .points
-                    .iter()
-                    .map(|p| (p.name.clone(), p.engineering_unit.clone()))
-                    .collect(),
+                point_fault_alarm: fault(&d.id, POINT_FAULT_RULE),
+                units: {
+                    let mut units: Vec<(String, Option<String>)> = d
+                        .points
+                        .iter()
+                        .map(|p| (p.name.clone(), p.engineering_unit.clone()))
+                        .collect();
+                    units.sort();
+                    units
+                },
                 polled: false,
                 alive: d.alive_counter.as_ref().map(|a| Alive {
                     point: a.point.clone(),
@@ -179,7 +194,7 @@ impl Watch {
                         i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX),
                         d.points
                             .iter()
-                            .filter_map(|p| Some((p.name.clone(), p.report_deadband?)))
+                            .map(|p| (p.name.clone(), p.report_deadband.unwrap_or(0.0)))
                             .collect(),
                     )
                 }),
@@ -206,7 +221,7 @@ impl Watch {
     pub fn restore(&mut self, events: Vec<AlarmEvent>) -> usize {
         let mut restored = 0;
         for event in events {
-            if !self.meta.contains_key(&event.alarm_id) {
+            if self.engine.index_of(&event.alarm_id).is_none() {
                 continue;
             }
             if self
@@ -219,6 +234,14 @@ impl Watch {
             }
         }
         restored
+    }
+
+    /// Every alarm's id (the engine's copies, shared).
+    pub fn alarm_ids(&self) -> std::collections::HashSet<Arc<str>> {
+        self.engine
+            .alarms()
+            .map(|a| a.spec.alarm_id.clone())
+            .collect()
     }
 
     /// Whether every device has had a poll end since the gateway started: its alarms then
@@ -234,9 +257,9 @@ impl Watch {
         let mut quiet = Vec::new();
         for alarm in self.engine.alarms() {
             let id = &alarm.spec.alarm_id;
-            match self.latest.get(id) {
+            match self.latest.get(&**id) {
                 Some(event) => events.push(event.clone()),
-                None => quiet.push(id.clone()),
+                None => quiet.push(id.to_string()),
             }
         }
         let position = EventKey {
@@ -298,13 +321,13 @@ impl Watch {
                             PointValue::good(
                                 point.clone(),
                                 *value,
-                                device.units.get(point).cloned().flatten(),
+                                device.unit(point),
                             )
                         })
                         .chain(polled.faults.iter().map(|fault| PointValue {
                             point: fault.point.clone(),
                             value: None,
-                            engineering_unit: device.units.get(&fault.point).cloned().flatten(),
+                            engineering_unit: device.unit(&fault.point),
                             quality: fault.quality,
                         }))
                         .collect(),
@@ -417,14 +440,13 @@ impl Watch {
     /// (so the point's return to good is reported at once too).
     fn comm_lost_batch(&mut self, index: usize, now: Stamp) -> Option<ReadingBatch> {
         let device = self.devices.get_mut(index)?;
-        let mut names: Vec<&String> = device.units.keys().collect();
-        names.sort();
-        let points: Vec<PointValue> = names
-            .into_iter()
-            .map(|point| PointValue {
+        let points: Vec<PointValue> = device
+            .units
+            .iter()
+            .map(|(point, unit)| PointValue {
                 point: point.clone(),
                 value: None,
-                engineering_unit: device.units.get(point).cloned().flatten(),
+                engineering_unit: unit.clone(),
                 quality: Quality::CommLost,
             })
             .collect();
@@ -539,7 +561,7 @@ impl Watch {
         operator: Option<String>,
         wall_ms: i64,
     ) -> Option<AlarmEvent> {
-        let meta = self.meta.get(&t.alarm_id)?;
+        let meta = self.meta.get(self.engine.index_of(&t.alarm_id)?)?;
         let view = self.engine.alarm(&t.alarm_id)?;
         self.next_seq += 1;
         let event = AlarmEvent {
@@ -547,19 +569,19 @@ impl Watch {
             event_id: format!("{}-{}", self.boot_id, self.next_seq),
             boot: self.boot,
             seq: self.next_seq,
-            alarm_id: t.alarm_id.clone(),
+            alarm_id: t.alarm_id.to_string(),
             gateway: self.gateway.clone(),
             device: meta.device.to_string(),
             device_kind: meta.device_kind.to_string(),
-            point: meta.point.clone(),
-            rule: meta.rule.clone(),
+            point: meta.point.as_deref().map(str::to_string),
+            rule: meta.rule.to_string(),
             class: view.spec.class,
             priority: view.spec.priority,
             transition: t.kind,
             state: t.state,
             active: t.active,
             value: t.value.or(view.last_value),
-            engineering_unit: meta.engineering_unit.clone(),
+            engineering_unit: meta.engineering_unit.as_deref().map(str::to_string),
             place: (*meta.place).clone(),
             message: meta.message.to_string(),
             ts_ms: wall_ms,

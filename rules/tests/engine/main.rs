@@ -14,9 +14,9 @@ use shouwang_rules::{Condition, Priority, RuleSpec, SignalClass};
 /// A smoke-density rule on `building-3/smoke-12:density`: alarm at 10 %/m, clears under 8.
 pub fn smoke(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
     RuleSpec {
-        alarm_id: alarm_id.to_owned(),
-        device: "smoke-12".to_owned(),
-        point: "density".to_owned(),
+        alarm_id: alarm_id.into(),
+        device: "smoke-12".into(),
+        point: "density".into(),
         class: SignalClass::Alarm,
         priority: Priority::High,
         condition: Condition::Above {
@@ -31,9 +31,9 @@ pub fn smoke(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
 /// clears over 0.35.
 pub fn low_pressure(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
     RuleSpec {
-        alarm_id: alarm_id.to_owned(),
-        device: "pump-1".to_owned(),
-        point: "pressure".to_owned(),
+        alarm_id: alarm_id.into(),
+        device: "pump-1".into(),
+        point: "pressure".into(),
         class: SignalClass::Supervisory,
         priority: Priority::Medium,
         condition: Condition::Below {
@@ -47,9 +47,9 @@ pub fn low_pressure(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
 /// A communication-lost fault on `elevator-2`, set from outside.
 pub fn comm_lost(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
     RuleSpec {
-        alarm_id: alarm_id.to_owned(),
-        device: "elevator-2".to_owned(),
-        point: String::new(),
+        alarm_id: alarm_id.into(),
+        device: "elevator-2".into(),
+        point: "".into(),
         class: SignalClass::Fault,
         priority: Priority::Low,
         condition: Condition::External,

@@ -74,9 +74,9 @@ const EDGES: [f64; 10] = [-1.0, 0.0, 0.5, 1.0, 1.5, 8.0, 9.0, 10.0, 15.0, 16.0];
 
 fn specs(delays: [u64; 4]) -> Vec<RuleSpec> {
     let spec = |alarm_id: &str, (device, point): (&str, &str), condition, on_delay_ms| RuleSpec {
-        alarm_id: alarm_id.to_owned(),
-        device: device.to_owned(),
-        point: point.to_owned(),
+        alarm_id: alarm_id.into(),
+        device: device.into(),
+        point: point.into(),
         class: SignalClass::Alarm,
         priority: Priority::High,
         condition,
@@ -306,8 +306,8 @@ proptest! {
                         .iter_mut()
                         .filter(|alarm| {
                             value.is_finite()
-                                && alarm.spec.device == device
-                                && alarm.spec.point == name
+                                && *alarm.spec.device == *device
+                                && *alarm.spec.point == *name
                         })
                         .filter_map(|alarm| match alarm.spec.condition {
                             Condition::Above { limit, deadband } => alarm.input(
@@ -352,7 +352,7 @@ proptest! {
                             prop_assert_eq!(
                                 error,
                                 AckError::NothingToAcknowledge {
-                                    alarm_id: expected_alarm.spec.alarm_id.clone(),
+                                    alarm_id: expected_alarm.spec.alarm_id.to_string(),
                                     state: before,
                                 }
                             );

@@ -28,7 +28,7 @@ fn transition(
     ts_ms: i64,
 ) -> Transition {
     Transition {
-        alarm_id: alarm_id.to_owned(),
+        alarm_id: alarm_id.into(),
         kind,
         state,
         active,
@@ -246,7 +246,7 @@ fn acknowledging_a_normal_alarm_is_refused_naming_its_state() {
     assert_eq!(
         error,
         AckError::NothingToAcknowledge {
-            alarm_id: "smoke".to_owned(),
+            alarm_id: "smoke".into(),
             state: AlarmState::Normal
         }
     );
@@ -266,7 +266,7 @@ fn acknowledging_an_acknowledged_alarm_twice_is_refused_and_changes_nothing() {
     assert_eq!(
         error,
         AckError::NothingToAcknowledge {
-            alarm_id: "smoke".to_owned(),
+            alarm_id: "smoke".into(),
             state: AlarmState::Acknowledged
         }
     );
@@ -578,13 +578,13 @@ fn every_rule_watching_a_point_reports_its_transition_in_spec_order() {
     assert_eq!(
         ids(&first),
         vec![
-            ("smoke-high".to_owned(), TransitionKind::Raised),
-            ("smoke-high-high".to_owned(), TransitionKind::Raised)
+            ("smoke-high".into(), TransitionKind::Raised),
+            ("smoke-high-high".into(), TransitionKind::Raised)
         ]
     );
     assert_eq!(
         ids(&second),
-        vec![("smoke-high-high".to_owned(), TransitionKind::Cleared)]
+        vec![("smoke-high-high".into(), TransitionKind::Cleared)]
     );
 }
 
@@ -724,8 +724,8 @@ fn setting_an_external_condition_on_an_unknown_alarm_is_refused() {
 #[test]
 fn readings_never_reach_external_rules() {
     let mut spec = comm_lost("comm", 0);
-    spec.device = "smoke-12".to_owned();
-    spec.point = "density".to_owned();
+    spec.device = "smoke-12".into();
+    spec.point = "density".into();
     let mut engine = engine(vec![spec]);
 
     assert!(smoke_reading(&mut engine, 99.0, 1_000).is_empty());
@@ -744,7 +744,7 @@ fn a_new_engine_lists_every_alarm_normal_in_spec_order() {
 
     let views: Vec<_> = engine
         .alarms()
-        .map(|view| (view.spec.alarm_id.as_str(), view.state, view.active))
+        .map(|view| (&*view.spec.alarm_id, view.state, view.active))
         .collect();
 
     assert_eq!(
