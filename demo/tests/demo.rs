@@ -84,7 +84,10 @@ fn every_device_has_a_trigger_point_whose_values_cross_its_rules() {
         let rules: Vec<_> = config
             .rules
             .iter()
-            .filter(|r| r.point == point.name && config.devices_of(r).any(|d| d.id == device.id))
+            .filter(|r| {
+                r.rule.point == point.name && config.devices_of(r).any(|d| d.id == device.id)
+            })
+            .map(|r| &*r.rule)
             .collect();
         assert!(!rules.is_empty(), "no rule watches {}", device.id);
         for rule in rules {

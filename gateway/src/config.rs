@@ -22,6 +22,7 @@ mod devices;
 mod links;
 mod places;
 mod profiles;
+pub mod rule_files;
 mod template;
 pub use crate::sinks::mqtt::auth::MqttTls;
 pub use crate::sources::mqtt_sensors::config::MqttSensorsSection;
@@ -111,7 +112,9 @@ pub struct Config {
     pub profiles: Profiles,
     /// Every device, templates expanded and device files read (see `config/devices.rs`).
     pub devices: Vec<DeviceConfig>,
-    pub rules: Vec<RuleConfig>,
+    /// Every rule as it applies, with its devices: the packs named, the site's rule files
+    /// and `[[rules]]`, laid over each other (see `config/rule_files.rs`).
+    pub rules: Vec<rule_files::BoundRule>,
 }
 
 /// `[gateway]`: who this gateway is.
@@ -134,6 +137,15 @@ pub struct GatewaySection {
     /// replaces the shipped one for every device of the site. Absent: the shipped profiles
     /// only.
     pub profiles_dir: Option<std::path::PathBuf>,
+    /// The shipped rule packs (`rules/packs/`) the site uses, e.g. `["smoke", "water"]`:
+    /// their rules apply to every device they select that has their point. Default: none.
+    #[serde(default)]
+    pub rule_packs: Vec<String>,
+    /// A directory of the site's own rule files, every `*.toml` in it (the format of the
+    /// packs: `[[rules]]` tables); relative to the config file's directory. Their rules,
+    /// and the config's own `[[rules]]`, may refine the packs' for a place (see
+    /// `config/rule_files.rs`).
+    pub rules_dir: Option<std::path::PathBuf>,
     /// Raise the gateway's `undelivered` fault, and the local warning, when an alarm event
     /// has waited this long for the console's confirmation. Default 60.
     #[serde(default = "default_undelivered_fault_after_s")]
@@ -862,17 +874,16 @@ fn default_scale() -> f64 {
     1.0
 }
 
-/// `[[rules]]`: a threshold on a point, for one device or every device of a kind.
+/// `[[rules]]` (in the config, a rule file or a pack): a condition on a point. Which devices
+/// it watches is said by its selectors (`device`, `device_kind`, `profile` and place keys:
+/// `config/rule_files.rs`), which are not part of this: this is the rule as it applies,
+/// the entries that select a device laid over each other.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
-    /// Rule id, unique in this config. Part of every alarm id
-    /// (`<community>:<gateway>:<device>:<rule>`).
+    /// Rule id. Part of every alarm id (`<community>:<gateway>:<device>:<rule>`); entries
+    /// with the same id are one rule, refined by place.
     pub id: String,
-    /// The one device this rule watches. Give this or `device_kind`, not both.
-    pub device: Option<String>,
-    /// Watch every device of this kind.
-    pub device_kind: Option<String>,
     /// The point the rule watches.
     pub point: String,
     /// `alarm`, `supervisory` or `fault`.
@@ -891,6 +902,33 @@ pub struct RuleConfig {
     pub on_delay_ms: u64,
     /// What the board shows, e.g. "Smoke detected".
     pub message: String,
+}
+
+/// What can be wrong with one rule as it applies (after the cascade), named by `at`.
+fn check_rule(rule: &RuleConfig, at: &str, p: &mut Problems) {
+    p.id(&format!("{at}.id"), "rule id", &rule.id);
+    if DEVICE_FAULTS
+        .iter()
+        .chain(GATEWAY_FAULTS.iter())
+        .any(|(id, _)| *id == rule.id)
+    {
+        p.add(
+            format!("{at}.id"),
+            format!("{:?} is reserved for the gateway's own fault", rule.id),
+        );
+    }
+    p.non_empty(&format!("{at}.message"), &rule.message);
+    p.text(&format!("{at}.message"), &rule.message);
+    match (rule.above, rule.below) {
+        (Some(_), Some(_)) | (None, None) => p.add(at, "give exactly one of `above` or `below`"),
+        (Some(v), None) | (None, Some(v)) if !v.is_finite() => {
+            p.add(at, "the limit must be a finite number")
+        }
+        _ => {}
+    }
+    if !rule.deadband.is_finite() || rule.deadband < 0.0 {
+        p.add(format!("{at}.deadband"), "must be a finite number >= 0");
+    }
 }
 
 /// One thing wrong with a config, and the field that holds it.
@@ -1114,7 +1152,11 @@ impl Config {
         );
         origins = found;
         let labels = &origins.labels;
-        let rules = list::<RuleConfig>(table.remove("rules"), "rules", &mut problems);
+        match table.remove("rules") {
+            None | Some(toml::Value::Array(_)) => {}
+            Some(_) => problems.add("rules", "must be an array of tables: [[rules]]"),
+        }
+        let mut rule_entries = rule_files::parse_entries(text, source, false, false, &mut problems);
         for key in table.keys() {
             problems.add(
                 key.as_str(),
@@ -1157,7 +1199,16 @@ impl Config {
             return Err(report(problems, &origins));
         };
         let all_parsed = devices.iter().all(Option::is_some);
-        let config = Config {
+        let rules_dir = gateway
+            .rules_dir
+            .as_ref()
+            .map(|d| dir.map_or_else(|| d.clone(), |base| base.join(d)));
+        let mut file_entries =
+            rule_files::load_files(&gateway.rule_packs, rules_dir.as_deref(), &mut problems);
+        // Packs first, then the site's files, then the config's own: an order for messages
+        // only (the cascade goes by specificity).
+        file_entries.append(&mut rule_entries);
+        let mut config = Config {
             gateway,
             mqtt,
             influx,
@@ -1167,8 +1218,9 @@ impl Config {
             places,
             profiles,
             devices: devices.iter().flatten().cloned().collect(),
-            rules: rules.into_iter().flatten().collect(),
+            rules: Vec::new(),
         };
+        config.rules = rule_files::bind(&file_entries, &config, all_parsed, &mut problems);
         if all_parsed {
             config.check(labels, &mut problems);
         } else {
@@ -1176,7 +1228,6 @@ impl Config {
             // leave the checks across devices (GPIO pins, links) until every device parses.
             config.check_site(&mut problems);
             check_devices(&devices, labels, &mut problems);
-            config.check_rules(&mut problems);
         }
         if problems.0.is_empty() {
             Ok(config)
@@ -1249,7 +1300,6 @@ impl Config {
         if self.devices.is_empty() {
             p.add("devices", "no devices: add at least one [[devices]] table");
         }
-        self.check_rules(p);
     }
 
     /// The sections about the site: gateway, broker, metrics, time-series store.
@@ -1322,86 +1372,12 @@ impl Config {
         }
     }
 
-    fn check_rules(&self, p: &mut Problems) {
-        let mut seen = BTreeSet::new();
-        for (i, rule) in self.rules.iter().enumerate() {
-            let at = format!("rules[{i}] ({})", rule.id);
-            p.id(&format!("{at}.id"), "rule id", &rule.id);
-            if DEVICE_FAULTS
-                .iter()
-                .chain(GATEWAY_FAULTS.iter())
-                .any(|(id, _)| *id == rule.id)
-            {
-                p.add(
-                    format!("{at}.id"),
-                    format!("{:?} is reserved for the gateway's own fault", rule.id),
-                );
-            }
-            if !seen.insert(rule.id.as_str()) {
-                p.add(
-                    format!("{at}.id"),
-                    format!("duplicate rule id {:?}", rule.id),
-                );
-            }
-            p.non_empty(&format!("{at}.message"), &rule.message);
-            p.text(&format!("{at}.message"), &rule.message);
-            match (&rule.device, &rule.device_kind) {
-                (Some(_), Some(_)) | (None, None) => p.add(
-                    at.clone(),
-                    "give exactly one of `device` (one device) or `device_kind` (every device of a kind)",
-                ),
-                _ => {
-                    let matched: Vec<&DeviceConfig> = self.devices_of(rule).collect();
-                    if matched.is_empty() {
-                        match (&rule.device, &rule.device_kind) {
-                            (Some(d), _) => p.add(
-                                format!("{at}.device"),
-                                format!("no device {d:?} in [[devices]]"),
-                            ),
-                            (_, Some(k)) => p.add(
-                                format!("{at}.device_kind"),
-                                format!("no device of kind {k:?} in [[devices]]"),
-                            ),
-                            _ => {}
-                        }
-                    }
-                    for device in matched {
-                        if !device.points.iter().any(|pt| pt.name == rule.point) {
-                            p.add(
-                                format!("{at}.point"),
-                                format!("device {:?} has no point {:?}", device.id, rule.point),
-                            );
-                        }
-                    }
-                }
-            }
-            match (rule.above, rule.below) {
-                (Some(_), Some(_)) | (None, None) => {
-                    p.add(at.clone(), "give exactly one of `above` or `below`")
-                }
-                (Some(v), None) | (None, Some(v)) if !v.is_finite() => {
-                    p.add(at.clone(), "the limit must be a finite number")
-                }
-                _ => {}
-            }
-            if !rule.deadband.is_finite() || rule.deadband < 0.0 {
-                p.add(format!("{at}.deadband"), "must be a finite number >= 0");
-            }
-        }
-    }
-
     /// The devices a rule applies to.
     pub fn devices_of<'a>(
         &'a self,
-        rule: &'a RuleConfig,
+        rule: &'a rule_files::BoundRule,
     ) -> impl Iterator<Item = &'a DeviceConfig> + 'a {
-        self.devices
-            .iter()
-            .filter(move |d| match (&rule.device, &rule.device_kind) {
-                (Some(id), None) => &d.id == id,
-                (None, Some(kind)) => &d.kind == kind,
-                _ => false,
-            })
+        rule.devices.iter().filter_map(|&d| self.devices.get(d))
     }
 
     /// Bind every rule to its devices for the rule engine, plus each device's own faults
@@ -1446,13 +1422,6 @@ impl Config {
                 )
             })
             .collect();
-        let index: std::collections::HashMap<&str, usize> = self
-            .devices
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.id.as_str(), i))
-            .collect();
-        let of = |device: &DeviceConfig| index.get(device.id.as_str()).and_then(|&i| shared.get(i));
         let fault_rules: Vec<(Arc<str>, Arc<str>)> = DEVICE_FAULTS
             .iter()
             .map(|(rule, message)| (Arc::from(*rule), Arc::from(*message)))
@@ -1488,7 +1457,8 @@ impl Config {
             }
         }
         let mut units: std::collections::HashMap<&str, Arc<str>> = std::collections::HashMap::new();
-        for rule in &self.rules {
+        for bound in &self.rules {
+            let rule = &*bound.rule;
             let condition = match (rule.above, rule.below) {
                 (Some(limit), _) => Condition::Above {
                     limit,
@@ -1503,8 +1473,9 @@ impl Config {
             let message: Arc<str> = Arc::from(rule.message.as_str());
             let rule_id: Arc<str> = Arc::from(rule.id.as_str());
             let point: Arc<str> = Arc::from(rule.point.as_str());
-            for device in self.devices_of(rule) {
-                let Some((id, kind, place)) = of(device) else {
+            for &d in &bound.devices {
+                let (Some(device), Some((id, kind, place))) = (self.devices.get(d), shared.get(d))
+                else {
                     continue;
                 };
                 let unit = device
@@ -2292,7 +2263,12 @@ bulding = "B1"
             fields.contains(&"devices[0] (smoke-B1-12-03).address"),
             "{text}"
         );
-        assert!(fields.contains(&"rules[0] (smoke-high).point"), "{text}");
+        assert!(
+            fields
+                .iter()
+                .any(|f| f.starts_with("bad.toml:") && f.ends_with(" (smoke-high).point")),
+            "{text}"
+        );
         assert!(fields.contains(&"devices[1] (leak-1)"), "{text}");
         assert!(text.contains("bulding"), "{text}");
     }
@@ -2313,12 +2289,12 @@ bulding = "B1"
     }
 
     #[test]
-    fn a_rule_needs_exactly_one_limit_and_one_selector() {
+    fn a_rule_needs_exactly_one_limit_and_a_device_that_exists() {
         let bad = GOOD.replace("above = 2.5", "above = 2.5\nbelow = 1.0\ndevice = \"x\"");
         let report = Config::from_toml_str(&bad, "x.toml").unwrap_err();
         let text = report.to_string();
         assert!(text.contains("exactly one of `above` or `below`"), "{text}");
-        assert!(text.contains("exactly one of `device`"), "{text}");
+        assert!(text.contains("no device \"x\" in [[devices]]"), "{text}");
     }
 
     #[test]
@@ -2336,7 +2312,7 @@ bulding = "B1"
         let text = report.to_string();
         assert!(text.contains("65 characters long; at most 64"), "{text}");
         assert!(
-            text.contains("rules[0] (smoke-high).message: is 70000 characters"),
+            text.contains(" (smoke-high).message: is 70000 characters"),
             "{text}"
         );
     }

@@ -1,5 +1,6 @@
 //! `shouwang-gateway check CONFIG`, `shouwang-gateway plan CONFIG`,
-//! `shouwang-gateway expand CONFIG` and `shouwang-gateway run CONFIG`.
+//! `shouwang-gateway expand CONFIG`, `shouwang-gateway rules check DIR` and
+//! `shouwang-gateway run CONFIG`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -30,6 +31,19 @@ enum Cmd {
     /// Print every device as the gateway reads it, as `[[devices]]` tables: templates
     /// (`for`) expanded, device files read, profiles merged in.
     Expand { config: PathBuf },
+    /// Rule files (`[gateway] rules_dir`, and the shipped packs).
+    Rules {
+        #[command(subcommand)]
+        command: RulesCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCmd {
+    /// Check every rule file (`*.toml`) in DIR and every shipped pack, without a site's
+    /// devices: each rule as written, and each entry that refines a rule laid over the rule
+    /// it refines. Prints every problem with its file and line.
+    Check { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +57,23 @@ fn main() -> ExitCode {
         .init();
     let path = match &cli.command {
         Cmd::Check { config } | Cmd::Plan { config } | Cmd::Run { config } => config,
+        Cmd::Rules {
+            command: RulesCmd::Check { dir },
+        } => {
+            return match shouwang_gateway::config::rule_files::check_dir(dir) {
+                Ok(n) => {
+                    println!(
+                        "{}: ok ({n} rules, the shipped packs included)",
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(report) => {
+                    eprint!("{report}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Cmd::Expand { config } => {
             let text = match std::fs::read_to_string(config) {
                 Ok(t) => t,
@@ -74,7 +105,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Cmd::Expand { .. } => ExitCode::SUCCESS, // answered above
+        Cmd::Expand { .. } | Cmd::Rules { .. } => ExitCode::SUCCESS, // answered above
         Cmd::Check { .. } => {
             println!(
                 "{}: ok ({} devices, {} rules, {} alarms)",

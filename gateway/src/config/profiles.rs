@@ -438,11 +438,12 @@ pub(super) fn apply(profile: &Profile, device: &mut toml::Table) -> Result<(), (
 pub fn missing_rules(config: &super::Config) -> Vec<String> {
     let mut notes = Vec::new();
     for profile in config.profiles.iter() {
-        let devices: std::collections::BTreeSet<&str> = config
+        let devices: std::collections::BTreeSet<usize> = config
             .devices
             .iter()
-            .filter(|d| d.profile.as_deref() == Some(profile.id.as_str()))
-            .map(|d| d.id.as_str())
+            .enumerate()
+            .filter(|(_, d)| d.profile.as_deref() == Some(profile.id.as_str()))
+            .map(|(i, _)| i)
             .collect();
         if devices.is_empty() {
             continue;
@@ -451,11 +452,10 @@ pub fn missing_rules(config: &super::Config) -> Vec<String> {
             .expects_rules
             .iter()
             .filter(|rule| {
-                !config.rules.iter().any(|r| {
-                    &r.id == *rule
-                        && (r.device_kind.as_deref() == Some(profile.kind.as_str())
-                            || r.device.as_deref().is_some_and(|d| devices.contains(d)))
-                })
+                !config
+                    .rules
+                    .iter()
+                    .any(|r| &r.rule.id == *rule && r.devices.iter().any(|d| devices.contains(d)))
             })
             .map(String::as_str)
             .collect();

@@ -139,10 +139,8 @@ impl Watch {
     pub fn new(config: &Config, boot_id: String, boot: u64) -> Result<Watch, Vec<RuleError>> {
         let (specs, meta): (Vec<_>, Vec<AlarmMeta>) = config.alarm_specs().into_iter().unzip();
         // Each device's place, shared with its alarms' metadata (one copy per device).
-        let places: HashMap<&str, Arc<Place>> = meta
-            .iter()
-            .map(|m| (&*m.device, m.place.clone()))
-            .collect();
+        let places: HashMap<&str, Arc<Place>> =
+            meta.iter().map(|m| (&*m.device, m.place.clone())).collect();
         let engine = Engine::new(specs)?;
         // A device's own faults by the engine's copy of their ids.
         let fault = |device: &str, rule: &str| -> Arc<str> {
@@ -318,11 +316,7 @@ impl Watch {
                         .values
                         .iter()
                         .map(|(point, value)| {
-                            PointValue::good(
-                                point.clone(),
-                                *value,
-                                device.unit(point),
-                            )
+                            PointValue::good(point.clone(), *value, device.unit(point))
                         })
                         .chain(polled.faults.iter().map(|fault| PointValue {
                             point: fault.point.clone(),

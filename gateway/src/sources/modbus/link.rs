@@ -105,24 +105,15 @@ pub struct LinkSpec {
 /// `poll_priority`, or from the classes of the rules on it. One pass over the rules and
 /// their devices, not one per device: a start-up with 10,000 devices stays quick.
 pub fn poll_priorities(config: &Config) -> Vec<PollPriority> {
-    let index: HashMap<&str, usize> = config
-        .devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.id.as_str(), i))
-        .collect();
     let mut from_rules = vec![PollPriority::Routine; config.devices.len()];
-    for rule in &config.rules {
-        let priority = match rule.class {
+    for bound in &config.rules {
+        let priority = match bound.rule.class {
             SignalClass::Alarm => PollPriority::LifeSafety,
             SignalClass::Supervisory => PollPriority::Supervisory,
             _ => continue,
         };
-        for device in config.devices_of(rule) {
-            if let Some(slot) = index
-                .get(device.id.as_str())
-                .and_then(|&i| from_rules.get_mut(i))
-            {
+        for &d in &bound.devices {
+            if let Some(slot) = from_rules.get_mut(d) {
                 *slot = (*slot).min(priority);
             }
         }
