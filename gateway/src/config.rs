@@ -1396,6 +1396,7 @@ impl Config {
                     priority: Priority::High,
                     condition: Condition::External,
                     on_delay_ms: 0,
+                    off_delay_ms: 0,
                 },
                 AlarmMeta {
                     device: id,
@@ -1443,6 +1444,7 @@ impl Config {
                         priority: Priority::Medium,
                         condition: Condition::External,
                         on_delay_ms: 0,
+                        off_delay_ms: 0,
                     },
                     AlarmMeta {
                         device: id.clone(),
@@ -1499,6 +1501,7 @@ impl Config {
                         priority: rule.priority,
                         condition,
                         on_delay_ms: rule.on_delay_ms,
+                        off_delay_ms: 0,
                     },
                     AlarmMeta {
                         device: id.clone(),

@@ -27,6 +27,7 @@ fn engine() -> Engine {
                 deadband: 0.5,
             },
             on_delay_ms: 0,
+            off_delay_ms: 0,
         });
         specs.push(RuleSpec {
             alarm_id: format!("gw:{device}:comm_lost").into(),
@@ -36,6 +37,7 @@ fn engine() -> Engine {
             priority: Priority::Medium,
             condition: Condition::External,
             on_delay_ms: 0,
+            off_delay_ms: 0,
         });
     }
     Engine::new(specs).unwrap()

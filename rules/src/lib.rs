@@ -1,8 +1,9 @@
 //! Shouwang's rule engine: a pure library.
 //!
 //! Readings and the time go in, alarm transitions come out. Nothing here does I/O, spawns
-//! tasks or reads a clock: every timing behaviour (on-delays) is driven by the `ts_ms`
-//! the caller passes, so it is tested without sleeping.
+//! tasks or reads a clock: every timing behaviour (on- and off-delays, rate-of-change windows,
+//! frozen-value runs) is driven by the `ts_ms` the caller passes, so it is tested without
+//! sleeping.
 //!
 //! The domain words live here too ([`SignalClass`], [`Priority`], [`AlarmState`]) because
 //! the engine is where they mean something; `shouwang-wire` re-exports them.
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod engine;
 pub mod packs;
+mod window;
 
 pub use engine::*;
 

@@ -1,11 +1,12 @@
 //! The rule engine's behaviour, as the gateway and an operator see it. One test binary:
-//! `scenarios` walks every transition by hand, `model` checks random sequences against a
-//! reference model of the state table.
+//! `scenarios` walks every transition, condition and delay by hand, `model` checks random
+//! sequences against a reference model of the state table and of every condition.
 
 // clippy.toml allows these in `#[test]` fns only; the helpers here are test code too, where a
 // panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod conditions;
 mod model;
 mod scenarios;
 
@@ -24,6 +25,7 @@ pub fn smoke(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
             deadband: 2.0,
         },
         on_delay_ms,
+        off_delay_ms: 0,
     }
 }
 
@@ -41,6 +43,7 @@ pub fn low_pressure(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
             deadband: 0.05,
         },
         on_delay_ms,
+        off_delay_ms: 0,
     }
 }
 
@@ -54,5 +57,20 @@ pub fn comm_lost(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
         priority: Priority::Low,
         condition: Condition::External,
         on_delay_ms,
+        off_delay_ms: 0,
+    }
+}
+
+/// A rule of `condition` on `device:point`, supervisory, without delays.
+pub fn rule(alarm_id: &str, device: &str, point: &str, condition: Condition) -> RuleSpec {
+    RuleSpec {
+        alarm_id: alarm_id.into(),
+        device: device.into(),
+        point: point.into(),
+        class: SignalClass::Supervisory,
+        priority: Priority::Medium,
+        condition,
+        on_delay_ms: 0,
+        off_delay_ms: 0,
     }
 }

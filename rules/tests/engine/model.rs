@@ -81,6 +81,7 @@ fn specs(delays: [u64; 4]) -> Vec<RuleSpec> {
         priority: Priority::High,
         condition,
         on_delay_ms,
+        off_delay_ms: 0,
     };
     vec![
         spec(
@@ -322,7 +323,8 @@ proptest! {
                                 Some(value),
                                 ts_ms,
                             ),
-                            Condition::External => None,
+                            // The other conditions are not in this model.
+                            _ => None,
                         })
                         .collect();
                     (actual, expected)

@@ -1,5 +1,6 @@
-//! Every transition of the state table, the deadband, the on-delay, external conditions and
-//! the errors, one behaviour per test. Time is the `ts_ms` argument; nothing sleeps.
+//! Every transition of the state table, the deadband, the on-delay and off-delay, external
+//! conditions and the errors, one behaviour per test (the conditions other than thresholds
+//! are in `conditions`). Time is the `ts_ms` argument; nothing sleeps.
 
 use shouwang_rules::{
     AckError, AlarmState, Condition, Engine, RuleError, RuleSpec, Transition, TransitionKind,
@@ -495,6 +496,248 @@ fn the_next_deadline_is_the_earliest_pending_raise() {
     assert_eq!(engine.next_deadline_ms(), Some(3_000));
     engine.tick(3_000);
     assert_eq!(engine.next_deadline_ms(), Some(6_000));
+}
+
+// ---- off-delay --------------------------------------------------------------------------
+
+/// A smoke rule with an off-delay, raised at t=1000 with 12.0.
+fn raised_smoke_with_off_delay(off_delay_ms: u64) -> Engine {
+    let mut spec = smoke("smoke", 0);
+    spec.off_delay_ms = off_delay_ms;
+    let mut engine = engine(vec![spec]);
+    assert_eq!(smoke_reading(&mut engine, 12.0, 1_000).len(), 1);
+    engine
+}
+
+#[test]
+fn an_off_delayed_alarm_stays_active_until_its_delay_runs_out() {
+    let mut engine = raised_smoke_with_off_delay(30_000);
+
+    assert!(smoke_reading(&mut engine, 1.0, 2_000).is_empty());
+    assert!(smoke_reading(&mut engine, 0.5, 20_000).is_empty());
+    assert!(engine.tick(31_999).is_empty());
+
+    let view = engine.alarm("smoke").unwrap();
+    assert_eq!(view.state, AlarmState::Unacknowledged);
+    assert!(view.active);
+    assert_eq!(view.last_value, Some(0.5));
+    assert_eq!(engine.next_deadline_ms(), Some(32_000));
+}
+
+#[test]
+fn a_tick_clears_an_off_delayed_alarm_once_its_delay_runs_out() {
+    let mut engine = raised_smoke_with_off_delay(30_000);
+    smoke_reading(&mut engine, 1.0, 2_000);
+    smoke_reading(&mut engine, 0.5, 20_000);
+
+    let transitions = engine.tick(32_000);
+
+    assert_eq!(
+        transitions,
+        vec![transition(
+            "smoke",
+            TransitionKind::Cleared,
+            AlarmState::ReturnedUnacknowledged,
+            false,
+            Some(0.5),
+            32_000
+        )]
+    );
+    assert!(engine.tick(40_000).is_empty());
+    assert_eq!(engine.next_deadline_ms(), None);
+}
+
+#[test]
+fn a_reading_clears_an_off_delayed_alarm_once_its_delay_runs_out() {
+    let mut engine = raised_smoke_with_off_delay(30_000);
+    smoke_reading(&mut engine, 1.0, 2_000);
+
+    let transitions = smoke_reading(&mut engine, 2.0, 32_500);
+
+    assert_eq!(
+        transitions,
+        vec![transition(
+            "smoke",
+            TransitionKind::Cleared,
+            AlarmState::ReturnedUnacknowledged,
+            false,
+            Some(2.0),
+            32_500
+        )]
+    );
+}
+
+#[test]
+fn a_reading_back_in_the_raise_zone_cancels_a_pending_clear_and_the_delay_starts_over() {
+    let mut engine = raised_smoke_with_off_delay(30_000);
+    smoke_reading(&mut engine, 1.0, 2_000);
+
+    assert!(smoke_reading(&mut engine, 11.0, 10_000).is_empty());
+    assert_eq!(engine.next_deadline_ms(), None);
+    assert!(engine.tick(40_000).is_empty());
+    assert_eq!(state(&engine, "smoke"), AlarmState::Unacknowledged);
+
+    smoke_reading(&mut engine, 1.0, 41_000);
+    assert!(engine.tick(70_999).is_empty());
+    assert_eq!(engine.tick(71_000).len(), 1);
+    assert_eq!(state(&engine, "smoke"), AlarmState::ReturnedUnacknowledged);
+}
+
+#[test]
+fn a_reading_in_the_deadband_cancels_a_pending_clear() {
+    let mut engine = raised_smoke_with_off_delay(30_000);
+    smoke_reading(&mut engine, 1.0, 2_000);
+
+    assert!(smoke_reading(&mut engine, 9.0, 3_000).is_empty());
+
+    assert_eq!(engine.next_deadline_ms(), None);
+    assert!(engine.tick(60_000).is_empty());
+    assert_eq!(state(&engine, "smoke"), AlarmState::Unacknowledged);
+}
+
+#[test]
+fn an_acknowledged_off_delayed_alarm_returns_to_normal_when_its_delay_runs_out() {
+    let mut engine = raised_smoke_with_off_delay(5_000);
+    smoke_reading(&mut engine, 1.0, 2_000);
+
+    engine.acknowledge("smoke", 3_000).unwrap();
+    let transitions = engine.tick(7_000);
+
+    assert_eq!(
+        transitions,
+        vec![transition(
+            "smoke",
+            TransitionKind::Cleared,
+            AlarmState::Normal,
+            false,
+            Some(1.0),
+            7_000
+        )]
+    );
+}
+
+#[test]
+fn an_inactive_alarm_has_no_pending_clear() {
+    let mut spec = smoke("smoke", 0);
+    spec.off_delay_ms = 5_000;
+    let mut engine = engine(vec![spec]);
+
+    assert!(smoke_reading(&mut engine, 1.0, 1_000).is_empty());
+
+    assert_eq!(engine.next_deadline_ms(), None);
+    assert!(engine.tick(10_000).is_empty());
+    assert_eq!(state(&engine, "smoke"), AlarmState::Normal);
+}
+
+#[test]
+fn on_delay_and_off_delay_work_together() {
+    let mut spec = smoke("smoke", 2_000);
+    spec.off_delay_ms = 5_000;
+    let mut engine = engine(vec![spec]);
+
+    smoke_reading(&mut engine, 12.0, 1_000);
+    assert_eq!(engine.next_deadline_ms(), Some(3_000));
+    assert_eq!(engine.tick(3_000)[0].kind, TransitionKind::Raised);
+    smoke_reading(&mut engine, 1.0, 4_000);
+    assert_eq!(engine.next_deadline_ms(), Some(9_000));
+    assert_eq!(engine.tick(9_000)[0].kind, TransitionKind::Cleared);
+    assert_eq!(engine.next_deadline_ms(), None);
+}
+
+#[test]
+fn an_old_reading_does_not_cancel_an_off_delay_and_an_old_tick_clears_nothing() {
+    let mut engine = raised_smoke_with_off_delay(5_000);
+    smoke_reading(&mut engine, 1.0, 10_000);
+
+    assert!(smoke_reading(&mut engine, 12.0, 9_000).is_empty());
+    assert!(engine.tick(2_000).is_empty());
+    assert!(engine.tick(i64::MIN).is_empty());
+    assert_eq!(engine.next_deadline_ms(), Some(15_000));
+    assert_eq!(engine.tick(15_000).len(), 1);
+}
+
+#[test]
+fn a_huge_off_delay_never_overflows() {
+    let mut engine = raised_smoke_with_off_delay(u64::MAX);
+    smoke_reading(&mut engine, 1.0, 2_000);
+
+    assert!(engine.tick(i64::MAX).is_empty());
+    assert_eq!(engine.next_deadline_ms(), Some(i64::MAX));
+    assert_eq!(state(&engine, "smoke"), AlarmState::Unacknowledged);
+}
+
+#[test]
+fn an_external_condition_honors_its_off_delay() {
+    let mut spec = comm_lost("comm", 0);
+    spec.off_delay_ms = 60_000;
+    let mut engine = engine(vec![spec]);
+    engine.set_external("comm", true, None, 1_000).unwrap();
+
+    assert!(
+        engine
+            .set_external("comm", false, Some(1.0), 2_000)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(engine.next_deadline_ms(), Some(62_000));
+    // The link flaps back: the pending clear is cancelled.
+    assert!(
+        engine
+            .set_external("comm", true, None, 30_000)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(engine.tick(62_000).is_empty());
+    engine
+        .set_external("comm", false, Some(2.0), 40_000)
+        .unwrap();
+    let transitions = engine.tick(100_000);
+
+    assert_eq!(
+        transitions,
+        vec![transition(
+            "comm",
+            TransitionKind::Cleared,
+            AlarmState::ReturnedUnacknowledged,
+            false,
+            Some(2.0),
+            100_000
+        )]
+    );
+}
+
+#[test]
+fn the_next_deadline_is_the_earliest_pending_raise_or_clear() {
+    let mut pressure = low_pressure("pressure", 0);
+    pressure.off_delay_ms = 10_000;
+    let mut engine = engine(vec![smoke("smoke", 20_000), pressure]);
+    engine.on_reading("pump-1", "pressure", 0.1, 1_000);
+    smoke_reading(&mut engine, 12.0, 1_000);
+    assert_eq!(engine.next_deadline_ms(), Some(21_000));
+
+    engine.on_reading("pump-1", "pressure", 0.5, 2_000);
+
+    assert_eq!(engine.next_deadline_ms(), Some(12_000));
+    let first = engine.tick(12_000);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].kind, TransitionKind::Cleared);
+    assert_eq!(engine.next_deadline_ms(), Some(21_000));
+}
+
+#[test]
+fn a_restore_forgets_a_pending_clear() {
+    let mut engine = raised_smoke_with_off_delay(5_000);
+    smoke_reading(&mut engine, 1.0, 2_000);
+
+    engine
+        .restore("smoke", AlarmState::Acknowledged, Some(1.0))
+        .unwrap();
+
+    assert_eq!(engine.next_deadline_ms(), None);
+    assert!(engine.tick(10_000).is_empty());
+    // The new process's clock starts near zero: the off-delay starts again with it.
+    assert!(smoke_reading(&mut engine, 1.0, 5).is_empty());
+    assert_eq!(engine.next_deadline_ms(), Some(5_005));
 }
 
 // ---- time and bad values ----------------------------------------------------------------
