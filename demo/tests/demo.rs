@@ -93,12 +93,14 @@ fn every_device_has_a_trigger_point_whose_values_cross_its_rules() {
         for rule in rules {
             // Normal must be clear of the limit by more than the deadband, alarm past it.
             let (alarm_trips, normal_clears) = match (rule.above, rule.below) {
-                (Some(limit), None) => {
-                    (values.alarm >= limit, values.normal < limit - rule.deadband)
-                }
-                (None, Some(limit)) => {
-                    (values.alarm <= limit, values.normal > limit + rule.deadband)
-                }
+                (Some(limit), None) => (
+                    values.alarm >= limit,
+                    values.normal < limit - rule.deadband.unwrap_or(0.0),
+                ),
+                (None, Some(limit)) => (
+                    values.alarm <= limit,
+                    values.normal > limit + rule.deadband.unwrap_or(0.0),
+                ),
                 _ => unreachable!("the loader checked this"),
             };
             assert!(

@@ -890,18 +890,157 @@ pub struct RuleConfig {
     pub class: SignalClass,
     /// `high`, `medium` or `low`.
     pub priority: Priority,
-    /// Active at or above this value. Give `above` or `below`, not both.
+    /// The condition: exactly one of `above`, `below`, `equals`, `any_bit`, `rise_by`,
+    /// `fall_by`, `frozen_for_s` (see [`RuleConfig::condition`]).
+    /// Active at or above this value (with `deadband`).
     pub above: Option<f64>,
-    /// Active at or below this value.
+    /// Active at or below this value (with `deadband`).
     pub below: Option<f64>,
-    /// How far back past the limit the value must go to clear. Default 0.
-    #[serde(default)]
-    pub deadband: f64,
+    /// How far back past an `above` or `below` limit the value must go to clear. Default 0.
+    pub deadband: Option<f64>,
+    /// Active while the value is exactly this: a digital state (a door state 2 = open, a
+    /// service mode 4 = out of service).
+    pub equals: Option<f64>,
+    /// Active while any of these bits is set in the value read as a whole number: a status
+    /// word (`any_bit = 0x04`: bit 2). Values that are no status word (negative, fractional)
+    /// are ignored.
+    pub any_bit: Option<u32>,
+    /// Rate of change: active while the value is at least this much above its lowest in the
+    /// last `within_s` seconds (a heat detector's rate of rise).
+    pub rise_by: Option<f64>,
+    /// Active while the value is at least this much below its highest in the last
+    /// `within_s` seconds (a tank draining, a fire main losing pressure).
+    pub fall_by: Option<f64>,
+    /// The window of `rise_by` or `fall_by`, in seconds.
+    pub within_s: Option<u64>,
+    /// A frozen (stuck) value: active once the value has stayed within `tolerance` (default
+    /// 0) of one value for this many seconds; any larger move clears it.
+    pub frozen_for_s: Option<u64>,
+    pub tolerance: Option<f64>,
     /// How long the condition must hold before the alarm is raised, in ms. Default 0.
     #[serde(default)]
     pub on_delay_ms: u64,
+    /// How long the condition must have ended before the alarm clears, in ms. Default 0.
+    #[serde(default)]
+    pub off_delay_ms: u64,
     /// What the board shows, e.g. "Smoke detected".
     pub message: String,
+}
+
+/// The keys that say a rule's condition, each with the keys that go with it only. A rule
+/// entry that gives one of them replaces the condition of the entries it refines.
+pub const CONDITION_KEYS: [(&str, &[&str]); 7] = [
+    ("above", &["deadband"]),
+    ("below", &["deadband"]),
+    ("equals", &[]),
+    ("any_bit", &[]),
+    ("rise_by", &["within_s"]),
+    ("fall_by", &["within_s"]),
+    ("frozen_for_s", &["tolerance"]),
+];
+
+impl RuleConfig {
+    /// The engine's condition, or what is wrong with the keys that say it.
+    pub fn condition(&self) -> Result<Condition, String> {
+        let given: Vec<&str> = [
+            ("above", self.above.is_some()),
+            ("below", self.below.is_some()),
+            ("equals", self.equals.is_some()),
+            ("any_bit", self.any_bit.is_some()),
+            ("rise_by", self.rise_by.is_some()),
+            ("fall_by", self.fall_by.is_some()),
+            ("frozen_for_s", self.frozen_for_s.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, g)| g.then_some(k))
+        .collect();
+        let [key] = given.as_slice() else {
+            return Err(format!(
+                "give exactly one condition: above, below, equals, any_bit, rise_by, fall_by or frozen_for_s ({})",
+                if given.is_empty() {
+                    "none given".to_string()
+                } else {
+                    format!("given: {}", given.join(", "))
+                }
+            ));
+        };
+        // Keys that belong to another condition.
+        let companions = [
+            ("deadband", self.deadband.is_some()),
+            ("within_s", self.within_s.is_some()),
+            ("tolerance", self.tolerance.is_some()),
+        ];
+        let own = CONDITION_KEYS
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(&[][..], |(_, c)| *c);
+        if let Some((stray, _)) = companions.iter().find(|(c, g)| *g && !own.contains(c)) {
+            return Err(format!("`{stray}` means nothing with `{key}`"));
+        }
+        let finite = |name: &str, v: f64| {
+            if v.is_finite() {
+                Ok(v)
+            } else {
+                Err(format!("`{name}` must be a finite number"))
+            }
+        };
+        let window = |s: Option<u64>, name: &str| -> Result<u64, String> {
+            match s {
+                None => Err(format!("`{key}` needs `{name}`, the window in seconds")),
+                Some(0) => Err(format!("`{name}` must be at least 1 second")),
+                Some(s) if s > 86_400 => Err(format!("`{name}` must be at most 86400 seconds")),
+                Some(s) => Ok(s * 1000),
+            }
+        };
+        let deadband = finite("deadband", self.deadband.unwrap_or(0.0))?;
+        if deadband < 0.0 {
+            return Err("`deadband` must be at least 0".into());
+        }
+        let positive = |name: &str, v: f64| {
+            finite(name, v).and_then(|v| {
+                if v > 0.0 {
+                    Ok(v)
+                } else {
+                    Err(format!("`{name}` must be more than 0"))
+                }
+            })
+        };
+        Ok(match *key {
+            "above" => Condition::Above {
+                limit: finite("above", self.above.unwrap_or_default())?,
+                deadband,
+            },
+            "below" => Condition::Below {
+                limit: finite("below", self.below.unwrap_or_default())?,
+                deadband,
+            },
+            "equals" => Condition::Equals {
+                value: finite("equals", self.equals.unwrap_or_default())?,
+            },
+            "any_bit" => match self.any_bit {
+                Some(0) | None => return Err("`any_bit` must name at least one bit".into()),
+                Some(mask) => Condition::AnyBit { mask },
+            },
+            "rise_by" => Condition::RiseWithin {
+                by: positive("rise_by", self.rise_by.unwrap_or_default())?,
+                window_ms: window(self.within_s, "within_s")?,
+            },
+            "fall_by" => Condition::FallWithin {
+                by: positive("fall_by", self.fall_by.unwrap_or_default())?,
+                window_ms: window(self.within_s, "within_s")?,
+            },
+            _ => {
+                let tolerance = finite("tolerance", self.tolerance.unwrap_or(0.0))?;
+                if tolerance < 0.0 {
+                    return Err("`tolerance` must be at least 0".into());
+                }
+                Condition::Frozen {
+                    tolerance,
+                    window_ms: window(self.frozen_for_s, "frozen_for_s")?,
+                }
+            }
+        })
+    }
 }
 
 /// What can be wrong with one rule as it applies (after the cascade), named by `at`.
@@ -919,15 +1058,8 @@ fn check_rule(rule: &RuleConfig, at: &str, p: &mut Problems) {
     }
     p.non_empty(&format!("{at}.message"), &rule.message);
     p.text(&format!("{at}.message"), &rule.message);
-    match (rule.above, rule.below) {
-        (Some(_), Some(_)) | (None, None) => p.add(at, "give exactly one of `above` or `below`"),
-        (Some(v), None) | (None, Some(v)) if !v.is_finite() => {
-            p.add(at, "the limit must be a finite number")
-        }
-        _ => {}
-    }
-    if !rule.deadband.is_finite() || rule.deadband < 0.0 {
-        p.add(format!("{at}.deadband"), "must be a finite number >= 0");
+    if let Err(why) = rule.condition() {
+        p.add(at, why);
     }
 }
 
@@ -1461,16 +1593,8 @@ impl Config {
         let mut units: std::collections::HashMap<&str, Arc<str>> = std::collections::HashMap::new();
         for bound in &self.rules {
             let rule = &*bound.rule;
-            let condition = match (rule.above, rule.below) {
-                (Some(limit), _) => Condition::Above {
-                    limit,
-                    deadband: rule.deadband,
-                },
-                (None, Some(limit)) => Condition::Below {
-                    limit,
-                    deadband: rule.deadband,
-                },
-                (None, None) => continue, // refused by check()
+            let Ok(condition) = rule.condition() else {
+                continue; // refused by check()
             };
             let message: Arc<str> = Arc::from(rule.message.as_str());
             let rule_id: Arc<str> = Arc::from(rule.id.as_str());
@@ -1501,7 +1625,7 @@ impl Config {
                         priority: rule.priority,
                         condition,
                         on_delay_ms: rule.on_delay_ms,
-                        off_delay_ms: 0,
+                        off_delay_ms: rule.off_delay_ms,
                     },
                     AlarmMeta {
                         device: id.clone(),
@@ -2296,7 +2420,7 @@ bulding = "B1"
         let bad = GOOD.replace("above = 2.5", "above = 2.5\nbelow = 1.0\ndevice = \"x\"");
         let report = Config::from_toml_str(&bad, "x.toml").unwrap_err();
         let text = report.to_string();
-        assert!(text.contains("exactly one of `above` or `below`"), "{text}");
+        assert!(text.contains("give exactly one condition: above, below, equals, any_bit, rise_by, fall_by or frozen_for_s (given: above, below)"), "{text}");
         assert!(text.contains("no device \"x\" in [[devices]]"), "{text}");
     }
 

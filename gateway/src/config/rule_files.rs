@@ -392,10 +392,7 @@ pub(super) fn bind(
             }
         }
         for (chain, devices) in chains {
-            let mut keys = toml::Table::new();
-            for &i in &chain {
-                keys.extend(entries[i].keys.clone());
-            }
+            let mut keys = lay_over(chain.iter().map(|&i| &entries[i].keys));
             let top = &entries[chain[chain.len() - 1]];
             let origin = if chain.len() == 1 {
                 top.origin.clone()
@@ -442,6 +439,32 @@ pub(super) fn bind(
         }
     }
     bound
+}
+
+/// Entries' keys laid over each other, least specific first: a later key wins, and a later
+/// entry that gives a condition (`below` over `above`) replaces the earlier condition and
+/// the keys that went with it only (`deadband` stays under `above` refined to a new limit).
+fn lay_over<'a>(layers: impl IntoIterator<Item = &'a toml::Table>) -> toml::Table {
+    let mut keys = toml::Table::new();
+    for layer in layers {
+        if let Some((given, own)) = super::CONDITION_KEYS
+            .iter()
+            .find(|(k, _)| layer.contains_key(*k))
+        {
+            for (other, companions) in super::CONDITION_KEYS {
+                if other != *given {
+                    keys.remove(other);
+                    for c in companions {
+                        if !own.contains(c) {
+                            keys.remove(*c);
+                        }
+                    }
+                }
+            }
+        }
+        keys.extend(layer.clone());
+    }
+    keys
 }
 
 /// The rule the merged keys say, or its problem under `origin`.
@@ -492,12 +515,13 @@ pub fn check_dir(dir: &Path) -> Result<usize, super::ConfigReport> {
                 );
             }
             for base in bases {
-                let mut keys = base.keys.clone();
-                let origin = if std::ptr::eq(base, *e) {
-                    e.origin.clone()
+                let (mut keys, origin) = if std::ptr::eq(base, *e) {
+                    (base.keys.clone(), e.origin.clone())
                 } else {
-                    keys.extend(e.keys.clone());
-                    format!("{} over {}", e.origin, base.origin)
+                    (
+                        lay_over([&base.keys, &e.keys]),
+                        format!("{} over {}", e.origin, base.origin),
+                    )
                 };
                 keys.insert("id".into(), toml::Value::String(id.to_string()));
                 if let Some(rule) = rule_of(keys, &origin, &mut problems) {
@@ -641,7 +665,7 @@ enabled = false
         // The limit and the delay are the site's; the rest is the pack's.
         assert_eq!((high[1].0.above, high[1].0.on_delay_ms), (Some(1.8), 0));
         assert_eq!(high[1].0.class, shouwang_rules::SignalClass::Alarm);
-        assert_eq!(high[1].0.deadband, 0.5);
+        assert_eq!(high[1].0.deadband, Some(0.5));
         let origin = &config
             .rules
             .iter()
@@ -785,5 +809,108 @@ message = "Hot"
             report.contains(&format!("{pumps}:1 (pump-low).message: must not be empty")),
             "{report}"
         );
+    }
+
+    fn rule(keys: &str) -> Result<shouwang_rules::Condition, String> {
+        let text = format!(
+            "id = \"r\"\npoint = \"p\"\nclass = \"alarm\"\npriority = \"high\"\nmessage = \"m\"\n{keys}"
+        );
+        let rule: RuleConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
+        rule.condition()
+    }
+
+    #[test]
+    fn every_condition_is_written_with_its_own_keys() {
+        use shouwang_rules::Condition;
+        assert_eq!(
+            rule("above = 2.5\ndeadband = 0.5"),
+            Ok(Condition::Above {
+                limit: 2.5,
+                deadband: 0.5
+            })
+        );
+        assert_eq!(
+            rule("below = 0.6"),
+            Ok(Condition::Below {
+                limit: 0.6,
+                deadband: 0.0
+            })
+        );
+        assert_eq!(rule("equals = 4"), Ok(Condition::Equals { value: 4.0 }));
+        assert_eq!(rule("any_bit = 0x04"), Ok(Condition::AnyBit { mask: 4 }));
+        assert_eq!(
+            rule("rise_by = 8.0\nwithin_s = 60"),
+            Ok(Condition::RiseWithin {
+                by: 8.0,
+                window_ms: 60_000
+            })
+        );
+        assert_eq!(
+            rule("fall_by = 0.1\nwithin_s = 600"),
+            Ok(Condition::FallWithin {
+                by: 0.1,
+                window_ms: 600_000
+            })
+        );
+        assert_eq!(
+            rule("frozen_for_s = 3600\ntolerance = 0.01"),
+            Ok(Condition::Frozen {
+                tolerance: 0.01,
+                window_ms: 3_600_000
+            })
+        );
+        for (keys, says) in [
+            ("above = 1\nequals = 2", "given: above, equals"),
+            ("", "none given"),
+            (
+                "equals = 1\ndeadband = 0.5",
+                "`deadband` means nothing with `equals`",
+            ),
+            ("rise_by = 1", "`rise_by` needs `within_s`"),
+            (
+                "fall_by = -1\nwithin_s = 5",
+                "`fall_by` must be more than 0",
+            ),
+            ("any_bit = 0", "at least one bit"),
+            (
+                "frozen_for_s = 0",
+                "`frozen_for_s` must be at least 1 second",
+            ),
+            ("above = 1\ndeadband = -1", "`deadband` must be at least 0"),
+        ] {
+            let got = rule(keys).unwrap_err();
+            assert!(got.contains(says), "{keys:?}: {got}");
+        }
+    }
+
+    #[test]
+    fn a_refinement_that_gives_another_condition_replaces_the_templates() {
+        let text = site("")
+            + r#"
+[[rules]]
+id = "smoke-high"
+building = "B7"
+rise_by = 1.0
+within_s = 60
+off_delay_ms = 5000
+"#;
+        let config = Config::from_toml_str(&text, "site.toml").unwrap_or_else(|e| panic!("{e}"));
+        let high = bound(&config, "smoke-high");
+        let b7 = high.iter().find(|(_, d)| d.contains(&"s-b7-a")).unwrap().0;
+        assert_eq!(
+            b7.condition(),
+            Ok(shouwang_rules::Condition::RiseWithin {
+                by: 1.0,
+                window_ms: 60_000
+            })
+        );
+        assert_eq!((b7.above, b7.deadband, b7.off_delay_ms), (None, None, 5000));
+        let spec = config
+            .alarm_specs()
+            .into_iter()
+            .find(|(s, _)| &*s.alarm_id == "c:gw:s-b7-a:smoke-high")
+            .unwrap()
+            .0;
+        assert_eq!(spec.off_delay_ms, 5000);
     }
 }
