@@ -44,6 +44,13 @@ enum RulesCmd {
     /// devices: each rule as written, and each entry that refines a rule laid over the rule
     /// it refines. Prints every problem with its file and line.
     Check { dir: PathBuf },
+    /// Run rule fixtures (`rules/fixtures/*.toml` is the shipped packs'): a device, its
+    /// rules, a timeline of readings and the transitions expected at each step. Prints each
+    /// fixture's result; fails when any fixture fails.
+    Test {
+        #[arg(required = true)]
+        fixtures: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +64,9 @@ fn main() -> ExitCode {
         .init();
     let path = match &cli.command {
         Cmd::Check { config } | Cmd::Plan { config } | Cmd::Run { config } => config,
+        Cmd::Rules {
+            command: RulesCmd::Test { fixtures },
+        } => return rules_test(fixtures),
         Cmd::Rules {
             command: RulesCmd::Check { dir },
         } => {
@@ -157,6 +167,40 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `rules test`: every fixture, its result on a line of its own.
+fn rules_test(fixtures: &[PathBuf]) -> ExitCode {
+    use shouwang_gateway::rule_tools::fixture;
+    let mut failed = 0;
+    for path in fixtures {
+        match fixture::run_file(path) {
+            Ok(outcome) if outcome.failures.is_empty() => {
+                println!("ok    {} ({})", path.display(), outcome.description);
+            }
+            Ok(outcome) => {
+                failed += 1;
+                println!("FAIL  {} ({})", path.display(), outcome.description);
+                for failure in outcome.failures {
+                    println!("      {failure}");
+                }
+            }
+            Err(why) => {
+                failed += 1;
+                println!("BROKEN {}: {why}", path.display());
+            }
+        }
+    }
+    println!(
+        "{} fixtures, {} passed, {failed} failed",
+        fixtures.len(),
+        fixtures.len() - failed
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
