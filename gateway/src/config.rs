@@ -1268,7 +1268,8 @@ impl Config {
         if let Some(places) = &places {
             places::check_section(places, &mut problems);
         }
-        let links = list::<LinkConfig>(table.remove("links"), "links", &mut problems);
+        let links = links::expand(table.remove("links"), &mut problems);
+        let links = list::<LinkConfig>(links, "links", &mut problems);
         let link_transports: BTreeMap<String, Transport> = links
             .iter()
             .flatten()
