@@ -1285,11 +1285,8 @@ impl Config {
         );
         origins = found;
         let labels = &origins.labels;
-        match table.remove("rules") {
-            None | Some(toml::Value::Array(_)) => {}
-            Some(_) => problems.add("rules", "must be an array of tables: [[rules]]"),
-        }
-        let mut rule_entries = rule_files::parse_entries(text, source, false, false, &mut problems);
+        let mut rule_entries =
+            rule_files::config_entries(table.remove("rules"), text, source, &mut problems);
         for key in table.keys() {
             problems.add(
                 key.as_str(),

@@ -109,7 +109,9 @@ impl Selector {
         )
     }
 
-    fn selects(&self, device: &DeviceConfig, place: &shouwang_wire::Place) -> bool {
+    /// Whether the entry selects `device` of `config` (its grid may come from
+    /// `[places.grid_buildings]`). Allocates nothing: it runs for every entry and device.
+    fn selects(&self, device: &DeviceConfig, config: &Config) -> bool {
         let is = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
         is(&self.device, &device.id)
             && is(&self.device_kind, &device.kind)
@@ -117,10 +119,20 @@ impl Selector {
                 .profile
                 .as_deref()
                 .is_none_or(|p| device.profile.as_deref() == Some(p))
-            && self
-                .places()
-                .iter()
-                .all(|(level, want)| want.is_none_or(|w| w == place.id(*level)))
+            && self.places().iter().all(|(level, want)| {
+                want.is_none_or(|w| {
+                    let have = match level {
+                        Level::Grid => device.grid.as_deref().or_else(|| {
+                            device
+                                .building
+                                .as_deref()
+                                .and_then(|b| config.places.grid_of(b))
+                        }),
+                        other => device.place_id(*other),
+                    };
+                    have == Some(w.as_str())
+                })
+            })
     }
 }
 
@@ -144,7 +156,10 @@ fn line_of(text: &str, offset: usize) -> usize {
         .count()
 }
 
+/// A rule file. `pack` and `description` are for people; they are read to check their
+/// type only.
 #[derive(Deserialize)]
+#[allow(dead_code)]
 struct FileShape {
     pack: Option<String>,
     description: Option<String>,
@@ -152,68 +167,112 @@ struct FileShape {
     rules: Vec<toml::Spanned<toml::Table>>,
 }
 
-/// Every `[[rules]]` entry of one rule file (or of a config's text: its other sections are
-/// ignored here), with `file:line`.
+/// Every `[[rules]]` entry of one rule file, with `file:line`.
 pub(super) fn parse_entries(
     text: &str,
     file: &str,
     from_pack: bool,
-    whole_file: bool,
     problems: &mut Problems,
 ) -> Vec<RuleEntry> {
-    let shape: FileShape = if whole_file {
-        let table: toml::Table = match text.parse() {
-            Ok(t) => t,
-            Err(e) => {
-                problems.add(format!("{file} (syntax)"), e.to_string().trim().to_string());
-                return Vec::new();
-            }
-        };
-        for key in table.keys() {
-            if !["pack", "description", "rules"].contains(&key.as_str()) {
-                problems.add(
-                    format!("{file}: {key}"),
-                    "unknown key in a rule file; expected pack, description and [[rules]]",
-                );
-            }
-        }
-        match toml::from_str(text) {
-            Ok(s) => s,
-            Err(e) => {
-                problems.add(file, e.message().trim().to_string());
-                return Vec::new();
-            }
-        }
-    } else {
-        #[derive(Deserialize)]
-        struct RulesOnly {
-            #[serde(default)]
-            rules: Vec<toml::Spanned<toml::Table>>,
-        }
-        match toml::from_str::<RulesOnly>(text) {
-            Ok(r) => FileShape {
-                pack: None,
-                description: None,
-                rules: r.rules,
-            },
-            // The config's own parse reports what is wrong with it.
-            Err(_) => return Vec::new(),
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            problems.add(format!("{file} (syntax)"), e.to_string().trim().to_string());
+            return Vec::new();
         }
     };
-    let _ = (&shape.pack, &shape.description);
+    for key in table.keys() {
+        if !["pack", "description", "rules"].contains(&key.as_str()) {
+            problems.add(
+                format!("{file}: {key}"),
+                "unknown key in a rule file; expected pack, description and [[rules]]",
+            );
+        }
+    }
+    let shape: FileShape = match toml::from_str(text) {
+        Ok(s) => s,
+        Err(e) => {
+            problems.add(file, e.message().trim().to_string());
+            return Vec::new();
+        }
+    };
+    let tables = shape
+        .rules
+        .into_iter()
+        .map(|spanned| {
+            (
+                Some(line_of(text, spanned.span().start)),
+                spanned.into_inner(),
+            )
+        })
+        .collect();
+    entries_of(tables, file, from_pack, problems)
+}
+
+/// The config's own `[[rules]]` (`value`, already parsed with the rest of the config), with
+/// the line of each `[[rules]]` header of `text`. Not parsed again with spans: a config of
+/// thousands of devices would be held twice in memory for the line numbers of a few rules.
+/// Rules written as an inline array (`rules = [{...}]`) are named without lines.
+pub(super) fn config_entries(
+    value: Option<toml::Value>,
+    text: &str,
+    file: &str,
+    problems: &mut Problems,
+) -> Vec<RuleEntry> {
+    let items = match value {
+        None => return Vec::new(),
+        Some(toml::Value::Array(items)) => items,
+        Some(_) => {
+            problems.add("rules", "must be an array of tables: [[rules]]");
+            return Vec::new();
+        }
+    };
+    let headers: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let l = l.trim_start();
+            l.starts_with("[[")
+                && l[2..].trim_start().starts_with("rules")
+                && l[2..].trim_start()[5..].trim_start().starts_with("]]")
+        })
+        .map(|(i, _)| i + 1)
+        .collect();
+    let lines_known = headers.len() == items.len();
+    let mut tables = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        match item {
+            toml::Value::Table(t) => tables.push((lines_known.then(|| headers[i]), t)),
+            other => {
+                super::section::<RuleConfig>(other, &format!("rules[{i}]"), problems);
+            }
+        }
+    }
+    entries_of(tables, file, false, problems)
+}
+
+/// Entries from tables and their lines.
+fn entries_of(
+    tables: Vec<(Option<usize>, toml::Table)>,
+    file: &str,
+    from_pack: bool,
+    problems: &mut Problems,
+) -> Vec<RuleEntry> {
     let mut entries = Vec::new();
-    for (i, spanned) in shape.rules.into_iter().enumerate() {
-        let line = line_of(text, spanned.span().start);
-        let mut keys = spanned.into_inner();
+    for (i, (line, mut keys)) in tables.into_iter().enumerate() {
+        let at = match line {
+            Some(line) => format!("{file}:{line}"),
+            None => format!("{file} rules[{i}]"),
+        };
         let id = keys
             .get("id")
             .and_then(|v| v.as_str())
             .map(str::to_string)
             .unwrap_or_default();
         let origin = if id.is_empty() {
-            format!("{file}:{line} rules[{i}]")
+            format!("{at} rules[{i}]")
         } else {
-            format!("{file}:{line} ({id})")
+            format!("{at} ({id})")
         };
         if id.is_empty() {
             problems.add(format!("{origin}.id"), "missing: every rule has an id");
@@ -255,7 +314,6 @@ pub(super) fn load_files(
                 text,
                 &format!("rules/packs/{name}.toml"),
                 true,
-                true,
                 problems,
             )),
             None => problems.add(
@@ -271,7 +329,7 @@ pub(super) fn load_files(
         for path in files_in(dir, "gateway.rules_dir", problems) {
             let shown = path.display().to_string();
             match std::fs::read_to_string(&path) {
-                Ok(text) => entries.extend(parse_entries(&text, &shown, false, true, problems)),
+                Ok(text) => entries.extend(parse_entries(&text, &shown, false, problems)),
                 Err(e) => problems.add(shown, format!("cannot read: {e}")),
             }
         }
@@ -307,8 +365,6 @@ pub(super) fn bind(
     complete: bool,
     problems: &mut Problems,
 ) -> Vec<BoundRule> {
-    let places: Vec<shouwang_wire::Place> =
-        config.devices.iter().map(|d| config.place(d)).collect();
     let mut by_id: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, e) in entries.iter().enumerate() {
         by_id.entry(e.id.as_str()).or_default().push(i);
@@ -334,7 +390,7 @@ pub(super) fn bind(
             let mut chain: Vec<usize> = group
                 .iter()
                 .copied()
-                .filter(|&i| entries[i].select.selects(device, &places[d]))
+                .filter(|&i| entries[i].select.selects(device, config))
                 .collect();
             if !chain.iter().any(|&i| entries[i].select.is_template()) {
                 continue;
@@ -739,6 +795,19 @@ above = 1.0
                 "site.toml:{second} (door-open): selects no devices"
             )),
             "{problems}"
+        );
+    }
+
+    #[test]
+    fn rules_written_as_an_inline_array_are_named_by_position() {
+        let text = "rules = [{ id = \"door-open\", building = \"B1\", above = 1.0 }]\n".to_string()
+            + &site("");
+        let report = Config::from_toml_str(&text, "site.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            report.contains("site.toml rules[0] (door-open): selects no devices"),
+            "{report}"
         );
     }
 
