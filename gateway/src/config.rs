@@ -41,7 +41,7 @@ pub const COMM_LOST_RULE: &str = "comm_lost";
 pub const POINT_FAULT_RULE: &str = "point_fault";
 
 /// The faults the gateway raises for every device by itself: (rule id, message).
-const DEVICE_FAULTS: [(&str, &str); 2] = [
+pub const DEVICE_FAULTS: [(&str, &str); 2] = [
     (COMM_LOST_RULE, "Communication lost"),
     (POINT_FAULT_RULE, "Device fault: a point cannot be read"),
 ];
@@ -1268,7 +1268,8 @@ impl Config {
         if let Some(places) = &places {
             places::check_section(places, &mut problems);
         }
-        let links = list::<LinkConfig>(table.remove("links"), "links", &mut problems);
+        let links = links::expand(table.remove("links"), &mut problems);
+        let links = list::<LinkConfig>(links, "links", &mut problems);
         let link_transports: BTreeMap<String, Transport> = links
             .iter()
             .flatten()

@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod emit;
 pub mod metrics;
+pub mod rule_tools;
 pub mod sinks;
 pub mod sources;
 pub mod supervise;

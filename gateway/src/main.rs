@@ -44,6 +44,17 @@ enum RulesCmd {
     /// devices: each rule as written, and each entry that refines a rule laid over the rule
     /// it refines. Prints every problem with its file and line.
     Check { dir: PathBuf },
+    /// Run rule fixtures (`rules/fixtures/*.toml` is the shipped packs'): a device, its
+    /// rules, a timeline of readings and the transitions expected at each step. Prints each
+    /// fixture's result; fails when any fixture fails.
+    Test {
+        #[arg(required = true)]
+        fixtures: Vec<PathBuf>,
+    },
+    /// Run recorded readings (line protocol as the gateway writes it, or CSV with the
+    /// header `ts_ms,device,point,value`) through CONFIG's rules and print what would have
+    /// fired and when: try a change to the rules on past data before deploying it.
+    Replay { config: PathBuf, readings: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +68,12 @@ fn main() -> ExitCode {
         .init();
     let path = match &cli.command {
         Cmd::Check { config } | Cmd::Plan { config } | Cmd::Run { config } => config,
+        Cmd::Rules {
+            command: RulesCmd::Test { fixtures },
+        } => return rules_test(fixtures),
+        Cmd::Rules {
+            command: RulesCmd::Replay { config, readings },
+        } => return rules_replay(config, readings),
         Cmd::Rules {
             command: RulesCmd::Check { dir },
         } => {
@@ -157,6 +174,96 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `rules replay`: the rules' events over a record, one per line, and a summary.
+fn rules_replay(config: &std::path::Path, readings: &std::path::Path) -> ExitCode {
+    use shouwang_gateway::rule_tools::replay;
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(report) => {
+            eprint!("{report}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = match std::fs::read_to_string(readings) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", readings.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut result = replay::Replay::default();
+    let record = replay::read(&text, &mut result);
+    if let Err(why) = replay::run(&config, record, &mut result) {
+        eprintln!("the rules do not compile: {why}");
+        return ExitCode::from(2);
+    }
+    let mut out = String::new();
+    let mut counts: std::collections::BTreeMap<(&str, bool), usize> = Default::default();
+    for e in &result.events {
+        let when = replay::utc(e.ts_ms);
+        let value = e.value.map(|v| format!(" value={v}")).unwrap_or_default();
+        out.push_str(&format!(
+            "{when}  {:<24} {:<20} {:<8}{value}\n",
+            e.device,
+            e.rule,
+            if e.active { "raised" } else { "cleared" },
+        ));
+        *counts.entry((e.rule.as_str(), e.active)).or_default() += 1;
+    }
+    out.push_str(&format!(
+        "{} readings, {} events; {} lines unreadable, {} readings of devices or points not in the config\n",
+        result.readings,
+        result.events.len(),
+        result.unreadable,
+        result.unknown
+    ));
+    for ((rule, active), n) in counts {
+        if active {
+            out.push_str(&format!("  {rule}: raised {n} times\n"));
+        }
+    }
+    for note in &result.notes {
+        out.push_str(&format!("  note: {note}\n"));
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    ExitCode::SUCCESS
+}
+
+/// `rules test`: every fixture, its result on a line of its own.
+fn rules_test(fixtures: &[PathBuf]) -> ExitCode {
+    use shouwang_gateway::rule_tools::fixture;
+    let mut failed = 0;
+    for path in fixtures {
+        match fixture::run_file(path) {
+            Ok(outcome) if outcome.failures.is_empty() => {
+                println!("ok    {} ({})", path.display(), outcome.description);
+            }
+            Ok(outcome) => {
+                failed += 1;
+                println!("FAIL  {} ({})", path.display(), outcome.description);
+                for failure in outcome.failures {
+                    println!("      {failure}");
+                }
+            }
+            Err(why) => {
+                failed += 1;
+                println!("BROKEN {}: {why}", path.display());
+            }
+        }
+    }
+    println!(
+        "{} fixtures, {} passed, {failed} failed",
+        fixtures.len(),
+        fixtures.len() - failed
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -87,6 +87,67 @@ pub struct LinkConfig {
     pub quarantine_max_s: u64,
 }
 
+/// The most links one `for` may make: a gateway serves a few dozen lines at most.
+const MAX_LINKS_PER_TEMPLATE: usize = 256;
+
+/// `[[links]]` with their templates expanded: a table with `for` (as in `[[devices]]`:
+/// `for = { n = "0..=3" }`, `port = "/dev/ttyUSB{n}"`, `id = "b{n}-rs485"`) stands for one
+/// link per combination of its variables. Problems are named `links[i] (id).key`.
+pub(super) fn expand(value: Option<toml::Value>, p: &mut Problems) -> Option<toml::Value> {
+    use super::template::{DeviceTemplate, Variables};
+    let Some(toml::Value::Array(items)) = value else {
+        return value;
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let toml::Value::Table(mut table) = item else {
+            out.push(item);
+            continue;
+        };
+        let Some(each) = table.remove("for") else {
+            out.push(toml::Value::Table(table));
+            continue;
+        };
+        let group = match table.get("id").and_then(|v| v.as_str()) {
+            Some(id) => format!("links[{i}] ({id})"),
+            None => format!("links[{i}]"),
+        };
+        let vars = match Variables::parse(&each) {
+            Ok(v) => v,
+            Err(why) => {
+                p.add(format!("{group}.for"), why);
+                continue;
+            }
+        };
+        if vars.count().is_none_or(|n| n > MAX_LINKS_PER_TEMPLATE) {
+            p.add(
+                format!("{group}.for"),
+                format!("makes more than {MAX_LINKS_PER_TEMPLATE} links"),
+            );
+            continue;
+        }
+        let template = match DeviceTemplate::new(table, vars.names(), true) {
+            Ok(t) => t,
+            Err(problems) => {
+                for (key, message) in problems {
+                    p.add(format!("{group}.{key}"), message);
+                }
+                continue;
+            }
+        };
+        for instance in vars.instances() {
+            match template.render(&instance) {
+                Ok(t) => out.push(toml::Value::Table(t)),
+                Err((key, message)) => {
+                    p.add(format!("{group}.{key}"), message);
+                    break;
+                }
+            }
+        }
+    }
+    Some(toml::Value::Array(out))
+}
+
 pub fn default_recovery_silence_ms() -> u64 {
     100
 }
@@ -366,6 +427,45 @@ mod tests {
                 .map(|p| (p.field, p.message))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_link_template_makes_one_link_per_value_and_devices_find_them() {
+        let text = format!(
+            "{SITE}[[links]]\nfor = {{ n = \"0..=3\" }}\nid = \"b{{n}}-rs485\"\ntransport = \"rtu\"\n\
+             port = \"/dev/ttyUSB{{n}}\"\nbaud = 9600\n{}{}{}{}",
+            device("a", "b0-rs485", 1, ""),
+            device("b", "b1-rs485", 1, ""),
+            device("c", "b2-rs485", 1, ""),
+            device("d", "b3-rs485", 1, "")
+        );
+        let config = Config::from_toml_str(&text, "c.toml").unwrap_or_else(|e| panic!("{e}"));
+        let ports: Vec<(&str, Option<&str>)> = config
+            .links
+            .iter()
+            .map(|l| (l.id.as_str(), l.port.as_deref()))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("b0-rs485", Some("/dev/ttyUSB0")),
+                ("b1-rs485", Some("/dev/ttyUSB1")),
+                ("b2-rs485", Some("/dev/ttyUSB2")),
+                ("b3-rs485", Some("/dev/ttyUSB3"))
+            ]
+        );
+        let broken = format!(
+            "{SITE}[[links]]\nfor = {{ n = \"0..=1\" }}\nid = \"b{{m}}\"\ntransport = \"rtu\"\n\
+             port = \"/dev/ttyUSB{{n}}\"\nbaud = 9600\n{}",
+            device("a", "b0", 1, "")
+        );
+        let problems = problems_of(&broken);
+        assert!(
+            problems
+                .iter()
+                .any(|(f, m)| f == "links[0] (b{m}).id" && m.contains("m")),
+            "{problems:?}"
+        );
     }
 
     #[test]
