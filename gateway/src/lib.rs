@@ -30,8 +30,8 @@ use sinks::{broker_confirm, influx, journal, local_output, mqtt};
 use sources::modbus;
 use watch::Watch;
 
-/// How often on-delays are checked between polls.
-const TICK: Duration = Duration::from_millis(100);
+/// How often on-delays are checked between polls (the rule fixtures tick the same way).
+pub(crate) const TICK: Duration = Duration::from_millis(100);
 /// Poll outcomes waiting for the watch. Pollers wait when it is full.
 const POLL_QUEUE: usize = 256;
 

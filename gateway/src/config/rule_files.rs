@@ -818,7 +818,7 @@ above = 1.0
         assert!(
             report
                 .to_string()
-                .contains("gateway.rule_packs[0]: no shipped pack \"smok\"; the packs: smoke"),
+                .contains("gateway.rule_packs[0]: no shipped pack \"smok\"; the packs: access, call-point, elevator, fire-panel, heat, smoke, water"),
             "{report}"
         );
     }

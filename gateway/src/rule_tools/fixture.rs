@@ -30,6 +30,13 @@
 //! in any order: a transition not listed fails the fixture as much as a listed one that does
 //! not happen. A step without `expect` expects nothing. Steps run through the gateway's own
 //! [`Watch`] and rule engine, with the config checks of a real gateway.
+//!
+//! Between two steps the clock runs on as the gateway's does: a tick every 100 ms (the
+//! gateway's [`TICK`](crate::TICK), on multiples of it from 0), with no poll. A transition such
+//! a tick makes (an on-delay running out while the last values stand, a device silent for its
+//! `comm_loss_after_s`) fails the fixture with its time, as one not expected: give it a step
+//! at that time. Otherwise a later step's poll could cancel what the gateway would already
+//! have raised, and the fixture would pass on a timeline the gateway does not have.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -109,6 +116,9 @@ pub fn run(text: &str, dir: Option<&Path>) -> Result<Outcome, String> {
     };
     let mut current: BTreeMap<&str, f64> = BTreeMap::new();
     let mut last_s = f64::NEG_INFINITY;
+    let tick_ms = i64::try_from(crate::TICK.as_millis()).unwrap_or(100);
+    // The time of the last step (ms); the gateway starts at 0.
+    let mut last_ms: i64 = 0;
     for step in &fixture.at {
         if !step.s.is_finite() || step.s < last_s {
             return Err(format!(
@@ -118,6 +128,25 @@ pub fn run(text: &str, dir: Option<&Path>) -> Result<Outcome, String> {
         }
         last_s = step.s;
         let at = Stamp::at((step.s * 1000.0).round() as i64);
+        // The gateway's ticks strictly between the last step and this one.
+        let mut tick = (last_ms.div_euclid(tick_ms) + 1) * tick_ms;
+        while tick < at.mono_ms {
+            let between: Vec<String> = watch
+                .on_tick(Stamp::at(tick))
+                .iter()
+                .map(|e| format!("{} {}", e.rule, word(e.transition)))
+                .collect();
+            if !between.is_empty() {
+                let s = tick as f64 / 1000.0;
+                outcome.failures.push(format!(
+                    "at {s} s, between two steps: {between:?} happened, not expected \
+                     (the gateway ticks every {tick_ms} ms: give it a step at {s} s)"
+                ));
+                outcome.seen.extend(between);
+            }
+            tick += tick_ms;
+        }
+        last_ms = last_ms.max(at.mono_ms);
         let mut events = Vec::new();
         for (point, value) in &step.values {
             let Some(name) = known.iter().find(|k| **k == point) else {
@@ -306,6 +335,41 @@ profile = "smoke-detector"
             "{:?}",
             outcome.failures
         );
+    }
+
+    #[test]
+    fn what_the_gateway_would_raise_between_two_steps_fails_the_fixture_with_its_time() {
+        // Smoke for 9 s (smoke-high's on-delay is 2 s), then 50 s of silence: a gateway
+        // raises smoke-high at 3 s and comm_lost at 40 s, before the next poll clears them.
+        let text = format!(
+            "{DEVICE}\n[[at]]\ns = 0\nvalues = {{ obscuration = 0.2 }}\n\n\
+             [[at]]\ns = 1\nvalues = {{ obscuration = 4.0 }}\n\n\
+             [[at]]\ns = 10\nvalues = {{ obscuration = 0.2 }}\n\n\
+             [[at]]\ns = 60\nvalues = {{ obscuration = 0.2 }}\n"
+        );
+        let outcome = run(&text, None).unwrap();
+        assert_eq!(
+            outcome.failures,
+            [
+                "at 3 s, between two steps: [\"smoke-high raised\"] happened, not expected \
+                 (the gateway ticks every 100 ms: give it a step at 3 s)",
+                "at 10 s: [\"smoke-high cleared\"] happened, not expected",
+                "at 40 s, between two steps: [\"comm_lost raised\"] happened, not expected \
+                 (the gateway ticks every 100 ms: give it a step at 40 s)",
+                "at 60 s: [\"comm_lost cleared\"] happened, not expected",
+            ]
+        );
+        // With those steps, it passes.
+        let steps = format!(
+            "{DEVICE}\n[[at]]\ns = 0\nvalues = {{ obscuration = 0.2 }}\n\n\
+             [[at]]\ns = 1\nvalues = {{ obscuration = 4.0 }}\n\n\
+             [[at]]\ns = 3\nexpect = [\"smoke-high raised\"]\n\n\
+             [[at]]\ns = 10\nvalues = {{ obscuration = 0.2 }}\nexpect = [\"smoke-high cleared\"]\n\n\
+             [[at]]\ns = 40\nexpect = [\"comm_lost raised\"]\n\n\
+             [[at]]\ns = 60\nvalues = {{ obscuration = 0.2 }}\nexpect = [\"comm_lost cleared\"]\n"
+        );
+        let outcome = run(&steps, None).unwrap();
+        assert!(outcome.failures.is_empty(), "{:?}", outcome.failures);
     }
 
     #[test]
