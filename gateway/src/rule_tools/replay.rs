@@ -289,7 +289,21 @@ pub fn run(config: &Config, mut record: Vec<Recorded>, replay: &mut Replay) -> R
             mono_ms: ts_ms - start,
             wall_ms: ts_ms,
         };
-        let mut events = watch.on_tick(at);
+        // Delays that run out between two readings do so at their own time, as the
+        // gateway's ticks would have them, not at the next reading's.
+        let mut events = Vec::new();
+        let mut last = i64::MIN;
+        while let Some(due) = watch
+            .next_deadline_ms()
+            .filter(|d| *d <= at.mono_ms && *d > last)
+        {
+            last = due;
+            events.extend(watch.on_tick(Stamp {
+                mono_ms: due,
+                wall_ms: start + due,
+            }));
+        }
+        events.extend(watch.on_tick(at));
         events.extend(
             watch
                 .on_poll(&PollOutcome {
@@ -398,12 +412,12 @@ address = "127.0.0.1:1"
             .iter()
             .map(|e| (e.ts_ms, e.rule.as_str(), e.active))
             .collect();
-        // The pre-alarm after its 2 s on-delay, the fire bit at once; no comm_lost for the
-        // 137 s gap of the record.
+        // The pre-alarm when its 2 s on-delay ran out (at 63 s, between two readings), the
+        // fire bit at once; no comm_lost for the 137 s gap of the record.
         assert_eq!(
             fired,
             [
-                (63_500, "smoke-high", true),
+                (63_000, "smoke-high", true),
                 (63_500, "smoke-alarm", true),
                 (200_000, "smoke-high", false)
             ],

@@ -234,6 +234,12 @@ impl Watch {
         restored
     }
 
+    /// The earliest monotonic time at which a tick would raise or clear an alarm whose on-
+    /// or off-delay is running (comm loss aside), if any.
+    pub fn next_deadline_ms(&self) -> Option<i64> {
+        self.engine.next_deadline_ms()
+    }
+
     /// Every alarm's id (the engine's copies, shared).
     pub fn alarm_ids(&self) -> std::collections::HashSet<Arc<str>> {
         self.engine
