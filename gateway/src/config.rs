@@ -1530,6 +1530,7 @@ impl Config {
                     condition: Condition::External,
                     on_delay_ms: 0,
                     off_delay_ms: 0,
+                    latch: false,
                 },
                 AlarmMeta {
                     device: id,
@@ -1578,6 +1579,7 @@ impl Config {
                         condition: Condition::External,
                         on_delay_ms: 0,
                         off_delay_ms: 0,
+                        latch: false,
                     },
                     AlarmMeta {
                         device: id.clone(),
@@ -1627,6 +1629,7 @@ impl Config {
                         condition,
                         on_delay_ms: rule.on_delay_ms,
                         off_delay_ms: rule.off_delay_ms,
+                        latch: false,
                     },
                     AlarmMeta {
                         device: id.clone(),
