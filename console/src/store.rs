@@ -734,9 +734,14 @@ mod tests {
 
     fn event(event_id: &str, ts_ms: i64, state: AlarmState) -> AlarmEvent {
         let transition = match state {
-            AlarmState::Normal | AlarmState::ReturnedUnacknowledged => TransitionKind::Cleared,
+            AlarmState::Normal | AlarmState::ReturnedUnacknowledged | AlarmState::Latched => {
+                TransitionKind::Cleared
+            }
             AlarmState::Acknowledged => TransitionKind::Acknowledged,
             AlarmState::Unacknowledged => TransitionKind::Raised,
+            AlarmState::Shelved => TransitionKind::Shelved,
+            AlarmState::OutOfService => TransitionKind::RemovedFromService,
+            AlarmState::Suppressed => TransitionKind::Suppressed,
         };
         AlarmEvent {
             schema: AlarmEvent::SCHEMA,

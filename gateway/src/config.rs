@@ -1527,6 +1527,7 @@ impl Config {
                     condition: Condition::External,
                     on_delay_ms: 0,
                     off_delay_ms: 0,
+                    latch: false,
                 },
                 AlarmMeta {
                     device: id,
@@ -1575,6 +1576,7 @@ impl Config {
                         condition: Condition::External,
                         on_delay_ms: 0,
                         off_delay_ms: 0,
+                        latch: false,
                     },
                     AlarmMeta {
                         device: id.clone(),
@@ -1624,6 +1626,7 @@ impl Config {
                         condition,
                         on_delay_ms: rule.on_delay_ms,
                         off_delay_ms: rule.off_delay_ms,
+                        latch: false,
                     },
                     AlarmMeta {
                         device: id.clone(),

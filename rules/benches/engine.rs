@@ -11,7 +11,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use shouwang_rules::{Condition, Engine, Priority, RuleSpec, SignalClass};
+use shouwang_rules::{CHATTER_WINDOW_MS, Condition, Engine, Priority, RuleSpec, SignalClass};
 
 const DEVICES: usize = 1_000;
 
@@ -31,6 +31,7 @@ fn engine() -> Engine {
             },
             on_delay_ms: 0,
             off_delay_ms: 0,
+            latch: false,
         });
         specs.push(RuleSpec {
             alarm_id: format!("gw:{device}:comm_lost").into(),
@@ -41,6 +42,7 @@ fn engine() -> Engine {
             condition: Condition::External,
             on_delay_ms: 0,
             off_delay_ms: 0,
+            latch: false,
         });
     }
     Engine::new(specs).unwrap()
@@ -60,6 +62,7 @@ fn engine_of(kind: &str, point: &str, condition: Condition) -> Engine {
                 condition,
                 on_delay_ms: 0,
                 off_delay_ms: 30_000,
+                latch: false,
             }
         })
         .collect();
@@ -83,15 +86,32 @@ fn readings(c: &mut Criterion) {
         })
     });
 
-    // The busy case: every reading raises or clears an alarm.
+    // The busy case: every reading raises or clears an alarm. Raises a minute apart, so that
+    // no alarm chatters (see the next case).
     let mut busy = engine();
     let mut ts = 0i64;
+    let mut step = 0i64;
     group.bench_function("1000 readings that each raise or clear", |b| {
+        b.iter(|| {
+            step += 1;
+            ts += CHATTER_WINDOW_MS / 2 + 1;
+            let value = if step % 2 == 0 { 3.5 } else { 0.3 };
+            for d in &devices {
+                black_box(busy.on_reading(d, "obscuration", value, ts));
+            }
+        })
+    });
+
+    // Every detector chattering: readings a millisecond apart raise and clear, but after the
+    // third raise each alarm has made its one ChatterStarted and stays quiet.
+    let mut chattering = engine();
+    let mut ts = 0i64;
+    group.bench_function("1000 readings of chattering alarms", |b| {
         b.iter(|| {
             ts += 1;
             let value = if ts % 2 == 0 { 3.5 } else { 0.3 };
             for d in &devices {
-                black_box(busy.on_reading(d, "obscuration", value, ts));
+                black_box(chattering.on_reading(d, "obscuration", value, ts));
             }
         })
     });

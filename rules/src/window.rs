@@ -99,6 +99,38 @@ impl MinWindow {
         self.samples.clear();
     }
 
+    /// The candidates, oldest first (for saving the window).
+    pub(crate) fn samples(&self) -> impl Iterator<Item = (i64, f64)> + '_ {
+        self.samples.iter().copied()
+    }
+
+    /// Takes saved candidates back, if they keep the invariants that do not depend on where
+    /// the buckets fall: timestamps and values strictly increasing, values finite, none newer
+    /// than `newest_ms` (the newest reading applied), at most [`MAX_WINDOW_SAMPLES`]. Otherwise
+    /// (a damaged or foreign save) the window stays empty and starts again with the next
+    /// reading. Returns whether they were taken.
+    pub(crate) fn refill(
+        &mut self,
+        samples: impl IntoIterator<Item = (i64, f64)>,
+        newest_ms: Option<i64>,
+    ) -> bool {
+        self.samples.clear();
+        let mut previous: Option<(i64, f64)> = None;
+        for (ts_ms, value) in samples {
+            let in_order = previous.is_none_or(|(ts, v)| ts < ts_ms && v < value);
+            let fits = value.is_finite()
+                && newest_ms.is_some_and(|newest| ts_ms <= newest)
+                && self.samples.len() < MAX_WINDOW_SAMPLES;
+            if !(in_order && fits) {
+                self.samples.clear();
+                return false;
+            }
+            self.samples.push_back((ts_ms, value));
+            previous = Some((ts_ms, value));
+        }
+        true
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.samples.len()
@@ -170,6 +202,30 @@ mod tests {
         }
         let lowest = window.push(i64::MAX, 1e9);
         assert!((0.0..1e4).contains(&lowest), "{lowest}");
+    }
+
+    #[test]
+    fn a_saved_window_refills_only_when_it_keeps_the_invariants() {
+        let mut window = MinWindow::new(100);
+        window.push(10, 1.0);
+        window.push(20, 2.0);
+        let saved: Vec<(i64, f64)> = window.samples().collect();
+
+        let mut restored = MinWindow::new(100);
+        assert!(restored.refill(saved.clone(), Some(20)));
+        assert_eq!(restored.push(30, 5.0), 1.0);
+
+        let out_of_order = vec![(20, 2.0), (10, 1.0)];
+        let newer_than_the_last_reading = saved.clone();
+        for (bad, newest) in [
+            (out_of_order, Some(20)),
+            (newer_than_the_last_reading, Some(15)),
+            (vec![(10, f64::NAN)], Some(20)),
+            (saved, None),
+        ] {
+            assert!(!restored.refill(bad, newest));
+            assert_eq!(restored.len(), 0);
+        }
     }
 
     #[test]

@@ -247,6 +247,15 @@ fn word(kind: TransitionKind) -> &'static str {
         TransitionKind::Raised => "raised",
         TransitionKind::Cleared => "cleared",
         TransitionKind::Acknowledged => "acknowledged",
+        TransitionKind::Reset => "reset",
+        TransitionKind::Shelved => "shelved",
+        TransitionKind::Unshelved => "unshelved",
+        TransitionKind::RemovedFromService => "removed_from_service",
+        TransitionKind::ReturnedToService => "returned_to_service",
+        TransitionKind::Suppressed => "suppressed",
+        TransitionKind::Unsuppressed => "unsuppressed",
+        TransitionKind::ChatterStarted => "chatter_started",
+        TransitionKind::ChatterEnded => "chatter_ended",
     }
 }
 

@@ -1,12 +1,14 @@
 //! The rule engine's behaviour, as the gateway and an operator see it. One test binary:
-//! `scenarios` walks every transition, condition and delay by hand, `model` checks random
-//! sequences against a reference model of the state table and of every condition.
+//! `scenarios` walks every transition, condition and delay by hand, `lifecycle` the latch,
+//! shelves, service, suppression, chatter and saving, `model` checks random sequences against
+//! a reference model of the state table, the lifecycle and every condition.
 
 // clippy.toml allows these in `#[test]` fns only; the helpers here are test code too, where a
 // panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod conditions;
+mod lifecycle;
 mod model;
 mod scenarios;
 
@@ -26,6 +28,7 @@ pub fn smoke(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
         },
         on_delay_ms,
         off_delay_ms: 0,
+        latch: false,
     }
 }
 
@@ -44,6 +47,15 @@ pub fn low_pressure(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
         },
         on_delay_ms,
         off_delay_ms: 0,
+        latch: false,
+    }
+}
+
+/// A fire alarm on `smoke-12:density` that latches: like [`smoke`], until an operator resets it.
+pub fn fire(alarm_id: &str) -> RuleSpec {
+    RuleSpec {
+        latch: true,
+        ..smoke(alarm_id, 0)
     }
 }
 
@@ -58,6 +70,7 @@ pub fn comm_lost(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
         condition: Condition::External,
         on_delay_ms,
         off_delay_ms: 0,
+        latch: false,
     }
 }
 
@@ -72,5 +85,6 @@ pub fn rule(alarm_id: &str, device: &str, point: &str, condition: Condition) -> 
         condition,
         on_delay_ms: 0,
         off_delay_ms: 0,
+        latch: false,
     }
 }
