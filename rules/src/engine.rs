@@ -139,7 +139,12 @@
 //! until a reading or tick `off_delay_ms` later; a reading in the raise zone or the deadband
 //! cancels the pending clear. With `off_delay_ms = 0` the first clearing reading clears it.
 //! Both work the same for external conditions. [`Engine::next_deadline_ms`] is the earliest
-//! pending raise or clear (or shelf end, or end of chatter).
+//! pending raise or clear (or shelf end, or end of chatter). A reading (or setting) that
+//! comes after a pending raise or clear was due, with no tick between, first settles it at
+//! the time it was due, with the value that held until then, and is then judged: so a poll
+//! that lands between a delay's end and the caller's next tick never cancels an alarm the
+//! tick would have raised. (That is the one other case of two transitions for one alarm in
+//! one call.)
 //!
 //! # Time
 //!
@@ -425,7 +430,10 @@ impl Engine {
         watching
             .iter()
             .filter(|(p, _)| **p == *point)
-            .filter_map(|&(_, index)| self.alarms.get_mut(index)?.on_reading(value, ts_ms))
+            .flat_map(|&(_, index)| match self.alarms.get_mut(index) {
+                Some(alarm) => alarm.on_reading(value, ts_ms),
+                None => Vec::new(),
+            })
             .collect()
     }
 
@@ -451,7 +459,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         let level = if active { Level::Raise } else { Level::Clear };
-        Ok(alarm.apply(level, value, ts_ms).into_iter().collect())
+        Ok(alarm.apply(level, value, ts_ms))
     }
 
     /// Time passes: raises the alarms whose on-delay has run out by `ts_ms` since the raise
@@ -1020,12 +1028,14 @@ impl Alarm {
 
     /// Applies one finite reading of the rule's point, unless it is stale or not a value the
     /// condition reads.
-    fn on_reading(&mut self, value: f64, ts_ms: i64) -> Option<Transition> {
+    fn on_reading(&mut self, value: f64, ts_ms: i64) -> Vec<Transition> {
         if self.is_stale(ts_ms) {
-            return None;
+            return Vec::new();
         }
-        let level = self.judge(value, ts_ms)?;
-        self.apply(level, Some(value), ts_ms)
+        match self.judge(value, ts_ms) {
+            Some(level) => self.apply(level, Some(value), ts_ms),
+            None => Vec::new(),
+        }
     }
 
     /// Judges a fresh finite reading, updating the condition's memory. `None`: the reading is
@@ -1063,8 +1073,24 @@ impl Alarm {
         }
     }
 
-    /// Applies one fresh input (a reading or external setting) already judged.
-    fn apply(&mut self, level: Level, value: Option<f64>, ts_ms: i64) -> Option<Transition> {
+    /// Applies one fresh input (a reading or external setting) already judged. A raise or
+    /// clear whose delay ran out before this input, while the last input held, settles
+    /// first, at the time it ran out, as a tick then would have settled it: an input that
+    /// comes between the delay's end and the next tick does not cancel it. So at most two
+    /// transitions.
+    fn apply(&mut self, level: Level, value: Option<f64>, ts_ms: i64) -> Vec<Transition> {
+        let mut out = Vec::new();
+        if let Some((since, delay)) = self.pending() {
+            let due = since.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
+            if due < ts_ms {
+                out.extend(self.settle_if_due(due));
+            }
+        }
+        out.extend(self.apply_now(level, value, ts_ms));
+        out
+    }
+
+    fn apply_now(&mut self, level: Level, value: Option<f64>, ts_ms: i64) -> Option<Transition> {
         self.last_input_ms = Some(ts_ms);
         self.last_value = value;
         // The one level that moves the condition: raise while inactive, clear while active.

@@ -427,6 +427,34 @@ impl ModelAlarm {
         if self.newest_input_ms.is_some_and(|newest| ts_ms < newest) {
             return Vec::new();
         }
+        // "A raise or clear whose delay ran out before this input settles first, at the time
+        // it ran out."
+        let mut out = Vec::new();
+        if let Some(due) = self.pending_due().filter(|due| *due < ts_ms) {
+            out = self.settle(due);
+        }
+        out.extend(self.input_now(meets_raise, meets_clear, value, ts_ms));
+        out
+    }
+
+    /// When the pending raise or clear (if any) is due.
+    fn pending_due(&self) -> Option<i64> {
+        let raise = self
+            .holding_since
+            .map(|since| since + self.spec.on_delay_ms as i64);
+        let clear = self
+            .clearing_since
+            .map(|since| since + self.spec.off_delay_ms as i64);
+        raise.or(clear)
+    }
+
+    fn input_now(
+        &mut self,
+        meets_raise: bool,
+        meets_clear: bool,
+        value: Option<f64>,
+        ts_ms: i64,
+    ) -> Vec<Transition> {
         self.newest_input_ms = Some(ts_ms);
         self.last_value = value;
         if self.condition {

@@ -407,16 +407,36 @@ fn an_on_delayed_alarm_is_raised_by_a_tick_once_its_delay_runs_out() {
 }
 
 #[test]
-fn an_on_delayed_alarm_is_raised_by_a_reading_once_its_delay_runs_out() {
+fn an_on_delayed_alarm_whose_delay_ran_out_before_a_reading_is_raised_at_the_time_it_ran_out() {
     let mut engine = engine(vec![smoke("smoke", 5_000)]);
     smoke_reading(&mut engine, 12.0, 1_000);
 
     let transitions = smoke_reading(&mut engine, 11.0, 6_500);
 
     assert_eq!(transitions.len(), 1);
-    assert_eq!(transitions[0].value, Some(11.0));
-    assert_eq!(transitions[0].ts_ms, 6_500);
+    // The value that held while the delay ran, at the time it ran out (no tick came).
+    assert_eq!(transitions[0].value, Some(12.0));
+    assert_eq!(transitions[0].ts_ms, 6_000);
     assert_eq!(state(&engine, "smoke"), AlarmState::Unacknowledged);
+}
+
+#[test]
+fn a_clearing_reading_after_the_delay_ran_out_does_not_cancel_the_raise_it_comes_too_late_for() {
+    let mut engine = engine(vec![smoke("smoke", 5_000)]);
+    smoke_reading(&mut engine, 12.0, 1_000);
+
+    // The smoke held from 1 s to past 6 s; the gateway's tick would have raised it at 6 s.
+    let transitions = smoke_reading(&mut engine, 0.5, 6_050);
+
+    let kinds: Vec<(TransitionKind, i64)> = transitions.iter().map(|t| (t.kind, t.ts_ms)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (TransitionKind::Raised, 6_000),
+            (TransitionKind::Cleared, 6_050)
+        ]
+    );
+    assert_eq!(state(&engine, "smoke"), AlarmState::ReturnedUnacknowledged);
 }
 
 #[test]
@@ -548,12 +568,13 @@ fn a_tick_clears_an_off_delayed_alarm_once_its_delay_runs_out() {
 }
 
 #[test]
-fn a_reading_clears_an_off_delayed_alarm_once_its_delay_runs_out() {
+fn an_off_delay_that_ran_out_before_a_reading_clears_at_the_time_it_ran_out() {
     let mut engine = raised_smoke_with_off_delay(30_000);
     smoke_reading(&mut engine, 1.0, 2_000);
 
     let transitions = smoke_reading(&mut engine, 2.0, 32_500);
 
+    // Cleared when the off-delay ran out (32 s), with the value that held then.
     assert_eq!(
         transitions,
         vec![transition(
@@ -561,8 +582,8 @@ fn a_reading_clears_an_off_delayed_alarm_once_its_delay_runs_out() {
             TransitionKind::Cleared,
             AlarmState::ReturnedUnacknowledged,
             false,
-            Some(2.0),
-            32_500
+            Some(1.0),
+            32_000
         )]
     );
 }
