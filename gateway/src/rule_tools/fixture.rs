@@ -31,8 +31,8 @@
 //! not happen. A step without `expect` expects nothing. Steps run through the gateway's own
 //! [`Watch`] and rule engine, with the config checks of a real gateway.
 //!
-//! Between two steps the clock runs on as the gateway's does: a tick every 100 ms (the
-//! gateway's [`TICK`](crate::TICK), on multiples of it from 0), with no poll. A transition such
+//! Between two steps the clock runs on as the gateway's does: a tick every 100 ms (as the
+//! gateway ticks, on multiples of it from 0), with no poll. A transition such
 //! a tick makes (an on-delay running out while the last values stand, a device silent for its
 //! `comm_loss_after_s`) fails the fixture with its time, as one not expected: give it a step
 //! at that time. Otherwise a later step's poll could cancel what the gateway would already
