@@ -26,6 +26,13 @@
 //!   and counted, and the link stays up. Only one above 1 MiB, which a broker set up as
 //!   `docs/mosquitto/` (`max_packet_size` 256 KiB) never delivers, costs a reconnect.
 //!
+//! - **Latency** depends on the broker too: one with Nagle's algorithm on (mosquitto's
+//!   default, `set_tcp_nodelay false`) delivers the messages in bursts every ~18 ms once
+//!   this link has sent its first keep-alive ping (Linux then acknowledges the stream late,
+//!   and the broker holds each small message until the last one is acknowledged): up to
+//!   19 ms on an alarm. `docs/mosquitto/shouwang.conf` turns it off; a platform's broker
+//!   named in `[mqtt_sensors]` should too.
+//!
 //! # Messages
 //! - A message is the device's whose topic or filter matches its topic ([`Routes::find`]):
 //!   an exact topic is one hash lookup; only when that misses is the trie of filters walked
@@ -224,7 +231,10 @@ pub fn connection(broker: &SensorBroker, subscribes: usize) -> (AsyncClient, Eve
     // Room for every SUBSCRIBE of one ConnAck: they are queued with `try_subscribe_many`
     // from the loop that drains the channel, so they must never wait.
     let capacity = subscribes + 8;
-    AsyncClient::new(options, capacity)
+    // Nagle off, like the broker link: its PINGREQs and the PUBACKs of QoS 1 sensor
+    // messages go out at once. (The delay that matters here is the broker's own: see
+    // "Latency" in the module docs.)
+    shouwang_broker_auth::connect_without_delay(options, capacity)
 }
 
 /// `topics` in runs for one SUBSCRIBE each: at most [`SUBSCRIBE_BATCH`] topics and, unless
