@@ -38,38 +38,63 @@ impl ExceptionFilter {
 
     /// The values of one poll at `now_ms` that are to be reported.
     pub fn filter(&mut self, points: Vec<PointValue>, now_ms: i64) -> Vec<PointValue> {
+        let heartbeat = self.heartbeat(now_ms);
+        points
+            .into_iter()
+            .filter(|p| self.report(&p.point, p.value, p.quality, heartbeat))
+            .collect()
+    }
+
+    /// A poll at `now_ms`: whether it is the heartbeat, which reports every point (and
+    /// starts the next period). [`ExceptionFilter::filter`] in two steps, for a caller
+    /// that decides before it builds the points: this once per poll, then
+    /// [`ExceptionFilter::report`] for each of its points.
+    pub fn heartbeat(&mut self, now_ms: i64) -> bool {
         let heartbeat = self
             .last_full_ms
             .is_none_or(|at| now_ms.saturating_sub(at) >= self.every_ms);
         if heartbeat {
             self.last_full_ms = Some(now_ms);
         }
-        points
-            .into_iter()
-            .filter(|p| {
-                let deadband = self.deadbands.get(&p.point).copied().unwrap_or(0.0);
-                let moved = self.last.get(&p.point).is_none_or(|&(last, quality)| {
-                    // A change of quality is always news (a wire break, and its repair).
-                    if quality != p.quality {
-                        return true;
-                    }
-                    match (last, p.value) {
-                        (Some(last), Some(value)) => {
-                            let moved = (value - last).abs();
-                            // NaN (a value appearing or vanishing) counts as a move.
-                            moved > deadband || moved.is_nan()
-                        }
-                        (None, None) => false,
-                        _ => true,
-                    }
-                });
-                let report = heartbeat || moved;
-                if report {
-                    self.last.insert(p.point.clone(), (p.value, p.quality));
+        heartbeat
+    }
+
+    /// Whether one point of a poll is reported, given whether the poll is the heartbeat;
+    /// if so, it is the point's last reported value from now on.
+    pub fn report(
+        &mut self,
+        point: &str,
+        value: Option<f64>,
+        quality: Quality,
+        heartbeat: bool,
+    ) -> bool {
+        let deadband = self.deadbands.get(point).copied().unwrap_or(0.0);
+        let last = self.last.get_mut(point);
+        let moved = last.as_deref().is_none_or(|&(last, last_quality)| {
+            // A change of quality is always news (a wire break, and its repair).
+            if last_quality != quality {
+                return true;
+            }
+            match (last, value) {
+                (Some(last), Some(value)) => {
+                    let moved = (value - last).abs();
+                    // NaN (a value appearing or vanishing) counts as a move.
+                    moved > deadband || moved.is_nan()
                 }
-                report
-            })
-            .collect()
+                (None, None) => false,
+                _ => true,
+            }
+        });
+        let report = heartbeat || moved;
+        if report {
+            match last {
+                Some(slot) => *slot = (value, quality),
+                None => {
+                    self.last.insert(point.to_string(), (value, quality));
+                }
+            }
+        }
+        report
     }
 }
 
