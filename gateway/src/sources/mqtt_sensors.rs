@@ -2,7 +2,8 @@
 //! elevator monitoring terminals): every `transport = "mqtt"` device's JSON messages, turned
 //! into [`PollOutcome`]s for the watch like any poll.
 //!
-//! [`decode`] is pure (a payload in, values and point faults or a [`Rejection`] out), as is
+//! [`decode`] is pure (a payload in, values and point faults or a [`Rejection`] out; the
+//! payload read as [`json::Json`], borrowed from it), as is
 //! [`topic`] (checks of topics and filters, whether two can meet, the trie that finds a
 //! message's device); [`run`] is the one task with the sensor link's socket. It decides
 //! nothing about alarms.
@@ -70,6 +71,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod json;
 pub mod topic;
 
 use std::collections::{HashMap, HashSet};
