@@ -9,6 +9,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use shouwang_gateway::config::Config;
 use shouwang_gateway::sinks::influx::encode_batch;
 use shouwang_gateway::sources::modbus::decode;
+use shouwang_gateway::sources::mqtt_sensors::{Routes, judge};
 use shouwang_gateway::sources::{PollOutcome, PolledValues};
 use shouwang_gateway::watch::Watch;
 
@@ -62,7 +63,75 @@ fn hot_paths(c: &mut Criterion) {
     group.bench_function("line protocol: encode one reading batch", |b| {
         b.iter(|| black_box(encode_batch(black_box(&batch))))
     });
+
+    // What the sensor link and the runtime loop do for one MQTT message of sensor-load's
+    // (200 smoke sensors, report by exception): find the device, read the JSON, watch it.
+    let config = sensor_config(200);
+    let routes = Routes::of(&config);
+    let mut watch = Watch::new(&config, "bench".into(), 1).unwrap();
+    let topics: Vec<String> = (0..200).map(|i| format!("load/{i}")).collect();
+    let (mut n, mut ts) = (0usize, 0i64);
+    group.bench_function("mqtt sensor: one quiet message, judged and watched", |b| {
+        b.iter(|| {
+            n += 1;
+            ts += 1;
+            let payload = format!(r#"{{"o":20,"n":{n}}}"#);
+            let (device, reading) =
+                judge(&routes, &topics[n % 200], false, payload.as_bytes()).unwrap();
+            let outcome = PollOutcome {
+                device,
+                at: shouwang_gateway::clock::Stamp::at(ts),
+                result: Ok(reading.values),
+            };
+            black_box(watch.on_poll(&outcome))
+        })
+    });
     group.finish();
+}
+
+/// `devices` MQTT smoke sensors on `load/<i>`, as the sensor-load harness configures them.
+fn sensor_config(devices: usize) -> Config {
+    let mut text = String::from(
+        r#"
+[gateway]
+id = "gw-load"
+community = "riverside"
+data_dir = "data"
+
+[[rules]]
+id = "smoke-high"
+device_kind = "smoke"
+point = "obscuration"
+class = "alarm"
+priority = "high"
+above = 2.5
+deadband = 0.5
+message = "Smoke detected"
+"#,
+    );
+    for i in 0..devices {
+        text.push_str(&format!(
+            r#"
+[[devices]]
+id = "load-{i}"
+kind = "smoke"
+building = "L"
+floor = "{floor}"
+unit = "{unit}"
+transport = "mqtt"
+topic = "load/{i}"
+comm_loss_after_s = 100
+
+[[devices.points]]
+name = "obscuration"
+json = "o"
+scale = 0.01
+"#,
+            floor = i / 10,
+            unit = i % 10
+        ));
+    }
+    Config::from_toml_str(&text, "sensors.toml").unwrap()
 }
 
 criterion_group!(benches, hot_paths);

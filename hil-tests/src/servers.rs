@@ -216,6 +216,11 @@ pub fn mosquitto_on(port: u16) -> anyhow::Result<Server> {
     mosquitto_conf(port, "")
 }
 
+/// What every test broker shares with `docs/mosquitto/shouwang.conf`: Nagle's algorithm
+/// off on the broker's side (with it on, a client's messages arrive in bursts every ~18 ms
+/// once it has sent a keep-alive ping; see the note there).
+const NODELAY: &str = "set_tcp_nodelay true\n";
+
 /// A mosquitto broker that keeps everything in memory only (mosquitto's default,
 /// `persistence false`): killed, it comes back knowing no session and no queued message.
 pub fn mosquitto_in_memory() -> anyhow::Result<Server> {
@@ -225,7 +230,7 @@ pub fn mosquitto_in_memory() -> anyhow::Result<Server> {
     let conf = dir.path().join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{NODELAY}"),
     )?;
     spawn(
         "mosquitto (in memory)",
@@ -253,7 +258,7 @@ fn mosquitto_conf(port: u16, extra: &str) -> anyhow::Result<Server> {
     std::fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n{extra}",
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n{NODELAY}{extra}",
             dir.path().display()
         ),
     )?;

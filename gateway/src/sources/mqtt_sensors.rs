@@ -2,7 +2,8 @@
 //! elevator monitoring terminals): every `transport = "mqtt"` device's JSON messages, turned
 //! into [`PollOutcome`]s for the watch like any poll.
 //!
-//! [`decode`] is pure (a payload in, values and point faults or a [`Rejection`] out), as is
+//! [`decode`] is pure (a payload in, values and point faults or a [`Rejection`] out; the
+//! payload read as [`json::Json`], borrowed from it), as is
 //! [`topic`] (checks of topics and filters, whether two can meet, the trie that finds a
 //! message's device); [`run`] is the one task with the sensor link's socket. It decides
 //! nothing about alarms.
@@ -25,6 +26,13 @@
 //!   sensor message ([`decode::MAX_PAYLOAD_BYTES`], 64 KiB): a large payload is rejected
 //!   and counted, and the link stays up. Only one above 1 MiB, which a broker set up as
 //!   `docs/mosquitto/` (`max_packet_size` 256 KiB) never delivers, costs a reconnect.
+//!
+//! - **Latency** depends on the broker too: one with Nagle's algorithm on (mosquitto's
+//!   default, `set_tcp_nodelay false`) delivers the messages in bursts every ~18 ms once
+//!   this link has sent its first keep-alive ping (Linux then acknowledges the stream late,
+//!   and the broker holds each small message until the last one is acknowledged): up to
+//!   19 ms on an alarm. `docs/mosquitto/shouwang.conf` turns it off; a platform's broker
+//!   named in `[mqtt_sensors]` should too.
 //!
 //! # Messages
 //! - A message is the device's whose topic or filter matches its topic ([`Routes::find`]):
@@ -67,6 +75,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod json;
 pub mod repeat;
 pub mod topic;
 
@@ -229,7 +238,10 @@ pub fn connection(broker: &SensorBroker, subscribes: usize) -> (AsyncClient, Eve
     // Room for every SUBSCRIBE of one ConnAck: they are queued with `try_subscribe_many`
     // from the loop that drains the channel, so they must never wait.
     let capacity = subscribes + 8;
-    AsyncClient::new(options, capacity)
+    // Nagle off, like the broker link: its PINGREQs and the PUBACKs of QoS 1 sensor
+    // messages go out at once. (The delay that matters here is the broker's own: see
+    // "Latency" in the module docs.)
+    shouwang_broker_auth::connect_without_delay(options, capacity)
 }
 
 /// `topics` in runs for one SUBSCRIBE each: at most [`SUBSCRIBE_BATCH`] topics and, unless

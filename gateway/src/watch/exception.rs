@@ -50,49 +50,68 @@ impl ExceptionFilter {
 
     /// The values of one poll at `now_ms` that are to be reported.
     pub fn filter(&mut self, points: Vec<PointValue>, now_ms: i64) -> Vec<PointValue> {
+        let heartbeat = self.heartbeat(now_ms);
+        points
+            .into_iter()
+            .filter(|p| self.report(&p.point, p.value, p.quality, heartbeat))
+            .collect()
+    }
+
+    /// A poll at `now_ms`: whether it is the heartbeat, which reports every point (and
+    /// starts the next period). [`ExceptionFilter::filter`] in two steps, for a caller
+    /// that decides before it builds the points: this once per poll, then
+    /// [`ExceptionFilter::report`] for each of its points.
+    pub fn heartbeat(&mut self, now_ms: i64) -> bool {
         let heartbeat = self
             .last_full_ms
             .is_none_or(|at| now_ms.saturating_sub(at) >= self.every_ms);
         if heartbeat {
             self.last_full_ms = Some(now_ms);
         }
-        points
-            .into_iter()
-            .filter(|p| {
-                let state = match self.points.iter().position(|s| s.name == p.point) {
-                    Some(i) => &mut self.points[i],
-                    None => {
-                        self.points.push(PointState {
-                            name: p.point.clone(),
-                            deadband: 0.0,
-                            last: None,
-                        });
-                        let last = self.points.len() - 1;
-                        &mut self.points[last]
-                    }
-                };
-                let moved = state.last.is_none_or(|(last, quality)| {
-                    // A change of quality is always news (a wire break, and its repair).
-                    if quality != p.quality {
-                        return true;
-                    }
-                    match (last, p.value) {
-                        (Some(last), Some(value)) => {
-                            let moved = (value - last).abs();
-                            // NaN (a value appearing or vanishing) counts as a move.
-                            moved > state.deadband || moved.is_nan()
-                        }
-                        (None, None) => false,
-                        _ => true,
-                    }
+        heartbeat
+    }
+
+    /// Whether one point of a poll is reported, given whether the poll is the heartbeat;
+    /// if so, it is the point's last reported value from now on.
+    pub fn report(
+        &mut self,
+        point: &str,
+        value: Option<f64>,
+        quality: Quality,
+        heartbeat: bool,
+    ) -> bool {
+        let i = match self.points.iter().position(|s| s.name == point) {
+            Some(i) => i,
+            None => {
+                self.points.push(PointState {
+                    name: point.to_string(),
+                    deadband: 0.0,
+                    last: None,
                 });
-                let report = heartbeat || moved;
-                if report {
-                    state.last = Some((p.value, p.quality));
+                self.points.len() - 1
+            }
+        };
+        let state = &mut self.points[i];
+        let moved = state.last.is_none_or(|(last, last_quality)| {
+            // A change of quality is always news (a wire break, and its repair).
+            if last_quality != quality {
+                return true;
+            }
+            match (last, value) {
+                (Some(last), Some(value)) => {
+                    let moved = (value - last).abs();
+                    // NaN (a value appearing or vanishing) counts as a move.
+                    moved > state.deadband || moved.is_nan()
                 }
-                report
-            })
-            .collect()
+                (None, None) => false,
+                _ => true,
+            }
+        });
+        let report = heartbeat || moved;
+        if report {
+            state.last = Some((value, quality));
+        }
+        report
     }
 }
 

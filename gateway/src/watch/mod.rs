@@ -35,6 +35,43 @@ use crate::sources::{PollOutcome, PolledValues};
 /// bad answer is not yet a fault.
 const POINT_FAULT_AFTER_POLLS: u32 = 3;
 
+/// Set one of the gateway's built-in faults (a device's `comm_lost` or `point_fault`).
+fn set_fault(engine: &mut Engine, alarm_id: &str, active: bool, ts_ms: i64) -> Vec<Transition> {
+    // They are created with the engine from the same config, so the id always exists and
+    // is External; an error here is a broken invariant, logged by returning nothing rather
+    // than crashing the gateway.
+    engine
+        .set_external(alarm_id, active, None, ts_ms)
+        .unwrap_or_else(|e| {
+            tracing::error!(alarm_id, error = %e, "built-in fault missing from the engine");
+            Vec::new()
+        })
+}
+
+/// One point of a reading batch: its value or none, its quality, its unit (`units`: a
+/// device's, sorted by point name).
+fn point_value(
+    units: &[(String, Option<String>)],
+    point: &str,
+    value: Option<f64>,
+    quality: Quality,
+) -> PointValue {
+    PointValue {
+        point: point.to_string(),
+        value,
+        engineering_unit: unit_of(units, point),
+        quality,
+    }
+}
+
+/// The engineering unit of `point` in a device's `units` (sorted by point name).
+fn unit_of(units: &[(String, Option<String>)], point: &str) -> Option<String> {
+    units
+        .binary_search_by(|(name, _)| name.as_str().cmp(point))
+        .ok()
+        .and_then(|i| units[i].1.clone())
+}
+
 /// What one poll produced.
 #[derive(Debug, Default, PartialEq)]
 pub struct PollReport {
@@ -75,16 +112,6 @@ struct Alive {
     stale_after_ms: i64,
     /// Its last value, and when (monotonic ms) it took it; `None` until it is first read.
     last: Option<(f64, i64)>,
-}
-
-impl DeviceState {
-    /// The engineering unit of point `point`.
-    fn unit(&self, point: &str) -> Option<String> {
-        self.units
-            .binary_search_by(|(name, _)| name.as_str().cmp(point))
-            .ok()
-            .and_then(|i| self.units[i].1.clone())
-    }
 }
 
 impl Alive {
@@ -295,12 +322,9 @@ impl Watch {
                 report.readings = batch;
             }
             Ok(polled) => {
+                let at = outcome.at.mono_ms;
                 let held;
-                let polled = match device
-                    .alive
-                    .as_mut()
-                    .and_then(|a| a.stale(polled, outcome.at.mono_ms))
-                {
+                let polled = match device.alive.as_mut().and_then(|a| a.stale(polled, at)) {
                     Some(reason) => {
                         held = polled.clone().into_stale(&reason);
                         &held
@@ -309,29 +333,8 @@ impl Watch {
                 };
                 let fresh = polled.is_fresh();
                 if fresh {
-                    device.last_answer_ms = device.last_answer_ms.max(outcome.at.mono_ms);
+                    device.last_answer_ms = device.last_answer_ms.max(at);
                 }
-                let mut batch = ReadingBatch {
-                    schema: ReadingBatch::SCHEMA,
-                    gateway: self.gateway.clone(),
-                    device: device.id.clone(),
-                    device_kind: device.kind.clone(),
-                    place: (*device.place).clone(),
-                    ts_ms: outcome.at.wall_ms,
-                    points: polled
-                        .values
-                        .iter()
-                        .map(|(point, value)| {
-                            PointValue::good(point.clone(), *value, device.unit(point))
-                        })
-                        .chain(polled.faults.iter().map(|fault| PointValue {
-                            point: fault.point.clone(),
-                            value: None,
-                            engineering_unit: device.unit(&fault.point),
-                            quality: fault.quality,
-                        }))
-                        .collect(),
-                };
                 // Same threshold as comm loss: one bad answer is not yet a fault. Held
                 // values are no answer at all: they count towards comm loss instead.
                 let refused = polled.faults.iter().any(|f| f.quality != Quality::Stale);
@@ -342,9 +345,6 @@ impl Watch {
                     device.point_failures = device.point_failures.saturating_add(1);
                     device.point_failures >= POINT_FAULT_AFTER_POLLS
                 };
-                let device_id = device.id.clone();
-                let comm_lost = device.comm_lost_alarm.clone();
-                let point_fault_alarm = device.point_fault_alarm.clone();
                 if !fresh {
                     let (lost, batch) = self.silence(outcome.device, outcome.at);
                     transitions.extend(lost);
@@ -353,34 +353,63 @@ impl Watch {
                         report.events = self.events(transitions, outcome.at.wall_ms);
                         return report;
                     }
-                } else {
-                    transitions.extend(self.external(&comm_lost, false, outcome.at.mono_ms));
+                }
+                let Some(device) = self.devices.get_mut(outcome.device) else {
+                    return report;
+                };
+                // The engine and the device are separate fields: no id is copied per poll.
+                let engine = &mut self.engine;
+                if fresh {
+                    transitions.extend(set_fault(engine, &device.comm_lost_alarm, false, at));
                     if point_fault || !refused {
-                        transitions.extend(self.external(
-                            &point_fault_alarm,
-                            point_fault,
-                            outcome.at.mono_ms,
-                        ));
+                        let alarm = &device.point_fault_alarm;
+                        transitions.extend(set_fault(engine, alarm, point_fault, at));
                     }
                 }
                 for (point, value) in &polled.values {
-                    transitions.extend(self.engine.on_reading(
-                        &device_id,
-                        point,
-                        *value,
-                        outcome.at.mono_ms,
-                    ));
+                    transitions.extend(engine.on_reading(&device.id, point, *value, at));
                 }
                 // The rules saw every value above; the sinks get what is worth reporting.
-                let exception = self
-                    .devices
-                    .get_mut(outcome.device)
-                    .and_then(|d| d.exception.as_mut());
-                if let Some(filter) = exception {
-                    batch.points = filter.filter(batch.points, outcome.at.mono_ms);
-                }
-                if !batch.points.is_empty() {
-                    report.readings = Some(batch);
+                // Report by exception decides on the values first, so a poll that reports
+                // nothing (most of them) builds no batch: no copy of the device's place and
+                // names for a batch that would be thrown away.
+                let values = polled
+                    .values
+                    .iter()
+                    .map(|(point, value)| (point, Some(*value), Quality::Good));
+                let faults = polled
+                    .faults
+                    .iter()
+                    .map(|fault| (&fault.point, None, fault.quality));
+                let reported = values.chain(faults);
+                let points: Vec<PointValue> = match device.exception.as_mut() {
+                    Some(filter) => {
+                        let heartbeat = filter.heartbeat(at);
+                        reported
+                            .filter(|&(point, value, quality)| {
+                                filter.report(point, value, quality, heartbeat)
+                            })
+                            .map(|(point, value, quality)| {
+                                point_value(&device.units, point, value, quality)
+                            })
+                            .collect()
+                    }
+                    None => reported
+                        .map(|(point, value, quality)| {
+                            point_value(&device.units, point, value, quality)
+                        })
+                        .collect(),
+                };
+                if !points.is_empty() {
+                    report.readings = Some(ReadingBatch {
+                        schema: ReadingBatch::SCHEMA,
+                        gateway: self.gateway.clone(),
+                        device: device.id.clone(),
+                        device_kind: device.kind.clone(),
+                        place: (*device.place).clone(),
+                        ts_ms: outcome.at.wall_ms,
+                        points,
+                    });
                 }
             }
         }
@@ -542,15 +571,7 @@ impl Watch {
     }
 
     fn external(&mut self, alarm_id: &str, active: bool, ts_ms: i64) -> Vec<Transition> {
-        // The comm-lost alarms are created with the engine from the same config, so the id
-        // always exists and is External; an error here is a broken invariant, logged by
-        // returning nothing rather than crashing the gateway.
-        self.engine
-            .set_external(alarm_id, active, None, ts_ms)
-            .unwrap_or_else(|e| {
-                tracing::error!(alarm_id, error = %e, "built-in fault missing from the engine");
-                Vec::new()
-            })
+        set_fault(&mut self.engine, alarm_id, active, ts_ms)
     }
 
     /// The event for one transition. `wall_ms` is the wall-clock time of the call that

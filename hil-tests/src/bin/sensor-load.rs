@@ -169,6 +169,17 @@ struct Book {
     done: Vec<Trigger>,
 }
 
+/// A client of the harness, with Nagle's algorithm off like the gateway's and the console's
+/// broker links: the publisher's messages and the subscribers' PUBACKs are not held back
+/// behind an unacknowledged one, so the floor and the alarm are both measured without it.
+fn client(options: MqttOptions, capacity: usize) -> (AsyncClient, rumqttc::EventLoop) {
+    let (client, mut events) = AsyncClient::new(options, capacity);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    events.set_network_options(network);
+    (client, events)
+}
+
 /// A subscriber that runs `on` for every message on `filter`.
 async fn subscriber(
     port: u16,
@@ -178,7 +189,7 @@ async fn subscriber(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut options = MqttOptions::new(id, "127.0.0.1", port);
     options.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut events) = AsyncClient::new(options, 64);
+    let (client, mut events) = client(options, 64);
     client.subscribe(filter, QoS::AtLeastOnce).await?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
@@ -273,7 +284,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut options = MqttOptions::new("load-platform", "127.0.0.1", port);
     options.set_max_packet_size(1 << 20, 1 << 20);
-    let (publisher, mut publisher_events) = AsyncClient::new(options, 10_000);
+    let (publisher, mut publisher_events) = client(options, 10_000);
     let _driver = tokio::spawn(async move {
         loop {
             if publisher_events.poll().await.is_err() {

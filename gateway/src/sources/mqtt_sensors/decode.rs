@@ -21,7 +21,7 @@
 //! No input makes it panic (a property test feeds it arbitrary bytes); nesting is bounded
 //! by serde_json's recursion limit (128), so no payload can exhaust the stack.
 
-use serde_json::Value;
+use super::json::Json;
 
 use crate::config::{DeviceConfig, QualityValue};
 use crate::sources::{PointFault, PolledValues};
@@ -103,12 +103,12 @@ impl JsonPath {
     }
 
     /// The value at this path, if there is one.
-    pub fn find<'a>(&self, root: &'a Value) -> Option<&'a Value> {
+    pub fn find<'j, 'a>(&self, root: &'j Json<'a>) -> Option<&'j Json<'a>> {
         let mut at = root;
         for (key, index) in &self.segments {
             at = match at {
-                Value::Object(map) => map.get(key)?,
-                Value::Array(items) => items.get((*index)?)?,
+                Json::Object(_) => at.get(key)?,
+                Json::Array(items) => items.get((*index)?)?,
                 _ => return None,
             };
         }
@@ -129,14 +129,14 @@ pub struct Quality {
 
 impl Quality {
     /// `Ok` when good; else why not, for the point's fault.
-    fn judge(&self, root: &Value) -> Result<(), String> {
+    fn judge(&self, root: &Json) -> Result<(), String> {
         let Some(value) = self.path.find(root) else {
             return Err(format!("quality field `{}` is missing", self.path.as_str()));
         };
         let good = self.good.iter().any(|g| match (g, value) {
-            (QualityValue::Bool(g), Value::Bool(v)) => g == v,
-            (QualityValue::Number(g), Value::Number(v)) => v.as_f64() == Some(*g),
-            (QualityValue::Text(g), Value::String(v)) => g == v,
+            (QualityValue::Bool(g), Json::Bool(v)) => g == v,
+            (QualityValue::Number(g), Json::Number(v)) => v.as_f64() == Some(*g),
+            (QualityValue::Text(g), Json::String(v)) => g == v,
             _ => false,
         });
         if good {
@@ -244,8 +244,9 @@ impl SensorMap {
     }
 }
 
-/// Step 1: the payload must be a JSON object of bounded size.
-pub fn parse_object(payload: &[u8]) -> Result<Value, Rejection> {
+/// Step 1: the payload must be a JSON object of bounded size. Read as [`Json`], which
+/// borrows its text from the payload and refuses what `serde_json::Value` refuses.
+pub fn parse_object(payload: &[u8]) -> Result<Json<'_>, Rejection> {
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(Rejection::TooLarge {
             bytes: payload.len(),
@@ -253,25 +254,25 @@ pub fn parse_object(payload: &[u8]) -> Result<Value, Rejection> {
         });
     }
     let text = std::str::from_utf8(payload).map_err(|_| Rejection::Binary)?;
-    let value: Value = serde_json::from_str(text).map_err(|e| Rejection::NotJson(e.to_string()))?;
+    let value = Json::parse(text).map_err(|e| Rejection::NotJson(e.to_string()))?;
     match value {
-        Value::Object(_) => Ok(value),
+        Json::Object(_) => Ok(value),
         other => Err(Rejection::NotObject(kind(&other))),
     }
 }
 
-fn point_value(point: &PointMap, root: &Value) -> Result<f64, String> {
+fn point_value(point: &PointMap, root: &Json) -> Result<f64, String> {
     if let Some(quality) = &point.quality {
         quality.judge(root)?;
     }
     let path = point.path.as_str();
     let raw = match point.path.find(root) {
         None => return Err(format!("field `{path}` is missing")),
-        Some(Value::Number(n)) => n
+        Some(Json::Number(n)) => n
             .as_f64()
             .ok_or_else(|| format!("field `{path}` is a number beyond f64"))?,
-        Some(Value::Bool(b)) => f64::from(u8::from(*b)),
-        Some(Value::String(s)) => match s.trim().parse::<f64>() {
+        Some(Json::Bool(b)) => f64::from(u8::from(*b)),
+        Some(Json::String(s)) => match s.trim().parse::<f64>() {
             Ok(v) if v.is_finite() => v,
             _ => return Err(format!("field `{path}` is text that is not a number")),
         },
@@ -285,24 +286,24 @@ fn point_value(point: &PointMap, root: &Value) -> Result<f64, String> {
     }
 }
 
-fn kind(value: &Value) -> &'static str {
+fn kind(value: &Json) -> &'static str {
     match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "text",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "text",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
     }
 }
 
 /// A value for a fault message: scalars as they are (text cut to 32 characters), the rest
 /// by kind. Quality fields hold codes, not personal data.
-fn short(value: &Value) -> String {
+fn short(value: &Json) -> String {
     match value {
-        Value::String(s) => format!("{:?}", s.chars().take(32).collect::<String>()),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
+        Json::String(s) => format!("{:?}", s.chars().take(32).collect::<String>()),
+        Json::Number(n) => n.to_string(),
+        Json::Bool(b) => b.to_string(),
         other => kind(other).to_string(),
     }
 }
@@ -311,9 +312,9 @@ fn short(value: &Value) -> String {
 const MAX_WALL_MS: i64 = 253_402_300_799_999;
 
 /// A sensor's timestamp: ms since the Unix epoch (a number) or RFC 3339 (a string).
-pub fn timestamp_ms(value: &Value) -> Option<i64> {
+pub fn timestamp_ms(value: &Json) -> Option<i64> {
     let ms = match value {
-        Value::Number(n) => match n.as_i64() {
+        Json::Number(n) => match n.as_i64() {
             Some(ms) => ms,
             None => {
                 let f = n.as_f64()?;
@@ -323,7 +324,7 @@ pub fn timestamp_ms(value: &Value) -> Option<i64> {
                 f.floor() as i64
             }
         },
-        Value::String(s) => rfc3339_ms(s.trim())?,
+        Json::String(s) => rfc3339_ms(s.trim())?,
         _ => return None,
     };
     (0..=MAX_WALL_MS).contains(&ms).then_some(ms)
