@@ -1528,6 +1528,8 @@ impl Config {
                     on_delay_ms: 0,
                     off_delay_ms: 0,
                     latch: false,
+                    // Not before the console shows chatter summaries (wire v3, issue 7).
+                    collapse_chatter: false,
                 },
                 AlarmMeta {
                     device: id,
@@ -1577,6 +1579,8 @@ impl Config {
                         on_delay_ms: 0,
                         off_delay_ms: 0,
                         latch: false,
+                        // Not before the console shows chatter summaries (wire v3, issue 7).
+                        collapse_chatter: false,
                     },
                     AlarmMeta {
                         device: id.clone(),
@@ -1627,6 +1631,8 @@ impl Config {
                         on_delay_ms: rule.on_delay_ms,
                         off_delay_ms: rule.off_delay_ms,
                         latch: false,
+                        // Not before the console shows chatter summaries (wire v3, issue 7).
+                        collapse_chatter: false,
                     },
                     AlarmMeta {
                         device: id.clone(),

@@ -32,6 +32,7 @@ fn engine() -> Engine {
             on_delay_ms: 0,
             off_delay_ms: 0,
             latch: false,
+            collapse_chatter: true,
         });
         specs.push(RuleSpec {
             alarm_id: format!("gw:{device}:comm_lost").into(),
@@ -43,6 +44,7 @@ fn engine() -> Engine {
             on_delay_ms: 0,
             off_delay_ms: 0,
             latch: false,
+            collapse_chatter: true,
         });
     }
     Engine::new(specs).unwrap()
@@ -63,6 +65,7 @@ fn engine_of(kind: &str, point: &str, condition: Condition) -> Engine {
                 on_delay_ms: 0,
                 off_delay_ms: 30_000,
                 latch: false,
+                collapse_chatter: true,
             }
         })
         .collect();

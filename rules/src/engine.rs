@@ -213,6 +213,10 @@ pub struct RuleSpec {
     /// itself but stays `Latched` after its condition clears, until an operator resets it
     /// ([`Engine::reset`]). `false` for every rule that does not say.
     pub latch: bool,
+    /// Whether chatter collapses (ISA-18.2): the [`CHATTER_RAISES`]-th raise within
+    /// [`CHATTER_WINDOW_MS`] is announced as one `ChatterStarted` and the raises after it are
+    /// not, until the alarm has been quiet for that long. `false`: every raise is announced.
+    pub collapse_chatter: bool,
 }
 
 /// When a rule's alarm is active (the module docs have them side by side).
@@ -1182,7 +1186,7 @@ impl Alarm {
     /// the raise, and makes the `Raised`, the `ChatterStarted`, or nothing while chattering.
     fn announce_raise(&mut self, ts_ms: i64) -> Option<Transition> {
         let was_chattering = self.chatter.chattering;
-        let starts_chatter = self.chatter.count_raise(ts_ms);
+        let starts_chatter = self.spec.collapse_chatter && self.chatter.count_raise(ts_ms);
         if was_chattering {
             return None;
         }

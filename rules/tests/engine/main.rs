@@ -29,6 +29,7 @@ pub fn smoke(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
         on_delay_ms,
         off_delay_ms: 0,
         latch: false,
+        collapse_chatter: true,
     }
 }
 
@@ -48,6 +49,7 @@ pub fn low_pressure(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
         on_delay_ms,
         off_delay_ms: 0,
         latch: false,
+        collapse_chatter: true,
     }
 }
 
@@ -55,6 +57,7 @@ pub fn low_pressure(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
 pub fn fire(alarm_id: &str) -> RuleSpec {
     RuleSpec {
         latch: true,
+        collapse_chatter: true,
         ..smoke(alarm_id, 0)
     }
 }
@@ -71,6 +74,7 @@ pub fn comm_lost(alarm_id: &str, on_delay_ms: u64) -> RuleSpec {
         on_delay_ms,
         off_delay_ms: 0,
         latch: false,
+        collapse_chatter: true,
     }
 }
 
@@ -86,5 +90,6 @@ pub fn rule(alarm_id: &str, device: &str, point: &str, condition: Condition) -> 
         on_delay_ms: 0,
         off_delay_ms: 0,
         latch: false,
+        collapse_chatter: true,
     }
 }

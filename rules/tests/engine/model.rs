@@ -184,6 +184,7 @@ fn specs(params: &Params) -> Vec<RuleSpec> {
         on_delay_ms: 0,
         off_delay_ms: 0,
         latch: false,
+        collapse_chatter: true,
     };
     let mut specs = vec![
         spec(
@@ -1364,6 +1365,7 @@ fn long_window_specs(by: f64, window_ms: u64) -> Vec<RuleSpec> {
         on_delay_ms: 0,
         off_delay_ms: 0,
         latch: false,
+        collapse_chatter: true,
     };
     vec![
         spec("rise", Condition::RiseWithin { by, window_ms }),
