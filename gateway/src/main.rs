@@ -59,6 +59,9 @@ enum RulesCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Cmd::Run { .. }) {
+        one_malloc_arena();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -292,6 +295,37 @@ fn rules_test(fixtures: &[PathBuf]) -> ExitCode {
         ExitCode::FAILURE
     }
 }
+
+/// glibc's malloc gives threads that allocate arenas of their own (up to 8 per core), and
+/// what one arena frees only that arena reuses: with the runtime loop and the links on two
+/// tokio workers, 1,000 devices cost 15.6-16.4 MiB of RSS, against 12.8 MiB with one arena
+/// (`device-load`), and one arena costs no CPU at the gateway's allocation rate (sensor-load
+/// at 20,000 msg/s: 4.0 against 4.7 µs per message). glibc reads `MALLOC_ARENA_MAX` before
+/// `main` runs, so `run` sets it and executes itself again, once, in the same process (same
+/// pid, so systemd and supervisors see nothing); unless the environment already gives it (a
+/// site's own choice is kept). If the exec fails, the gateway runs on as it is.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn one_malloc_arena() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    // argv[0], not /proc/self/exe: under an emulator (qemu-user) that is the emulator.
+    let mut args = std::env::args_os();
+    let Some(program) = args.next() else {
+        return;
+    };
+    let error = std::process::Command::new(program)
+        .args(args)
+        .env("MALLOC_ARENA_MAX", "1")
+        .exec();
+    eprintln!(
+        "shouwang-gateway: could not restart itself with one malloc arena ({error}); running on"
+    );
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn one_malloc_arena() {}
 
 async fn shutdown_signal() {
     #[cfg(unix)]
