@@ -322,7 +322,7 @@ fn check_notes_the_rules_a_profile_expects_and_the_config_lacks() {
     assert_eq!(
         c.notes(),
         [
-            "1 device of profile pressure-transmitter (kind pressure) has no rule fire-main-low, fire-main-high, which the profile expects",
+            "1 device of profile pressure-transmitter (kind pressure) has no rule fire-main-low, fire-main-high, fire-main-falling, which the profile expects",
             "2 devices of profile water-leak-probe (kind leak) have no rule leak-probe-fault, which the profile expects",
         ]
     );
