@@ -24,6 +24,7 @@ mod places;
 mod profiles;
 pub mod rule_files;
 mod template;
+pub mod zones;
 pub use crate::sinks::mqtt::auth::MqttTls;
 pub use crate::sources::mqtt_sensors::config::MqttSensorsSection;
 pub use devices::MAX_DEVICES;
@@ -115,6 +116,8 @@ pub struct Config {
     /// Every rule as it applies, with its devices: the packs named, the site's rule files
     /// and `[[rules]]`, laid over each other (see `config/rule_files.rs`).
     pub rules: Vec<rule_files::BoundRule>,
+    /// `[[coincidences]]`: zone alarms over the alarms of several devices (`config/zones.rs`).
+    pub coincidences: Vec<zones::CoincidenceConfig>,
 }
 
 /// `[gateway]`: who this gateway is.
@@ -1287,10 +1290,15 @@ impl Config {
         let labels = &origins.labels;
         let mut rule_entries =
             rule_files::config_entries(table.remove("rules"), text, source, &mut problems);
+        let coincidences = list::<zones::CoincidenceConfig>(
+            table.remove("coincidences"),
+            "coincidences",
+            &mut problems,
+        );
         for key in table.keys() {
             problems.add(
                 key.as_str(),
-                "unknown section; expected gateway, mqtt, mqtt_sensors, influx, metrics, places, links, devices, device_files or rules",
+                "unknown section; expected gateway, mqtt, mqtt_sensors, influx, metrics, places, links, devices, device_files, rules or coincidences",
             );
         }
         let has_mqtt_devices = devices
@@ -1349,8 +1357,10 @@ impl Config {
             profiles,
             devices: devices.iter().flatten().cloned().collect(),
             rules: Vec::new(),
+            coincidences: coincidences.into_iter().flatten().collect(),
         };
         config.rules = rule_files::bind(&file_entries, &config, all_parsed, &mut problems);
+        zones::check(&config, &mut problems);
         if all_parsed {
             config.check(labels, &mut problems);
         } else {
@@ -1645,6 +1655,38 @@ impl Config {
                     },
                 ));
             }
+        }
+        // The zone alarms of the coincidences (config/zones.rs): set by the watch.
+        let zone_kind: Arc<str> = Arc::from("zone");
+        for zone in self.zones() {
+            let Some(c) = self.coincidences.get(zone.coincidence) else {
+                continue;
+            };
+            let id: Arc<str> = Arc::from(zone.id.as_str());
+            out.push((
+                RuleSpec {
+                    alarm_id: alarm_id(&self.gateway.community, &self.gateway.id, &zone.id, &c.id)
+                        .into(),
+                    device: id.clone(),
+                    point: empty.clone(),
+                    class: c.class,
+                    priority: c.priority,
+                    condition: Condition::External,
+                    on_delay_ms: 0,
+                    off_delay_ms: 0,
+                    latch: false,
+                    collapse_chatter: false,
+                },
+                AlarmMeta {
+                    device: id,
+                    device_kind: zone_kind.clone(),
+                    point: None,
+                    rule: c.id.as_str().into(),
+                    place: Arc::new(zone.place),
+                    message: c.message.as_str().into(),
+                    engineering_unit: None,
+                },
+            ));
         }
         out
     }

@@ -158,6 +158,33 @@ pub struct Watch {
     /// Batches saying a device's points are `comm-lost`, made when its communication loss
     /// was raised by a tick ([`Watch::take_readings`]); at most one per device.
     comm_lost_readings: Vec<ReadingBatch>,
+    /// The coincidences' zones (`config/zones.rs`), and for each alarm that counts in one
+    /// (by its index in the engine) the zones and the device it counts for.
+    zones: Vec<ZoneWatch>,
+    counts_in: HashMap<usize, Vec<(usize, usize)>>,
+}
+
+/// One zone of a coincidence: which of its devices have an alarm that counts.
+struct ZoneWatch {
+    alarm: Arc<str>,
+    at_least: usize,
+    /// Device index -> the engine indices of its active alarms that count.
+    active: HashMap<usize, Vec<usize>>,
+}
+
+impl ZoneWatch {
+    /// Note alarm `alarm` of device `device` active or not; whether the zone is now met.
+    fn note(&mut self, device: usize, alarm: usize, active: bool) -> bool {
+        let alarms = self.active.entry(device).or_default();
+        alarms.retain(|a| *a != alarm);
+        if active {
+            alarms.push(alarm);
+        }
+        if alarms.is_empty() {
+            self.active.remove(&device);
+        }
+        self.active.len() >= self.at_least
+    }
 }
 
 impl Watch {
@@ -182,6 +209,42 @@ impl Watch {
                 .map(|a| a.spec.alarm_id.clone())
                 .unwrap_or_else(|| id.into())
         };
+        // Coincidences: each zone's alarm, and which device alarms count in which zone.
+        let mut zones = Vec::new();
+        let mut counts_in: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
+        for zone in config.zones() {
+            let Some(c) = config.coincidences.get(zone.coincidence) else {
+                continue;
+            };
+            let alarm = shouwang_wire::alarm_id(
+                &config.gateway.community,
+                &config.gateway.id,
+                &zone.id,
+                &c.id,
+            );
+            let Some(alarm) = engine.alarm(&alarm).map(|a| a.spec.alarm_id.clone()) else {
+                continue;
+            };
+            let z = zones.len();
+            for &d in &zone.devices {
+                for rule in &c.of {
+                    let id = shouwang_wire::alarm_id(
+                        &config.gateway.community,
+                        &config.gateway.id,
+                        &config.devices[d].id,
+                        rule,
+                    );
+                    if let Some(index) = engine.index_of(&id) {
+                        counts_in.entry(index).or_default().push((z, d));
+                    }
+                }
+            }
+            zones.push(ZoneWatch {
+                alarm,
+                at_least: usize::try_from(c.at_least).unwrap_or(usize::MAX),
+                active: HashMap::new(),
+            });
+        }
         let devices = config
             .devices
             .iter()
@@ -236,6 +299,8 @@ impl Watch {
             next_seq: 0,
             comm_lost_readings: Vec::new(),
             latest: HashMap::new(),
+            zones,
+            counts_in,
         })
     }
 
@@ -255,6 +320,17 @@ impl Watch {
                 .is_ok()
             {
                 restored += 1;
+                // A restored alarm counts in its zones as it stands; the zone alarm is
+                // restored by its own event.
+                if let Some(index) = self.engine.index_of(&event.alarm_id)
+                    && let Some(links) = self.counts_in.get(&index)
+                {
+                    for &(z, d) in links {
+                        if let Some(zone) = self.zones.get_mut(z) {
+                            zone.note(d, index, event.active);
+                        }
+                    }
+                }
                 self.latest.insert(event.alarm_id.clone(), event);
             }
         }
@@ -418,11 +494,40 @@ impl Watch {
     }
 
     /// The events of transitions that happened at `wall_ms`.
-    fn events(&mut self, transitions: Vec<Transition>, wall_ms: i64) -> Vec<AlarmEvent> {
+    fn events(&mut self, mut transitions: Vec<Transition>, wall_ms: i64) -> Vec<AlarmEvent> {
+        let zoned = self.zone_transitions(&transitions);
+        transitions.extend(zoned);
         transitions
             .into_iter()
             .filter_map(|t| self.event(t, None, wall_ms))
             .collect()
+    }
+
+    /// The zone alarms that `transitions` move: each transition of an alarm that counts in a
+    /// zone notes its device active or not there, and the zone's alarm is set by whether
+    /// `at_least` devices are (at the transition's monotonic time).
+    fn zone_transitions(&mut self, transitions: &[Transition]) -> Vec<Transition> {
+        let mut out = Vec::new();
+        if self.counts_in.is_empty() {
+            return out;
+        }
+        for t in transitions {
+            let Some(index) = self.engine.index_of(&t.alarm_id) else {
+                continue;
+            };
+            let Some(links) = self.counts_in.get(&index) else {
+                continue;
+            };
+            for &(z, d) in links {
+                let Some(zone) = self.zones.get_mut(z) else {
+                    continue;
+                };
+                let met = zone.note(d, index, t.active);
+                let alarm = zone.alarm.clone();
+                out.extend(set_fault(&mut self.engine, &alarm, met, t.ts_ms));
+            }
+        }
+        out
     }
 
     /// Device `index` gave no fresh answer at `at`: when it has been silent for its
@@ -977,6 +1082,127 @@ message = "Smoke detected"
             report.contains("alive_counter.stale_after_s: must be between 1 and 100"),
             "{report}"
         );
+    }
+
+    /// Two smoke detectors in B1, one in B2, and a coincidence of two per building.
+    fn watch_with_zones() -> Watch {
+        let device = |id: &str, building: &str, floor: &str| {
+            format!(
+                "\n[[devices]]\nid = \"{id}\"\nkind = \"smoke\"\nbuilding = \"{building}\"\nfloor = \"{floor}\"\n\
+                 transport = \"tcp\"\naddress = \"127.0.0.1:1\"\nunit_id = {}\n\n[[devices.points]]\n\
+                 name = \"obscuration\"\nregister = 0\ntype = \"u16\"\n",
+                &id[1..]
+            )
+        };
+        let text = format!(
+            "[gateway]\nid = \"gw\"\ncommunity = \"c\"\ndata_dir = \"data\"\n{}{}{}\n\
+             [[rules]]\nid = \"smoke-high\"\ndevice_kind = \"smoke\"\npoint = \"obscuration\"\nclass = \"alarm\"\n\
+             priority = \"high\"\nabove = 2.5\nmessage = \"Smoke\"\n\n\
+             [[coincidences]]\nid = \"fire-confirmed\"\nzone = \"building\"\nof = [\"smoke-high\"]\nat_least = 2\n\
+             class = \"alarm\"\npriority = \"high\"\nmessage = \"Fire confirmed by two detectors\"\n",
+            device("s1", "B1", "1"),
+            device("s2", "B1", "2"),
+            device("s3", "B2", "1"),
+        );
+        let config = Config::from_toml_str(&text, "t").unwrap_or_else(|e| panic!("{e}"));
+        Watch::new(&config, "boot".into(), 7).unwrap()
+    }
+
+    fn smoke_at(device: usize, value: f64, ts_ms: i64) -> PollOutcome {
+        PollOutcome {
+            device,
+            at: Stamp::at(ts_ms),
+            result: Ok(PolledValues {
+                values: vec![("obscuration".into(), value)],
+                faults: vec![],
+            }),
+        }
+    }
+
+    fn rules_of(report: &PollReport) -> Vec<(&str, &str, bool)> {
+        report
+            .events
+            .iter()
+            .map(|e| (e.device.as_str(), e.rule.as_str(), e.active))
+            .collect()
+    }
+
+    #[test]
+    fn two_detectors_in_one_building_confirm_a_fire_and_one_in_each_of_two_does_not() {
+        let mut w = watch_with_zones();
+        for d in 0..3 {
+            assert!(w.on_poll(&smoke_at(d, 0.2, 1_000)).events.is_empty());
+        }
+        // One detector in B1 and one in B2: two alarms, no confirmed fire anywhere.
+        let first = w.on_poll(&smoke_at(0, 3.0, 2_000));
+        assert_eq!(rules_of(&first), [("s1", "smoke-high", true)]);
+        assert_eq!(
+            rules_of(&w.on_poll(&smoke_at(2, 3.0, 2_100))),
+            [("s3", "smoke-high", true)]
+        );
+        // The second detector of B1: the zone alarm in the same poll, with B1's place.
+        let second = w.on_poll(&smoke_at(1, 3.0, 2_200));
+        assert_eq!(
+            rules_of(&second),
+            [
+                ("s2", "smoke-high", true),
+                ("zone-B1", "fire-confirmed", true)
+            ]
+        );
+        let zone = &second.events[1];
+        assert_eq!(zone.alarm_id, "c:gw:zone-B1:fire-confirmed");
+        assert_eq!(zone.device_kind, "zone");
+        assert_eq!(
+            (zone.place.building.as_str(), zone.place.floor.as_str()),
+            ("B1", "")
+        );
+        assert_eq!(zone.state, AlarmState::Unacknowledged);
+        // Acknowledging a detector changes nothing in the zone; one clearing ends it.
+        let seen = first.events[0].event_id.clone();
+        let (acked, _) = w.on_command(&ack("c:gw:s1:smoke-high", &seen), Stamp::at(2_300));
+        assert_eq!(acked.len(), 1);
+        let cleared = w.on_poll(&smoke_at(0, 0.1, 3_000));
+        assert_eq!(
+            rules_of(&cleared),
+            [
+                ("s1", "smoke-high", false),
+                ("zone-B1", "fire-confirmed", false)
+            ]
+        );
+    }
+
+    #[test]
+    fn after_a_restart_the_zone_counts_the_detectors_still_in_alarm() {
+        let mut before = watch_with_zones();
+        before.on_poll(&smoke_at(0, 3.0, 1_000));
+        let mut w = watch_with_zones();
+        let latest: Vec<AlarmEvent> = before.latest.values().cloned().collect();
+        assert_eq!(w.restore(latest), 1);
+        // s1 is restored active: the second detector confirms at once.
+        let second = w.on_poll(&smoke_at(1, 3.0, 500));
+        assert_eq!(
+            rules_of(&second),
+            [
+                ("s2", "smoke-high", true),
+                ("zone-B1", "fire-confirmed", true)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_coincidence_must_name_rules_that_apply_and_ask_for_two_or_more() {
+        let text = CONFIG.to_string()
+            + "\n[[coincidences]]\nid = \"smoke-high\"\nzone = \"building\"\nof = [\"smok\"]\nat_least = 1\n\
+               class = \"alarm\"\npriority = \"high\"\nmessage = \"\"\n";
+        let report = Config::from_toml_str(&text, "t").unwrap_err().to_string();
+        for needle in [
+            "coincidences[0] (smoke-high).id: \"smoke-high\" is a rule's id",
+            "coincidences[0] (smoke-high).of[0]: no rule \"smok\" applies to any device",
+            "coincidences[0] (smoke-high).at_least: is 1; must be 2 to 64",
+            "coincidences[0] (smoke-high).message: must not be empty",
+        ] {
+            assert!(report.contains(needle), "missing {needle:?} in {report}");
+        }
     }
 
     #[test]
