@@ -1,4 +1,5 @@
-//! The gateway's per-poll work: decoding registers, the watch (rules + events), and
+//! The gateway's per-poll work: decoding registers, the watch (rules + events, and a
+//! coincidence over 1,000 detectors), and
 //! encoding line protocol. `cargo bench -p shouwang-gateway`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -134,5 +135,71 @@ scale = 0.01
     Config::from_toml_str(&text, "sensors.toml").unwrap()
 }
 
-criterion_group!(benches, hot_paths);
+/// 1,000 smoke detectors over MQTT, 100 in each of 10 buildings, with a coincidence of two
+/// per building (the two-detector dependency).
+fn zoned_config() -> Config {
+    let mut text = sensor_config(1000)
+        .devices
+        .iter()
+        .enumerate()
+        .fold(String::new(), |mut t, (i, _)| {
+            t.push_str(&format!(
+                "\n[[devices]]\nid = \"d-{i}\"\nkind = \"smoke\"\nbuilding = \"B{}\"\nfloor = \"{}\"\n\
+                 room = \"{}\"\ntransport = \"mqtt\"\ntopic = \"zoned/{i}\"\ncomm_loss_after_s = 100\n\n\
+                 [[devices.points]]\nname = \"obscuration\"\njson = \"o\"\n",
+                i / 100,
+                i % 100 / 10,
+                i % 10
+            ));
+            t
+        });
+    text.insert_str(
+        0,
+        "[gateway]\nid = \"gw-zoned\"\ncommunity = \"riverside\"\ndata_dir = \"data\"\n\n\
+         [[rules]]\nid = \"smoke-high\"\ndevice_kind = \"smoke\"\npoint = \"obscuration\"\nclass = \"alarm\"\n\
+         priority = \"high\"\nabove = 2.5\ndeadband = 0.5\nmessage = \"Smoke\"\n\n\
+         [[coincidences]]\nid = \"fire-confirmed\"\nzone = \"building\"\nof = [\"smoke-high\"]\nat_least = 2\n\
+         class = \"alarm\"\npriority = \"high\"\nmessage = \"Fire confirmed\"\n",
+    );
+    Config::from_toml_str(&text, "zoned.toml").unwrap()
+}
+
+/// A detector's alarm raised and cleared, each move confirming or ending its building's
+/// fire (another detector there is in alarm throughout): the coincidence's worst case.
+fn coincidence(c: &mut Criterion) {
+    let config = zoned_config();
+    let mut watch = Watch::new(&config, "bench".into(), 1).unwrap();
+    let poll = |device: usize, value: f64, ts: i64| PollOutcome {
+        device,
+        at: shouwang_gateway::clock::Stamp::at(ts),
+        result: Ok(PolledValues {
+            values: vec![("obscuration".into(), value)],
+            faults: vec![],
+        }),
+    };
+    // One detector of each building in alarm.
+    for b in 0..10 {
+        watch.on_poll(&poll(b * 100, 3.0, 1));
+    }
+    let mut group = c.benchmark_group("gateway");
+    group.throughput(Throughput::Elements(1));
+    let (mut ts, mut n) = (1_000i64, 0usize);
+    group.bench_function(
+        "watch: 1,000 detectors, two per building confirm: a poll that moves the zone",
+        |b| {
+            b.iter(|| {
+                ts += 1_000;
+                n += 1;
+                // Detector 1 of building (n / 2 % 10): raised on odd n, cleared on even.
+                let device = (n / 2 % 10) * 100 + 1;
+                let value = if n % 2 == 1 { 3.0 } else { 0.1 };
+                let report = watch.on_poll(&poll(device, value, ts));
+                debug_assert_eq!(report.events.len(), 2);
+                black_box(report)
+            })
+        },
+    );
+}
+
+criterion_group!(benches, hot_paths, coincidence);
 criterion_main!(benches);
