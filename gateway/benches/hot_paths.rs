@@ -201,5 +201,56 @@ fn coincidence(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, hot_paths, coincidence);
+/// 20,000 points under the shipped packs: 1,820 smoke detectors of the shipped profile (11
+/// points each, 8 rules of the smoke pack on them), declared by one template, polled with
+/// clean air (every rule judged, none moves).
+fn packs_at_scale(c: &mut Criterion) {
+    let text = "[gateway]\nid = \"gw-packs\"\ncommunity = \"riverside\"\ndata_dir = \"data\"\n\
+                rule_packs = [\"smoke\"]\n\n[[devices]]\nfor = { b = \"1..=20\", u = \"1..=91\" }\n\
+                id = \"s-{b}-{u}\"\nprofile = \"smoke-detector\"\nbuilding = \"B{b}\"\nfloor = \"{(u - 1) / 4 + 1}\"\n\
+                room = \"{u}\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{1500 + b}\"\nunit_id = \"{u}\"\n";
+    let config = Config::from_toml_str(text, "packs.toml").unwrap();
+    let points: usize = config.devices.iter().map(|d| d.points.len()).sum();
+    assert!(points >= 20_000, "{points} points");
+    let mut watch = Watch::new(&config, "bench".into(), 1).unwrap();
+    let values: Vec<(String, f64)> = config.devices[0]
+        .points
+        .iter()
+        .map(|p| {
+            let clean = match p.name.as_str() {
+                "obscuration" => 0.2,
+                "chamber" => 1200.0,
+                "temperature" => 22.0,
+                "battery" => 3.0,
+                _ => 0.0,
+            };
+            (p.name.clone(), clean)
+        })
+        .collect();
+    let per_poll = values.len() as u64;
+    let devices = config.devices.len();
+    let mut group = c.benchmark_group("gateway");
+    group.throughput(Throughput::Elements(per_poll));
+    let (mut ts, mut d) = (0i64, 0usize);
+    group.bench_function(
+        "watch: 20,000 points under the smoke pack, one poll of a detector (per point)",
+        |b| {
+            b.iter(|| {
+                ts += 1;
+                d = (d + 1) % devices;
+                let outcome = PollOutcome {
+                    device: d,
+                    at: shouwang_gateway::clock::Stamp::at(ts),
+                    result: Ok(PolledValues {
+                        values: values.clone(),
+                        faults: vec![],
+                    }),
+                };
+                black_box(watch.on_poll(&outcome))
+            })
+        },
+    );
+}
+
+criterion_group!(benches, hot_paths, coincidence, packs_at_scale);
 criterion_main!(benches);
