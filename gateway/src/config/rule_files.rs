@@ -373,13 +373,7 @@ pub(super) fn bind(
     for (id, group) in by_id {
         if !group.iter().any(|&i| entries[i].select.is_template()) {
             for &i in &group {
-                problems.add(
-                    entries[i].origin.clone(),
-                    format!(
-                        "selects no devices: give device, device_kind or profile (an entry without them \
-                         only refines a rule of the same id, and there is no such rule {id:?})"
-                    ),
-                );
+                refines_nothing(&entries[i].origin, id, problems);
             }
             continue;
         }
@@ -440,15 +434,11 @@ pub(super) fn bind(
             // A template that binds nothing is still checked, so its other mistakes are
             // reported with this one.
             if e.select.is_template() && !template_devices.contains_key(&i) {
-                let mut keys = e.keys.clone();
-                keys.insert("id".into(), toml::Value::String(id.to_string()));
-                if let Some(rule) = rule_of(keys, &e.origin, problems) {
-                    super::check_rule(&rule, &e.origin, problems);
-                }
+                checked_rule(e.keys.clone(), id, &e.origin, problems);
             }
         }
         for (chain, devices) in chains {
-            let mut keys = lay_over(chain.iter().map(|&i| &entries[i].keys));
+            let keys = lay_over(chain.iter().map(|&i| &entries[i].keys));
             let top = &entries[chain[chain.len() - 1]];
             let origin = if chain.len() == 1 {
                 top.origin.clone()
@@ -463,15 +453,9 @@ pub(super) fn bind(
             if chain.iter().rev().find_map(|&i| entries[i].select.enabled) == Some(false) {
                 continue;
             }
-            keys.insert("id".into(), toml::Value::String(id.to_string()));
-            let Some(rule) = rule_of(keys, &origin, problems) else {
+            let Some(rule) = checked_rule(keys, id, &origin, problems) else {
                 continue;
             };
-            let before = problems.0.len();
-            super::check_rule(&rule, &origin, problems);
-            if problems.0.len() > before {
-                continue;
-            }
             let from_pack = chain.iter().all(|&i| entries[i].from_pack);
             let mut kept = Vec::with_capacity(devices.len());
             for d in devices {
@@ -523,6 +507,32 @@ fn lay_over<'a>(layers: impl IntoIterator<Item = &'a toml::Table>) -> toml::Tabl
     keys
 }
 
+/// The problem of entries of rule `id` that refine a rule no template of that id makes.
+fn refines_nothing(origin: &str, id: &str, problems: &mut Problems) {
+    problems.add(
+        origin,
+        format!(
+            "selects no devices: give device, device_kind or profile (an entry without them \
+             only refines a rule of the same id, and there is no such rule {id:?})"
+        ),
+    );
+}
+
+/// The rule `id` that `keys` (selectors taken out, entries laid over each other) say, if it
+/// deserializes and passes [`super::check_rule`]; else its problems under `origin`.
+fn checked_rule(
+    mut keys: toml::Table,
+    id: &str,
+    origin: &str,
+    problems: &mut Problems,
+) -> Option<RuleConfig> {
+    keys.insert("id".into(), toml::Value::String(id.to_string()));
+    let rule = rule_of(keys, origin, problems)?;
+    let before = problems.0.len();
+    super::check_rule(&rule, origin, problems);
+    (problems.0.len() == before).then_some(rule)
+}
+
 /// The rule the merged keys say, or its problem under `origin`.
 fn rule_of(keys: toml::Table, origin: &str, problems: &mut Problems) -> Option<RuleConfig> {
     match RuleConfig::deserialize(toml::Value::Table(keys)) {
@@ -562,16 +572,10 @@ pub fn check_dir(dir: &Path) -> Result<usize, super::ConfigReport> {
                 templates.iter().map(|t| **t).collect()
             };
             if bases.is_empty() {
-                problems.add(
-                    e.origin.clone(),
-                    format!(
-                        "selects no devices: give device, device_kind or profile (an entry without them \
-                         only refines a rule of the same id, and there is no such rule {id:?})"
-                    ),
-                );
+                refines_nothing(&e.origin, id, &mut problems);
             }
             for base in bases {
-                let (mut keys, origin) = if std::ptr::eq(base, *e) {
+                let (keys, origin) = if std::ptr::eq(base, *e) {
                     (base.keys.clone(), e.origin.clone())
                 } else {
                     (
@@ -579,10 +583,7 @@ pub fn check_dir(dir: &Path) -> Result<usize, super::ConfigReport> {
                         format!("{} over {}", e.origin, base.origin),
                     )
                 };
-                keys.insert("id".into(), toml::Value::String(id.to_string()));
-                if let Some(rule) = rule_of(keys, &origin, &mut problems) {
-                    super::check_rule(&rule, &origin, &mut problems);
-                }
+                checked_rule(keys, id, &origin, &mut problems);
             }
         }
     }
@@ -981,5 +982,62 @@ off_delay_ms = 5000
             .unwrap()
             .0;
         assert_eq!(spec.off_delay_ms, 5000);
+    }
+
+    proptest::proptest! {
+        /// Outside input: a rule file or a config's `[[rules]]` headers, whatever they hold
+        /// (a `[[` at the end of a line, multibyte text after it, tables of any keys), are
+        /// reported, never a panic.
+        #[test]
+        fn no_rule_file_text_makes_the_loader_panic(
+            text in "(\\[\\[ ?(rules|rul|r|规则)? ?\\]?\\]?\\n|[a-z_]{1,12} = (\"[^\"]{0,8}\"|-?[0-9]{1,6}|true|\\[\\])\\n|[\\PC]{0,12}\\n){0,24}"
+        ) {
+            let mut problems = Problems::default();
+            let _ = parse_entries(&text, "fuzz.toml", false, &mut problems);
+            let value = text.parse::<toml::Table>().ok().and_then(|mut t| t.remove("rules"));
+            let _ = config_entries(value, &text, "fuzz.toml", &mut problems);
+            let _ = Config::from_toml_str(&(site("") + &text), "fuzz.toml");
+        }
+
+        /// Rule entries with any selectors and values over a real site: bound or refused,
+        /// never a panic.
+        #[test]
+        fn any_rule_entries_over_a_site_are_bound_or_refused(
+            entries in proptest::collection::vec(
+                (
+                    "(smoke-high|smoke-dirty|x)",
+                    proptest::option::of("(B1|B7|B9)"),
+                    proptest::option::of("(1|2)"),
+                    proptest::option::of("(smoke|leak)"),
+                    proptest::option::of(-1.0e3f64..1.0e3),
+                    proptest::option::of(proptest::bool::ANY),
+                ),
+                0..6,
+            )
+        ) {
+            let mut text = site("");
+            for (id, building, floor, kind, above, enabled) in entries {
+                text.push_str(&format!("\n[[rules]]\nid = \"{id}\"\n"));
+                if let Some(b) = building { text.push_str(&format!("building = \"{b}\"\n")); }
+                if let Some(f) = floor { text.push_str(&format!("floor = \"{f}\"\n")); }
+                if let Some(k) = kind {
+                    text.push_str(&format!(
+                        "device_kind = \"{k}\"\npoint = \"obscuration\"\nclass = \"alarm\"\npriority = \"low\"\nmessage = \"m\"\n"
+                    ));
+                }
+                if let Some(a) = above { text.push_str(&format!("above = {a:?}\n")); }
+                if let Some(e) = enabled { text.push_str(&format!("enabled = {e}\n")); }
+            }
+            match Config::from_toml_str(&text, "fuzz.toml") {
+                // Every bound rule selects at least one device and has a condition.
+                Ok(config) => {
+                    for b in &config.rules {
+                        proptest::prop_assert!(!b.devices.is_empty());
+                        proptest::prop_assert!(b.rule.condition().is_ok());
+                    }
+                }
+                Err(report) => proptest::prop_assert!(!report.problems.is_empty()),
+            }
+        }
     }
 }

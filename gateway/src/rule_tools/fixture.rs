@@ -425,4 +425,24 @@ profile = "smoke-detector"
         let outcome = run(&text, Some(dir.path())).unwrap();
         assert!(outcome.failures.is_empty(), "{:?}", outcome.failures);
     }
+
+    proptest::proptest! {
+        /// Outside input: a fixture of any steps (times out of order, unknown points,
+        /// values of any size) runs or says what is wrong with it, never a panic.
+        #[test]
+        fn no_fixture_makes_the_runner_panic(
+            steps in proptest::collection::vec(
+                (-10.0f64..200.0, "(alarm|obscuration|nope)", -1.0e9f64..1.0e9, proptest::bool::ANY),
+                0..8,
+            )
+        ) {
+            let mut text = DEVICE.to_string();
+            for (s, point, value, fail) in steps {
+                text.push_str(&format!(
+                    "\n[[at]]\ns = {s:?}\nvalues = {{ {point} = {value:?} }}\nfail = {fail}\n"
+                ));
+            }
+            let _ = run(&text, None);
+        }
+    }
 }

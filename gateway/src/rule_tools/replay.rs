@@ -509,4 +509,26 @@ address = "127.0.0.1:1"
             ]
         );
     }
+
+    proptest::proptest! {
+        /// Outside input: any record, line protocol or CSV, escapes and multibyte text
+        /// included, is read or its lines counted unreadable, never a panic; and what is
+        /// read replays.
+        #[test]
+        fn no_record_makes_the_reader_or_the_replay_panic(
+            csv in proptest::bool::ANY,
+            lines in proptest::collection::vec("[\\PC\\\\,= ]{0,60}", 0..20)
+        ) {
+            let mut text = if csv { "ts_ms,device,point,value\n".to_string() } else { String::new() };
+            for l in &lines {
+                text.push_str(l);
+                text.push('\n');
+            }
+            let mut replay = Replay::default();
+            let record = read(&text, &mut replay);
+            proptest::prop_assert_eq!(record.len() + replay.unreadable <= lines.len(), true);
+            let config = Config::from_toml_str(CONFIG, "t").unwrap();
+            proptest::prop_assert!(run(&config, record, &mut replay).is_ok());
+        }
+    }
 }

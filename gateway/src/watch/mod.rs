@@ -541,7 +541,7 @@ impl Watch {
             return (Vec::new(), None);
         }
         let id = device.comm_lost_alarm.clone();
-        let raised = self.external(&id, true, at.mono_ms);
+        let raised = set_fault(&mut self.engine, &id, true, at.mono_ms);
         let batch = if raised.iter().any(|t| t.kind == TransitionKind::Raised) {
             self.comm_lost_batch(index, at)
         } else {
@@ -602,7 +602,7 @@ impl Watch {
     /// One of the gateway's own faults ([`crate::config::GATEWAY_FAULTS`]) is active or not.
     pub fn set_gateway_fault(&mut self, rule: &str, active: bool, now: Stamp) -> Vec<AlarmEvent> {
         let id = shouwang_wire::alarm_id(&self.community, &self.gateway, &self.gateway, rule);
-        let transitions = self.external(&id, active, now.mono_ms);
+        let transitions = set_fault(&mut self.engine, &id, active, now.mono_ms);
         transitions
             .into_iter()
             .filter_map(|t| self.event(t, None, now.wall_ms))
@@ -673,10 +673,6 @@ impl Watch {
                 .latest
                 .get(alarm_id)
                 .is_some_and(|latest| latest.event_id != seen)
-    }
-
-    fn external(&mut self, alarm_id: &str, active: bool, ts_ms: i64) -> Vec<Transition> {
-        set_fault(&mut self.engine, alarm_id, active, ts_ms)
     }
 
     /// The event for one transition. `wall_ms` is the wall-clock time of the call that

@@ -130,6 +130,16 @@ async fn a_smoke_alarm_reaches_the_broker_within_2_s_and_an_acknowledgement_thro
         })
         .await
         .unwrap();
+    // `run` executed itself again with one malloc arena, in the same process (main.rs).
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let environ = std::fs::read(format!("/proc/{}/environ", gateway.id())).unwrap();
+        assert!(
+            environ
+                .split(|b| *b == 0)
+                .any(|v| v == b"MALLOC_ARENA_MAX=1"),
+            "the running gateway has no MALLOC_ARENA_MAX=1"
+        );
+    }
 
     // Smoke: the register goes over the limit.
     let changed = Instant::now();
